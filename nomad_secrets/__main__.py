@@ -1,0 +1,3 @@
+from nomad_secrets.cli import run
+
+run()

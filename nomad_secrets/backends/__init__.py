@@ -1,0 +1,37 @@
+"""One module per store, imported only when a reference needs that store.
+
+A fetch from SSM never imports hvac, and fingerprint imports none of this.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from nomad_secrets.config import Config
+from nomad_secrets.deadline import Deadline
+from nomad_secrets.reference import Reference
+from nomad_secrets.request import JobOptions
+from nomad_secrets.shape import Raw
+
+STORE_LABELS = {
+    "aws-sm": "AWS Secrets Manager",
+    "aws-ssm": "AWS SSM Parameter Store",
+    "vault": "Vault",
+}
+
+
+class Backend(Protocol):
+    label: str
+
+    def read(self, ref: Reference) -> Raw:
+        """The raw secret ``ref`` names; a StoreError subclass if not."""
+
+
+def open_backend(store: str, config: Config, options: JobOptions, deadline: Deadline) -> Backend:
+    """A ready client for ``store``. Called in the main thread only: client
+    creation in botocore is not thread-safe, while the clients are."""
+    if store == "aws-sm":
+        from nomad_secrets.backends.aws_sm import SecretsManager
+
+        return SecretsManager(config.aws, options, deadline)
+    raise NotImplementedError(store)

@@ -1,0 +1,128 @@
+"""What Secrets Manager and SSM share: one botocore client, one error map.
+
+botocore alone (not boto3): the plugin needs two API calls, and boto3's
+resource layer only adds import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nomad_secrets import errors
+from nomad_secrets.config import AwsSettings
+from nomad_secrets.deadline import Deadline
+from nomad_secrets.errors import ConfigError, RequestError, StoreError
+from nomad_secrets.request import JobOptions
+
+CONNECT_TIMEOUT = 3.0  # a dead endpoint should not eat the whole deadline
+_THROTTLED = {"ThrottlingException", "TooManyRequestsException", "Throttling", "RequestLimitExceeded"}
+_DENIED = {
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "ExpiredTokenException",
+    "InvalidClientTokenId",
+}
+
+
+def region_for(settings: AwsSettings, options: JobOptions) -> str | None:
+    if options.region is not None:
+        if not settings.job_region:
+            raise RequestError(
+                "this node's operator pins the AWS region (aws.job_region = false);"
+                " remove AWS_REGION from the secret block's env"
+            )
+        return options.region
+    return settings.region
+
+
+def make_client(service: str, settings: AwsSettings, options: JobOptions, deadline: Deadline) -> Any:
+    import botocore.config
+    import botocore.exceptions
+    import botocore.session
+
+    from nomad_secrets._version import __version__
+
+    region = region_for(settings, options)
+    config = botocore.config.Config(
+        region_name=region,
+        connect_timeout=min(CONNECT_TIMEOUT, deadline.call_timeout()),
+        read_timeout=deadline.call_timeout(),
+        retries={"mode": "standard", "max_attempts": 3},
+        user_agent_extra=f"nomad-secrets/{__version__}",
+    )
+    credentials: dict[str, str] = {}
+    if settings.access_key_id or settings.secret_access_key:
+        if not (settings.access_key_id and settings.secret_access_key):
+            raise ConfigError("aws.access_key_id and aws.secret_access_key go together; set both or neither")
+        credentials = {
+            "aws_access_key_id": settings.access_key_id,
+            "aws_secret_access_key": settings.secret_access_key,
+        }
+        if settings.session_token:
+            credentials["aws_session_token"] = settings.session_token
+    try:
+        return botocore.session.Session().create_client(
+            service, config=config, endpoint_url=settings.endpoint_url, **credentials
+        )
+    except botocore.exceptions.NoRegionError:
+        raise RequestError(
+            "no AWS region: set AWS_REGION in the secret block's env, or aws.region in the config"
+        ) from None
+
+
+def store_error(exc: Exception, reference: str, label: str, *, action: str, resource: str) -> StoreError:
+    """Map a botocore exception to the message a job author can act on.
+
+    AWS's own error message is kept (cut short): for a denial it names the
+    principal and the missing permission, which is what the operator needs.
+    Secret values never appear in AWS error messages.
+    """
+    import botocore.exceptions as bx
+
+    if isinstance(exc, bx.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        message = str(exc.response.get("Error", {}).get("Message", ""))[:300]
+        said = f"AWS said {code}" + (f": {message}" if message else "")
+        if code in ("ResourceNotFoundException", "ParameterNotFound", "ParameterVersionNotFound"):
+            return errors.NotFound(
+                reference, label, f"not found ({said})", f"check the name and the region of {resource}"
+            )
+        if code in _DENIED:
+            return errors.AccessDenied(
+                reference,
+                label,
+                f"access denied ({said})",
+                f"the node's AWS identity needs {action} on {resource}",
+            )
+        if code in ("DecryptionFailure", "KMSAccessDeniedException"):
+            return errors.AccessDenied(
+                reference,
+                label,
+                f"cannot decrypt ({said})",
+                f"the node's AWS identity needs kms:Decrypt on the key of {resource}",
+            )
+        if code in _THROTTLED:
+            return errors.Throttled(
+                reference, label, f"throttled ({said})", "retry later, or fetch fewer secrets at once"
+            )
+        return StoreError(reference, label, f"failed ({said})", "check the reference and its options")
+    if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
+        return errors.TimedOut(
+            reference, label, "no answer in time", "check the endpoint is reachable from the node"
+        )
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
+        return errors.AccessDenied(
+            reference,
+            label,
+            "no AWS credentials on this node",
+            "the operator sets them in the config or the node's instance profile",
+        )
+    if isinstance(
+        exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ProxyConnectionError, bx.SSLError)
+    ):
+        return errors.Unreachable(
+            reference, label, "cannot reach the AWS endpoint", "check aws.endpoint_url and the node's network"
+        )
+    return StoreError(reference, label, f"failed ({type(exc).__name__})", "see the operator's debug log")

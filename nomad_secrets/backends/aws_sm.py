@@ -1,0 +1,62 @@
+"""AWS Secrets Manager: GetSecretValue by name or ARN."""
+
+from __future__ import annotations
+
+from nomad_secrets.backends.aws import make_client, store_error
+from nomad_secrets.config import AwsSettings
+from nomad_secrets.deadline import Deadline
+from nomad_secrets.errors import NotFound, RequestError
+from nomad_secrets.reference import Reference
+from nomad_secrets.request import JobOptions
+from nomad_secrets.shape import Raw
+
+OPTIONS = ("version_stage", "version_id")
+
+
+class SecretsManager:
+    label = "AWS Secrets Manager"
+
+    def __init__(self, settings: AwsSettings, options: JobOptions, deadline: Deadline) -> None:
+        self.client = make_client("secretsmanager", settings, options, deadline)
+
+    def read(self, ref: Reference) -> Raw:
+        import botocore.exceptions
+
+        params = {"SecretId": ref.locator}
+        options = ref.options_for(self.label, OPTIONS)
+        if "version_id" in options and "version_stage" in options:
+            raise RequestError(f"{ref.text!r} ({self.label}): set version_id or version_stage, not both")
+        if "version_id" in options:
+            params["VersionId"] = options["version_id"]
+        else:
+            params["VersionStage"] = options.get("version_stage", "AWSCURRENT")
+        try:
+            response = self.client.get_secret_value(**params)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRequestException" and "deletion" in str(
+                exc
+            ):
+                raise NotFound(
+                    ref.text,
+                    self.label,
+                    "the secret is scheduled for deletion",
+                    "restore it, or point the job at another secret",
+                ) from None
+            raise store_error(
+                exc,
+                ref.text,
+                self.label,
+                action="secretsmanager:GetSecretValue",
+                resource=f"secret {ref.locator!r}",
+            ) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise store_error(
+                exc,
+                ref.text,
+                self.label,
+                action="secretsmanager:GetSecretValue",
+                resource=f"secret {ref.locator!r}",
+            ) from None
+        if "SecretString" in response:
+            return str(response["SecretString"])
+        return bytes(response["SecretBinary"])

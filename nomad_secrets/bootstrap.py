@@ -1,0 +1,125 @@
+"""First code to run inside the executable: the zip's ``__main__.py``.
+
+``scripts/build`` copies this file to the root of the zipapp. It imports
+only ``os`` and ``sys`` on the hot paths:
+
+- ``fingerprint`` is answered from a file in the zip (``fingerprint.json``,
+  written at build time), before anything is unpacked or imported;
+- ``fetch`` needs botocore's data files on disk, and ``.pyc`` files to start
+  fast, so the zip's ``lib/`` is unpacked once into
+  ``<cache>/<build id>-<interpreter tag>/`` and imported from there. Python
+  writes each module's ``.pyc`` there the first time it is imported.
+
+The unpack is atomic (a private temporary directory renamed into place), so
+many plugins starting at once on a fresh node are safe: one rename wins and
+the others use its result. The cache runs as root's code, so it is used only
+when the running user (or root) owns it and no one else can write to it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ROOT_CACHE = "/var/cache/nomad-secrets"
+
+
+def untrusted(path: str, what: str) -> str | None:
+    """Why ``path`` must not be trusted, or None when it may.
+
+    Trusted: not a symlink, owned by the running user or root, and writable
+    by no one else (a file another user can change is code they run as us).
+    """
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot check the {what} {path}: {exc.strerror}"
+    import stat
+
+    if stat.S_ISLNK(st.st_mode):
+        return f"the {what} {path} is a symlink; make it a real {what}"
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"the {what} {path} is owned by uid {st.st_uid}; chown it to root"
+    if st.st_mode & 0o022:
+        return f"the {what} {path} is writable by group or others; chmod go-w {path}"
+    return None
+
+
+def default_cache_dir() -> str:
+    if os.geteuid() == 0:
+        return ROOT_CACHE
+    import pwd
+
+    return os.path.join(pwd.getpwuid(os.geteuid()).pw_dir, ".cache", "nomad-secrets")
+
+
+class CacheError(Exception):
+    pass
+
+
+def unpacked(archive: str, build_id: str, cache_root: str) -> str:
+    """The directory to import from, unpacking the archive's lib/ if needed."""
+    entry = os.path.join(cache_root, f"{build_id}-{sys.implementation.cache_tag}")
+    if not os.path.isdir(entry):
+        _unpack(archive, cache_root, entry)
+    for path, what in ((cache_root, "cache directory"), (entry, "cache directory")):
+        problem = untrusted(path, what)
+        if problem:
+            raise CacheError(problem)
+    return os.path.join(entry, "lib")
+
+
+def _unpack(archive: str, cache_root: str, entry: str) -> None:
+    import shutil
+    import tempfile
+    import zipfile
+
+    old_umask = os.umask(0o077)
+    try:
+        os.makedirs(cache_root, mode=0o700, exist_ok=True)
+        problem = untrusted(cache_root, "cache directory")
+        if problem:
+            raise CacheError(problem)
+        tmp = tempfile.mkdtemp(prefix=".unpack-", dir=cache_root)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp, [n for n in zf.namelist() if n.startswith("lib/")])
+            os.rename(tmp, entry)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not os.path.isdir(entry):  # not a lost race: a real failure
+                raise
+    except OSError as exc:
+        raise CacheError(f"cannot unpack into the cache directory {cache_root}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+
+
+def _answer_error(message: str) -> None:
+    import json
+
+    os.write(1, json.dumps({"result": {}, "error": message}).encode() + b"\n")
+    os._exit(0)
+
+
+def main(loader: object) -> None:
+    get_data = loader.get_data  # type: ignore[attr-defined]  # zipimporter
+    operation = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CPI_OPERATION", "")
+    if operation == "fingerprint":
+        os.write(1, get_data("fingerprint.json"))
+        os._exit(0)
+    build_id, cache_dir = get_data("build-info").decode().split("\n")[:2]
+    try:
+        lib = unpacked(loader.archive, build_id, cache_dir or default_cache_dir())  # type: ignore[attr-defined]
+    except CacheError as exc:
+        _answer_error(f"nomad-secrets cannot start: {exc}")
+    except Exception as exc:  # noqa: BLE001 - Nomad must get an answer
+        _answer_error(f"nomad-secrets cannot start: {type(exc).__name__} while unpacking")
+    sys.path.insert(0, lib)
+    from nomad_secrets.cli import run
+
+    run()
+
+
+if __name__ == "__main__":
+    main(__loader__)  # type: ignore[name-defined]  # zipimport sets it

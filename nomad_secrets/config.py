@@ -1,0 +1,194 @@
+"""The operator's configuration: one TOML file a job cannot point elsewhere.
+
+Looked up, in order, as ``nomad-secrets.toml`` beside the invoked executable
+(the plugin directory) and ``/etc/nomad-secrets/config.toml``; never from an
+environment variable, which the job writes. No file at all means built-in
+defaults, so the spec's example job (provider ``aws``) needs no config.
+
+Shape::
+
+    [plugin]            # the process: deadline, debug log
+    [aws]               # the AWS connection, for aws-sm: and aws-ssm:
+    [vault]             # the Vault / OpenBao connection, for vault:
+    [providers.NAME]    # what the executable named NAME reads by default
+
+Every key is declared by a dataclass below; an unknown key is an error that
+names the key and the file, so that a typo is seen, not ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from nomad_secrets.deadline import DEFAULT_SECONDS
+from nomad_secrets.errors import ConfigError
+
+CONFIG_FILE_NAME = "nomad-secrets.toml"
+SYSTEM_CONFIG = "/etc/nomad-secrets/config.toml"
+STORES = ("aws-sm", "aws-ssm", "vault")
+# Provider names that mean a store with no config at all.
+BUILTIN_PROVIDERS = {"aws": "aws-sm", "aws-sm": "aws-sm", "aws-ssm": "aws-ssm"}
+# Nomad matches its own providers first: files with these names never run.
+RESERVED_NAMES = ("nomad", "vault")
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    deadline_seconds: float = DEFAULT_SECONDS
+    debug_log: str | None = None
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    region: str | None = None
+    endpoint_url: str | None = None
+    # Static credentials; without them the node's default chain is used.
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    # May the job's env block choose the region (AWS_REGION)?
+    job_region: bool = True
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    address: str | None = None
+    namespace: str | None = None
+    token_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    store: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str | None = None
+    plugin: PluginSettings = field(default_factory=PluginSettings)
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    vault: VaultSettings = field(default_factory=VaultSettings)
+    providers: dict[str, Provider] = field(default_factory=dict)
+
+    def provider(self, name: str) -> Provider:
+        """What the executable called ``name`` reads by default."""
+        if name in self.providers:
+            return self.providers[name]
+        if name in BUILTIN_PROVIDERS:
+            return Provider(name=name, store=BUILTIN_PROVIDERS[name])
+        where = self.path or f"{SYSTEM_CONFIG} (or {CONFIG_FILE_NAME} beside the plugin)"
+        raise ConfigError(
+            f"provider {name!r} is not configured: add [providers.{name}] with"
+            f" store = one of {', '.join(STORES)} to {where}, or install the"
+            f" plugin under a built-in name ({', '.join(BUILTIN_PROVIDERS)})"
+        )
+
+
+def find_config(executable: str) -> str | None:
+    """The config file for the executable at ``executable``, if any.
+
+    ``executable`` is the path Nomad ran (argv[0]), not a resolved symlink:
+    the plugin directory is where the operator put the name.
+    """
+    beside = os.path.join(os.path.dirname(os.path.abspath(executable)), CONFIG_FILE_NAME)
+    for candidate in (beside, SYSTEM_CONFIG):
+        if os.path.lexists(candidate):
+            return candidate
+    return None
+
+
+def load(executable: str) -> Config:
+    path = find_config(executable)
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+    return parse(text, path)
+
+
+def parse(text: bytes, path: str) -> Config:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"the config file {path} is not UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
+    known = {"plugin", "aws", "vault", "providers"}
+    _reject_unknown(data, known, "", path)
+    providers: dict[str, Provider] = {}
+    for name, table in _table(data, "providers", "", path).items():
+        where = f"providers.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} in {path} must be a table")
+        if name in RESERVED_NAMES:
+            raise ConfigError(
+                f"{where} in {path}: Nomad never runs a plugin named {name!r}"
+                " (its built-in provider wins); pick another name"
+            )
+        table = {"name": name, **table}
+        provider = _build(Provider, table, where, path)
+        if provider.store not in STORES:
+            raise ConfigError(
+                f"{where}.store in {path} is {provider.store!r}; use one of {', '.join(STORES)}"
+            )
+        providers[name] = provider
+    plugin = _build(PluginSettings, _table(data, "plugin", "", path), "plugin", path)
+    if not 0 < plugin.deadline_seconds <= 3600:
+        raise ConfigError(f"plugin.deadline_seconds in {path} must be between 0 and 3600")
+    return Config(
+        path=path,
+        plugin=plugin,
+        aws=_build(AwsSettings, _table(data, "aws", "", path), "aws", path),
+        vault=_build(VaultSettings, _table(data, "vault", "", path), "vault", path),
+        providers=providers,
+    )
+
+
+def _table(data: dict[str, Any], key: str, prefix: str, path: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{prefix}{key} in {path} must be a table")
+    return value
+
+
+def _reject_unknown(table: dict[str, Any], known: set[str], where: str, path: str) -> None:
+    for key in table:
+        if key not in known:
+            name = f"{where}.{key}" if where else key
+            raise ConfigError(f"unknown key {name!r} in {path}; known here: {', '.join(sorted(known))}")
+
+
+T = TypeVar("T")
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "float": (int, float),
+    "int": (int,),
+    "bool": (bool,),
+}
+
+
+def _build(cls: type[T], table: dict[str, Any], where: str, path: str) -> T:
+    """Make ``cls`` from a TOML table, checking each key's name and type.
+
+    The field annotations are strings here (``from __future__ import
+    annotations``): ``"str | None"`` reads as "a string, or left out".
+    """
+    declared = {f.name: str(f.type).split("|")[0].strip() for f in fields(cls)}  # type: ignore[arg-type]
+    _reject_unknown(table, set(declared), where, path)
+    for key, value in table.items():
+        type_name = declared[key]
+        types = _SCALARS.get(type_name, ())
+        if (isinstance(value, bool) and type_name != "bool") or not isinstance(value, types):
+            raise ConfigError(f"{where}.{key} in {path} must be a {type_name}, not {type(value).__name__}")
+    return cls(**table)

@@ -1,0 +1,106 @@
+"""Nomad's side of the conversation: the only module that writes to a stream.
+
+What Nomad requires (../shared/NOMAD_CONTRACT.md, from Nomad's source):
+
+- exit status 0, or Nomad throws stdout and stderr away and shows only
+  "exit status 1": so every answer, errors included, exits 0;
+- stdout is ONE JSON object: ``{"result": {str: str}}`` on success,
+  ``{"result": {}, "error": "..."}`` on failure (any ``error`` string, even
+  empty, fails the fetch, so success leaves the key out);
+- nothing on stderr after exit 0: the client logs it through a nil logger.
+
+So ``guard_stdio`` keeps a private duplicate of the real stdout and points
+fds 1 and 2 at /dev/null (or the operator's debug log), before any library
+can print; ``answer`` writes the one object to the private fd with SIGTERM
+blocked and leaves through ``os._exit(0)``, which skips atexit hooks and
+interpreter teardown, where warnings and finalizers would print.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import NoReturn
+
+from nomad_secrets.errors import PluginError
+
+_out_fd: int | None = None
+
+
+def fingerprint_line(go_version: str) -> bytes:
+    """The fingerprint answer; the build stores it in the executable."""
+    return ('{"type": "secrets", "version": "' + go_version + '"}\n').encode()
+
+
+def guard_stdio(stderr_path: str | None = None) -> None:
+    """Keep the real stdout for ``answer``; silence fds 1 and 2 for the rest.
+
+    ``stderr_path`` (the operator's debug log) receives fd 2 instead of
+    /dev/null, so that a library's warning or a crash is kept for the operator
+    and never reaches Nomad.
+    """
+    global _out_fd
+    if _out_fd is not None:
+        return
+    _out_fd = os.dup(1)
+    os.set_inheritable(_out_fd, False)
+    null = os.open(os.devnull, os.O_RDWR)
+    err = null
+    if stderr_path is not None:
+        err = os.open(stderr_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(err, 2)
+    for fd in {null, err}:
+        os.close(fd)
+    # Python-level writers too: their buffers would otherwise flush at exit.
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives for the process
+    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - ditto
+
+
+def encode_result(result: Mapping[str, str]) -> bytes:
+    import json
+
+    return json.dumps({"result": dict(result)}, ensure_ascii=True).encode() + b"\n"
+
+
+def encode_error(message: str) -> bytes:
+    import json
+
+    return json.dumps({"result": {}, "error": message or "error"}, ensure_ascii=True).encode() + b"\n"
+
+
+def answer(payload: bytes) -> NoReturn:
+    """Write one answer to Nomad and exit 0, whatever else is running."""
+    # A SIGTERM between two writes would interleave a second answer.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    fd = _out_fd if _out_fd is not None else 1
+    view = memoryview(payload)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        pass  # Nomad is gone; nobody is left to tell
+    os._exit(0)
+
+
+def answer_error(error: PluginError | str) -> NoReturn:
+    message = error.message if isinstance(error, PluginError) else error
+    answer(encode_error(message))
+
+
+def on_sigterm_answer(message: str) -> None:
+    """At Nomad's timeout (SIGTERM, SIGKILL 2 s later) answer at once.
+
+    Python runs the handler in the main thread between bytecodes, and a
+    blocking socket read returns EINTR first, so this runs within
+    milliseconds even in the middle of a network call.
+    """
+    payload = encode_error(message)
+
+    def handler(signum: int, frame: object) -> None:
+        answer(payload)
+
+    signal.signal(signal.SIGTERM, handler)
