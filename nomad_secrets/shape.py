@@ -101,6 +101,6 @@ def _as_object(text: str) -> object:
         return text
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # too deep to be fields: keep the text
         return text
     return parsed if isinstance(parsed, dict) else text

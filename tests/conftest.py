@@ -1,0 +1,124 @@
+"""Shared fixtures: the built executable, moto's server, a plugin directory.
+
+Everything talks to 127.0.0.1 only, and every config the plugin sees names
+its endpoint and static test credentials, so no credential chain ever runs
+(no instance metadata probe, no real AWS or Vault host).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gocheck
+import pytest
+from nomad import NomadClient, install_plugin
+
+ROOT = Path(__file__).resolve().parent.parent
+REGION = "us-east-2"
+
+
+def interpreter() -> str:
+    """The shebang interpreter: NOMAD_SECRETS_TEST_PYTHON, else the base
+    interpreter of this venv (what an operator's /usr/bin/python3 would be)."""
+    chosen = os.environ.get("NOMAD_SECRETS_TEST_PYTHON")
+    if chosen:
+        return chosen
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+def build_artifact(output: Path, cache_dir: Path, *extra: str) -> Path:
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "build"),
+            "--python",
+            interpreter(),
+            "--output",
+            str(output),
+            "--cache-dir",
+            str(cache_dir),
+            *extra,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return output
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    top = tmp_path_factory.mktemp("artifact")
+    return build_artifact(top / "nomad-secrets", top / "cache")
+
+
+@pytest.fixture(scope="session")
+def decoder(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return gocheck.decoder(tmp_path_factory.mktemp("gocheck"))
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def aws_client(endpoint: str, service: str) -> Any:
+    import botocore.session
+
+    return botocore.session.Session().create_client(
+        service,
+        region_name=REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture(scope="session")
+def secretsmanager(moto_endpoint: str) -> Any:
+    return aws_client(moto_endpoint, "secretsmanager")
+
+
+@pytest.fixture(scope="session")
+def ssm(moto_endpoint: str) -> Any:
+    return aws_client(moto_endpoint, "ssm")
+
+
+def aws_config(endpoint: str, extra: str = "") -> str:
+    return (
+        "[aws]\n"
+        f'endpoint_url = "{endpoint}"\n'
+        'access_key_id = "testing"\n'
+        'secret_access_key = "testing"\n'
+        f'region = "{REGION}"\n' + extra
+    )
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path, artifact: Path, moto_endpoint: str) -> Path:
+    """A common_plugin_dir with the executable installed as ``aws``."""
+    top = tmp_path / "common_plugins"
+    install_plugin(artifact, top, ["aws"], aws_config(moto_endpoint))
+    return top
+
+
+@pytest.fixture
+def nomad(plugin_dir: Path, decoder: Any) -> NomadClient:
+    return NomadClient(plugin_dir, decoder)
+
+
+def write_config(plugin_dir: Path, text: str) -> Path:
+    path = plugin_dir / "secrets" / "nomad-secrets.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path

@@ -1,0 +1,60 @@
+"""The operator's config file: lookup order, schema, provider resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nomad_secrets import config
+from nomad_secrets.errors import ConfigError
+
+
+def test_no_file_means_builtin_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(tmp_path / "absent.toml"))
+    loaded = config.load(str(tmp_path / "aws"))
+    assert loaded.path is None
+    assert loaded.provider("aws").store == "aws-sm"
+    assert loaded.provider("aws-ssm").store == "aws-ssm"
+    assert loaded.plugin.deadline_seconds == 8.0
+
+
+def test_file_beside_the_executable_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    system = tmp_path / "etc.toml"
+    system.write_text("[plugin]\ndeadline_seconds = 3\n")
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(system))
+    assert config.load(str(tmp_path / "aws")).plugin.deadline_seconds == 3
+    (tmp_path / "nomad-secrets.toml").write_text("[plugin]\ndeadline_seconds = 5\n")
+    assert config.load(str(tmp_path / "aws")).plugin.deadline_seconds == 5
+
+
+def test_providers_section() -> None:
+    loaded = config.parse(
+        b'[providers.openbao]\nstore = "vault"\n[providers.params]\nstore = "aws-ssm"\n', "f"
+    )
+    assert loaded.provider("openbao").store == "vault"
+    assert loaded.provider("params").store == "aws-ssm"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("bogus = 1\n", "unknown key 'bogus' in f"),
+        ("[aws]\nregion = 3\n", "aws.region in f must be a str"),
+        ("[aws]\njob_region = 'yes'\n", "aws.job_region in f must be a bool"),
+        ("[plugin]\ndeadline_seconds = true\n", "must be a float"),
+        ("[plugin]\ndeadline_seconds = 0\n", "between 0 and 3600"),
+        ("[providers.x]\nstore = 'redis'\n", "use one of aws-sm, aws-ssm, vault"),
+        ("[providers.x]\nstore = 'vault'\nextra = 1\n", "unknown key 'providers.x.extra'"),
+        ("[providers.nomad]\nstore = 'vault'\n", "never runs a plugin named 'nomad'"),
+        ("providers = 1\n", "providers in f must be a table"),
+    ],
+)
+def test_errors_name_the_key_and_the_file(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        config.parse(text.encode(), "f")
+
+
+def test_unknown_provider_says_how_to_configure_it() -> None:
+    with pytest.raises(ConfigError, match=r"add \[providers.db\]"):
+        config.Config().provider("db")
