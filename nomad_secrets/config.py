@@ -53,11 +53,30 @@ class AwsSettings:
     job_region: bool = True
 
 
+VAULT_AUTH_METHODS = ("token", "approle", "cert", "jwt")
+
+
 @dataclass(frozen=True)
 class VaultSettings:
-    address: str | None = None
-    namespace: str | None = None
+    address: str | None = None  # https://vault.example:8200
+    namespace: str | None = None  # X-Vault-Namespace (Vault Enterprise, OpenBao)
+    # TLS: verification is always on; these add trust and a client cert.
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    # How the plugin gets a token: token (token_file), approle (role_id and
+    # secret_id_file), cert (client_cert/client_key), or jwt (the job's
+    # workload identity, NOMAD_WORKLOAD_TOKEN).
+    auth_method: str = "token"
+    auth_mount: str | None = None  # default: the method's name
     token_file: str | None = None
+    role_id: str | None = None
+    secret_id_file: str | None = None
+    role: str | None = None  # jwt or cert role
+    revoke_token: bool = True  # revoke a login's token when the fetch ends
+    # KV mounts and their version (1 or 2); unlisted mounts are detected
+    # with the sys/internal/ui/mounts preflight.
+    kv_mounts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -144,13 +163,21 @@ def parse(text: bytes, path: str) -> Config:
             )
         providers[name] = provider
     plugin = _build(PluginSettings, _table(data, "plugin", "", path), "plugin", path)
+    vault = _build(VaultSettings, _table(data, "vault", "", path), "vault", path)
+    if vault.auth_method not in VAULT_AUTH_METHODS:
+        raise ConfigError(
+            f"vault.auth_method in {path} is {vault.auth_method!r}; use one of {', '.join(VAULT_AUTH_METHODS)}"
+        )
+    for mount, version in vault.kv_mounts.items():
+        if version not in (1, 2):
+            raise ConfigError(f"vault.kv_mounts.{mount} in {path} is {version}; KV versions are 1 and 2")
     if not 0 < plugin.deadline_seconds <= 3600:
         raise ConfigError(f"plugin.deadline_seconds in {path} must be between 0 and 3600")
     return Config(
         path=path,
         plugin=plugin,
         aws=_build(AwsSettings, _table(data, "aws", "", path), "aws", path),
-        vault=_build(VaultSettings, _table(data, "vault", "", path), "vault", path),
+        vault=vault,
         providers=providers,
     )
 
@@ -170,7 +197,8 @@ def _reject_unknown(table: dict[str, Any], known: set[str], where: str, path: st
 
 
 T = TypeVar("T")
-_SCALARS: dict[str, tuple[type, ...]] = {
+_TYPES: dict[str, tuple[type, ...]] = {
+    "dict[str, int]": (dict,),
     "str": (str,),
     "float": (int, float),
     "int": (int,),
@@ -188,7 +216,11 @@ def _build(cls: type[T], table: dict[str, Any], where: str, path: str) -> T:
     _reject_unknown(table, set(declared), where, path)
     for key, value in table.items():
         type_name = declared[key]
-        types = _SCALARS.get(type_name, ())
+        types = _TYPES.get(type_name, ())
         if (isinstance(value, bool) and type_name != "bool") or not isinstance(value, types):
             raise ConfigError(f"{where}.{key} in {path} must be a {type_name}, not {type(value).__name__}")
+        if type_name == "dict[str, int]" and not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value.values()
+        ):
+            raise ConfigError(f"every value of {where}.{key} in {path} must be an integer")
     return cls(**table)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from nomad_secrets.errors import RequestError
 
 # Documented job options (docs/configuration.md, "Job options").
-JOB_OPTIONS = ("AWS_REGION",)
+JOB_OPTIONS = ("AWS_REGION", "NOMAD_WORKLOAD_TOKEN")
 # What CPython writes into its own environ at start (PEP 538).
 _COERCED_LOCALES = ("C.UTF-8", "C.utf8", "UTF-8")
 _REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-[0-9]{1,2}\Z")
@@ -38,6 +38,12 @@ class Identity:
 @dataclass(frozen=True)
 class JobOptions:
     region: str | None = None
+    # The job's Nomad workload identity (a JWT), for stores that log in
+    # with it: the store checks its signature, so it cannot be forged here.
+    workload_token: str | None = None
+
+    def __repr__(self) -> str:  # never print the token
+        return f"JobOptions(region={self.region!r}, workload_token={'<set>' if self.workload_token else None})"
 
 
 def _ignored(key: str, value: str) -> bool:
@@ -66,4 +72,4 @@ def parse_environment(environ: Mapping[str, str]) -> tuple[Identity, JobOptions]
         namespace=environ.get("NOMAD_NAMESPACE") or None,
         job_id=environ.get("NOMAD_JOB_ID") or None,
     )
-    return identity, JobOptions(region=region)
+    return identity, JobOptions(region=region, workload_token=environ.get("NOMAD_WORKLOAD_TOKEN") or None)

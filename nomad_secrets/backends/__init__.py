@@ -34,4 +34,10 @@ def open_backend(store: str, config: Config, options: JobOptions, deadline: Dead
         from nomad_secrets.backends.aws_sm import SecretsManager
 
         return SecretsManager(config.aws, options, deadline)
-    raise NotImplementedError(store)
+    if store == "aws-ssm":
+        from nomad_secrets.backends.aws_ssm import ParameterStore
+
+        return ParameterStore(config.aws, options, deadline)
+    from nomad_secrets.backends.vault import Vault
+
+    return Vault(config.vault, options, deadline)
