@@ -166,7 +166,8 @@ def parse(text: bytes, path: str) -> Config:
     vault = _build(VaultSettings, _table(data, "vault", "", path), "vault", path)
     if vault.auth_method not in VAULT_AUTH_METHODS:
         raise ConfigError(
-            f"vault.auth_method in {path} is {vault.auth_method!r}; use one of {', '.join(VAULT_AUTH_METHODS)}"
+            f"vault.auth_method in {path} is {vault.auth_method!r};"
+            f" use one of {', '.join(VAULT_AUTH_METHODS)}"
         )
     for mount, version in vault.kv_mounts.items():
         if version not in (1, 2):

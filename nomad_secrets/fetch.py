@@ -29,10 +29,19 @@ def fetch(
     default_store = config.provider(provider_name).store
     stores = [ref.scheme or default_store for ref in refs]
     backends: dict[str, Backend] = {}
-    for store in stores:
-        if store not in backends:
-            backends[store] = open_backend(store, config, options, deadline)
+    try:
+        for store in stores:
+            if store not in backends:
+                backends[store] = open_backend(store, config, options, deadline)
+        return _read_all(refs, stores, backends, deadline)
+    finally:
+        for backend in backends.values():
+            backend.close()
 
+
+def _read_all(
+    refs: list[Reference], stores: list[str], backends: dict[str, Backend], deadline: Deadline
+) -> dict[str, str]:
     done: queue.SimpleQueue[tuple[int, dict[str, str] | BaseException]] = queue.SimpleQueue()
 
     def read(index: int) -> None:

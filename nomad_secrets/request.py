@@ -43,7 +43,9 @@ class JobOptions:
     workload_token: str | None = None
 
     def __repr__(self) -> str:  # never print the token
-        return f"JobOptions(region={self.region!r}, workload_token={'<set>' if self.workload_token else None})"
+        return (
+            f"JobOptions(region={self.region!r}, workload_token={'<set>' if self.workload_token else None})"
+        )
 
 
 def _ignored(key: str, value: str) -> bool:

@@ -94,6 +94,61 @@ def ssm(moto_endpoint: str) -> Any:
     return aws_client(moto_endpoint, "ssm")
 
 
+class MotoIam:
+    """A second moto server with IAM enforced, and a user ``node`` allowed
+    nothing but sts:GetCallerIdentity: every read there is denied."""
+
+    def __init__(self, endpoint: str, key_id: str, secret: str) -> None:
+        self.endpoint, self.key_id, self.secret = endpoint, key_id, secret
+
+    def config(self) -> str:
+        return (
+            f'[aws]\nendpoint_url = "{self.endpoint}"\naccess_key_id = "{self.key_id}"\n'
+            f'secret_access_key = "{self.secret}"\nregion = "{REGION}"\n'
+        )
+
+
+@pytest.fixture(scope="session")
+def moto_iam() -> Iterator[MotoIam]:
+    import json
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # The first 5 requests are let through unauthenticated: the setup below.
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "5"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        endpoint = f"http://127.0.0.1:{port}"
+        iam = aws_client(endpoint, "iam")
+        iam.create_user(UserName="node")
+        key = iam.create_access_key(UserName="node")["AccessKey"]
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "sts:GetCallerIdentity", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="node", PolicyName="nothing", PolicyDocument=json.dumps(policy))
+        aws_client(endpoint, "secretsmanager").create_secret(Name="denied-secret", SecretString="x")
+        aws_client(endpoint, "ssm").put_parameter(Name="/denied/p", Value="x", Type="String")
+        yield MotoIam(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def aws_config(endpoint: str, extra: str = "") -> str:
     return (
         "[aws]\n"

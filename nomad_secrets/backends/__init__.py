@@ -26,6 +26,9 @@ class Backend(Protocol):
     def read(self, ref: Reference) -> Raw:
         """The raw secret ``ref`` names; a StoreError subclass if not."""
 
+    def close(self) -> None:
+        """Give back what the fetch held (a Vault login's token); never raises."""
+
 
 def open_backend(store: str, config: Config, options: JobOptions, deadline: Deadline) -> Backend:
     """A ready client for ``store``. Called in the main thread only: client

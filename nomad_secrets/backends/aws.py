@@ -6,6 +6,7 @@ resource layer only adds import time.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from nomad_secrets import errors
@@ -83,13 +84,18 @@ def store_error(exc: Exception, reference: str, label: str, *, action: str, reso
 
     if isinstance(exc, bx.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        message = str(exc.response.get("Error", {}).get("Message", ""))[:300]
+        message = str(exc.response.get("Error", {}).get("Message", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if message.startswith("<"):  # an XML error body where JSON was due (proxies, moto)
+            inner = re.search(r"<Code>([^<]*)</Code>.*?<Message>([^<]*)</Message>", message, re.S)
+            code, message = inner.groups() if inner else (code, "")
+        message = message[:300]
         said = f"AWS said {code}" + (f": {message}" if message else "")
         if code in ("ResourceNotFoundException", "ParameterNotFound", "ParameterVersionNotFound"):
             return errors.NotFound(
                 reference, label, f"not found ({said})", f"check the name and the region of {resource}"
             )
-        if code in _DENIED:
+        if code in _DENIED or status == 403:
             return errors.AccessDenied(
                 reference,
                 label,

@@ -19,6 +19,9 @@ class SecretsManager:
     def __init__(self, settings: AwsSettings, options: JobOptions, deadline: Deadline) -> None:
         self.client = make_client("secretsmanager", settings, options, deadline)
 
+    def close(self) -> None:
+        pass
+
     def read(self, ref: Reference) -> Raw:
         import botocore.exceptions
 
@@ -33,9 +36,9 @@ class SecretsManager:
         try:
             response = self.client.get_secret_value(**params)
         except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "InvalidRequestException" and "deletion" in str(
-                exc
-            ):
+            error = exc.response.get("Error", {})
+            # AWS: "...because it was marked for deletion."; moto: "...marked deleted."
+            if error.get("Code") == "InvalidRequestException" and "marked" in str(error.get("Message")):
                 raise NotFound(
                     ref.text,
                     self.label,
