@@ -11,6 +11,7 @@ Shape::
     [aws]               # the AWS connection, for aws-sm: and aws-ssm:
     [vault]             # the Vault / OpenBao connection, for vault:
     [providers.NAME]    # what the executable named NAME reads by default
+    [[policy]]          # which jobs may read which references (policy.py)
 
 Every key is declared by a dataclass below; an unknown key is an error that
 names the key and the file, so that a typo is seen, not ignored.
@@ -23,8 +24,10 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from nomad_secrets.bootstrap import untrusted
 from nomad_secrets.deadline import DEFAULT_SECONDS
 from nomad_secrets.errors import ConfigError
+from nomad_secrets.policy import Rule
 
 CONFIG_FILE_NAME = "nomad-secrets.toml"
 SYSTEM_CONFIG = "/etc/nomad-secrets/config.toml"
@@ -44,13 +47,18 @@ class PluginSettings:
 @dataclass(frozen=True)
 class AwsSettings:
     region: str | None = None
-    endpoint_url: str | None = None
+    endpoint_url: str | None = None  # every AWS service: a local server, a proxy
+    endpoint_urls: dict[str, str] = field(default_factory=dict)  # per service, e.g. VPC endpoints
     # Static credentials; without them the node's default chain is used.
     access_key_id: str | None = None
     secret_access_key: str | None = None
     session_token: str | None = None
     # May the job's env block choose the region (AWS_REGION)?
     job_region: bool = True
+    # Workload identity: with this set, a fetch needs the job's token and
+    # uses STS AssumeRoleWithWebIdentity with this role, never the node's
+    # credentials. {namespace} and {job} are filled from Nomad's identity.
+    web_identity_role_arn: str | None = None
 
 
 VAULT_AUTH_METHODS = ("token", "approle", "cert", "jwt")
@@ -92,6 +100,7 @@ class Config:
     aws: AwsSettings = field(default_factory=AwsSettings)
     vault: VaultSettings = field(default_factory=VaultSettings)
     providers: dict[str, Provider] = field(default_factory=dict)
+    policy: tuple[Rule, ...] | None = None  # None: no [[policy]], every job reads all
 
     def provider(self, name: str) -> Provider:
         """What the executable called ``name`` reads by default."""
@@ -121,15 +130,32 @@ def find_config(executable: str) -> str | None:
 
 
 def load(executable: str) -> Config:
+    """The config for ``executable``, once every file it trusts is checked:
+    the plugin directory (a file dropped there would be our config), the
+    config file, and the secret files it names."""
+    plugin_dir = os.path.dirname(os.path.abspath(executable))
+    _check_trust(plugin_dir, "plugin directory")
     path = find_config(executable)
     if path is None:
         return Config()
+    _check_trust(path, "config file")
     try:
         with open(path, "rb") as f:
             text = f.read()
     except OSError as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
-    return parse(text, path)
+    config = parse(text, path)
+    for key in ("token_file", "secret_id_file", "client_key"):
+        secret_file = getattr(config.vault, key)
+        if secret_file:
+            _check_trust(secret_file, f"file of vault.{key}")
+    return config
+
+
+def _check_trust(path: str, what: str) -> None:
+    problem = untrusted(path, what)
+    if problem:
+        raise ConfigError(f"refusing to run: {problem}")
 
 
 def parse(text: bytes, path: str) -> Config:
@@ -143,7 +169,7 @@ def parse(text: bytes, path: str) -> Config:
         raise ConfigError(f"the config file {path} is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
-    known = {"plugin", "aws", "vault", "providers"}
+    known = {"plugin", "aws", "vault", "providers", "policy"}
     _reject_unknown(data, known, "", path)
     providers: dict[str, Provider] = {}
     for name, table in _table(data, "providers", "", path).items():
@@ -175,12 +201,34 @@ def parse(text: bytes, path: str) -> Config:
     if not 0 < plugin.deadline_seconds <= 3600:
         raise ConfigError(f"plugin.deadline_seconds in {path} must be between 0 and 3600")
     return Config(
+        policy=_policy(data.get("policy"), path),
         path=path,
         plugin=plugin,
         aws=_build(AwsSettings, _table(data, "aws", "", path), "aws", path),
         vault=vault,
         providers=providers,
     )
+
+
+def _policy(rules: Any, path: str) -> tuple[Rule, ...] | None:
+    if rules is None:
+        return None
+    if not isinstance(rules, list):
+        raise ConfigError(f"policy in {path} must be an array of tables: write [[policy]]")
+    out = []
+    for number, table in enumerate(rules, start=1):
+        where = f"policy #{number}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} in {path} must be a table")
+        _reject_unknown(table, {"namespace", "job", "allow"}, where, path)
+        allow = table.get("allow")
+        if not isinstance(allow, list) or not all(isinstance(p, str) and p for p in allow):
+            raise ConfigError(f"{where}.allow in {path} must be a list of patterns such as 'aws-sm:app/*'")
+        for key in ("namespace", "job"):
+            if not isinstance(table.get(key, "*"), str):
+                raise ConfigError(f"{where}.{key} in {path} must be a string glob")
+        out.append(Rule(allow=tuple(allow), namespace=table.get("namespace", "*"), job=table.get("job", "*")))
+    return tuple(out)
 
 
 def _table(data: dict[str, Any], key: str, prefix: str, path: str) -> dict[str, Any]:
@@ -200,6 +248,7 @@ def _reject_unknown(table: dict[str, Any], known: set[str], where: str, path: st
 T = TypeVar("T")
 _TYPES: dict[str, tuple[type, ...]] = {
     "dict[str, int]": (dict,),
+    "dict[str, str]": (dict,),
     "str": (str,),
     "float": (int, float),
     "int": (int,),
@@ -220,8 +269,8 @@ def _build(cls: type[T], table: dict[str, Any], where: str, path: str) -> T:
         types = _TYPES.get(type_name, ())
         if (isinstance(value, bool) and type_name != "bool") or not isinstance(value, types):
             raise ConfigError(f"{where}.{key} in {path} must be a {type_name}, not {type(value).__name__}")
-        if type_name == "dict[str, int]" and not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value.values()
-        ):
-            raise ConfigError(f"every value of {where}.{key} in {path} must be an integer")
+        if isinstance(value, dict):  # a table of one type: dict[str, int] or dict[str, str]
+            item = type_name.split(", ")[1].rstrip("]")
+            if not all(isinstance(v, _TYPES[item]) and not isinstance(v, bool) for v in value.values()):
+                raise ConfigError(f"every value of {where}.{key} in {path} must be a {item}")
     return cls(**table)

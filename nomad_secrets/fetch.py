@@ -11,11 +11,12 @@ import queue
 import threading
 from collections.abc import Mapping
 
-from nomad_secrets import debuglog
+from nomad_secrets import debuglog, policy
 from nomad_secrets.backends import STORE_LABELS, Backend, open_backend
 from nomad_secrets.config import Config
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import PluginError, TimedOut
+from nomad_secrets.identity import check_workload_token
 from nomad_secrets.reference import Reference, parse_path
 from nomad_secrets.request import parse_environment
 from nomad_secrets.shape import merge, shape
@@ -24,15 +25,21 @@ from nomad_secrets.shape import merge, shape
 def fetch(
     path: str, environ: Mapping[str, str], provider_name: str, config: Config, deadline: Deadline
 ) -> dict[str, str]:
-    _identity, options = parse_environment(environ)
+    identity, options = parse_environment(environ)
     refs = parse_path(path)
     default_store = config.provider(provider_name).store
     stores = [ref.scheme or default_store for ref in refs]
+    # Every reference is checked before any store is asked: a denied one
+    # fails the block before anything is read.
+    for ref, store in zip(refs, stores, strict=True):
+        policy.check(config.policy, identity, f"{store}:{ref.locator}", ref.text)
+    if options.workload_token is not None:
+        check_workload_token(options.workload_token, identity)
     backends: dict[str, Backend] = {}
     try:
         for store in stores:
             if store not in backends:
-                backends[store] = open_backend(store, config, options, deadline)
+                backends[store] = open_backend(store, config, options, identity, deadline)
         return _read_all(refs, stores, backends, deadline)
     finally:
         for backend in backends.values():

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from urllib.parse import urlsplit
 
 
 class HangingServer:
@@ -54,3 +58,55 @@ def dead_port_url() -> str:
     port = sock.getsockname()[1]
     sock.close()
     return f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class RecordingProxy:
+    """Forwards every request to ``target`` (moto's server) and records it,
+    so a test can see what the plugin sent: which credentials signed it,
+    which role it asked STS for."""
+
+    def __init__(self, target: str) -> None:
+        self.requests: list[Recorded] = []
+        proxy, upstream = self, urlsplit(target)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                proxy.requests.append(Recorded(self.command, self.path, headers, body))
+                conn = http.client.HTTPConnection(upstream.hostname or "", upstream.port, timeout=10)
+                conn.request(self.command, self.path, body, dict(self.headers.items()))
+                answer = conn.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> RecordingProxy:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -10,7 +10,7 @@ from typing import Protocol
 from nomad_secrets.config import Config
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.reference import Reference
-from nomad_secrets.request import JobOptions
+from nomad_secrets.request import Identity, JobOptions
 from nomad_secrets.shape import Raw
 
 STORE_LABELS = {
@@ -30,17 +30,19 @@ class Backend(Protocol):
         """Give back what the fetch held (a Vault login's token); never raises."""
 
 
-def open_backend(store: str, config: Config, options: JobOptions, deadline: Deadline) -> Backend:
+def open_backend(
+    store: str, config: Config, options: JobOptions, identity: Identity, deadline: Deadline
+) -> Backend:
     """A ready client for ``store``. Called in the main thread only: client
     creation in botocore is not thread-safe, while the clients are."""
     if store == "aws-sm":
         from nomad_secrets.backends.aws_sm import SecretsManager
 
-        return SecretsManager(config.aws, options, deadline)
+        return SecretsManager(config.aws, options, deadline, identity)
     if store == "aws-ssm":
         from nomad_secrets.backends.aws_ssm import ParameterStore
 
-        return ParameterStore(config.aws, options, deadline)
+        return ParameterStore(config.aws, options, deadline, identity)
     from nomad_secrets.backends.vault import Vault
 
     return Vault(config.vault, options, deadline)

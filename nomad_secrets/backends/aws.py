@@ -13,7 +13,7 @@ from nomad_secrets import errors
 from nomad_secrets.config import AwsSettings
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import ConfigError, RequestError, StoreError
-from nomad_secrets.request import JobOptions
+from nomad_secrets.request import Identity, JobOptions
 
 CONNECT_TIMEOUT = 3.0  # a dead endpoint should not eat the whole deadline
 _THROTTLED = {"ThrottlingException", "TooManyRequestsException", "Throttling", "RequestLimitExceeded"}
@@ -38,7 +38,9 @@ def region_for(settings: AwsSettings, options: JobOptions) -> str | None:
     return settings.region
 
 
-def make_client(service: str, settings: AwsSettings, options: JobOptions, deadline: Deadline) -> Any:
+def make_client(
+    service: str, settings: AwsSettings, options: JobOptions, deadline: Deadline, identity: Identity
+) -> Any:
     import botocore.config
     import botocore.exceptions
     import botocore.session
@@ -53,8 +55,11 @@ def make_client(service: str, settings: AwsSettings, options: JobOptions, deadli
         retries={"mode": "standard", "max_attempts": 3},
         user_agent_extra=f"nomad-secrets/{__version__}",
     )
+    session = botocore.session.Session()
     credentials: dict[str, str] = {}
-    if settings.access_key_id or settings.secret_access_key:
+    if settings.web_identity_role_arn:
+        credentials = _web_identity(session, config, settings, options, identity)
+    elif settings.access_key_id or settings.secret_access_key:
         if not (settings.access_key_id and settings.secret_access_key):
             raise ConfigError("aws.access_key_id and aws.secret_access_key go together; set both or neither")
         credentials = {
@@ -64,13 +69,73 @@ def make_client(service: str, settings: AwsSettings, options: JobOptions, deadli
         if settings.session_token:
             credentials["aws_session_token"] = settings.session_token
     try:
-        return botocore.session.Session().create_client(
-            service, config=config, endpoint_url=settings.endpoint_url, **credentials
+        return session.create_client(
+            service, config=config, endpoint_url=_endpoint(settings, service), **credentials
         )
     except botocore.exceptions.NoRegionError:
         raise RequestError(
             "no AWS region: set AWS_REGION in the secret block's env, or aws.region in the config"
         ) from None
+
+
+def _endpoint(settings: AwsSettings, service: str) -> str | None:
+    return settings.endpoint_urls.get(service, settings.endpoint_url)
+
+
+def _web_identity(
+    session: Any, config: Any, settings: AwsSettings, options: JobOptions, identity: Identity
+) -> dict[str, str]:
+    """Credentials for the job's own role, from its workload identity token.
+
+    The token's claims were checked against Nomad's identity before this
+    (fetch.py); STS verifies its signature against the IAM OIDC provider.
+    """
+    import botocore
+    import botocore.exceptions
+
+    if not options.workload_token or identity.namespace is None or identity.job_id is None:
+        raise RequestError(
+            "this node reads AWS with the job's workload identity: add an identity block"
+            ' (env = true) and NOMAD_WORKLOAD_TOKEN = "${NOMAD_TOKEN_<identity name>}" to'
+            " the secret block's env"
+        )
+    role_arn = (settings.web_identity_role_arn or "").replace("{namespace}", identity.namespace)
+    role_arn = role_arn.replace("{job}", identity.job_id)
+    session_name = re.sub(r"[^\w+=,.@-]", "-", f"nomad-{identity.namespace}-{identity.job_id}")[:64]
+    # AssumeRoleWithWebIdentity is unsigned: the token is the credential.
+    unsigned = config.merge(botocore.config.Config(signature_version=botocore.UNSIGNED))
+    sts = session.create_client("sts", config=unsigned, endpoint_url=_endpoint(settings, "sts"))
+    try:
+        answer = sts.assume_role_with_web_identity(
+            RoleArn=role_arn, RoleSessionName=session_name, WebIdentityToken=options.workload_token
+        )
+    except aws_errors() as exc:
+        raise store_error(
+            exc,
+            "NOMAD_WORKLOAD_TOKEN",
+            "AWS STS",
+            action="sts:AssumeRoleWithWebIdentity (a trust policy for Nomad's OIDC issuer)",
+            resource=f"role {role_arn!r}",
+        ) from None
+    creds = answer["Credentials"]
+    return {
+        "aws_access_key_id": creds["AccessKeyId"],
+        "aws_secret_access_key": creds["SecretAccessKey"],
+        "aws_session_token": creds["SessionToken"],
+    }
+
+
+def aws_errors() -> tuple[type[Exception], ...]:
+    """What a botocore call raises: its own tree, and the response parser's
+    error, which sits outside it (an HTML error page where XML was due)."""
+    import botocore.exceptions
+    import botocore.parsers
+
+    return (
+        botocore.exceptions.ClientError,
+        botocore.exceptions.BotoCoreError,
+        botocore.parsers.ResponseParserError,
+    )
 
 
 def store_error(exc: Exception, reference: str, label: str, *, action: str, resource: str) -> StoreError:
@@ -81,7 +146,15 @@ def store_error(exc: Exception, reference: str, label: str, *, action: str, reso
     Secret values never appear in AWS error messages.
     """
     import botocore.exceptions as bx
+    import botocore.parsers
 
+    if isinstance(exc, botocore.parsers.ResponseParserError):
+        return StoreError(
+            reference,
+            label,
+            "the endpoint's answer is not an AWS answer (an error page?)",
+            "check aws.endpoint_url and any proxy in between",
+        )
     if isinstance(exc, bx.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         message = str(exc.response.get("Error", {}).get("Message", ""))

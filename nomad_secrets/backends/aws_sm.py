@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from nomad_secrets.backends.aws import make_client, store_error
+from nomad_secrets.backends.aws import aws_errors, make_client, store_error
 from nomad_secrets.config import AwsSettings
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import NotFound, RequestError
 from nomad_secrets.reference import Reference
-from nomad_secrets.request import JobOptions
+from nomad_secrets.request import Identity, JobOptions
 from nomad_secrets.shape import Raw
 
 OPTIONS = ("version_stage", "version_id")
@@ -16,15 +16,15 @@ OPTIONS = ("version_stage", "version_id")
 class SecretsManager:
     label = "AWS Secrets Manager"
 
-    def __init__(self, settings: AwsSettings, options: JobOptions, deadline: Deadline) -> None:
-        self.client = make_client("secretsmanager", settings, options, deadline)
+    def __init__(
+        self, settings: AwsSettings, options: JobOptions, deadline: Deadline, identity: Identity
+    ) -> None:
+        self.client = make_client("secretsmanager", settings, options, deadline, identity)
 
     def close(self) -> None:
         pass
 
     def read(self, ref: Reference) -> Raw:
-        import botocore.exceptions
-
         params = {"SecretId": ref.locator}
         options = ref.options_for(self.label, OPTIONS)
         if "version_id" in options and "version_stage" in options:
@@ -35,8 +35,8 @@ class SecretsManager:
             params["VersionStage"] = options.get("version_stage", "AWSCURRENT")
         try:
             response = self.client.get_secret_value(**params)
-        except botocore.exceptions.ClientError as exc:
-            error = exc.response.get("Error", {})
+        except aws_errors() as exc:
+            error = getattr(exc, "response", {}).get("Error", {})
             # AWS: "...because it was marked for deletion."; moto: "...marked deleted."
             if error.get("Code") == "InvalidRequestException" and "marked" in str(error.get("Message")):
                 raise NotFound(
@@ -45,14 +45,6 @@ class SecretsManager:
                     "the secret is scheduled for deletion",
                     "restore it, or point the job at another secret",
                 ) from None
-            raise store_error(
-                exc,
-                ref.text,
-                self.label,
-                action="secretsmanager:GetSecretValue",
-                resource=f"secret {ref.locator!r}",
-            ) from None
-        except botocore.exceptions.BotoCoreError as exc:
             raise store_error(
                 exc,
                 ref.text,

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from nomad_secrets.backends.aws import make_client, store_error
+from nomad_secrets.backends.aws import aws_errors, make_client, store_error
 from nomad_secrets.config import AwsSettings
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import InvalidSecret, RequestError
 from nomad_secrets.reference import Reference
-from nomad_secrets.request import JobOptions
+from nomad_secrets.request import Identity, JobOptions
 from nomad_secrets.shape import Raw
 
 OPTIONS = ("version", "label", "recursive")
@@ -32,8 +32,10 @@ MAX_PAGES = 100  # 10 parameters a page: far more than a task should need
 class ParameterStore:
     label = "AWS SSM Parameter Store"
 
-    def __init__(self, settings: AwsSettings, options: JobOptions, deadline: Deadline) -> None:
-        self.client = make_client("ssm", settings, options, deadline)
+    def __init__(
+        self, settings: AwsSettings, options: JobOptions, deadline: Deadline, identity: Identity
+    ) -> None:
+        self.client = make_client("ssm", settings, options, deadline, identity)
 
     def close(self) -> None:
         pass
@@ -117,9 +119,7 @@ class ParameterStore:
         return values
 
     def _call(self, ref: Reference, action: str, resource: str, method: str, **params: Any) -> Any:
-        import botocore.exceptions
-
         try:
             return getattr(self.client, method)(**params)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        except aws_errors() as exc:
             raise store_error(exc, ref.text, self.label, action=action, resource=resource) from None

@@ -1,0 +1,353 @@
+"""A hostile job cannot run code, redirect credentials or read another job's
+secrets: each case through the built executable, as Nomad runs it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from conftest import aws_config, write_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from netutil import RecordingProxy
+from nomad import NomadClient, nomad_env, run_plugin
+
+REGION_ENV = {"AWS_REGION": "us-east-2"}
+
+
+class CaptureServer:
+    """Records every request it gets (it must get none)."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        capture = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_any(self) -> None:
+                capture.requests.append(f"{self.command} {self.path}")
+                self.send_response(200)
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = do_CONNECT = do_any
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def capture() -> Iterator[CaptureServer]:
+    server = CaptureServer()
+    yield server
+    server.close()
+
+
+def jwt(claims: dict[str, object]) -> str:
+    def part(obj: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2ln"
+
+
+def error_of(fetched: Any) -> str:
+    assert fetched.run.returncode == 0 and not fetched.ok and fetched.result == {}, fetched
+    return str(fetched.plugin_error)
+
+
+# --- the environment is input, not configuration --------------------------------
+
+
+def hostile_env(tmp_path: Path, capture_url: str, marker: Path) -> dict[str, dict[str, str]]:
+    aws_dir = tmp_path / "aws"
+    aws_dir.mkdir(exist_ok=True)
+    (aws_dir / "config").write_text(
+        f"[default]\ncredential_process = /bin/sh -c 'touch {marker}; echo {{}}'\n"
+        f"endpoint_url = {capture_url}\n"
+    )
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nnot a cert\n-----END CERTIFICATE-----\n")
+    code = tmp_path / "py"
+    code.mkdir(exist_ok=True)
+    (code / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    return {
+        "PYTHONPATH": {"PYTHONPATH": str(code)},
+        "PYTHONSTARTUP": {"PYTHONSTARTUP": str(code / "sitecustomize.py")},
+        "AWS_CONFIG_FILE": {"AWS_CONFIG_FILE": str(aws_dir / "config"), "AWS_PROFILE": "default"},
+        "AWS_ENDPOINT_URL": {"AWS_ENDPOINT_URL": capture_url},
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": {"AWS_ENDPOINT_URL_SECRETS_MANAGER": capture_url},
+        "AWS credentials": {"AWS_ACCESS_KEY_ID": "AKIAEVIL", "AWS_SECRET_ACCESS_KEY": "x"},
+        "AWS_WEB_IDENTITY_TOKEN_FILE": {
+            "AWS_ROLE_ARN": "arn:aws:iam::1:role/x",
+            "AWS_WEB_IDENTITY_TOKEN_FILE": str(ca),
+        },
+        "VAULT_ADDR": {"VAULT_ADDR": capture_url, "VAULT_TOKEN": "evil"},
+        "BAO_ADDR": {"BAO_ADDR": capture_url},
+        "HTTPS_PROXY": {"HTTPS_PROXY": capture_url, "HTTP_PROXY": capture_url, "https_proxy": capture_url},
+        "NO_PROXY": {"NO_PROXY": "*"},
+        "CA bundles": {
+            "AWS_CA_BUNDLE": str(ca),
+            "REQUESTS_CA_BUNDLE": str(ca),
+            "SSL_CERT_FILE": str(ca),
+            "SSL_CERT_DIR": str(tmp_path),
+        },
+        "HOME": {"HOME": str(tmp_path)},
+        "LD_LIBRARY_PATH": {"LD_LIBRARY_PATH": str(code)},
+        "OPENSSL_CONF": {"OPENSSL_CONF": str(ca)},
+    }
+
+
+CASES = [
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "AWS_CONFIG_FILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+    "AWS credentials",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "VAULT_ADDR",
+    "BAO_ADDR",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "CA bundles",
+    "HOME",
+    "LD_LIBRARY_PATH",
+    "OPENSSL_CONF",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_hostile_env_has_no_effect(
+    case: str, nomad: NomadClient, capture: CaptureServer, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """Each variable is refused by name; nothing it points at is run or
+    contacted, and the same fetch without it still works."""
+    marker = tmp_path / "marker"
+    name = "hostile-" + uuid.uuid4().hex[:8]
+    secretsmanager.create_secret(Name=name, SecretString="real")
+    env = hostile_env(tmp_path, capture.url, marker)[case]
+    message = error_of(nomad.fetch("aws", name, {**REGION_ENV, **env}))
+    assert any(repr(key) in message for key in env), message
+    assert capture.requests == []
+    assert not marker.exists()
+    assert nomad.fetch("aws", name, REGION_ENV).result == {"value": "real"}
+
+
+def test_forged_identity_in_env_is_overwritten_by_nomad(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any
+) -> None:
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, POLICY))
+    secretsmanager.create_secret(Name="nomad/default/admin/db", SecretString="admin's")
+    forged = {**REGION_ENV, "NOMAD_JOB_ID": "admin", "NOMAD_NAMESPACE": "default"}
+    message = error_of(nomad.fetch("aws", "nomad/default/admin/db", forged, job_id="web"))
+    assert "job 'web'" in message and "admin's" not in message
+
+
+# --- per-job access policy -------------------------------------------------------
+
+POLICY = """
+[[policy]]
+namespace = "payments"
+allow = ["aws-ssm:/payments/*"]
+
+[[policy]]
+allow = ["aws-sm:nomad/{namespace}/{job}/*"]
+"""
+
+
+def test_policy_allows_own_and_denies_others(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, ssm: Any
+) -> None:
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, POLICY))
+    secretsmanager.create_secret(Name="nomad/default/web/db", SecretString="web's")
+    secretsmanager.create_secret(Name="nomad/default/api/db", SecretString="api's")
+    ssm.put_parameter(Name="/payments/key", Value="pay", Type="String")
+    assert nomad.fetch("aws", "nomad/default/web/db", REGION_ENV, job_id="web").result == {"value": "web's"}
+    message = error_of(nomad.fetch("aws", "nomad/default/api/db", REGION_ENV, job_id="web"))
+    assert "'nomad/default/api/db'" in message and "namespace 'default', job 'web'" in message
+    assert nomad.fetch("aws", "aws-ssm:/payments/key", REGION_ENV, namespace="payments").result == {
+        "value": "pay"
+    }
+    error_of(nomad.fetch("aws", "aws-ssm:/payments/key", REGION_ENV, namespace="default"))
+
+
+def test_denied_reference_fails_the_whole_block(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any
+) -> None:
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, POLICY))
+    canary = uuid.uuid4().hex
+    secretsmanager.create_secret(Name="nomad/default/web/ok", SecretString=canary)
+    fetched = nomad.fetch(
+        "aws", "mine = nomad/default/web/ok\ntheirs = nomad/default/api/db\n", REGION_ENV, job_id="web"
+    )
+    assert "'nomad/default/api/db'" in error_of(fetched)
+    assert canary.encode() not in fetched.run.stdout
+
+
+def test_older_nomad_without_identity_is_denied(nomad: NomadClient, moto_endpoint: str) -> None:
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, POLICY))
+    message = error_of(nomad.fetch("aws", "nomad/default/web/db", REGION_ENV, job_id=None, namespace=None))
+    assert "does not let" in message and "1.11.1" in message
+
+
+# --- workload identity: STS AssumeRoleWithWebIdentity -------------------------------
+
+
+WEB_IDENTITY = 'web_identity_role_arn = "arn:aws:iam::123456789012:role/nomad-{namespace}-{job}"\n'
+
+
+def token(job: str = "web", namespace: str = "default", ttl: float = 300) -> str:
+    return jwt(
+        {
+            "nomad_namespace": namespace,
+            "nomad_job_id": job,
+            "exp": time.time() + ttl,
+            "sub": f"global:{namespace}:{job}:group:task:secrets",
+        }
+    )
+
+
+def test_web_identity_reads_with_the_jobs_role(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any
+) -> None:
+    """STS gets the job's token and its templated role, unsigned; the read
+    is then signed with the role's temporary keys, never the node's."""
+    secretsmanager.create_secret(Name="web-secret", SecretString="for web only")
+    jwt_token = token()
+    with RecordingProxy(moto_endpoint) as proxy:
+        write_config(nomad.plugin_dir, aws_config(proxy.url) + WEB_IDENTITY)
+        fetched = nomad.fetch(
+            "aws", "web-secret", {**REGION_ENV, "NOMAD_WORKLOAD_TOKEN": jwt_token}, job_id="web"
+        )
+    assert fetched.result == {"value": "for web only"}
+    sts, read = proxy.requests
+    form = parse_qs(sts.body.decode())
+    assert form["Action"] == ["AssumeRoleWithWebIdentity"]
+    assert form["RoleArn"] == ["arn:aws:iam::123456789012:role/nomad-default-web"]
+    assert form["WebIdentityToken"] == [jwt_token] and "authorization" not in sts.headers
+    assert "Credential=ASIA" in read.headers["authorization"] and "x-amz-security-token" in read.headers
+    assert "Credential=testing/" not in read.headers["authorization"]
+
+
+def test_web_identity_refuses_another_jobs_token(nomad: NomadClient, moto_endpoint: str) -> None:
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint) + WEB_IDENTITY)
+    stolen = token(job="web")
+    message = error_of(
+        nomad.fetch("aws", "web-secret", {**REGION_ENV, "NOMAD_WORKLOAD_TOKEN": stolen}, job_id="api")
+    )
+    assert "nomad_job_id claim is not 'api'" in message and stolen not in message
+
+
+@pytest.mark.parametrize(("expired", "needle"), [(False, "NOMAD_WORKLOAD_TOKEN"), (True, "expired")])
+def test_web_identity_needs_a_live_token(
+    nomad: NomadClient, moto_endpoint: str, expired: bool, needle: str
+) -> None:
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint) + WEB_IDENTITY)
+    env = {"NOMAD_WORKLOAD_TOKEN": token(ttl=-3600)} if expired else {}
+    assert needle in error_of(nomad.fetch("aws", "web-secret", {**REGION_ENV, **env}, job_id="web"))
+
+
+# --- trust in files -------------------------------------------------------------------
+
+
+def test_config_writable_by_others_is_refused(nomad: NomadClient, moto_endpoint: str) -> None:
+    path = write_config(nomad.plugin_dir, aws_config(moto_endpoint))
+    path.chmod(0o666)
+    message = error_of(nomad.fetch("aws", "x", REGION_ENV))
+    assert f"the config file {path} is writable by group or others; chmod go-w {path}" in message
+
+
+def test_plugin_dir_writable_by_others_is_refused(nomad: NomadClient) -> None:
+    secrets = nomad.plugin_dir / "secrets"
+    secrets.chmod(0o777)
+    assert f"the plugin directory {secrets} is writable" in error_of(nomad.fetch("aws", "x", REGION_ENV))
+
+
+def test_config_symlink_is_refused(nomad: NomadClient, moto_endpoint: str, tmp_path: Path) -> None:
+    real = tmp_path / "real.toml"
+    real.write_text(aws_config(moto_endpoint))
+    path = nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
+    path.unlink()
+    path.symlink_to(real)
+    assert "is a symlink" in error_of(nomad.fetch("aws", "x", REGION_ENV))
+
+
+def test_vault_token_file_writable_by_others_is_refused(
+    nomad: NomadClient, moto_endpoint: str, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s.secret")
+    token_file.chmod(0o622)
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, f'[vault]\ntoken_file = "{token_file}"\n'))
+    message = error_of(nomad.fetch("aws", "x", REGION_ENV))
+    assert f"the file of vault.token_file {token_file} is writable" in message
+
+
+# --- hygiene: canaries never leak -----------------------------------------------------
+
+
+def test_canaries_never_reach_errors_or_logs(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    canary = "CANARY" + uuid.uuid4().hex
+    log = tmp_path / "debug.log"
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, f'[plugin]\ndebug_log = "{log}"\n'))
+    name = "canary-" + uuid.uuid4().hex[:8]
+    secretsmanager.create_secret(Name=name, SecretString=json.dumps({"password": canary, "n": 1}))
+    outputs = [nomad.fetch("aws", name, REGION_ENV)]
+    assert outputs[0].result["password"] == canary
+    failing = [
+        f"{name}#missing",
+        f"{name}#/password/deeper",
+        f"a = {name}\na_password = {name}#n\n",
+        f"{name}?version_id=nope",
+        f"ok = {name}\nbad = missing-{name}\n",
+    ]
+    for path in failing:
+        fetched = nomad.fetch("aws", path, REGION_ENV)
+        error_of(fetched)
+        assert canary.encode() not in fetched.run.stdout + fetched.run.stderr, path
+    for path in [log, *Path(nomad.plugin_dir).rglob("*")]:
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), path
+    assert log.stat().st_size > 0
+
+
+# --- property: any env and path give one JSON object, exit 0 --------------------------
+
+env_keys = st.one_of(
+    st.sampled_from(["AWS_REGION", "NOMAD_WORKLOAD_TOKEN", "CPI_OPERATION", "PATH", "PYTHONPATH", "NOMAD_X"]),
+    st.text(
+        st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="="), min_size=1, max_size=12
+    ),
+)
+env_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FFF), max_size=40)
+paths = st.text(st.characters(min_codepoint=0x01, max_codepoint=0x2FFF), max_size=80)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(env=st.dictionaries(env_keys, env_values, max_size=4), path=paths)
+def test_any_env_and_path_give_one_json_object(nomad: NomadClient, env: dict[str, str], path: str) -> None:
+    run = run_plugin(nomad.executable("aws"), ["fetch", path], nomad_env("fetch", env, "j", "default"))
+    assert run.returncode == 0 and run.stderr == b"", run
+    answer = json.loads(run.stdout)
+    assert set(answer) <= {"result", "error"} and isinstance(answer["result"], dict)
+    assert all(isinstance(v, str) for v in answer["result"].values())
+    assert b"Traceback" not in run.stdout
+    assert os.path.exists(nomad.executable("aws"))
