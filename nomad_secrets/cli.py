@@ -16,7 +16,17 @@ from typing import NoReturn
 
 from nomad_secrets import protocol
 
-USAGE = "nomad-secrets: a Nomad secret provider plugin; Nomad runs it as `fingerprint` or `fetch <path>`"
+USAGE = """\
+nomad-secrets: a secret provider plugin for HashiCorp Nomad.
+
+Nomad runs it as:
+  <name> fingerprint          answer Nomad's fingerprint (JSON on stdout)
+  <name> fetch <path>         read the secret(s) in <path> (JSON on stdout)
+
+For operators:
+  <name> check                check the config, files, store credentials and policy
+  <name> version              print the version
+"""
 
 
 def run() -> NoReturn:
@@ -31,6 +41,8 @@ def run() -> NoReturn:
     # os.environ before any library can read it (proxies, CA bundles, AWS_*).
     environ = dict(os.environ)
     os.environ.clear()
+    if operation in ("check", "version", "help", "--help", "-h"):
+        sys.exit(operator_command(operation, argv))
     protocol.guard_stdio()
     if operation == "fetch":
         plugin_fetch(argv, environ, start)
@@ -38,6 +50,22 @@ def run() -> NoReturn:
         f"unknown operation {operation[:64]!r}: Nomad runs this plugin as `fingerprint`"
         " or `fetch <path>`; check that the file in the plugin directory is nomad-secrets"
     )
+
+
+def operator_command(operation: str, argv: list[str]) -> int:
+    """Commands a person runs: plain text on stdout, an exit status that says
+    whether all is well. Never run by Nomad."""
+    if operation == "check":
+        from nomad_secrets.check import run_check
+
+        return run_check(argv[0])
+    if operation == "version":
+        from nomad_secrets._version import GO_VERSION, __version__
+
+        print(f"nomad-secrets {__version__} (fingerprint version {GO_VERSION})")
+        return 0
+    print(USAGE, end="")
+    return 0
 
 
 def provider_name(executable: str) -> str:

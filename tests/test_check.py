@@ -1,0 +1,69 @@
+"""`nomad-secrets check` through the built executable, as an operator runs it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from conftest import aws_config, write_config
+from netutil import dead_port_url
+
+
+def check(plugin_dir: Path, name: str = "aws") -> tuple[int, str]:
+    proc = subprocess.run(
+        [str(plugin_dir / "secrets" / name), "check"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert proc.stderr == ""
+    return proc.returncode, proc.stdout
+
+
+def test_all_well_with_a_warning_for_no_policy(plugin_dir: Path, artifact: Path) -> None:
+    (plugin_dir / "secrets" / "aws-ssm").symlink_to(artifact)
+    code, out = check(plugin_dir)
+    assert code == 0, out
+    assert "aws -> AWS Secrets Manager (built-in name)" in out
+    assert "aws-ssm -> AWS SSM Parameter Store (built-in name)" in out
+    assert "static keys from the config are arn:aws:" in out  # sts:GetCallerIdentity answered
+    assert "WARNING  no [[policy]]" in out and "result: OK" in out
+
+
+def test_policy_is_printed(plugin_dir: Path, moto_endpoint: str) -> None:
+    write_config(
+        plugin_dir, aws_config(moto_endpoint, '[[policy]]\nnamespace = "web*"\nallow = ["aws-sm:x/*"]\n')
+    )
+    code, out = check(plugin_dir)
+    assert code == 0, out
+    assert "rule 1: namespace 'web*', job '*' may read aws-sm:x/*" in out
+    assert "WARNING" not in out
+
+
+def test_unreachable_store_is_a_problem(plugin_dir: Path) -> None:
+    write_config(plugin_dir, aws_config(dead_port_url()))
+    code, out = check(plugin_dir)
+    assert code == 1 and "PROBLEM  AWS" in out and "cannot reach" in out
+
+
+def test_untrusted_config_is_a_problem(plugin_dir: Path) -> None:
+    (plugin_dir / "secrets" / "nomad-secrets.toml").chmod(0o664)
+    code, out = check(plugin_dir)
+    assert code == 1 and "writable by group or others" in out and "result: 1 problem" in out
+
+
+def test_reserved_and_unconfigured_names_are_problems(plugin_dir: Path, artifact: Path) -> None:
+    (plugin_dir / "secrets" / "vault").symlink_to(artifact)
+    (plugin_dir / "secrets" / "mystery").symlink_to(artifact)
+    code, out = check(plugin_dir)
+    assert code == 1
+    assert "vault: Nomad never runs a plugin named 'vault'" in out
+    assert "mystery: provider 'mystery' is not configured" in out
+
+
+def test_version_and_help(plugin_dir: Path) -> None:
+    proc = subprocess.run([str(plugin_dir / "secrets" / "aws"), "version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("nomad-secrets ")
+    proc = subprocess.run([str(plugin_dir / "secrets" / "aws"), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "fetch <path>" in proc.stdout and "check" in proc.stdout
