@@ -6,7 +6,7 @@ only ``os`` and ``sys`` on the hot paths:
 - ``fingerprint`` is answered from a file in the zip (``fingerprint.json``,
   written at build time), before anything is unpacked or imported;
 - ``fetch`` needs botocore's data files on disk, and ``.pyc`` files to start
-  fast, so the zip's ``lib/`` is unpacked once into
+  fast, so the zip's ``lib.zip`` is unpacked once into
   ``<cache>/<build id>-<interpreter tag>/`` and imported from there. Python
   writes each module's ``.pyc`` there the first time it is imported.
 
@@ -70,6 +70,7 @@ def unpacked(archive: str, build_id: str, cache_root: str) -> str:
 
 
 def _unpack(archive: str, cache_root: str, entry: str) -> None:
+    import io
     import shutil
     import tempfile
     import zipfile
@@ -82,8 +83,10 @@ def _unpack(archive: str, cache_root: str, entry: str) -> None:
             raise CacheError(problem)
         tmp = tempfile.mkdtemp(prefix=".unpack-", dir=cache_root)
         try:
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp, [n for n in zf.namelist() if n.startswith("lib/")])
+            with zipfile.ZipFile(archive) as outer:
+                lib = io.BytesIO(outer.read("lib.zip"))  # a zip in the zip: see scripts/build
+            with zipfile.ZipFile(lib) as inner:
+                inner.extractall(tmp)
             os.rename(tmp, entry)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)

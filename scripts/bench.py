@@ -1,0 +1,442 @@
+"""Benchmark the built executable against the interpreter's floor and the
+tools an operator would otherwise use, side by side in one run.
+
+    scripts/bench [--runs N] [--warmup N] [--only CASE ...] [--quick] [--json FILE]
+
+Each case alternates its commands (a, b, c, a, b, c, ...) after warm-up
+runs, so that a noisy machine hurts every command alike; the table gives the
+median and the spread (p10-p90) in milliseconds, then the ratios that
+docs/performance.md budgets. The stores are moto's server and the Vault
+simulator (tests/vault_sim.py) on 127.0.0.1, so network time is near zero
+and what is measured is each command's own cost: interpreter start, imports,
+client set-up. The plugin always runs as Nomad runs it: environment from
+scratch, `fetch <path>`.
+
+The comparison tools (boto3, hvac, awscli) live in their own virtualenv,
+.venv-bench, made on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+BENCH_VENV = ROOT / ".venv-bench"
+REGION = "us-east-2"
+CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+CASES = ("fingerprint", "secretsmanager", "ssm", "vault", "ten-refs", "first-fetch", "size")
+
+BOTO3_SCRIPT = """\
+import json, sys, boto3
+client = boto3.client(sys.argv[1], region_name="us-east-2", endpoint_url=sys.argv[2],
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+if sys.argv[1] == "ssm":
+    value = client.get_parameter(Name=sys.argv[3], WithDecryption=True)["Parameter"]["Value"]
+else:
+    value = client.get_secret_value(SecretId=sys.argv[3])["SecretString"]
+print(json.dumps({"result": {"value": value}}))
+"""
+
+HVAC_SCRIPT = """\
+import json, sys, hvac
+client = hvac.Client(url=sys.argv[1], token=sys.argv[2])
+data = client.secrets.kv.v2.read_secret_version(path=sys.argv[3], mount_point="secret",
+                                                raise_on_deleted_version=True)["data"]["data"]
+print(json.dumps({"result": data}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_venv() -> Path:
+    python = BENCH_VENV / "bin" / "python"
+    if not python.exists():
+        print("bench: creating .venv-bench with boto3, hvac and awscli (first run only)", flush=True)
+        base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+        subprocess.run([base, "-m", "venv", str(BENCH_VENV)], check=True)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "boto3",
+                "hvac",
+                "awscli",
+            ],
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
+    return python
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0 or b'"error"' in proc.stdout:
+        raise SystemExit(f"bench: {argv[:3]} failed: {proc.stdout[:300]!r} {proc.stderr[-300:]!r}")
+    return seconds
+
+
+def alternate(
+    commands: dict[str, tuple[list[str], dict[str, str]]], runs: int, warmup: int
+) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for argv, env in commands.values():
+            timed(argv, env)
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, (argv, env) in commands.items():
+            samples[name].append(timed(argv, env) * 1000)
+    return samples
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
+
+    return {"median": statistics.median(values), "p10": pct(0.1), "p90": pct(0.9), "n": len(values)}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="nomad-secrets-bench-"))
+        self.results: dict[str, dict[str, dict[str, float]]] = {}
+        self.raw: dict[str, dict[str, list[float]]] = {}
+        self.ratios: list[tuple[str, float, str]] = []
+        self.interpreter = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+        self.exe = self.tmp / "nomad-secrets"
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "build"),
+                "--python",
+                self.interpreter,
+                "--output",
+                str(self.exe),
+                "--cache-dir",
+                str(self.tmp / "cache"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        self.moto_port = free_port()
+        self.moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.moto_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.endpoint = f"http://127.0.0.1:{self.moto_port}"
+        self.vault: object | None = None
+
+    def close(self) -> None:
+        self.moto.terminate()
+        self.moto.wait()
+        if self.vault is not None:
+            self.vault.stop()  # type: ignore[attr-defined]
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def record(self, case: str, samples: dict[str, list[float]]) -> None:
+        self.raw[case] = samples
+        self.results[case] = {name: summary(values) for name, values in samples.items()}
+
+    def median(self, case: str, name: str) -> float:
+        return self.results[case][name]["median"]
+
+    def ratio(self, label: str, case: str, a: str, b: str, budget: str) -> None:
+        self.ratios.append((label, self.median(case, a) / self.median(case, b), budget))
+
+    def plugin(self, name: str, config: str) -> Path:
+        secrets = self.tmp / f"plugins-{name}" / "secrets"
+        secrets.mkdir(parents=True, exist_ok=True)
+        (secrets / "nomad-secrets.toml").write_text(config)
+        link = secrets / name
+        if not link.exists():
+            link.symlink_to(self.exe)
+        return link
+
+    def fetch_cmd(self, plugin: Path, path: str) -> tuple[list[str], dict[str, str]]:
+        env = {
+            "CPI_OPERATION": "fetch",
+            "AWS_REGION": REGION,
+            "NOMAD_JOB_ID": "bench",
+            "NOMAD_NAMESPACE": "default",
+        }
+        return [str(plugin), "fetch", path], env
+
+    def aws_config(self) -> str:
+        return (
+            f'[aws]\nendpoint_url = "{self.endpoint}"\naccess_key_id = "testing"\n'
+            f'secret_access_key = "testing"\nregion = "{REGION}"\n'
+        )
+
+    def wait_for_moto(self) -> None:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.moto_port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit("bench: moto's server did not start")
+
+    def seed_aws(self) -> None:
+        import botocore.session
+
+        session = botocore.session.Session()
+        kw = {"region_name": REGION, "endpoint_url": self.endpoint, **CREDS}
+        sm = session.create_client("secretsmanager", **kw)
+        ssm = session.create_client("ssm", **kw)
+        for i in range(10):
+            sm.create_secret(Name=f"bench/{i}", SecretString=json.dumps({"user": "u", "password": f"pw{i}"}))
+        ssm.put_parameter(Name="/bench/param", Value="value", Type="SecureString")
+
+    # --- cases ----------------------------------------------------------------
+
+    def case_fingerprint(self) -> None:
+        plugin = self.plugin("aws", self.aws_config())
+        self.record(
+            "fingerprint",
+            alternate(
+                {
+                    "plugin fingerprint": ([str(plugin), "fingerprint"], {"CPI_OPERATION": "fingerprint"}),
+                    "python3 -I -S -c pass": ([self.interpreter, "-I", "-S", "-c", "pass"], {}),
+                },
+                self.args.runs,
+                self.args.warmup,
+            ),
+        )
+        self.ratio(
+            "fingerprint / interpreter floor",
+            "fingerprint",
+            "plugin fingerprint",
+            "python3 -I -S -c pass",
+            "<= 2",
+        )
+
+    def aws_case(self, case: str, service: str, plugin_path: str, name: str, cli: list[str]) -> None:
+        venv = bench_venv()
+        plugin = self.plugin("aws", self.aws_config())
+        script = self.tmp / "boto3_fetch.py"
+        script.write_text(BOTO3_SCRIPT)
+        cli_env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "HOME": str(self.tmp),
+            "PATH": "/usr/bin:/bin",
+        }
+        self.record(
+            case,
+            alternate(
+                {
+                    "plugin fetch": self.fetch_cmd(plugin, plugin_path),
+                    "boto3 script": (
+                        [str(venv), str(script), service, self.endpoint, name],
+                        {"HOME": str(self.tmp)},
+                    ),
+                    "aws cli": ([str(venv.parent / "aws"), "--endpoint-url", self.endpoint, *cli], cli_env),
+                },
+                self.args.runs,
+                self.args.warmup,
+            ),
+        )
+        self.ratio(f"{case}: plugin / boto3 script", case, "plugin fetch", "boto3 script", "<= 0.75")
+        self.ratio(f"{case}: plugin / aws cli", case, "plugin fetch", "aws cli", "<= 0.45")
+
+    def case_secretsmanager(self) -> None:
+        self.aws_case(
+            "secretsmanager",
+            "secretsmanager",
+            "bench/0",
+            "bench/0",
+            ["secretsmanager", "get-secret-value", "--secret-id", "bench/0"],
+        )
+
+    def case_ssm(self) -> None:
+        self.aws_case(
+            "ssm",
+            "ssm",
+            "aws-ssm:/bench/param",
+            "/bench/param",
+            ["ssm", "get-parameter", "--name", "/bench/param", "--with-decryption"],
+        )
+
+    def case_vault(self) -> None:
+        from vault_sim import VaultSimulator
+
+        venv = bench_venv()
+        sim = VaultSimulator()
+        sim.start()
+        self.vault = sim
+        sim.enable_kv("secret", 2)
+        sim.put_kv("secret", "bench/app", {"user": "u", "password": "pw"})
+        sim.add_root_token("bench-root")
+        token = self.tmp / "vault-token"
+        token.write_text("bench-root")
+        token.chmod(0o600)
+        plugin = self.plugin(
+            "openbao",
+            f'[vault]\naddress = "{sim.address}"\ntoken_file = "{token}"\n'
+            '[providers.openbao]\nstore = "vault"\n',
+        )
+        script = self.tmp / "hvac_fetch.py"
+        script.write_text(HVAC_SCRIPT)
+        self.record(
+            "vault",
+            alternate(
+                {
+                    "plugin fetch": self.fetch_cmd(plugin, "secret/bench/app"),
+                    "hvac script": ([str(venv), str(script), sim.address, "bench-root", "bench/app"], {}),
+                },
+                self.args.runs,
+                self.args.warmup,
+            ),
+        )
+        self.ratio("vault: plugin / hvac script", "vault", "plugin fetch", "hvac script", "<= 0.9")
+
+    def case_ten_refs(self) -> None:
+        plugin = self.plugin("aws", self.aws_config())
+        ten = "".join(f"s{i} = bench/{i}\n" for i in range(10))
+        self.record(
+            "ten-refs",
+            alternate(
+                {
+                    "1 reference": self.fetch_cmd(plugin, "one = bench/0\n"),
+                    "10 references": self.fetch_cmd(plugin, ten),
+                },
+                self.args.runs,
+                self.args.warmup,
+            ),
+        )
+        self.ratio("10 references / 1 reference", "ten-refs", "10 references", "1 reference", "<= 1.5")
+
+    def case_first_fetch(self) -> None:
+        plugin = self.plugin("aws", self.aws_config())
+        argv, env = self.fetch_cmd(plugin, "bench/0")
+        samples: list[float] = []
+        for _ in range(max(3, self.args.runs // 4)):
+            shutil.rmtree(self.tmp / "cache", ignore_errors=True)
+            subprocess.run(["sync"], check=False)
+            samples.append(timed(argv, env) * 1000)
+        warm = [timed(argv, env) * 1000 for _ in range(3)]
+        self.record("first-fetch", {"first fetch, empty cache": samples, "next fetch": warm})
+
+    def case_size(self) -> None:
+        size = self.exe.stat().st_size
+        self.results["size"] = {
+            "artifact bytes": {"median": float(size), "p10": float(size), "p90": float(size), "n": 1}
+        }
+        self.raw["size"] = {"artifact bytes": [float(size)]}
+
+
+def versions(venv_python: Path | None) -> dict[str, str]:
+    out = {
+        "python": sys.version.split()[0],
+        "interpreter": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+    }
+    from nomad_secrets._version import __version__
+
+    out["nomad-secrets"] = __version__
+    if venv_python is not None and venv_python.exists():
+        listing = subprocess.run(
+            [str(venv_python), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        for item in json.loads(listing or "[]"):
+            if item["name"].lower() in ("boto3", "botocore", "hvac", "awscli"):
+                out[f"bench {item['name'].lower()}"] = item["version"]
+    return out
+
+
+def print_table(bench: Bench, write: Callable[[str], None]) -> None:
+    write(f"{'case':<16} {'command':<28} {'median ms':>10} {'p10-p90 ms':>16} {'n':>4}")
+    for case, commands in bench.results.items():
+        for name, s in commands.items():
+            if case == "size":
+                write(f"{case:<16} {name:<28} {s['median']:>10,.0f} {'':>16} {'':>4}")
+                continue
+            write(
+                f"{case:<16} {name:<28} {s['median']:>10.1f} {s['p10']:>7.1f} - {s['p90']:<6.1f} {s['n']:>4.0f}"
+            )
+    if bench.ratios:
+        write("")
+        write(f"{'ratio of medians':<44} {'measured':>9}  budget")
+        for label, value, budget in bench.ratios:
+            write(f"{label:<44} {value:>9.2f}  {budget}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=30, help="measured runs per command (default 30)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--only", nargs="+", choices=CASES, help="run only these cases")
+    parser.add_argument("--quick", action="store_true", help="3 runs, 1 warm-up, no comparison tools (CI)")
+    parser.add_argument("--json", type=Path, help="write the raw numbers here (default: print the path)")
+    args = parser.parse_args()
+    cases = list(args.only or CASES)
+    if args.quick:
+        args.runs, args.warmup = 3, 1
+        cases = [c for c in cases if c not in ("secretsmanager", "ssm", "vault")]
+    bench = Bench(args)
+    try:
+        bench.wait_for_moto()
+        bench.seed_aws()
+        for case in cases:
+            print(f"bench: {case} ...", flush=True)
+            getattr(bench, "case_" + case.replace("-", "_"))()
+        info = versions(BENCH_VENV / "bin" / "python" if not args.quick else None)
+        print()
+        for key, value in info.items():
+            print(f"{key}: {value}")
+        print(f"command: scripts/bench {' '.join(sys.argv[1:])}".rstrip())
+        print()
+        print_table(bench, print)
+        out = args.json or ROOT / "dist" / "bench.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(
+            json.dumps(
+                {
+                    "versions": info,
+                    "results": bench.results,
+                    "raw_ms": bench.raw,
+                    "ratios": [{"label": a, "value": b, "budget": c} for a, b, c in bench.ratios],
+                },
+                indent=1,
+            )
+        )
+        print(f"\nraw numbers: {out}")
+    finally:
+        bench.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
