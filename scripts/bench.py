@@ -92,9 +92,7 @@ def bench_venv() -> Path:
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-    )
+    proc = subprocess.run(argv, env=env, capture_output=True, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     if proc.returncode != 0 or b'"error"' in proc.stdout:
         raise SystemExit(f"bench: {argv[:3]} failed: {proc.stdout[:300]!r} {proc.stderr[-300:]!r}")
@@ -383,9 +381,8 @@ def print_table(bench: Bench, write: Callable[[str], None]) -> None:
             if case == "size":
                 write(f"{case:<16} {name:<28} {s['median']:>10,.0f} {'':>16} {'':>4}")
                 continue
-            write(
-                f"{case:<16} {name:<28} {s['median']:>10.1f} {s['p10']:>7.1f} - {s['p90']:<6.1f} {s['n']:>4.0f}"
-            )
+            spread = f"{s['p10']:>7.1f} - {s['p90']:<6.1f}"
+            write(f"{case:<16} {name:<28} {s['median']:>10.1f} {spread} {s['n']:>4.0f}")
     if bench.ratios:
         write("")
         write(f"{'ratio of medians':<44} {'measured':>9}  budget")

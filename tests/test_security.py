@@ -319,13 +319,13 @@ def test_canaries_never_reach_errors_or_logs(
         f"{name}?version_id=nope",
         f"ok = {name}\nbad = missing-{name}\n",
     ]
-    for path in failing:
-        fetched = nomad.fetch("aws", path, REGION_ENV)
+    for secret_path in failing:
+        fetched = nomad.fetch("aws", secret_path, REGION_ENV)
         error_of(fetched)
-        assert canary.encode() not in fetched.run.stdout + fetched.run.stderr, path
-    for path in [log, *Path(nomad.plugin_dir).rglob("*")]:
-        if path.is_file():
-            assert canary.encode() not in path.read_bytes(), path
+        assert canary.encode() not in fetched.run.stdout + fetched.run.stderr, secret_path
+    for written in [log, *Path(nomad.plugin_dir).rglob("*")]:
+        if written.is_file():
+            assert canary.encode() not in written.read_bytes(), written
     assert log.stat().st_size > 0
 
 

@@ -1,6 +1,7 @@
 """One module per store, imported only when a reference needs that store.
 
-A fetch from SSM never imports hvac, and fingerprint imports none of this.
+A fetch from SSM never imports the Vault client, and fingerprint imports
+none of this.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ thread; its retries are off (``_call`` retries a 429 itself, within the
 deadline) and every call's timeout is what is left of the deadline.
 
 TLS verification is always on (``CERT_REQUIRED``), trusting ``vault.ca_cert``
-or certifi's bundle; the client certificate comes from the config too. This
+or else the system's trust store (as the vault CLI does; the environment
+variables that could point OpenSSL elsewhere are gone before this runs); the
+client certificate comes from the config too. This
 module never reads ``os.environ``: Nomad's environment is the job's, and it is
 cleared before any import, so a job cannot add a proxy, a CA or a token.
 
@@ -40,14 +42,12 @@ values, and the response ``data`` is never echoed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -101,36 +101,12 @@ _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
 _MULTIERROR_ITEM = re.compile(r"^\s*\*\s*(.+)$", re.MULTILINE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
-ClaimsCheck = Callable[[Mapping[str, object]], None]
-
 
 @dataclass(frozen=True)
 class Mount:
     path: str  # as used in API paths, no trailing slash ("secret", "ns1/team/kv")
     type: str  # "kv" or the engine's type
     kv_version: int = 0  # 1 or 2 for "kv", else 0
-
-
-def workload_claims(jwt: str) -> dict[str, object]:
-    """The claims of a workload identity JWT, NOT verified.
-
-    Vault verifies the signature at login; this is for comparing the claims
-    with what Nomad itself says about the job before logging in.
-    """
-    parts = jwt.split(".")
-    try:
-        if len(parts) != 3:
-            raise ValueError("not three parts")
-        payload = parts[1] + "=" * (-len(parts[1]) % 4)
-        claims = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeError, RecursionError):
-        claims = None
-    if not isinstance(claims, dict):
-        raise RequestError(
-            "NOMAD_WORKLOAD_TOKEN is not a JWT; set it to the task's workload identity,"
-            ' NOMAD_WORKLOAD_TOKEN = "${NOMAD_TOKEN_<identity name>}"'
-        )
-    return claims
 
 
 class Vault:
@@ -141,14 +117,11 @@ class Vault:
         settings: VaultSettings,
         options: JobOptions,
         deadline: Deadline,
-        *,
-        check_claims: ClaimsCheck | None = None,
     ) -> None:
         """Check the config and read the credentials; no network here.
 
-        ``check_claims``, for auth_method "jwt": called with the workload
-        identity's (unverified) claims before any login; raise a PluginError
-        to refuse, e.g. when they name another job than Nomad's NOMAD_JOB_ID.
+        For auth_method "jwt", fetch.py has already checked that the workload
+        token's claims name the job Nomad says is asking (identity.py).
         """
         self.settings = settings
         self.deadline = deadline
@@ -197,8 +170,6 @@ class Vault:
                     ' "${NOMAD_TOKEN_<identity name>}" (Nomad before 1.11.3 does not interpolate'
                     " the secret block's env)"
                 )
-            if check_claims is not None:
-                check_claims(workload_claims(jwt))
             self._login_body = {"jwt": jwt}
             if settings.role:
                 self._login_body["role"] = settings.role
@@ -220,7 +191,7 @@ class Vault:
             block=False,
             retries=False,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=settings.ca_cert or _certifi_bundle(),
+            ca_certs=settings.ca_cert,  # None: the system's trust store, as the vault CLI uses
             cert_file=settings.client_cert,
             key_file=settings.client_key,
         )
@@ -246,6 +217,34 @@ class Vault:
         if mount.kv_version == 2:
             return self._read_kv2(ref, token, mount, rest, version)
         return self._read_data(ref, token, locator)
+
+    def probe(self) -> None:
+        """For ``nomad-secrets check``: prove the credentials work, reading no secret.
+
+        A login method logs in (``close`` then revokes its token); a token
+        from vault.token_file is looked up (auth/token/lookup-self, which
+        Vault's default policy grants). Nothing of the answer is kept: it
+        holds the token itself.
+        """
+        api_path = "auth/token/lookup-self"
+        ref = Reference(text=api_path, scheme="vault", locator=api_path)
+        token = self._ensure_token(ref)
+        if self._owned:
+            return
+        status, body = self._call(ref, "GET", api_path, token=token)
+        if status == 200:
+            return
+        if status == 403:
+            if _invalid_token(body):
+                raise self._token_rejected(ref)
+            raise AccessDenied(
+                ref.text,
+                LABEL,
+                "Vault refused the token's lookup of itself",
+                "the token is invalid or expired, or lacks Vault's default policy;"
+                " the operator renews the token in vault.token_file",
+            )
+        raise self._unexpected(ref, status, body)
 
     def close(self) -> None:
         """Revoke a login's token (if vault.revoke_token); twice is harmless, never raises."""
@@ -407,11 +406,17 @@ class Vault:
         # Vault reserves these names at the top of every namespace, so in a
         # mount path they mean its own API (auth/approle/role/x/role-id, ...).
         # A KV mount so named can still be read by listing it in vault.kv_mounts.
-        reserved = set(mount_path.split("/")) & set(RESERVED_PREFIXES)
-        if mount_type in SYSTEM_TYPES or reserved:
+        if mount_type in SYSTEM_TYPES:
             raise RequestError(
                 f"{ref.text!r} ({LABEL}): {mount_path!r} is Vault's {mount_type!r} mount, not a secrets"
                 " engine; the plugin reads secrets engines only (KV, database, ...)"
+            )
+        reserved = sorted(set(mount_path.split("/")) & set(RESERVED_PREFIXES))
+        if reserved:
+            raise RequestError(
+                f"{ref.text!r} ({LABEL}): the mount {mount_path!r} is named like Vault's own API"
+                f" ({reserved[0]}/), so the plugin does not read it; if it is a KV mount, the"
+                " operator lists it in vault.kv_mounts"
             )
         version = 0
         if mount_type in ("kv", "generic"):
@@ -725,12 +730,6 @@ def _check_readable(path: str | None, key: str) -> None:
         raise ConfigError(f"cannot read {key} {path}: {exc.strerror}") from None
 
 
-def _certifi_bundle() -> str:
-    import certifi
-
-    return certifi.where()
-
-
 def _check_locator(ref: Reference) -> str:
     """``mount/path`` without empty, ``.`` or ``..`` segments, and not Vault's own API."""
     segments = ref.locator.split("/")
@@ -782,7 +781,7 @@ def _retry_after(value: str | None) -> float | None:
 def _tls_reason(exc: BaseException) -> str:
     for cause in (exc, *exc.args, exc.__context__):
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return str(cause.verify_message)[:MAX_ERROR_TEXT]
+            return f"certificate verify failed: {cause.verify_message}"[:MAX_ERROR_TEXT]
         if isinstance(cause, ssl.SSLError) and cause.reason:
             return str(cause.reason)[:MAX_ERROR_TEXT]
     return "handshake failed"
