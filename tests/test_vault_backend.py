@@ -8,7 +8,6 @@ failure message is checked not to contain any of them.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import ipaddress
 import json
@@ -25,8 +24,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from jwt_issuer import Issuer
 from netutil import HangingServer, dead_port_url
 from vault_sim import JwtRole, VaultSimulator
 
@@ -516,39 +516,6 @@ def test_close_never_raises(sim: VaultSimulator, tmp_path: Path) -> None:
 
 
 # JWT: a workload identity as Nomad signs it, with an RSA key the JWT mount trusts.
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-@dataclass
-class Issuer:
-    key: rsa.RSAPrivateKey
-
-    def jwks(self) -> dict[str, Any]:
-        numbers = self.key.public_key().public_numbers()
-        size = (numbers.n.bit_length() + 7) // 8
-        return {
-            "keys": [
-                {
-                    "kty": "RSA",
-                    "kid": "k1",
-                    "use": "sig",
-                    "alg": "RS256",
-                    "n": b64url(numbers.n.to_bytes(size, "big")),
-                    "e": b64url(numbers.e.to_bytes(3, "big")),
-                }
-            ]
-        }
-
-    def sign(self, **claims: Any) -> str:
-        now = int(time.time())
-        body = {"iss": "nomad", "aud": "vault.io", "iat": now, "exp": now + 300, **claims}
-        header = b64url(json.dumps({"alg": "RS256", "kid": "k1", "typ": "JWT"}).encode())
-        payload = b64url(json.dumps(body).encode())
-        signature = self.key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{header}.{payload}.{b64url(signature)}"
 
 
 @pytest.fixture(scope="module")
