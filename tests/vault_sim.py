@@ -685,6 +685,14 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "vault-sim"
     sys_version = ""
 
+    def setup(self) -> None:
+        super().setup()
+        # Vault's Go net/http sets TCP_NODELAY on every connection; without it
+        # http.server's separate header and body writes meet the client's
+        # delayed ACK and every reused keep-alive connection waits ~40 ms.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
