@@ -105,9 +105,22 @@ def _answer_error(message: str) -> None:
     os._exit(0)
 
 
+MIN_PYTHON = (3, 10)
+
+
 def main(loader: object) -> None:
     get_data = loader.get_data  # type: ignore[attr-defined]  # zipimporter
     operation = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CPI_OPERATION", "")
+    if sys.version_info < MIN_PYTHON:
+        found = ".".join(str(n) for n in sys.version_info[:3])
+        message = (
+            f"nomad-secrets needs Python 3.10 or newer, and {sys.executable} is {found}:"
+            " rebuild it with scripts/build --python /path/to/python3.10+"
+        )
+        if operation == "fingerprint":  # not registered: Nomad logs the failed fingerprint
+            os.write(2, message.encode() + b"\n")
+            os._exit(1)
+        _answer_error(message)
     if operation == "fingerprint":
         os.write(1, get_data("fingerprint.json"))
         os._exit(0)
