@@ -25,6 +25,8 @@ Nomad runs it as:
 
 For operators:
   <name> check                check the config, files, store credentials and policy
+  <name> install --plugin-dir DIR [--as NAME ...] [--force]
+                              install this executable for a Nomad client
   <name> version              print the version
 """
 
@@ -41,7 +43,7 @@ def run() -> NoReturn:
     # os.environ before any library can read it (proxies, CA bundles, AWS_*).
     environ = dict(os.environ)
     os.environ.clear()
-    if operation in ("check", "version", "help", "--help", "-h"):
+    if operation in ("check", "install", "version", "help", "--help", "-h"):
         sys.exit(operator_command(operation, argv))
     protocol.guard_stdio()
     if operation == "fetch":
@@ -59,6 +61,10 @@ def operator_command(operation: str, argv: list[str]) -> int:
         from nomad_secrets.check import run_check
 
         return run_check(argv[0])
+    if operation == "install":
+        from nomad_secrets.install import main
+
+        return main(argv[2:], argv[0])
     if operation == "version":
         from nomad_secrets._version import GO_VERSION, __version__
 

@@ -1,0 +1,88 @@
+"""`nomad-secrets install` into a temporary plugin directory; the installed
+names then fingerprint and fetch as Nomad runs them."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import ROOT, aws_config, write_config
+from nomad import NomadClient
+
+from nomad_secrets import config
+
+
+def install(exe: Path, plugin_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(exe), "install", "--plugin-dir", str(plugin_dir), *args],
+        capture_output=True,
+        text=True,
+        env={},
+        timeout=60,
+    )
+
+
+def test_install_then_fingerprint_and_fetch(
+    artifact: Path, tmp_path: Path, decoder: Any, moto_endpoint: str, secretsmanager: Any, ssm: Any
+) -> None:
+    plugins = tmp_path / "common_plugins"
+    proc = install(artifact, plugins, "--as", "aws", "--as", "aws-ssm")
+    assert proc.returncode == 0, proc.stdout
+    assert f'client {{ common_plugin_dir = "{plugins}" }}' in proc.stdout and "kill -HUP" in proc.stdout
+    exe = plugins / "nomad-secrets"
+    assert exe.read_bytes() == artifact.read_bytes() and stat.S_IMODE(exe.stat().st_mode) == 0o755
+    for name in ("aws", "aws-ssm"):
+        assert os.readlink(plugins / "secrets" / name) == "../nomad-secrets"
+    example = plugins / "secrets" / "nomad-secrets.toml"
+    assert stat.S_IMODE(example.stat().st_mode) == 0o600
+    config.parse(example.read_bytes(), str(example))  # the example config is valid
+
+    nomad = NomadClient(plugins, decoder)
+    assert nomad.fingerprint("aws").ok and nomad.fingerprint("aws-ssm").ok
+    write_config(plugins, aws_config(moto_endpoint))
+    secretsmanager.create_secret(Name="installed-secret", SecretString='{"k": "v"}')
+    ssm.put_parameter(Name="/installed/param", Value="p", Type="String")
+    assert nomad.fetch("aws", "installed-secret", {"AWS_REGION": "us-east-2"}).result == {"k": "v"}
+    assert nomad.fetch("aws-ssm", "/installed/param", {"AWS_REGION": "us-east-2"}).result == {"value": "p"}
+
+    again = install(exe, plugins, "--as", "aws")  # idempotent, even run from the installed copy
+    assert (
+        again.returncode == 0 and "(already)" in again.stdout and "kept the existing config" in again.stdout
+    )
+    assert "[aws]" in example.read_text() and "127.0.0.1" in example.read_text()
+
+
+def test_reserved_names_are_refused(artifact: Path, tmp_path: Path) -> None:
+    for name in ("nomad", "vault"):
+        proc = install(artifact, tmp_path, "--as", name)
+        assert proc.returncode == 1 and "built-in providers" in proc.stdout
+    assert not (tmp_path / "secrets" / "vault").exists()
+
+
+def test_a_different_executable_needs_force(artifact: Path, tmp_path: Path) -> None:
+    (tmp_path / "nomad-secrets").write_text("#!/bin/sh\necho other\n")
+    proc = install(artifact, tmp_path)
+    assert proc.returncode == 1 and "different file; add --force" in proc.stdout
+    assert install(artifact, tmp_path, "--force").returncode == 0
+    assert (tmp_path / "nomad-secrets").read_bytes() == artifact.read_bytes()
+
+
+def test_a_foreign_file_under_a_name_needs_force(artifact: Path, tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "aws").write_text("someone else's plugin")
+    proc = install(artifact, tmp_path)
+    assert proc.returncode == 1 and "is not this plugin's symlink" in proc.stdout
+
+
+def test_install_needs_the_built_executable(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nomad_secrets", "install", "--plugin-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1 and "is not the built executable" in proc.stdout
