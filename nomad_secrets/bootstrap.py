@@ -7,8 +7,8 @@ only ``os`` and ``sys`` on the hot paths:
   written at build time), before anything is unpacked or imported;
 - ``fetch`` needs botocore's data files on disk, and ``.pyc`` files to start
   fast, so the zip's ``lib.zip`` is unpacked once into
-  ``<cache>/<build id>-<interpreter tag>/`` and imported from there. Python
-  writes each module's ``.pyc`` there the first time it is imported.
+  ``<cache>/<build id>-<interpreter tag>/``, compiled for the running
+  interpreter, and imported from there.
 
 The unpack is atomic (a private temporary directory renamed into place), so
 many plugins starting at once on a fresh node are safe: one rename wins and
@@ -87,6 +87,7 @@ def _unpack(archive: str, cache_root: str, entry: str) -> None:
                 lib = io.BytesIO(outer.read("lib.zip"))  # a zip in the zip: see scripts/build
             with zipfile.ZipFile(lib) as inner:
                 inner.extractall(tmp)
+            _compile(os.path.join(tmp, "lib"))
             os.rename(tmp, entry)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -96,6 +97,21 @@ def _unpack(archive: str, cache_root: str, entry: str) -> None:
         raise CacheError(f"cannot unpack into the cache directory {cache_root}: {exc.strerror}") from None
     finally:
         os.umask(old_umask)
+
+
+def _compile(lib: str) -> None:
+    """Byte-compile everything for this interpreter before the directory is
+    published: the cache never changes after the rename. Unchecked-hash
+    .pyc files are trusted without comparing source times (the sources sit
+    beside them, written in the same moment, by us)."""
+    import compileall
+    import py_compile
+
+    ok = compileall.compile_dir(
+        lib, quiet=2, workers=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+    )
+    if not ok:
+        raise CacheError(f"cannot compile the unpacked code in {lib}")
 
 
 def _answer_error(message: str) -> None:
@@ -132,6 +148,7 @@ def main(loader: object) -> None:
     except Exception as exc:  # noqa: BLE001 - Nomad must get an answer
         _answer_error(f"nomad-secrets cannot start: {type(exc).__name__} while unpacking")
     sys.path.insert(0, lib)
+    sys.dont_write_bytecode = True  # everything is compiled; the cache stays as published
     from nomad_secrets.cli import run
 
     run()

@@ -166,6 +166,15 @@ def moto_iam() -> Iterator[MotoIam]:
         proc.wait()
 
 
+def put_secret(client: Any, name: str, value: str) -> None:
+    """Create the secret, or give it a new current value: moto's server is
+    shared by the whole session, and some names are used by several tests."""
+    try:
+        client.create_secret(Name=name, SecretString=value)
+    except client.exceptions.ResourceExistsException:
+        client.put_secret_value(SecretId=name, SecretString=value)
+
+
 def aws_config(endpoint: str, extra: str = "") -> str:
     return (
         "[aws]\n"

@@ -21,7 +21,7 @@ from typing import Any
 
 import hcl2
 import pytest
-from conftest import ROOT, aws_config
+from conftest import ROOT, aws_config, put_secret
 from jwt_issuer import Issuer, new_issuer
 from nomad import NomadClient, install_plugin
 from vault_sim import JwtRole, VaultSimulator
@@ -145,10 +145,8 @@ def aws_data(secretsmanager: Any, ssm: Any) -> None:
         "prod/api": {"token": "api-token"},
         "nomad/default/web/db": {"password": "web-pw"},
     }
-    existing = {s["Name"] for s in secretsmanager.list_secrets(MaxResults=100)["SecretList"]}
     for name, value in secrets.items():
-        if name not in existing:
-            secretsmanager.create_secret(Name=name, SecretString=json.dumps(value))
+        put_secret(secretsmanager, name, json.dumps(value))
     for name, value in {
         "/prod/app/feature-flags": "a,b",
         "/prod/app/db/password": "pw",

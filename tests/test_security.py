@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-from conftest import aws_config, write_config
+from conftest import aws_config, put_secret, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netutil import RecordingProxy
@@ -153,7 +153,7 @@ def test_forged_identity_in_env_is_overwritten_by_nomad(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any
 ) -> None:
     write_config(nomad.plugin_dir, aws_config(moto_endpoint, POLICY))
-    secretsmanager.create_secret(Name="nomad/default/admin/db", SecretString="admin's")
+    put_secret(secretsmanager, "nomad/default/admin/db", "admin's")
     forged = {**REGION_ENV, "NOMAD_JOB_ID": "admin", "NOMAD_NAMESPACE": "default"}
     message = error_of(nomad.fetch("aws", "nomad/default/admin/db", forged, job_id="web"))
     assert "job 'web'" in message and "admin's" not in message
@@ -175,9 +175,9 @@ def test_policy_allows_own_and_denies_others(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, ssm: Any
 ) -> None:
     write_config(nomad.plugin_dir, aws_config(moto_endpoint, POLICY))
-    secretsmanager.create_secret(Name="nomad/default/web/db", SecretString="web's")
-    secretsmanager.create_secret(Name="nomad/default/api/db", SecretString="api's")
-    ssm.put_parameter(Name="/payments/key", Value="pay", Type="String")
+    put_secret(secretsmanager, "nomad/default/web/db", "web's")
+    put_secret(secretsmanager, "nomad/default/api/db", "api's")
+    ssm.put_parameter(Name="/payments/key", Value="pay", Type="String", Overwrite=True)
     assert nomad.fetch("aws", "nomad/default/web/db", REGION_ENV, job_id="web").result == {"value": "web's"}
     message = error_of(nomad.fetch("aws", "nomad/default/api/db", REGION_ENV, job_id="web"))
     assert "'nomad/default/api/db'" in message and "namespace 'default', job 'web'" in message
@@ -192,7 +192,7 @@ def test_denied_reference_fails_the_whole_block(
 ) -> None:
     write_config(nomad.plugin_dir, aws_config(moto_endpoint, POLICY))
     canary = uuid.uuid4().hex
-    secretsmanager.create_secret(Name="nomad/default/web/ok", SecretString=canary)
+    put_secret(secretsmanager, "nomad/default/web/ok", canary)
     fetched = nomad.fetch(
         "aws", "mine = nomad/default/web/ok\ntheirs = nomad/default/api/db\n", REGION_ENV, job_id="web"
     )
@@ -228,7 +228,7 @@ def test_web_identity_reads_with_the_jobs_role(
 ) -> None:
     """STS gets the job's token and its templated role, unsigned; the read
     is then signed with the role's temporary keys, never the node's."""
-    secretsmanager.create_secret(Name="web-secret", SecretString="for web only")
+    put_secret(secretsmanager, "web-secret", "for web only")
     jwt_token = token()
     with RecordingProxy(moto_endpoint) as proxy:
         write_config(nomad.plugin_dir, aws_config(proxy.url) + WEB_IDENTITY)
