@@ -71,10 +71,12 @@ class Recorded:
 class RecordingProxy:
     """Forwards every request to ``target`` (moto's server) and records it,
     so a test can see what the plugin sent: which credentials signed it,
-    which role it asked STS for."""
+    which role it asked STS for. With ``throttle=N`` it first answers N
+    requests as AWS does when it throttles (HTTP 400, ThrottlingException)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, throttle: int = 0) -> None:
         self.requests: list[Recorded] = []
+        self.throttle = throttle
         proxy, upstream = self, urlsplit(target)
 
         class Handler(BaseHTTPRequestHandler):
@@ -82,6 +84,15 @@ class RecordingProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 proxy.requests.append(Recorded(self.command, self.path, headers, body))
+                if proxy.throttle > 0:
+                    proxy.throttle -= 1
+                    error = b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
                 conn = http.client.HTTPConnection(upstream.hostname or "", upstream.port, timeout=10)
                 conn.request(self.command, self.path, body, dict(self.headers.items()))
                 answer = conn.getresponse()

@@ -67,6 +67,11 @@ def test_build_reports_its_size(tmp_path: Path) -> None:
     ).stdout
     size = (tmp_path / "x").stat().st_size
     assert f"{size:,} bytes" in out and "version 1.2.0-rc.1" in out
+    # the stamped version reaches fingerprint in its go-version form
+    fingerprint = subprocess.run([str(tmp_path / "x"), "fingerprint"], env={}, capture_output=True)
+    assert fingerprint.stdout == b'{"type": "secrets", "version": "1.2.0-rc.1"}\n'
+    version = subprocess.run([str(tmp_path / "x"), "version"], env={}, capture_output=True, text=True)
+    assert version.stdout.startswith("nomad-secrets 1.2.0rc1 (fingerprint version 1.2.0-rc.1)")
 
 
 def test_module_and_console_script_run_the_same_code() -> None:

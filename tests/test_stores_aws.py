@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from backend_contract import StoreContract
-from conftest import MotoIam, aws_config, write_config
+from conftest import MotoIam, aws_config, put_secret, write_config
+from netutil import RecordingProxy
 from nomad import NomadClient
 
 ACCOUNT = "123456789012"  # moto's default account
@@ -172,6 +173,27 @@ class TestParameterStore(AwsStore):
     )
     def test_option_errors(self, nomad: NomadClient, suffix: str, needle: str) -> None:
         self.failed(self.fetch(nomad, f"aws-ssm:/x{suffix}"), needle)
+
+
+@pytest.mark.parametrize("path", ["aws-ssm:/throttled/param", "aws-sm:throttled-secret"])
+def test_throttling_is_retried_with_backoff(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, ssm: Any, path: str
+) -> None:
+    put_secret(secretsmanager, "throttled-secret", "ok")
+    ssm.put_parameter(Name="/throttled/param", Value="ok", Type="String", Overwrite=True)
+    with RecordingProxy(moto_endpoint, throttle=2) as proxy:
+        write_config(nomad.plugin_dir, aws_config(proxy.url))
+        assert nomad.fetch("aws", path, {"AWS_REGION": "us-east-2"}).result == {"value": "ok"}
+    assert len(proxy.requests) == 3  # two throttled, the third answered
+
+
+def test_throttling_that_lasts_is_a_throttled_error(nomad: NomadClient, moto_endpoint: str) -> None:
+    with RecordingProxy(moto_endpoint, throttle=100) as proxy:
+        write_config(nomad.plugin_dir, aws_config(proxy.url))
+        fetched = nomad.fetch("aws", "aws-ssm:/throttled/param", {"AWS_REGION": "us-east-2"})
+    assert not fetched.ok and fetched.run.returncode == 0
+    assert "'aws-ssm:/throttled/param' (AWS SSM Parameter Store): throttled" in str(fetched.plugin_error)
+    assert len(proxy.requests) == 4  # botocore's standard mode, total_max_attempts = 4
 
 
 def test_stores_mix_in_one_path(nomad: NomadClient, secretsmanager: Any, ssm: Any) -> None:

@@ -16,6 +16,7 @@ import pytest
 from backend_contract import StoreContract
 from jwt_issuer import Issuer, new_issuer
 from nomad import NomadClient
+from pki import Pki, make_pki
 from vault_sim import JwtRole, VaultSimulator
 
 TOKEN = "hvs.plugin-token-" + uuid.uuid4().hex
@@ -301,3 +302,39 @@ def test_check_tries_the_vault_token(openbao: NomadClient, vault: VaultSimulator
         [str(openbao.executable("openbao")), "check"], capture_output=True, text=True, env={}, timeout=60
     )
     assert proc.returncode == 1 and "PROBLEM  Vault" in proc.stdout and "hvs.not-a-token" not in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_tls_client_certificate_login(openbao: NomadClient, pki: Pki) -> None:
+    """TLS trust and the client certificate come from the operator config."""
+    with VaultSimulator(tls=pki.server) as sim:
+        sim.enable_kv("secret", 2)
+        sim.put_kv("secret", "tls-app", {"v": "over tls"})
+        sim.enable_cert(certs={"nomad": (pki.client_ca_pem, {"secret/data/*": ["read"]})})
+        tls = (
+            f'ca_cert = "{pki.server_ca}"\nclient_cert = "{pki.client_cert}"\n'
+            f'client_key = "{pki.client_key}"\nauth_method = "cert"\nrole = "nomad"\n'
+        )
+        write(openbao, f'[vault]\naddress = "{sim.address}"\n{tls}[providers.openbao]\nstore = "vault"\n')
+        assert sim.address.startswith("https://")
+        assert fetch(openbao, "vault:secret/tls-app").result == {"v": "over tls"}
+        assert len(sim.requests_to("auth/cert/login", "POST")) == 1
+        assert len(sim.revoked_tokens) == 1  # the login's token, at the end of the fetch
+
+
+def test_tls_is_always_verified(openbao: NomadClient, pki: Pki, token_file: Path) -> None:
+    """Without vault.ca_cert the system's trust store applies, which does not
+    know the test CA: the fetch fails; nothing a job sets can turn that off."""
+    with VaultSimulator(tls=pki.server) as sim:
+        sim.enable_kv("secret", 2)
+        sim.put_kv("secret", "tls-app", {"v": "over tls"})
+        write(openbao, vault_config(sim.address, token_file))
+        message = error_of(fetch(openbao, "vault:secret/tls-app"))
+        assert f"TLS with Vault at {sim.address} failed" in message and "certificate verify failed" in message
+        for env in ({"VAULT_SKIP_VERIFY": "true"}, {"VAULT_CACERT": str(pki.server_ca)}):
+            assert "does not read" in error_of(fetch(openbao, "vault:secret/tls-app", env))
+        assert sim.requests_to("secret/data/tls-app") == []

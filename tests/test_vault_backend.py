@@ -8,26 +8,20 @@ failure message is checked not to contain any of them.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
-import ssl
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt_issuer import Issuer
 from netutil import HangingServer, dead_port_url
+from pki import Pki, make_pki
 from vault_sim import JwtRole, VaultSimulator
 
 from nomad_secrets.backends.vault import Vault
@@ -599,98 +593,9 @@ def test_jwt_missing_or_malformed_workload_token(sim: VaultSimulator, tmp_path: 
 # Cert auth: a throwaway server CA, a client CA and certificates, over real TLS.
 
 
-@dataclass
-class Pki:
-    server_ca: Path
-    client_ca_pem: str
-    client_cert: Path
-    client_key: Path
-    server: ssl.SSLContext
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[str, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool,
-    ip: str | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    issuer_name, issuer_key = issuer if issuer is not None else (subject, key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
-        )
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )  # fmt: skip
-    if ip is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    top = tmp_path_factory.mktemp("pki")
-    keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("sca", "srv", "cca", "cli")}
-    server_ca = _cert("test server CA", keys["sca"], None, ca=True)
-    server = _cert("127.0.0.1", keys["srv"], ("test server CA", keys["sca"]), ca=False, ip="127.0.0.1")
-    client_ca = _cert("test client CA", keys["cca"], None, ca=True)
-    client = _cert("nomad-client", keys["cli"], ("test client CA", keys["cca"]), ca=False)
-    paths = {
-        "server_ca": _pem(server_ca),
-        "server": _pem(server) + _pem(server_ca),
-        "server_key": _key_pem(keys["srv"]),
-        "client_ca": _pem(client_ca),
-        "client": _pem(client),
-        "client_key": _key_pem(keys["cli"]),
-    }
-    for name, text in paths.items():
-        write(top / f"{name}.pem", text)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(top / "server.pem", top / "server_key.pem")
-    context.load_verify_locations(top / "client_ca.pem")
-    context.verify_mode = ssl.CERT_OPTIONAL  # clients without a certificate reach the handler
-    return Pki(
-        server_ca=top / "server_ca.pem",
-        client_ca_pem=paths["client_ca"],
-        client_cert=top / "client.pem",
-        client_key=top / "client_key.pem",
-        server=context,
-    )
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def test_cert_login_over_tls(tmp_path: Path, pki: Pki) -> None:

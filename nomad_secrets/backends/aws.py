@@ -52,7 +52,7 @@ def make_client(
         region_name=region,
         connect_timeout=min(CONNECT_TIMEOUT, deadline.call_timeout()),
         read_timeout=deadline.call_timeout(),
-        retries={"mode": "standard", "max_attempts": 3},
+        retries={"mode": "standard", "total_max_attempts": 4},  # 3 retries, backoff with jitter
         user_agent_extra=f"nomad-secrets/{__version__}",
     )
     session = botocore.session.Session()

@@ -10,7 +10,7 @@
   give one key are an error.
 
 Throttling is retried by botocore's standard retry mode (exponential
-backoff with jitter, 3 attempts), inside the fetch's deadline.
+backoff with jitter, 4 attempts in all), inside the fetch's deadline.
 """
 
 from __future__ import annotations
