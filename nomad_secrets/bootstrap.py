@@ -45,6 +45,27 @@ def untrusted(path: str, what: str) -> str | None:
     return None
 
 
+def untrusted_ancestors(path: str) -> str | None:
+    """Why a directory above ``path`` lets another user swap what it holds,
+    or None. Each must be owned by root or us and writable by no one else,
+    unless it is sticky (like /tmp: others cannot rename what we own there)."""
+    import stat
+
+    parent = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            st = os.stat(parent)
+        except OSError as exc:
+            return f"cannot check the directory {parent}: {exc.strerror}"
+        if st.st_uid not in (os.geteuid(), 0):
+            return f"the directory {parent} is owned by uid {st.st_uid}; chown it to root"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return f"the directory {parent} is writable by group or others; chmod go-w {parent}"
+        if parent == os.path.dirname(parent):
+            return None
+        parent = os.path.dirname(parent)
+
+
 def default_cache_dir() -> str:
     if os.geteuid() == 0:
         return ROOT_CACHE

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from nomad_secrets import config as config_module
 from nomad_secrets.backends import STORE_LABELS
+from nomad_secrets.bootstrap import untrusted, untrusted_ancestors
 from nomad_secrets.config import Config
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import PluginError
@@ -58,7 +59,18 @@ def run_check(executable: str, write: Callable[[str], None] = print) -> int:
         write("result: 1 problem; fetches fail until it is fixed")
         return 1
     plugin_dir = os.path.dirname(os.path.abspath(executable))
-    report.ok(f"plugin directory {plugin_dir} {_owner_mode(plugin_dir)}")
+    report.ok(f"plugin directory {plugin_dir} {_owner_mode(plugin_dir)}, and every directory above it")
+    real = os.path.realpath(executable)
+    problem = untrusted(real, "executable") or untrusted_ancestors(real)
+    if problem:
+        report.problem(f"{problem} (whoever can change it runs code as this user)")
+    else:
+        report.ok(f"executable {real} {_owner_mode(real)}")
+    if os.path.basename(plugin_dir) != "secrets":
+        report.warn(
+            f"{plugin_dir} is not a plugin directory (<common_plugin_dir>/secrets/): run check as"
+            " <common_plugin_dir>/secrets/<provider name> check, to read the config that Nomad's runs read"
+        )
     if config.path is None:
         report.ok(
             f"no config file ({config_module.CONFIG_FILE_NAME} here or {config_module.SYSTEM_CONFIG}):"

@@ -24,10 +24,10 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from nomad_secrets.bootstrap import untrusted
+from nomad_secrets.bootstrap import untrusted, untrusted_ancestors
 from nomad_secrets.deadline import DEFAULT_SECONDS
 from nomad_secrets.errors import ConfigError
-from nomad_secrets.policy import Rule
+from nomad_secrets.policy import Rule, pattern_problem
 
 CONFIG_FILE_NAME = "nomad-secrets.toml"
 SYSTEM_CONFIG = "/etc/nomad-secrets/config.toml"
@@ -153,7 +153,7 @@ def load(executable: str) -> Config:
 
 
 def _check_trust(path: str, what: str) -> None:
-    problem = untrusted(path, what)
+    problem = untrusted(path, what) or untrusted_ancestors(path)
     if problem:
         raise ConfigError(f"refusing to run: {problem}")
 
@@ -227,6 +227,10 @@ def _policy(rules: Any, path: str) -> tuple[Rule, ...] | None:
         for key in ("namespace", "job"):
             if not isinstance(table.get(key, "*"), str):
                 raise ConfigError(f"{where}.{key} in {path} must be a string glob")
+        for pattern in allow:
+            problem = pattern_problem(pattern)
+            if problem:
+                raise ConfigError(f"{where}.allow in {path}: {problem}")
         out.append(Rule(allow=tuple(allow), namespace=table.get("namespace", "*"), job=table.get("job", "*")))
     return tuple(out)
 
@@ -268,7 +272,10 @@ def _build(cls: type[T], table: dict[str, Any], where: str, path: str) -> T:
         type_name = declared[key]
         types = _TYPES.get(type_name, ())
         if (isinstance(value, bool) and type_name != "bool") or not isinstance(value, types):
-            raise ConfigError(f"{where}.{key} in {path} must be a {type_name}, not {type(value).__name__}")
+            wanted = {"float": "number", "str": "string", "bool": "boolean (true or false)"}.get(
+                type_name, type_name
+            )
+            raise ConfigError(f"{where}.{key} in {path} must be a {wanted}, not {type(value).__name__}")
         if isinstance(value, dict):  # a table of one type: dict[str, int] or dict[str, str]
             item = type_name.split(", ")[1].rstrip("]")
             if not all(isinstance(v, _TYPES[item]) and not isinstance(v, bool) for v in value.values()):

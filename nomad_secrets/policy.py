@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 
 from nomad_secrets.errors import PolicyDenied
+from nomad_secrets.reference import SCHEMES as STORES
 from nomad_secrets.request import Identity
 
 
@@ -42,9 +43,13 @@ def check(rules: tuple[Rule, ...] | None, identity: Identity, canonical: str, sh
     """Raise PolicyDenied unless ``canonical`` (``store:name``) may be read."""
     if rules is None:
         return
-    who = f"namespace {identity.namespace!r}, job {identity.job_id!r}"
     if identity.job_id is None or identity.namespace is None:
-        who += " (this Nomad sets no NOMAD_NAMESPACE/NOMAD_JOB_ID; 1.11.1 and newer do)"
+        who = (
+            "a job of unknown namespace and ID (this Nomad sets no NOMAD_NAMESPACE/NOMAD_JOB_ID;"
+            " 1.11.1 and newer do)"
+        )
+    else:
+        who = f"namespace {identity.namespace!r}, job {identity.job_id!r}"
     for rule in rules:
         if not (
             _matches_identity(rule.namespace, identity.namespace)
@@ -55,12 +60,41 @@ def check(rules: tuple[Rule, ...] | None, identity: Identity, canonical: str, sh
             regex = _pattern(pattern, identity)
             if regex is not None and regex.fullmatch(canonical):
                 return
+        allowed = ", ".join(repr(_filled(p, identity)) for p in rule.allow)
         raise PolicyDenied(
             f"{shown!r}: the operator's policy does not let {who} read {canonical!r}"
-            f" (the first matching rule allows {', '.join(repr(p) for p in rule.allow) or 'nothing'});"
-            " ask the operator, or read a secret under an allowed path"
+            f" (the first matching rule allows {allowed}); ask the operator, or read a secret"
+            " under an allowed path"
         )
-    raise PolicyDenied(f"{shown!r}: no rule of the operator's policy matches {who}, so nothing may be read")
+    raise PolicyDenied(
+        f"{shown!r}: no rule of the operator's policy matches {who}, so nothing may be read; ask the operator"
+    )
+
+
+def _filled(pattern: str, identity: Identity) -> str:
+    """The pattern as it applies to this job, for messages."""
+    if identity.namespace is not None:
+        pattern = pattern.replace("{namespace}", identity.namespace)
+    if identity.job_id is not None:
+        pattern = pattern.replace("{job}", identity.job_id)
+    return pattern
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why an allow pattern can never match, or None: it must name a store
+    (not a provider name) and use no placeholder but {namespace} and {job}."""
+    unknown = set(re.findall(r"\{[^}]*\}", pattern)) - {"{namespace}", "{job}"}
+    if unknown:
+        return (
+            f"{pattern!r} uses {', '.join(sorted(unknown))}; the placeholders are {{namespace}} and {{job}}"
+        )
+    store = pattern.split(":", 1)[0]
+    if pattern != "*" and store not in STORES and not any(s.startswith(store.rstrip("*?")) for s in STORES):
+        return (
+            f"{pattern!r} starts with {store!r}; patterns start with the store"
+            f" ({', '.join(STORES)}), not the provider name, e.g. 'aws-sm:app/*'"
+        )
+    return None
 
 
 def _matches_identity(glob: str, value: str | None) -> bool:

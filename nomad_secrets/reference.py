@@ -70,7 +70,8 @@ def parse_path(path: str) -> list[Reference]:
         if match is None:
             raise RequestError(
                 f"line {number} of the secret path is {_show(stripped)}: in a path of"
-                " several lines, each line is NAME = reference (or a # comment)"
+                " several lines, each line is NAME = reference (or a # comment);"
+                ' a single reference needs no heredoc: path = "..."'
             )
         name, text = match.groups()
         if not _NAME.match(name):

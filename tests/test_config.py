@@ -40,9 +40,9 @@ def test_providers_section() -> None:
     ("text", "needle"),
     [
         ("bogus = 1\n", "unknown key 'bogus' in f"),
-        ("[aws]\nregion = 3\n", "aws.region in f must be a str"),
-        ("[aws]\njob_region = 'yes'\n", "aws.job_region in f must be a bool"),
-        ("[plugin]\ndeadline_seconds = true\n", "must be a float"),
+        ("[aws]\nregion = 3\n", "aws.region in f must be a string"),
+        ("[aws]\njob_region = 'yes'\n", "aws.job_region in f must be a boolean"),
+        ("[plugin]\ndeadline_seconds = true\n", "must be a number"),
         ("[plugin]\ndeadline_seconds = 0\n", "between 0 and 3600"),
         ("[providers.x]\nstore = 'redis'\n", "use one of aws-sm, aws-ssm, vault"),
         ("[providers.x]\nstore = 'vault'\nextra = 1\n", "unknown key 'providers.x.extra'"),

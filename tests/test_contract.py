@@ -167,7 +167,7 @@ def test_unconfigured_provider_name(nomad: NomadClient, artifact: Path) -> None:
     ("config", "needles"),
     [
         ("[aws]\nregoin = 'x'\n", ("unknown key 'aws.regoin'", "nomad-secrets.toml")),
-        ("[plugin]\ndeadline_seconds = 'soon'\n", ("plugin.deadline_seconds", "must be a float")),
+        ("[plugin]\ndeadline_seconds = 'soon'\n", ("plugin.deadline_seconds", "must be a number")),
         ("[aws\n", ("not valid TOML",)),
         ("[providers.vault]\nstore = 'vault'\n", ("never runs a plugin named 'vault'",)),
     ],

@@ -60,7 +60,7 @@ def test_denial_names_reference_identity_and_rule() -> None:
         check(RULES, WEB, "aws-sm:secret/other", "other")
     message = info.value.message
     assert "'other'" in message and "namespace 'default', job 'web'" in message
-    assert "aws-sm:nomad/{namespace}/{job}/*" in message
+    assert "aws-sm:nomad/default/web/*" in message  # the rule as it applies to this job
     with pytest.raises(PolicyDenied, match="no rule"):
         check((Rule(namespace="prod", allow=("*",)),), WEB, "aws-sm:x", "x")
 
