@@ -32,11 +32,11 @@ class Pki:
     server: ssl.SSLContext
 
 
-def _name(cn: str) -> x509.Name:
+def name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _cert(
+def cert(
     subject: str,
     key: ec.EllipticCurvePrivateKey,
     issuer: tuple[str, ec.EllipticCurvePrivateKey] | None,
@@ -48,8 +48,8 @@ def _cert(
     issuer_name, issuer_key = issuer if issuer is not None else (subject, key)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer_name))
+        .subject_name(name(subject))
+        .issuer_name(name(issuer_name))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -76,11 +76,11 @@ def _cert(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def _pem(cert: x509.Certificate) -> str:
+def pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
@@ -88,17 +88,17 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
 
 def make_pki(top: Path) -> Pki:
     keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("sca", "srv", "cca", "cli")}
-    server_ca = _cert("test server CA", keys["sca"], None, ca=True)
-    server = _cert("127.0.0.1", keys["srv"], ("test server CA", keys["sca"]), ca=False, ip="127.0.0.1")
-    client_ca = _cert("test client CA", keys["cca"], None, ca=True)
-    client = _cert("nomad-client", keys["cli"], ("test client CA", keys["cca"]), ca=False)
+    server_ca = cert("test server CA", keys["sca"], None, ca=True)
+    server = cert("127.0.0.1", keys["srv"], ("test server CA", keys["sca"]), ca=False, ip="127.0.0.1")
+    client_ca = cert("test client CA", keys["cca"], None, ca=True)
+    client = cert("nomad-client", keys["cli"], ("test client CA", keys["cca"]), ca=False)
     paths = {
-        "server_ca": _pem(server_ca),
-        "server": _pem(server) + _pem(server_ca),
-        "server_key": _key_pem(keys["srv"]),
-        "client_ca": _pem(client_ca),
-        "client": _pem(client),
-        "client_key": _key_pem(keys["cli"]),
+        "server_ca": pem(server_ca),
+        "server": pem(server) + pem(server_ca),
+        "server_key": key_pem(keys["srv"]),
+        "client_ca": pem(client_ca),
+        "client": pem(client),
+        "client_key": key_pem(keys["cli"]),
     }
     for name, text in paths.items():
         write(top / f"{name}.pem", text)

@@ -25,11 +25,10 @@ import hvac.exceptions
 import pytest
 import requests
 import vault_sim
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
+from pki import cert, key_pem, pem
 from vault_sim import (
     ERR_INVALID_TOKEN,
     ERR_POLICY_DENIED,
@@ -137,50 +136,6 @@ def ec_jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
         "x": b64u(nums.x.to_bytes(32, "big")),
         "y": b64u(nums.y.to_bytes(32, "big")),
     }
-
-
-def make_cert(
-    cn: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
-    *,
-    ca: bool = False,
-    server: bool = False,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    issuer_name, issuer_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
-        )
-    )
-    if server:
-        import ipaddress
-
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 # --------------------------------------------------------------------------
@@ -909,18 +864,18 @@ def test_jwt_list_aud_without_bound_audiences_is_rejected(
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("pki")
     ca_key, rogue_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = make_cert("sim-ca", ca_key, ca=True)
-    rogue = make_cert("rogue-ca", rogue_key, ca=True)
+    ca = cert("sim-ca", ca_key, None, ca=True)
+    rogue = cert("rogue-ca", rogue_key, None, ca=True)
     out: dict[str, Any] = {"ca": ca, "rogue": rogue}
     for name, issuer, server in (
-        ("server", (ca, ca_key), True),
-        ("client", (ca, ca_key), False),
-        ("stranger", (rogue, rogue_key), False),
+        ("server", ("sim-ca", ca_key), True),
+        ("client", ("sim-ca", ca_key), False),
+        ("stranger", ("rogue-ca", rogue_key), False),
     ):
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = make_cert(f"{name}.example", key, issuer, server=server)
-        (d / f"{name}.pem").write_text(pem(cert))
-        (d / f"{name}.key").write_bytes(key_pem(key))
+        leaf = cert(f"{name}.example", key, issuer, ca=False, ip="127.0.0.1" if server else None)
+        (d / f"{name}.pem").write_text(pem(leaf))
+        (d / f"{name}.key").write_text(key_pem(key))
         out[name] = (str(d / f"{name}.pem"), str(d / f"{name}.key"))
     (d / "ca.pem").write_text(pem(ca))
     out["ca_file"] = str(d / "ca.pem")

@@ -27,6 +27,21 @@ _DENIED = {
 }
 
 
+class AwsStore:
+    """A store read through one botocore client, made in the main thread."""
+
+    label = ""
+    service = ""  # botocore's name: "secretsmanager", "ssm"
+
+    def __init__(
+        self, settings: AwsSettings, options: JobOptions, deadline: Deadline, identity: Identity
+    ) -> None:
+        self.client = make_client(self.service, settings, options, deadline, identity)
+
+    def close(self) -> None:
+        """Nothing to give back: AWS keeps no session for a client."""
+
+
 def region_for(settings: AwsSettings, options: JobOptions) -> str | None:
     if options.region is not None:
         if not settings.job_region:

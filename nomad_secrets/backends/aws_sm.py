@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from nomad_secrets.backends.aws import aws_errors, make_client, store_error
-from nomad_secrets.config import AwsSettings
-from nomad_secrets.deadline import Deadline
+from nomad_secrets.backends.aws import AwsStore, aws_errors, store_error
 from nomad_secrets.errors import NotFound, RequestError
 from nomad_secrets.reference import Reference
-from nomad_secrets.request import Identity, JobOptions
 from nomad_secrets.shape import Raw
 
 OPTIONS = ("version_stage", "version_id")
 
 
-class SecretsManager:
+class SecretsManager(AwsStore):
+    service = "secretsmanager"
     label = "AWS Secrets Manager"
-
-    def __init__(
-        self, settings: AwsSettings, options: JobOptions, deadline: Deadline, identity: Identity
-    ) -> None:
-        self.client = make_client("secretsmanager", settings, options, deadline, identity)
-
-    def close(self) -> None:
-        pass
 
     def read(self, ref: Reference) -> Raw:
         params = {"SecretId": ref.locator}

@@ -17,28 +17,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from nomad_secrets.backends.aws import aws_errors, make_client, store_error
-from nomad_secrets.config import AwsSettings
-from nomad_secrets.deadline import Deadline
+from nomad_secrets.backends.aws import AwsStore, aws_errors, store_error
 from nomad_secrets.errors import InvalidSecret, RequestError
 from nomad_secrets.reference import Reference
-from nomad_secrets.request import Identity, JobOptions
 from nomad_secrets.shape import Raw
 
 OPTIONS = ("version", "label", "recursive")
 MAX_PAGES = 100  # 10 parameters a page: far more than a task should need
 
 
-class ParameterStore:
+class ParameterStore(AwsStore):
+    service = "ssm"
     label = "AWS SSM Parameter Store"
-
-    def __init__(
-        self, settings: AwsSettings, options: JobOptions, deadline: Deadline, identity: Identity
-    ) -> None:
-        self.client = make_client("ssm", settings, options, deadline, identity)
-
-    def close(self) -> None:
-        pass
 
     def read(self, ref: Reference) -> Raw:
         options = ref.options_for(self.label, OPTIONS)
