@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 BENCH_VENV = ROOT / ".venv-bench"
 REGION = "us-east-2"
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-CASES = ("fingerprint", "secretsmanager", "ssm", "vault", "ten-refs", "first-fetch", "size")
+CASES = ("fingerprint", "secretsmanager", "ssm", "vault", "ten-refs", "first-fetch", "sigterm", "size")
 
 BOTO3_SCRIPT = """\
 import json, sys, boto3
@@ -344,6 +344,29 @@ class Bench:
             samples.append(timed(argv, env) * 1000)
         warm = [timed(argv, env) * 1000 for _ in range(3)]
         self.record("first-fetch", {"first fetch, empty cache": samples, "next fetch": warm})
+
+    def case_sigterm(self) -> None:
+        """How long after Nomad's SIGTERM a stuck fetch answers and exits."""
+        from netutil import HangingServer
+        from nomad import nomad_env, run_plugin
+
+        samples: list[float] = []
+        with HangingServer() as hanging:
+            config = (
+                self.aws_config().replace(self.endpoint, hanging.url) + "[plugin]\ndeadline_seconds = 60\n"
+            )
+            plugin = self.plugin("aws-stuck", config + '[providers.aws-stuck]\nstore = "aws-sm"\n')
+            for _ in range(max(3, self.args.runs // 4)):
+                run = run_plugin(
+                    plugin,
+                    ["fetch", "slow"],
+                    nomad_env("fetch", {"AWS_REGION": REGION}, "b", "d"),
+                    timeout=1.0,
+                )
+                if not run.terminated or run.returncode != 0 or run.seconds_after_term is None:
+                    raise SystemExit(f"bench: the stuck fetch did not end as expected: {run}")
+                samples.append(run.seconds_after_term * 1000)
+        self.record("sigterm", {"SIGTERM to answer and exit": samples})
 
     def case_size(self) -> None:
         size = self.exe.stat().st_size
