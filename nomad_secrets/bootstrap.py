@@ -81,6 +81,9 @@ class CacheError(Exception):
 def unpacked(archive: str, build_id: str, cache_root: str) -> str:
     """The directory to import from, unpacking the archive's lib/ if needed."""
     entry = os.path.join(cache_root, f"{build_id}-{sys.implementation.cache_tag}")
+    problem = untrusted_ancestors(cache_root)  # before anything is written there
+    if problem:
+        raise CacheError(problem)
     if not os.path.isdir(entry):
         _unpack(archive, cache_root, entry)
     for path, what in ((cache_root, "cache directory"), (entry, "cache directory")):

@@ -89,7 +89,7 @@ def pattern_problem(pattern: str) -> str | None:
             f"{pattern!r} uses {', '.join(sorted(unknown))}; the placeholders are {{namespace}} and {{job}}"
         )
     store = pattern.split(":", 1)[0]
-    if pattern != "*" and store not in STORES and not any(s.startswith(store.rstrip("*?")) for s in STORES):
+    if pattern != "*" and not any(_glob(store).fullmatch(s) for s in STORES):
         return (
             f"{pattern!r} starts with {store!r}; patterns start with the store"
             f" ({', '.join(STORES)}), not the provider name, e.g. 'aws-sm:app/*'"

@@ -118,6 +118,20 @@ def test_cache_writable_by_others_is_refused(tmp_path: Path, moto_endpoint: str,
     assert os.listdir(cache) == []  # nothing unpacked into it
 
 
+def test_cache_under_a_directory_writable_by_others_is_refused(
+    tmp_path: Path, moto_endpoint: str, decoder: Any
+) -> None:
+    plugins, cache = _fresh_plugin(tmp_path, moto_endpoint)
+    tmp_path.chmod(0o777)  # the cache's parent: anyone could swap the cache for their own
+    try:
+        fetched = NomadClient(plugins, decoder).fetch("aws", "x")
+    finally:
+        tmp_path.chmod(0o700)
+    assert fetched.run.returncode == 0 and not fetched.ok
+    assert f"the directory {tmp_path} is writable by group or others" in (fetched.plugin_error or "")
+    assert not cache.exists()  # refused before anything was written
+
+
 def test_cache_entry_replaced_by_a_symlink_is_refused(
     tmp_path: Path, moto_endpoint: str, decoder: Any
 ) -> None:

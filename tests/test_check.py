@@ -53,6 +53,22 @@ def test_untrusted_config_is_a_problem(plugin_dir: Path) -> None:
     assert code == 1 and "writable by group or others" in out and "result: 1 problem" in out
 
 
+def test_a_writable_executable_is_a_problem(plugin_dir: Path, artifact: Path, tmp_path: Path) -> None:
+    exe = tmp_path / "writable" / "nomad-secrets"
+    exe.parent.mkdir()
+    exe.write_bytes(artifact.read_bytes())
+    exe.chmod(0o777)
+    (plugin_dir / "secrets" / "aws").unlink()
+    (plugin_dir / "secrets" / "aws").symlink_to(exe)
+    code, out = check(plugin_dir)
+    assert code == 1 and f"the executable {exe} is writable by group or others" in out
+
+
+def test_run_outside_a_plugin_directory_says_how_to_run_it(artifact: Path) -> None:
+    proc = subprocess.run([str(artifact), "check"], capture_output=True, text=True, env={}, timeout=60)
+    assert "run check as <common_plugin_dir>/secrets/<provider name> check" in proc.stdout
+
+
 def test_reserved_and_unconfigured_names_are_problems(plugin_dir: Path, artifact: Path) -> None:
     (plugin_dir / "secrets" / "vault").symlink_to(artifact)
     (plugin_dir / "secrets" / "mystery").symlink_to(artifact)

@@ -65,6 +65,43 @@ def test_denial_names_reference_identity_and_rule() -> None:
         check((Rule(namespace="prod", allow=("*",)),), WEB, "aws-sm:x", "x")
 
 
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("aws:nomad/*", "not the provider name"),
+        ("aws-sm:nomad/{nmespace}/*", "{nmespace}"),
+        ("aws-sm:x/*", None),
+        ("*", None),
+        ("vault:secret/{namespace}/{job}/*", None),
+        ("aws-*:x", None),
+    ],
+)
+def test_patterns_that_can_never_match_are_config_errors(pattern: str, problem: str | None) -> None:
+    from nomad_secrets.config import parse
+    from nomad_secrets.errors import ConfigError
+    from nomad_secrets.policy import pattern_problem
+
+    found = pattern_problem(pattern)
+    assert (found is None) if problem is None else (problem in str(found))
+    text = f'[[policy]]\nallow = ["{pattern}"]\n'.encode()
+    if problem is None:
+        parse(text, "f")
+    else:
+        with pytest.raises(ConfigError, match=r"policy #1\.allow in f"):
+            parse(text, "f")
+
+
+def test_denial_shows_the_pattern_as_it_applies_to_the_job() -> None:
+    with pytest.raises(PolicyDenied) as info:
+        check(RULES, WEB, "aws-sm:other", "other")
+    assert "'aws-sm:nomad/default/web/*'" in info.value.message
+    with pytest.raises(PolicyDenied) as unknown:
+        check(RULES, Identity(None, None), "aws-sm:x", "x")
+    assert "None" not in unknown.value.message and "unknown namespace and ID" in unknown.value.message
+    with pytest.raises(PolicyDenied, match="ask the operator"):
+        check((Rule(namespace="prod", allow=("*",)),), WEB, "aws-sm:x", "x")
+
+
 def test_everyone_reads_everything_detection() -> None:
     assert everyone_reads_everything((Rule(allow=("*",)),))
     assert everyone_reads_everything((Rule(allow=("aws-sm:*",)),))

@@ -279,6 +279,14 @@ def test_plugin_dir_writable_by_others_is_refused(nomad: NomadClient) -> None:
     assert f"the plugin directory {secrets} is writable" in error_of(nomad.fetch("aws", "x", REGION_ENV))
 
 
+def test_directory_above_the_plugin_dir_writable_by_others_is_refused(nomad: NomadClient) -> None:
+    nomad.plugin_dir.chmod(0o777)  # common_plugin_dir: anyone could swap secrets/ for their own
+    message = error_of(nomad.fetch("aws", "x", REGION_ENV))
+    assert f"the directory {nomad.plugin_dir} is writable by group or others" in message
+    nomad.plugin_dir.chmod(0o1777)  # sticky, like /tmp: others cannot rename what root owns
+    assert "the directory" not in error_of(nomad.fetch("aws", "x", REGION_ENV))
+
+
 def test_config_symlink_is_refused(nomad: NomadClient, moto_endpoint: str, tmp_path: Path) -> None:
     real = tmp_path / "real.toml"
     real.write_text(aws_config(moto_endpoint))
