@@ -125,11 +125,16 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoRe
 
 
 def _log_failure(exc: BaseException, start: float, *, traceback: bool = False) -> None:
-    """Log where it failed: frames and the exception type, never its text
-    (an unexpected exception's message could quote a secret)."""
+    """Log where it failed: our own message, or for an unexpected exception
+    its type and frames, never its text (that could quote a secret)."""
     from nomad_secrets import debuglog
+    from nomad_secrets.errors import PluginError
 
-    debuglog.log("failed", error=type(exc).__name__, ms=round((time.monotonic() - start) * 1000))
+    # Our own messages (the job author sees them too) are safe to keep.
+    message = exc.message if isinstance(exc, PluginError) else None
+    debuglog.log(
+        "failed", error=type(exc).__name__, message=message, ms=round((time.monotonic() - start) * 1000)
+    )
     if traceback:
         import traceback as tb
 

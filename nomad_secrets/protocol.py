@@ -34,12 +34,12 @@ def fingerprint_line(go_version: str) -> bytes:
     return ('{"type": "secrets", "version": "' + go_version + '"}\n').encode()
 
 
-def guard_stdio(stderr_path: str | None = None) -> None:
+def guard_stdio() -> None:
     """Keep the real stdout for ``answer``; silence fds 1 and 2 for the rest.
 
-    ``stderr_path`` (the operator's debug log) receives fd 2 instead of
-    /dev/null, so that a library's warning or a crash is kept for the operator
-    and never reaches Nomad.
+    Once the config is read, ``debuglog.enable`` may point fd 2 at the
+    operator's debug log instead, so that a library's warning is kept for
+    the operator and never reaches Nomad.
     """
     global _out_fd
     if _out_fd is not None:
@@ -47,14 +47,9 @@ def guard_stdio(stderr_path: str | None = None) -> None:
     _out_fd = os.dup(1)
     os.set_inheritable(_out_fd, False)
     null = os.open(os.devnull, os.O_RDWR)
-    err = null
-    if stderr_path is not None:
-        err = os.open(stderr_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
-    os.dup2(err, 2)
-    for fd in {null, err}:
-        os.close(fd)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
     # Python-level writers too: their buffers would otherwise flush at exit.
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives for the process
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - ditto

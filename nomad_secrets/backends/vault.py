@@ -336,7 +336,8 @@ class Vault:
                 "POST",
                 self.base + "/v1/auth/token/revoke-self",
                 headers=headers,
-                timeout=urllib3.Timeout(total=REVOKE_TIMEOUT),
+                # Still inside the deadline: Nomad has not had its answer yet.
+                timeout=urllib3.Timeout(total=min(REVOKE_TIMEOUT, self.deadline.call_timeout())),
                 redirect=False,
             )
             debuglog.log("vault-revoke", status=response.status)
