@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 from nomad_secrets import config as config_module
 from nomad_secrets.backends import STORE_LABELS
-from nomad_secrets.bootstrap import untrusted, untrusted_ancestors
 from nomad_secrets.config import Config
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import PluginError
 from nomad_secrets.policy import everyone_reads_everything
 from nomad_secrets.request import Identity, JobOptions
+from nomad_secrets.trust import untrusted, untrusted_ancestors, untrusted_log
 
 PROBE_SECONDS = 5.0
 
@@ -82,6 +82,12 @@ def run_check(executable: str, write: Callable[[str], None] = print) -> int:
             config.aws.secret_access_key or config.aws.session_token
         ):
             report.warn(f"{config.path} holds AWS keys and is readable by everyone: chmod 0600")
+    if config.plugin.debug_log:
+        problem = untrusted_log(config.plugin.debug_log, "debug log")
+        if problem:
+            report.warn(f"{problem}: fetches run without the debug log until it is fixed")
+        else:
+            report.ok(f"debug log {config.plugin.debug_log}")
     stores = _providers(executable, config, report)
     write("stores:")
     if {"aws-sm", "aws-ssm"} & stores:

@@ -24,10 +24,11 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from nomad_secrets.bootstrap import untrusted, untrusted_ancestors
 from nomad_secrets.deadline import DEFAULT_SECONDS
 from nomad_secrets.errors import ConfigError
 from nomad_secrets.policy import Rule, pattern_problem
+from nomad_secrets.trust import Untrusted
+from nomad_secrets.trust import check as check_trust
 
 CONFIG_FILE_NAME = "nomad-secrets.toml"
 SYSTEM_CONFIG = "/etc/nomad-secrets/config.toml"
@@ -153,9 +154,10 @@ def load(executable: str) -> Config:
 
 
 def _check_trust(path: str, what: str) -> None:
-    problem = untrusted(path, what) or untrusted_ancestors(path)
-    if problem:
-        raise ConfigError(f"refusing to run: {problem}")
+    try:
+        check_trust(path, what)
+    except Untrusted as exc:
+        raise ConfigError(f"refusing to run: {exc}") from None
 
 
 def parse(text: bytes, path: str) -> Config:

@@ -307,6 +307,54 @@ def test_vault_token_file_writable_by_others_is_refused(
     assert f"the file of vault.token_file {token_file} is writable" in message
 
 
+def _debug_log_config(nomad: NomadClient, moto_endpoint: str, log: Path) -> None:
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, f'[plugin]\ndebug_log = "{log}"\n'))
+
+
+@pytest.mark.parametrize("plant", ["other-owner-0666", "fifo", "symlink", "directory"])
+def test_debug_log_is_held_to_the_trust_rules(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path, plant: str
+) -> None:
+    """A log planted by someone else is never appended to, a FIFO never hangs
+    the fetch, and the job is never blamed: the fetch answers as if no log
+    were set, and check names the problem."""
+    log = tmp_path / "debug.log"
+    target = tmp_path / "elsewhere"
+    if plant == "other-owner-0666":
+        log.write_bytes(b"")
+        os.chown(log, 65534, 65534)
+        log.chmod(0o666)
+    elif plant == "fifo":
+        os.mkfifo(log, 0o600)
+    elif plant == "symlink":
+        target.write_bytes(b"")
+        target.chmod(0o600)
+        log.symlink_to(target)
+    else:
+        log.mkdir(mode=0o700)
+    _debug_log_config(nomad, moto_endpoint, log)
+    put_secret(secretsmanager, "debug-log-trust", "v")
+    fetched = nomad.fetch("aws", "debug-log-trust", REGION_ENV, timeout=5)
+    assert fetched.ok and fetched.result == {"value": "v"}, fetched.error
+    if plant == "other-owner-0666":
+        assert log.read_bytes() == b""
+    if plant == "symlink":
+        assert target.read_bytes() == b""
+    check = run_plugin(nomad.executable("aws"), ["check"], {})
+    assert f"debug log {log}" in check.stdout.decode(), check.stdout
+    assert "WARNING" in check.stdout.decode()
+
+
+def test_debug_log_created_private(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "debug.log"
+    _debug_log_config(nomad, moto_endpoint, log)
+    put_secret(secretsmanager, "debug-log-private", "v")
+    assert nomad.fetch("aws", "debug-log-private", REGION_ENV).ok
+    assert log.stat().st_mode & 0o777 == 0o600 and b"fetched" in log.read_bytes()
+
+
 # --- hygiene: canaries never leak -----------------------------------------------------
 
 
