@@ -17,18 +17,26 @@ from typing import NoReturn
 from nomad_secrets import protocol
 
 USAGE = """\
-nomad-secrets: a secret provider plugin for HashiCorp Nomad.
+usage: {name} <command> [options]
 
 Nomad runs it as:
-  <name> fingerprint          answer Nomad's fingerprint (JSON on stdout)
-  <name> fetch <path>         read the secret(s) in <path> (JSON on stdout)
+  {name} fingerprint          answer Nomad's fingerprint (JSON on stdout)
+  {name} fetch <path>         read the secret(s) in <path> (JSON on stdout)
 
 For operators:
-  <name> check                check the config, files, store credentials and policy
-  <name> install --plugin-dir DIR [--as NAME ...] [--force]
-                              install this executable for a Nomad client
-  <name> version              print the version
+  {name} check [--format json]
+                              check the config, files, store credentials and policy
+  {name} install --common-plugin-dir DIR [--as NAME ...] [--force]
+                              install this executable for a Nomad client: itself in
+                              DIR, a provider NAME in the plugin directory DIR/secrets/
+  {name} version              print the version ({name} --version too)
+  {name} <command> --help     a command's options
+
+Docs: README.md and docs/ in the source of nomad-secrets.
 """
+OPERATOR_COMMANDS = ("check", "install", "version", "help")
+COMMANDS = ("fingerprint", "fetch", *OPERATOR_COMMANDS)
+HELP_FLAGS = ("--help", "-h", "--version", "-V")
 
 
 def run() -> NoReturn:
@@ -43,14 +51,18 @@ def run() -> NoReturn:
     # os.environ before any library can read it (proxies, CA bundles, AWS_*).
     environ = dict(os.environ)
     os.environ.clear()
-    if operation in ("check", "install", "version", "help", "--help", "-h"):
+    if operation in OPERATOR_COMMANDS or operation in HELP_FLAGS:
         sys.exit(operator_command(operation, argv))
+    if operation != "fetch" and os.isatty(1):
+        # A person at a terminal, never Nomad (Nomad reads stdout from a pipe).
+        sys.exit(by_hand(operation, argv[0]))
     protocol.guard_stdio()
     if operation == "fetch":
         plugin_fetch(argv, environ, start)
     protocol.answer_error(
-        f"unknown operation {operation[:64]!r}: Nomad runs this plugin as `fingerprint`"
-        " or `fetch <path>`; check that the file in the plugin directory is nomad-secrets"
+        f"unknown operation {operation[:64]!r}{_did_you_mean(operation)}: Nomad runs this plugin as"
+        " `fingerprint` or `fetch <path>`; check that the file in the plugin directory is"
+        f" nomad-secrets (`{provider_name(argv[0])} --help` lists its commands)"
     )
 
 
@@ -58,20 +70,46 @@ def operator_command(operation: str, argv: list[str]) -> int:
     """Commands a person runs: plain text on stdout, an exit status that says
     whether all is well. Never run by Nomad."""
     if operation == "check":
-        from nomad_secrets.check import run_check
+        from nomad_secrets.check import main as check
 
-        return run_check(argv[0])
+        return check(argv[2:], argv[0])
     if operation == "install":
-        from nomad_secrets.install import main
+        from nomad_secrets.install import main as install
 
-        return main(argv[2:], argv[0])
-    if operation == "version":
-        from nomad_secrets._version import GO_VERSION, __version__
-
-        print(f"nomad-secrets {__version__} (fingerprint version {GO_VERSION})")
+        return install(argv[2:], argv[0])
+    if operation in ("version", "--version", "-V"):
+        print(version_line())
         return 0
-    print(USAGE, end="")
+    print(usage(argv[0]), end="")
     return 0
+
+
+def by_hand(operation: str, executable: str) -> int:
+    """No command, or an unknown one, typed at a terminal: say so, and how."""
+    if operation:
+        print(f"{provider_name(executable)}: unknown command {operation[:64]!r}{_did_you_mean(operation)}\n")
+    print(usage(executable), end="")
+    return 2
+
+
+def usage(executable: str) -> str:
+    return version_line() + "\n\n" + USAGE.format(name=provider_name(executable))
+
+
+def version_line() -> str:
+    from nomad_secrets._version import GO_VERSION, __version__
+
+    return (
+        f"nomad-secrets {__version__} (fingerprint version {GO_VERSION}):"
+        " a secret provider plugin for HashiCorp Nomad"
+    )
+
+
+def _did_you_mean(operation: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(operation.lstrip("-"), COMMANDS, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close and close[0] != operation else ""
 
 
 def provider_name(executable: str) -> str:

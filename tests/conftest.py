@@ -7,6 +7,7 @@ its endpoint and static test credentials, so no credential chain ever runs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -148,20 +149,19 @@ class MotoIam:
         )
 
 
-@pytest.fixture(scope="session")
-def moto_iam() -> Iterator[MotoIam]:
-    import json
+@contextlib.contextmanager
+def moto_process(env: dict[str, str] | None = None) -> Iterator[str]:
+    """moto's server in its own process (its own state: another AWS
+    account, as far as the plugin can tell); yields its endpoint."""
     import socket
     import time
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    # The first 5 requests are let through unauthenticated: the setup below.
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "5"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -172,7 +172,18 @@ def moto_iam() -> Iterator[MotoIam]:
                 break
             except OSError:
                 time.sleep(0.1)
-        endpoint = f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_iam() -> Iterator[MotoIam]:
+    import json
+
+    # The first 5 requests are let through unauthenticated: the setup below.
+    with moto_process({"INITIAL_NO_AUTH_ACTION_COUNT": "5"}) as endpoint:
         iam = aws_client(endpoint, "iam")
         iam.create_user(UserName="node")
         key = iam.create_access_key(UserName="node")["AccessKey"]
@@ -184,9 +195,6 @@ def moto_iam() -> Iterator[MotoIam]:
         aws_client(endpoint, "secretsmanager").create_secret(Name="denied-secret", SecretString="x")
         aws_client(endpoint, "ssm").put_parameter(Name="/denied/p", Value="x", Type="String")
         yield MotoIam(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def put_secret(client: Any, name: str, value: str) -> None:
