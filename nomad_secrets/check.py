@@ -159,6 +159,7 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
             report.warn(f"{problem}: fetches run without the debug log until it is fixed")
         else:
             report.ok(f"debug log {config.plugin.debug_log}")
+    _observers(config, report)
     providers = _providers(executable, config, report)
     report.start("stores")
     for settings, names in _distinct_settings(providers):
@@ -173,6 +174,37 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
     summary = f"{report.problems} problem(s), {report.warnings} warning(s)"
     write(f"result: {report.result}: {summary}")
     return 1 if report.problems else 0
+
+
+def _observers(config: Config, report: Report) -> None:
+    """The audit trail and the metrics file: a fetch skips what fails here."""
+    audit, metrics = config.audit, config.metrics
+    if audit.syslog:
+        try:
+            is_socket = stat.S_ISSOCK(os.stat(audit.syslog_socket).st_mode)
+        except OSError:
+            is_socket = False
+        if is_socket:
+            report.ok(f"audit records to the syslog socket {audit.syslog_socket} ({audit.syslog_facility})")
+        else:
+            report.warn(
+                f"audit.syslog_socket {audit.syslog_socket} is not a socket (no syslog daemon or"
+                " journald here?): fetches send their records nowhere"
+            )
+    if audit.file:
+        problem = untrusted_log(audit.file, "audit file")
+        if problem:
+            report.warn(f"{problem}: fetches run without the audit file until it is fixed")
+        else:
+            report.ok(f"audit file {audit.file}")
+    if metrics.file:
+        problem = untrusted_ancestors(metrics.file) or untrusted_log(
+            metrics.file + ".lock", "metrics lock file"
+        )
+        if problem:
+            report.warn(f"{problem}: fetches run without metrics until it is fixed")
+        else:
+            report.ok(f"metrics file {metrics.file} (node_exporter's textfile collector)")
 
 
 def _owner_mode(path: str) -> str:

@@ -122,11 +122,9 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoRe
     from nomad_secrets.deadline import DEFAULT_SECONDS, Deadline
     from nomad_secrets.errors import PluginError
 
-    protocol.on_sigterm_answer(
-        "stopped by Nomad (SIGTERM) before the fetch finished: Nomad's plugin timeout"
-        " passed; check that the store answers quickly from this node"
-    )
+    protocol.on_sigterm_answer(SIGTERM_MESSAGE)
     executable = argv[0]
+    observer = None
     try:
         if len(argv) < 3:
             raise PluginError("no secret path: Nomad runs `fetch <path>`; set path in the secret block")
@@ -141,6 +139,11 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoRe
             debuglog.enable(config.plugin.debug_log)
         deadline = Deadline(config.plugin.deadline_seconds or DEFAULT_SECONDS, start=start)
         name = provider_name(executable)
+        if config.audit.syslog or config.audit.file or config.metrics.file:
+            from nomad_secrets.observe import Observer
+
+            observer = Observer(config, name, argv[2], environ, start)
+            protocol.on_sigterm_answer(SIGTERM_MESSAGE, before=lambda: observer.finish("terminated"))
         debuglog.log(
             "fetch",
             provider=name,
@@ -152,14 +155,26 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoRe
         debuglog.log("fetched", provider=name, keys=len(result), ms=round((time.monotonic() - start) * 1000))
     except PluginError as exc:
         _log_failure(exc, start)
+        if observer is not None:
+            observer.finish(exc.kind)
         protocol.answer_error(exc)
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
         _log_failure(exc, start, traceback=True)
+        if observer is not None:
+            observer.finish("internal")
         protocol.answer_error(
             f"internal error in nomad-secrets ({type(exc).__name__}); please report it."
             " The operator's debug log (plugin.debug_log) has the trace"
         )
+    if observer is not None:
+        observer.finish(None)
     protocol.answer(protocol.encode_result(result))
+
+
+SIGTERM_MESSAGE = (
+    "stopped by Nomad (SIGTERM) before the fetch finished: Nomad's plugin timeout"
+    " passed; check that the store answers quickly from this node"
+)
 
 
 def _log_failure(exc: BaseException, start: float, *, traceback: bool = False) -> None:

@@ -13,6 +13,8 @@ Shape::
     [providers.NAME]    # what the executable named NAME reads by default, and
                         # any [aws] or [vault] key in place of the top-level one
     [[policy]]          # which jobs may read which references (policy.py)
+    [audit]             # a record per fetch: syslog (journald) and/or a file
+    [metrics]           # counters and a histogram for node_exporter's textfile collector
 
 Every key is declared by a dataclass below; an unknown key is an error that
 names the key and the file, so that a typo is seen, not ignored.
@@ -92,6 +94,33 @@ class VaultSettings:
     kv_mounts: dict[str, int] = field(default_factory=dict)
 
 
+# syslog(3)'s facility codes (RFC 5424, section 6.2.1).
+SYSLOG_FACILITIES = {
+    "auth": 4,
+    "authpriv": 10,
+    "daemon": 3,
+    "user": 1,
+    **{f"local{n}": 16 + n for n in range(8)},
+}
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """A record per fetch (who, which references, outcome; never a value)."""
+
+    syslog: bool = False  # to the node's syslog socket: journald, rsyslog
+    syslog_socket: str = "/dev/log"
+    syslog_facility: str = "authpriv"  # access to credentials: auth.log / secure
+    file: str | None = None  # JSON lines, appended under the trust rules
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    # Prometheus text format, rewritten atomically after every fetch, for
+    # node_exporter's textfile collector (it reads *.prom in its directory).
+    file: str | None = None
+
+
 @dataclass(frozen=True)
 class Provider:
     """What the executable called ``name`` reads: its store, and the store
@@ -121,6 +150,8 @@ class Config:
     vault: VaultSettings = field(default_factory=VaultSettings)
     providers: dict[str, Provider] = field(default_factory=dict)
     policy: tuple[Rule, ...] | None = None  # None: no [[policy]], every job reads all
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def provider(self, name: str) -> Provider:
         """What the executable called ``name`` reads by default, and with
@@ -196,7 +227,7 @@ def parse(text: bytes, path: str) -> Config:
         raise ConfigError(f"the config file {path} is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
-    known = {"plugin", "aws", "vault", "providers", "policy"}
+    known = {"plugin", "aws", "vault", "providers", "policy", "audit", "metrics"}
     _reject_unknown(data, known, "", path)
     aws = _build(AwsSettings, _table(data, "aws", "", path), "aws", path)
     vault = _build(VaultSettings, _table(data, "vault", "", path), "vault", path)
@@ -224,7 +255,31 @@ def parse(text: bytes, path: str) -> Config:
         aws=aws,
         vault=vault,
         providers=providers,
+        audit=_audit(_build(AuditSettings, _table(data, "audit", "", path), "audit", path), path),
+        metrics=_metrics(_build(MetricsSettings, _table(data, "metrics", "", path), "metrics", path), path),
     )
+
+
+def _audit(audit: AuditSettings, path: str) -> AuditSettings:
+    if audit.syslog_facility not in SYSLOG_FACILITIES:
+        raise ConfigError(
+            f"audit.syslog_facility in {path} is {audit.syslog_facility!r};"
+            f" use one of {', '.join(SYSLOG_FACILITIES)}"
+        )
+    for key in ("syslog_socket", "file"):
+        value = getattr(audit, key)
+        if value is not None and not os.path.isabs(value):
+            raise ConfigError(f"audit.{key} in {path} must be an absolute path, not {value!r}")
+    return audit
+
+
+def _metrics(metrics: MetricsSettings, path: str) -> MetricsSettings:
+    if metrics.file is not None and not (os.path.isabs(metrics.file) and metrics.file.endswith(".prom")):
+        raise ConfigError(
+            f"metrics.file in {path} must be an absolute path ending in .prom (node_exporter's"
+            f" textfile collector reads only those), not {metrics.file!r}"
+        )
+    return metrics
 
 
 def _provider(

@@ -19,7 +19,8 @@ refuses the names ``nomad`` and ``vault`` (Nomad's built-in providers win
 over a plugin file of that name), refuses to replace a different
 executable or a file that is not its symlink without ``--force``, and
 refuses a plugin directory given where the common plugin dir is due (it
-would make ``secrets/secrets/``). ``--plugin-dir`` is the option's name
+would make ``secrets/secrets/``). Last, it removes the unpack directories of
+other builds that no running fetch holds (cache.py). ``--plugin-dir`` is the option's name
 before 0.2, kept as an alias.
 """
 
@@ -134,10 +135,32 @@ def install(
             f.write(EXAMPLE_CONFIG)
         first = os.path.join(secrets, names[0])
         write(f"wrote an example config {config} (0600): edit it, then run {first} check")
+    prune_cache(source, write)
     write("")
     write("In the Nomad client's agent config (the default is <data_dir>/common_plugins):")
     write(f'  client {{ common_plugin_dir = "{os.path.abspath(plugin_dir)}" }}')
     write("then make the agent fingerprint plugins again: systemctl reload nomad  (or kill -HUP <agent pid>)")
+
+
+def prune_cache(source: str, write: Callable[[str], None]) -> None:
+    """Remove the unpack directories of other builds that no run holds."""
+    from nomad_secrets import cache
+    from nomad_secrets.trust import untrusted, untrusted_ancestors
+
+    with zipfile.ZipFile(source) as zf:
+        build_id, cache_dir = zf.read("build-info").decode().split("\n")[:2]
+    root = cache_dir or cache.default_cache_dir()
+    if not os.path.isdir(root):
+        return
+    problem = untrusted_ancestors(root) or untrusted(root, "cache directory")
+    if problem:
+        write(f"left the unpack cache alone: {problem}")
+        return
+    removed, kept = cache.prune(root, build_id)
+    if removed:
+        write(f"removed {len(removed)} unpack directories of other builds from {root}: {', '.join(removed)}")
+    for reason in kept:
+        write(f"kept {os.path.join(root, reason)}")
 
 
 def main(argv: list[str], source: str) -> int:

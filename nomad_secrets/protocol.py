@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NoReturn
 
 from nomad_secrets.errors import PluginError
@@ -86,16 +86,19 @@ def answer_error(error: PluginError | str) -> NoReturn:
     answer(encode_error(message))
 
 
-def on_sigterm_answer(message: str) -> None:
+def on_sigterm_answer(message: str, before: Callable[[], None] | None = None) -> None:
     """At Nomad's timeout (SIGTERM, SIGKILL 2 s later) answer at once.
 
     Python runs the handler in the main thread between bytecodes, and a
     blocking socket read returns EINTR first, so this runs within
-    milliseconds even in the middle of a network call.
+    milliseconds even in the middle of a network call. ``before`` (the
+    audit record) runs first, bounded by its own design, never raising.
     """
     payload = encode_error(message)
 
     def handler(signum: int, frame: object) -> None:
+        if before is not None:
+            before()
         answer(payload)
 
     signal.signal(signal.SIGTERM, handler)

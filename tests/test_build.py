@@ -39,6 +39,7 @@ def test_contents_are_pure_python_with_botocore_data_pruned(artifact: Path) -> N
             "build-info",
             "fingerprint.json",
             "lib.zip",
+            "nomad_secrets_cache.py",
             "nomad_secrets_trust.py",
         ]
         assert zf.read("fingerprint.json") == b'{"type": "secrets", "version": "%s"}\n' % GO_VERSION.encode()
