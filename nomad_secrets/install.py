@@ -74,7 +74,8 @@ DESCRIPTION = (
     "Install this executable for a Nomad client: itself in the common plugin dir (the client's"
     " common_plugin_dir), a symlink per provider name in the plugin directory, its secrets/"
     " subdirectory, and an example config there if there is none. Refuses Nomad's built-in"
-    " names (nomad, vault), and replaces another executable or file only with --force."
+    " names (nomad, vault), and replaces another executable or file only with --force. Last,"
+    " removes the unpack directories of other builds that no running fetch uses."
 )
 
 

@@ -34,8 +34,11 @@ def interpreter() -> str:
     return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
 
-def build_artifact(output: Path, cache_dir: Path, *extra: str) -> Path:
-    subprocess.run(
+def run_build(
+    output: Path, cache_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """scripts/build for this run's interpreter, its output captured."""
+    return subprocess.run(
         [
             sys.executable,
             str(ROOT / "scripts" / "build"),
@@ -47,9 +50,16 @@ def build_artifact(output: Path, cache_dir: Path, *extra: str) -> Path:
             str(cache_dir),
             *extra,
         ],
-        check=True,
-        stdout=subprocess.DEVNULL,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
+
+
+def build_artifact(output: Path, cache_dir: Path, *extra: str) -> Path:
+    run = run_build(output, cache_dir, *extra)
+    assert run.returncode == 0, run.stdout + run.stderr
     return output
 
 
@@ -227,6 +237,17 @@ def plugin_dir(tmp_path: Path, artifact: Path, moto_endpoint: str) -> Path:
 @pytest.fixture
 def nomad(plugin_dir: Path, decoder: GoDecoder) -> NomadClient:
     return NomadClient(plugin_dir, decoder)
+
+
+def doc_block(doc: Path, marker: str, language: str = "toml") -> str:
+    """The ```language block of ``doc`` that holds ``marker``: the example a
+    test runs as the docs show it."""
+    import re
+
+    for match in re.finditer(rf"^```{language}\n(.*?)^```", doc.read_text(), re.M | re.S):
+        if marker in match.group(1):
+            return match.group(1)
+    raise AssertionError(f"{doc.name} lost its {language} example with {marker!r}")
 
 
 def write_config(plugin_dir: Path, text: str) -> Path:

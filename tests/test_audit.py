@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, aws_config, put_secret, write_config
+from conftest import ROOT, aws_config, doc_block, put_secret, write_config
 from netutil import HangingServer
 from nomad import NomadClient
 
@@ -25,13 +25,6 @@ DOC = ROOT / "docs" / "configuration.md"
 SYSLOG_LINE = re.compile(
     rb"<(\d+)>([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) nomad-secrets\[(\d+)\]: (.*)\Z", re.S
 )
-
-
-def doc_block(marker: str, language: str = "toml") -> str:
-    for match in re.finditer(rf"^```{language}\n(.*?)^```", DOC.read_text(), re.M | re.S):
-        if marker in match.group(1):
-            return match.group(1)
-    raise AssertionError(f"docs/configuration.md lost its example with {marker}")
 
 
 class DevLog:
@@ -75,7 +68,7 @@ def devlog(tmp_path: Path) -> Iterator[DevLog]:
 
 def audited(plugin_dir: Path, moto_endpoint: str, devlog_path: Path, audit_file: Path) -> None:
     """The docs' [audit] example, pointed at the stand-in socket and a test file."""
-    block = doc_block("[audit]\nsyslog = true")
+    block = doc_block(DOC, "[audit]\nsyslog = true")
     block = block.replace("/var/log/nomad-secrets/audit.jsonl", str(audit_file))
     block = block.replace("syslog = true", f'syslog = true\nsyslog_socket = "{devlog_path}"')
     write_config(plugin_dir, aws_config(moto_endpoint) + block)
@@ -114,7 +107,7 @@ def test_a_record_per_fetch_to_syslog_and_the_file(
     assert [json.loads(line) for line in lines] == [failed, answered]
     assert (audit_file.stat().st_mode & 0o777) == 0o600
     # the documented record has these keys, no more, no less
-    documented = json.loads(doc_block('"event": "fetch"', "json"))
+    documented = json.loads(doc_block(DOC, '"event": "fetch"', "json"))
     assert set(documented) == set(answered)
     for text in [*lines, *(d.decode() for d in datagrams)]:
         assert "hunter2-audit" not in text
@@ -226,3 +219,22 @@ def test_audit_keys_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"unknown key .audit\.sylog."):
         config.parse(b"[audit]\nsylog = true\n", "f")
     assert os.path.isabs(config.parse(b"[audit]\nsyslog = true\n", "f").audit.syslog_socket)
+
+
+def test_the_readme_example(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, devlog: DevLog, tmp_path: Path
+) -> None:
+    """README's [audit] and [metrics] block, as written but for its paths."""
+    block = doc_block(ROOT / "README.md", "[metrics]")
+    audit_file, prom = tmp_path / "audit.jsonl", tmp_path / "textfile" / "nomad-secrets.prom"
+    prom.parent.mkdir()
+    block = block.replace("/var/log/nomad-secrets/audit.jsonl", str(audit_file))
+    block = block.replace("/var/lib/prometheus/node-exporter/nomad-secrets.prom", str(prom))
+    block = block.replace("syslog = true", f'syslog = true\nsyslog_socket = "{devlog.path}"')
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint) + block)
+    put_secret(secretsmanager, "audit/readme", "v")
+    assert nomad.fetch("aws", "audit/readme").result == {"value": "v"}
+    (datagram,) = devlog.received()
+    assert b'"references": ["audit/readme"]' in datagram
+    assert len(audit_file.read_text().splitlines()) == 1
+    assert 'nomad_secrets_fetches_total{provider="aws",store="aws-sm",outcome="ok"} 1\n' in prom.read_text()

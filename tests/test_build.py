@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT, aws_config, build_artifact, interpreter
+from conftest import ROOT, aws_config, build_artifact, interpreter, run_build
 from nomad import NomadClient, install_plugin, nomad_env, run_plugin
 
 from nomad_secrets._version import GO_VERSION
@@ -177,24 +177,7 @@ def _offline_build(output: Path, wheel_cache: Path, pip_config: Path) -> subproc
     env = {**os.environ, "PIP_CONFIG_FILE": str(pip_config)}
     for key in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
         env.pop(key, None)
-    return subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "build"),
-            "--python",
-            interpreter(),
-            "--output",
-            str(output),
-            "--cache-dir",
-            str(output.parent / "cache"),
-            "--wheel-cache",
-            str(wheel_cache),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    return run_build(output, output.parent / "cache", "--wheel-cache", str(wheel_cache), env=env)
 
 
 def _warm_wheel_cache() -> Path:

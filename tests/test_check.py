@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import aws_config, write_config
+import pytest
+from conftest import ROOT, aws_config, write_config
 from netutil import dead_port_url
 
 
@@ -149,3 +150,27 @@ def test_json_format_says_the_same_with_the_same_exit_status(plugin_dir: Path, m
     assert code == check(plugin_dir)[0] == 1
     assert report["result"] == "NOT OK" and report["providers"] == {}
     assert "writable by group or others" in report["items"][0]["message"]  # type: ignore[index]
+
+
+def test_the_readme_json_check_with_jq(plugin_dir: Path) -> None:
+    """README's line for configuration management, as written."""
+    import re
+    import shutil
+
+    jq = shutil.which("jq")
+    if jq is None:
+        pytest.skip("needs jq: run scripts/setup as root, or apt-get install jq")
+    line = re.search(
+        r"^/opt/nomad/data/common_plugins/secrets/aws check --format json \| jq -e '(.*)'$",
+        (ROOT / "README.md").read_text(),
+        re.M,
+    )
+    assert line, "README.md lost its check --format json example"
+    aws = str(plugin_dir / "secrets" / "aws")
+    ok = subprocess.run(f"{aws} check --format json | {jq} -e '{line.group(1)}'", shell=True, env={})
+    assert ok.returncode == 0
+    (plugin_dir / "secrets" / "nomad-secrets.toml").chmod(0o664)
+    broken = subprocess.run(
+        f"{aws} check --format json | {jq} -e '{line.group(1)}'", shell=True, env={}, capture_output=True
+    )
+    assert broken.returncode == 1 and broken.stdout == b"false\n"

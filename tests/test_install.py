@@ -4,6 +4,7 @@ names then fingerprint and fetch as Nomad runs them."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -120,9 +121,16 @@ def test_a_common_plugin_dir_named_secrets_that_holds_secrets_is_accepted(
     assert (common / "secrets" / "aws").is_symlink()
 
 
-def test_the_docs_and_the_option_use_the_same_words(artifact: Path) -> None:
+def test_the_docs_and_the_option_use_the_same_words(artifact: Path, tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
-    assert "install --common-plugin-dir /opt/nomad/data/common_plugins" in readme
+    line = re.search(
+        r"^\./nomad-secrets (install --common-plugin-dir /opt/nomad/data/common_plugins .*)$", readme, re.M
+    )
+    assert line, "README.md lost its install line"
+    args = line.group(1).replace("/opt/nomad/data/common_plugins", str(tmp_path / "common_plugins")).split()
+    run = subprocess.run([str(artifact), *args], capture_output=True, text=True, env={}, timeout=60)
+    assert run.returncode == 0, run.stdout
+    assert (tmp_path / "common_plugins" / "secrets" / "aws").is_symlink()
     assert "--plugin-dir" not in readme.replace("--common-plugin-dir", "")
     assert "`<common_plugin_dir>/secrets/` (the plugin directory)" in " ".join(readme.split())
     help_text = subprocess.run(

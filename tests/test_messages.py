@@ -84,3 +84,20 @@ def test_a_region_aws_does_not_have_in_the_config(nomad: NomadClient) -> None:
     assert "'eu-wst-1' (aws.region in the config) is not an AWS region" in error
     assert "set aws.region in the operator's config" in error
     assert "cannot reach" not in error
+
+
+def test_the_readme_error_example_is_what_a_job_sees(nomad: NomadClient, secretsmanager: Any) -> None:
+    import re
+
+    from conftest import ROOT
+
+    shown = re.search(
+        r'^provider "aws" for secret "db" response contained error: "(.*)"$',
+        (ROOT / "README.md").read_text(),
+        re.M,
+    )
+    assert shown, "README.md lost its error example"
+    error = error_of(nomad, "prod/dbb", {"AWS_REGION": "us-east-2"})
+    # moto's words for ResourceNotFoundException differ from AWS's: compare ours around them
+    ours = re.sub(r"\(AWS said [^)]*\)", "(AWS said ...)", error)
+    assert ours == re.sub(r"\(AWS said [^)]*\)", "(AWS said ...)", shown.group(1))

@@ -5,25 +5,17 @@ parses it."""
 
 from __future__ import annotations
 
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, aws_config, put_secret, write_config
+from conftest import ROOT, aws_config, doc_block, put_secret, write_config
 from nomad import NomadClient
 from prometheus_client.parser import text_string_to_metric_families
 
 DOC = ROOT / "docs" / "configuration.md"
-
-
-def metrics_block() -> str:
-    for match in re.finditer(r"^```toml\n(.*?)^```", DOC.read_text(), re.M | re.S):
-        if match.group(1).startswith("[metrics]"):
-            return match.group(1)
-    raise AssertionError("docs/configuration.md lost its [metrics] example")
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -36,7 +28,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def with_metrics(plugin_dir: Path, moto_endpoint: str, prom: Path) -> None:
-    block = metrics_block().replace("/var/lib/prometheus/node-exporter/nomad-secrets.prom", str(prom))
+    block = doc_block(DOC, "[metrics]\nfile =").replace(
+        "/var/lib/prometheus/node-exporter/nomad-secrets.prom", str(prom)
+    )
     write_config(plugin_dir, aws_config(moto_endpoint) + block)
 
 

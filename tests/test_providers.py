@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REGION, ROOT, aws_client, moto_process, put_secret
+from conftest import REGION, ROOT, aws_client, doc_block, moto_process, put_secret
 from nomad import NomadClient, install_plugin
 from vault_sim import VaultSimulator
 
@@ -20,14 +20,6 @@ from nomad_secrets import config
 from nomad_secrets.errors import ConfigError
 
 DOC = ROOT / "docs" / "configuration.md"
-
-
-def doc_block(marker: str, language: str = "toml") -> str:
-    """The fenced block of docs/configuration.md that holds ``marker``."""
-    for match in re.finditer(rf"^```{language}\n(.*?)^```", DOC.read_text(), re.M | re.S):
-        if marker in match.group(1):
-            return match.group(1)
-    raise AssertionError(f"docs/configuration.md lost its example with {marker}")
 
 
 def check_json(executable: Path) -> tuple[int, dict[str, Any]]:
@@ -55,7 +47,7 @@ def test_an_aws_account_per_team_as_the_docs_show(
     )
     # The docs' example, pointed at the two servers; team-a gets test keys
     # instead of the node's chain (no credential chain runs in a test).
-    text = doc_block("[providers.team-b]")
+    text = doc_block(DOC, "[providers.team-b]")
     text = text.replace(
         "[aws]\n",
         f'[aws]\nendpoint_url = "{moto_endpoint}"\n'
@@ -111,10 +103,11 @@ def _clusters_config(tmp_path: Path, clusters: dict[str, VaultSimulator], text: 
     return text
 
 
+@pytest.mark.parametrize("doc", [DOC, ROOT / "README.md"], ids=["configuration.md", "README.md"])
 def test_two_vault_clusters_as_the_docs_show(
-    tmp_path: Path, artifact: Path, decoder: Any, two_clusters: dict[str, VaultSimulator]
+    doc: Path, tmp_path: Path, artifact: Path, decoder: Any, two_clusters: dict[str, VaultSimulator]
 ) -> None:
-    text = _clusters_config(tmp_path, two_clusters, doc_block("[providers.shared-vault]"))
+    text = _clusters_config(tmp_path, two_clusters, doc_block(doc, "[providers.shared-vault]"))
     plugins = tmp_path / "plugins"
     install_plugin(artifact, plugins, ["openbao", "shared-vault"], text)
     nomad = NomadClient(plugins, decoder)
@@ -136,7 +129,7 @@ def test_two_vault_clusters_as_the_docs_show(
 def test_a_provider_borrowing_the_other_clusters_token_is_warned(
     tmp_path: Path, artifact: Path, two_clusters: dict[str, VaultSimulator]
 ) -> None:
-    text = _clusters_config(tmp_path, two_clusters, doc_block("[providers.shared-vault]"))
+    text = _clusters_config(tmp_path, two_clusters, doc_block(DOC, "[providers.shared-vault]"))
     text = re.sub(r'token_file = ".*shared-vault-token"\n', "", text)
     install_plugin(artifact, tmp_path, ["shared-vault"], text)
     proc = subprocess.run(
