@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from backend_contract import CANARY, StoreContract
@@ -324,6 +325,33 @@ def test_policy_denial_names_the_api_path(vault: Vault) -> None:
     assert vault.error(f"vault:secret/{name}") == (
         f"'vault:secret/{name}' (Vault): permission denied;"
         f" the Vault policy of this token needs read on 'secret/data/{name}'"
+    )
+
+
+def test_a_dead_token_is_named_and_a_policy_denial_stays_one(vault: Vault) -> None:
+    """Finding 1 of issue #9: OpenBao answers a revoked or unknown token with a
+    bare 403 "permission denied", as it does a policy denial; the plugin tells
+    them apart by asking once whether the token is alive."""
+    server, name = vault.server, unique()
+    server.put_kv("secret", name, {"k": "v"})
+    revoked = server.token("plugin")
+    server.api("POST", "auth/token/revoke", {"token": revoked})
+    for token in (revoked, "s.unknown-token"):
+        extras: list[dict[str, Any]] = [{}, {"kv_mounts": {"secret": 2}}]
+        for extra in extras:  # the preflight's 403, then the read's
+            vault.configure(token=token, **extra)
+            message = vault.error(f"vault:secret/{name}")
+            assert message == (
+                f"'vault:secret/{name}' (Vault): Vault does not accept the plugin's token"
+                " (invalid, expired or revoked); the operator renews the token in vault.token_file"
+            ), message
+            assert token not in message
+    server.policy("kv1-only", 'path "kv1/*" { capabilities = ["read"] }')
+    vault.configure(token=server.token("kv1-only"))
+    assert f"permission denied looking up the mount of 'secret/{name}'" in vault.error(f"vault:secret/{name}")
+    vault.configure(token=server.token("kv1-only"), kv_mounts={"secret": 2})
+    assert "permission denied; the Vault policy of this token needs read on" in vault.error(
+        f"vault:secret/{name}"
     )
 
 

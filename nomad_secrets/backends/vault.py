@@ -94,6 +94,13 @@ LOGIN_HINTS = {
     "cert": "check that the cert auth role (vault.role) trusts vault.client_cert",
     "jwt": "check vault.role and the role's bound audiences and claims against the job's workload identity",
 }
+# What to do when Vault no longer accepts the token a method gave.
+TOKEN_HINTS = {
+    "token": "the operator renews the token in vault.token_file",
+    "approle": "the login's token ended at once: check the AppRole role's token_ttl and token_num_uses",
+    "cert": "the login's token ended at once: check the cert role's token_ttl and token_num_uses",
+    "jwt": "the login's token ended at once: check the JWT role's token_ttl and token_num_uses",
+}
 _ADDRESS = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?\Z")
 _VERSION = re.compile(r"[1-9][0-9]{0,9}\Z")
 _CREDENTIAL = re.compile(r"[\x21-\x7e]+\Z")  # one header-safe word: no space, no newline
@@ -178,6 +185,7 @@ class Vault:
         self._owned = False  # did a login here make the token (so close may revoke it)?
         self._closed = False
         self._login_failure: BaseException | None = None
+        self._token_alive = False  # proved by _check_token_alive
         self._state = threading.Lock()  # short sections: _token, _owned, _closed, locks, mounts
         self._login_lock = threading.Lock()  # held for the one login
         self._preflight_locks: dict[str, threading.Lock] = {}
@@ -235,14 +243,12 @@ class Vault:
         if status == 200:
             return
         if status == 403:
-            if _invalid_token(body):
-                raise self._token_rejected(ref)
+            self._check_token_alive(ref, token)
             raise AccessDenied(
                 ref.text,
                 LABEL,
                 "Vault refused the token's lookup of itself",
-                "the token is invalid or expired, or lacks Vault's default policy;"
-                " the operator renews the token in vault.token_file",
+                "the token lacks Vault's default policy, which grants it",
             )
         raise self._unexpected(ref, status, body)
 
@@ -379,8 +385,7 @@ class Vault:
     def _preflight(self, ref: Reference, locator: str, token: str) -> Mount:
         status, body = self._call(ref, "GET", PREFLIGHT + locator, token=token)
         if status == 403:
-            if _invalid_token(body):
-                raise self._token_rejected(ref)
+            self._check_token_alive(ref, token)
             raise AccessDenied(
                 ref.text,
                 LABEL,
@@ -447,7 +452,7 @@ class Vault:
                     "pin another version with ?version=N"
                     + (", or undelete it (vault kv undelete)" if done == "deleted" else ""),
                 )
-        data = self._data(ref, status, body, api_path, version=version)
+        data = self._data(ref, token, status, body, api_path, version=version)
         inner = data.get("data")
         if not isinstance(inner, dict):
             raise self._malformed(ref)
@@ -455,11 +460,12 @@ class Vault:
 
     def _read_data(self, ref: Reference, token: str, api_path: str) -> Raw:
         status, body = self._call(ref, "GET", api_path, token=token)
-        return self._data(ref, status, body, api_path)
+        return self._data(ref, token, status, body, api_path)
 
     def _data(
         self,
         ref: Reference,
+        token: str,
         status: int,
         body: dict[str, Any] | None,
         api_path: str,
@@ -481,8 +487,7 @@ class Vault:
             pinned = f" (version {version})" if version is not None else ""
             raise NotFound(ref.text, LABEL, f"not found at {api_path}{pinned}", "check the mount and path")
         if status == 403:
-            if _invalid_token(body):
-                raise self._token_rejected(ref)
+            self._check_token_alive(ref, token)
             raise AccessDenied(
                 ref.text,
                 LABEL,
@@ -647,12 +652,28 @@ class Vault:
     def _in_namespace(self) -> str:
         return f" in namespace {self.settings.namespace!r}" if self.settings.namespace else ""
 
-    def _token_rejected(self, ref: Reference) -> AccessDenied:
-        if self.method == "token":
-            hint = "the operator renews the token in vault.token_file"
-        else:
-            hint = f"the token from the {self.method} login expired or was revoked; check its TTL"
-        return AccessDenied(ref.text, LABEL, "Vault rejected the plugin's token as invalid or expired", hint)
+    def _check_token_alive(self, ref: Reference, token: str) -> None:
+        """After a 403: raise if Vault does not accept the token at all.
+
+        Vault and OpenBao answer a dead token (revoked, expired, unknown)
+        and a policy denial alike, "permission denied", so ask once: listing
+        the mounts (``sys/internal/ui/mounts``, no path) needs a live token
+        and no policy, so a 403 there can only mean the token is dead. Asked
+        once per process: a live token stays so for the fetch's seconds.
+        """
+        with self._state:
+            if self._token_alive:
+                return
+        status, _ = self._call(ref, "GET", PREFLIGHT.rstrip("/"), token=token)
+        if status == 403:
+            raise AccessDenied(
+                ref.text,
+                LABEL,
+                "Vault does not accept the plugin's token (invalid, expired or revoked)",
+                TOKEN_HINTS[self.method],
+            )
+        with self._state:
+            self._token_alive = True
 
     def _timed_out(self, ref: Reference) -> TimedOut:
         return TimedOut(
@@ -756,11 +777,6 @@ def _mount_in(locator: str, mount: str) -> str | None:
         start = locator.find("/", start) + 1
         if start == 0:
             return None
-
-
-def _invalid_token(body: dict[str, Any] | None) -> bool:
-    errors = body.get("errors") if body else None
-    return isinstance(errors, list) and any(isinstance(e, str) and "invalid token" in e for e in errors)
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:
