@@ -199,6 +199,26 @@ def test_namespace_setting_and_namespace_in_the_path(vault: Vault) -> None:
     }
 
 
+def test_a_child_namespace_under_the_configured_one(vault: Vault) -> None:
+    """Finding 2 of issue #9: with namespace = "ns1", vault:child/kv/app/db
+    reads ns1/child's kv mount, as `bao kv get -namespace=ns1 child/kv/app/db`
+    does, with or without kv_mounts."""
+    server = vault.server
+    cli = json.loads(server.cli("kv", "get", "-namespace=ns1", "-format=json", "child/kv/app/db"))
+    assert cli["data"]["data"] == {"where": "ns1/child"}
+    # OpenBao 2.7's preflight answers for a child namespace only a token whose
+    # policy grants "*" (its mount check uses the child's relative path); root here.
+    vault.configure(namespace="ns1", token=server.root)
+    fetched, seen = vault.seen("vault:child/kv/app/db")
+    assert fetched.result == cli["data"]["data"]
+    assert seen == ["read ns1/sys/internal/ui/mounts/child/kv/app/db", "read ns1/child/kv/data/app/db"]
+    server.policy("child-reader", 'path "child/kv/data/*" { capabilities = ["read"] }', namespace="ns1")
+    token = server.token("child-reader", namespace="ns1")
+    vault.configure(namespace="ns1", token=token, kv_mounts={"child/kv": 2})
+    fetched, seen = vault.seen("vault:child/kv/app/db")
+    assert fetched.result == cli["data"]["data"] and seen == ["read ns1/child/kv/data/app/db"]
+
+
 # --- auth methods ---------------------------------------------------------------------------
 
 

@@ -406,7 +406,7 @@ class Vault:
         if not isinstance(data, dict) or not isinstance(data.get("path"), str) or not data.get("type"):
             raise self._malformed(ref)
         mount_type = str(data["type"])
-        mount_path = _mount_in(locator, data["path"].strip("/"))
+        mount_path = _mount_in(locator, data["path"].strip("/"), self.settings.namespace)
         if mount_path is None:
             raise self._malformed(ref)
         # Vault reserves these names at the top of every namespace, so in a
@@ -767,9 +767,17 @@ def _check_locator(ref: Reference) -> str:
     return ref.locator
 
 
-def _mount_in(locator: str, mount: str) -> str | None:
+def _mount_in(locator: str, mount: str, namespace: str | None) -> str | None:
     """Where the preflight's mount path sits in ``locator``: at its start,
-    or after a namespace prefix written in the path (``ns1/secret/x``)."""
+    or after a namespace prefix written in the path (``ns1/secret/x``).
+
+    For a mount in a child of the configured namespace, OpenBao gives the
+    path from the root namespace (``ns1/child/kv`` for ``child/kv/x`` with
+    namespace ``ns1``): the configured namespace is taken off first.
+    """
+    prefix = (namespace or "").strip("/") + "/"
+    if prefix != "/" and mount.startswith(prefix) and not locator.startswith(prefix):
+        mount = mount[len(prefix) :]
     start = 0
     while True:
         if (locator + "/")[start:].startswith(mount + "/"):
