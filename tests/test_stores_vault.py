@@ -5,6 +5,7 @@ its token accessors, not from a double."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from backend_contract import CANARY, StoreContract
 from nomad import NomadClient
-from openbao import PROVIDER, Vault, start, unique
+from openbao import PROVIDER, ApiError, Vault, start, unique
 
 
 class TestVaultContract(StoreContract):
@@ -373,6 +374,29 @@ def test_a_dead_token_is_named_and_a_policy_denial_stays_one(vault: Vault) -> No
     assert "permission denied; the Vault policy of this token needs read on" in vault.error(
         f"vault:secret/{name}"
     )
+
+
+def test_throttling_pauses_even_when_retry_after_is_zero(vault: Vault) -> None:
+    """Finding 4 of issue #9: OpenBao's 429 says "Retry-After: 0", and the
+    retries ran back to back and gave up in 0.1 s; the pause has a floor."""
+    server = vault.server
+    server.put_kv("throttled", "app", {"k": "v"})
+    server.api("POST", "sys/quotas/config", {"enable_rate_limit_response_headers": True})
+    quota = "sys/quotas/rate-limit/throttled"
+    server.api("POST", quota, {"path": "throttled/", "rate": 1, "interval": "1s"})
+    try:
+        vault.configure(kv_mounts={"throttled": 2})
+        server.api("GET", "throttled/data/app")  # this second's one request
+        assert vault.fetch("vault:throttled/app").result == {"k": "v"}
+        server.api("POST", quota, {"path": "throttled/", "rate": 1, "interval": "20s"})
+        with contextlib.suppress(ApiError):
+            server.api("GET", "throttled/data/app")
+        # Retry-After (19 s) is beyond the deadline: no pause, the answer at once.
+        message = vault.error("vault:throttled/app")
+        assert "Vault rate-limited the request (Vault said: request path" in message
+        assert "rate limit quota exceeded" in message
+    finally:
+        server.api("DELETE", quota)
 
 
 def test_sealed_server(bao_binary: str, vault: Vault, tmp_path: Path) -> None:

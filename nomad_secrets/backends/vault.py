@@ -79,7 +79,7 @@ REVOKE_TIMEOUT = 1.0  # close() runs after the answer is decided: keep it short
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # far above any secret; a wrong address cannot fill memory
 MAX_ERROR_TEXT = 200
 THROTTLE_RETRIES = 2
-THROTTLE_BACKOFF = 0.25  # seconds before the first retry, doubled after
+THROTTLE_BACKOFF = 0.5  # seconds before the first retry, doubled after; the least pause
 THROTTLE_MARGIN = 0.5  # retry only if this much deadline is left after the pause
 PREFLIGHT = "sys/internal/ui/mounts/"
 # First path segments that are Vault's own API, never a secrets engine.
@@ -534,7 +534,9 @@ class Vault:
             status, retry_after, raw = self._send(ref, method, url, headers, data)
             if status != 429 or attempt >= THROTTLE_RETRIES:
                 break
-            pause = retry_after if retry_after is not None else THROTTLE_BACKOFF * 2**attempt
+            # A floor under Retry-After: OpenBao sends "0" while its quota is
+            # still spent, and three tries back to back would all fail.
+            pause = max(retry_after or 0.0, THROTTLE_BACKOFF * 2**attempt)
             if pause + THROTTLE_MARGIN > self.deadline.remaining():
                 break
             time.sleep(pause)
