@@ -399,6 +399,37 @@ def test_throttling_pauses_even_when_retry_after_is_zero(vault: Vault) -> None:
         server.api("DELETE", quota)
 
 
+def test_hints_point_the_right_way(vault: Vault) -> None:
+    """Finding 5 of issue #9: five answers of a real server whose hints
+    pointed elsewhere."""
+    server, name = vault.server, unique()
+    server.put_kv("secret", name, {"k": "v"})
+    # A wrong auth_mount is a 403 (no auth method there), not a 404.
+    vault.approle(auth_mount="no-such-approle")
+    message = vault.error(f"vault:secret/{name}")
+    assert "no auth method answers at auth/no-such-approle/ (HTTP 403)" in message
+    assert "check vault.auth_mount" in message and "role_id" not in message
+    # A path that needs a write (pki/issue/<role>) is a 405.
+    vault.configure()
+    message = vault.error("vault:pki/issue/web")
+    assert "Vault serves pki/issue/web to writes only (HTTP 405)" in message
+    assert "the plugin never writes" in message
+    # pki/ca_chain answers PEM, not JSON: the path, not the address.
+    message = vault.error("vault:pki/ca_chain")
+    assert "Vault answered pki/ca_chain with application/pkix-cert, not JSON" in message
+    assert "read the JSON form of the same data" in message and "vault.address" not in message
+    # KV v2 read as v1 (a wrong kv_mounts): the 404 keeps Vault's warning.
+    vault.configure(token=server.root, kv_mounts={"secret": 1})
+    message = vault.error(f"vault:secret/{name}")
+    assert (
+        f"not found at secret/{name} (Vault said: Invalid path for a versioned K/V secrets engine" in message
+    )
+    # http:// to a TLS listener.
+    vault.configure(address=server.tls_address.replace("https://", "http://"))
+    message = vault.error(f"vault:secret/{name}")
+    assert "this address speaks TLS: use https://" in message
+
+
 def test_sealed_server(bao_binary: str, vault: Vault, tmp_path: Path) -> None:
     """On a server of its own: sealing the session's would stop every other test."""
     (tmp_path / "sealed").mkdir()

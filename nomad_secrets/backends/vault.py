@@ -82,6 +82,8 @@ THROTTLE_RETRIES = 2
 THROTTLE_BACKOFF = 0.5  # seconds before the first retry, doubled after; the least pause
 THROTTLE_MARGIN = 0.5  # retry only if this much deadline is left after the pause
 PREFLIGHT = "sys/internal/ui/mounts/"
+# Go's net/http answers plain HTTP on a TLS listener so, in Vault and OpenBao alike.
+PLAIN_HTTP_TO_TLS = b"Client sent an HTTP request to an HTTPS server"
 # First path segments that are Vault's own API, never a secrets engine.
 RESERVED_PREFIXES = ("sys", "auth", "identity", "cubbyhole")
 # Mount types that are Vault's machinery (ns_* are Enterprise namespace copies).
@@ -308,7 +310,15 @@ class Vault:
         status, body = self._call(ref, "POST", api_path, token=None, payload=self._login_body)
         seconds = round(time.monotonic() - started, 3)
         debuglog.log("vault-login", method=self.method, mount=self.auth_mount, status=status, seconds=seconds)
-        if status in (400, 401, 403):
+        if status == 403:  # what Vault and OpenBao answer where no auth method is enabled
+            raise AccessDenied(
+                ref.text,
+                LABEL,
+                f"no auth method answers at auth/{self.auth_mount}/ (HTTP 403){self._said(body)}",
+                f"check vault.auth_mount (the path the {self.method} auth method is enabled at)"
+                " and vault.namespace",
+            )
+        if status in (400, 401):
             raise AccessDenied(
                 ref.text, LABEL, f"login with {where} failed{self._said(body)}", LOGIN_HINTS[self.method]
             )
@@ -485,7 +495,13 @@ class Vault:
             return data
         if status == 404:
             pinned = f" (version {version})" if version is not None else ""
-            raise NotFound(ref.text, LABEL, f"not found at {api_path}{pinned}", "check the mount and path")
+            # The 404's warnings say what is wrong, such as a KV v2 mount read as v1.
+            raise NotFound(
+                ref.text,
+                LABEL,
+                f"not found at {api_path}{pinned}{self._said(body)}",
+                "check the mount and path",
+            )
         if status == 403:
             self._check_token_alive(ref, token)
             raise AccessDenied(
@@ -497,6 +513,13 @@ class Vault:
         if status == 400:
             raise StoreError(
                 ref.text, LABEL, f"Vault refused the read{self._said(body)}", "check the reference"
+            )
+        if status == 405:  # pki/issue/<role>, transit/encrypt/<key>, ...
+            raise StoreError(
+                ref.text,
+                LABEL,
+                f"Vault serves {api_path} to writes only (HTTP 405)",
+                "the plugin never writes: read a path that answers a read (vault read)",
             )
         raise self._unexpected(ref, status, body)
 
@@ -531,7 +554,7 @@ class Vault:
         while True:
             if self.deadline.expired():
                 raise self._timed_out(ref)
-            status, retry_after, raw = self._send(ref, method, url, headers, data)
+            status, retry_after, content_type, raw = self._send(ref, method, url, headers, data)
             if status != 429 or attempt >= THROTTLE_RETRIES:
                 break
             # A floor under Retry-After: OpenBao sends "0" while its quota is
@@ -542,6 +565,18 @@ class Vault:
             time.sleep(pause)
             attempt += 1
         body = _json_object(raw)
+        # Go's net/http answers plain HTTP on a TLS listener so, in Vault and OpenBao alike.
+        if (
+            status == 400
+            and body is None
+            and raw.startswith(b"Client sent an HTTP request to an HTTPS server")
+        ):
+            raise Unreachable(
+                ref.text,
+                LABEL,
+                f"Vault at {self.base} answered plain HTTP with HTTP 400",
+                "this address speaks TLS: use https:// in vault.address (and vault.ca_cert for its CA)",
+            )
         if status == 429:
             raise Throttled(
                 ref.text,
@@ -571,13 +606,21 @@ class Vault:
                 "point vault.address at the active node or its load balancer",
             )
         if 200 <= status < 300 and raw and body is None:
+            if content_type and not content_type.startswith(("application/json", "text/html")):
+                raise StoreError(  # pki/ca_chain (PEM), pki/crl (DER), ...
+                    ref.text,
+                    LABEL,
+                    f"Vault answered {api_path} with {content_type[:60]}, not JSON",
+                    "the path serves a file, which has no fields to give; read the JSON form of the"
+                    " same data (pki/cert/ca_chain for pki/ca_chain)",
+                )
             raise self._malformed(ref)
         return status, body
 
     def _send(
         self, ref: Reference, method: str, url: str, headers: dict[str, str], data: bytes | None
-    ) -> tuple[int, float | None, bytes]:
-        """(status, Retry-After seconds, body) of one request; transport errors mapped."""
+    ) -> tuple[int, float | None, str, bytes]:
+        """(status, Retry-After seconds, Content-Type, body) of one request; transport errors mapped."""
         timeout = self.deadline.call_timeout()
         try:
             response = self._pool.request(
@@ -626,21 +669,22 @@ class Vault:
                 f"the connection to Vault at {self.base} failed ({type(exc).__name__})",
                 "check vault.address and the node's network",
             ) from None
-        return response.status, _retry_after(response.headers.get("Retry-After")), raw
+        content_type = (
+            _CONTROL.sub("", response.headers.get("Content-Type", "")).split(";")[0].strip().lower()
+        )
+        return response.status, _retry_after(response.headers.get("Retry-After")), content_type, raw
 
     # -- messages ----------------------------------------------------------
 
     def _said(self, body: dict[str, Any] | None) -> str:
-        """`` (Vault said: ...)`` from an answer's ``errors``, or nothing.
+        """`` (Vault said: ...)`` from an answer's ``errors`` and ``warnings``, or nothing.
 
         Vault's error texts hold no secret values; the credentials we sent
         are blanked out anyway, in case a server quotes its input.
         """
-        errors = body.get("errors") if body else None
-        if not isinstance(errors, list):
-            return ""
+        said = [body.get(key) for key in ("errors", "warnings")] if body else []
         items: list[str] = []
-        for error in errors:
+        for error in [item for texts in said if isinstance(texts, list) for item in texts]:
             if isinstance(error, str):
                 listed = _MULTIERROR_ITEM.findall(error)  # go-multierror: "1 error occurred:\n\t* x\n\n"
                 items += listed or [error]
