@@ -21,49 +21,11 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # not typing's: importing typing costs fingerprint ~9 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 ROOT_CACHE = "/var/cache/nomad-secrets"
-
-
-def untrusted(path: str, what: str) -> str | None:
-    """Why ``path`` must not be trusted, or None when it may.
-
-    Trusted: not a symlink, owned by the running user or root, and writable
-    by no one else (a file another user can change is code they run as us).
-    """
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        return f"cannot check the {what} {path}: {exc.strerror}"
-    import stat
-
-    if stat.S_ISLNK(st.st_mode):
-        return f"the {what} {path} is a symlink; make it a real {what}"
-    if st.st_uid not in (os.geteuid(), 0):
-        return f"the {what} {path} is owned by uid {st.st_uid}; chown it to root"
-    if st.st_mode & 0o022:
-        return f"the {what} {path} is writable by group or others; chmod go-w {path}"
-    return None
-
-
-def untrusted_ancestors(path: str) -> str | None:
-    """Why a directory above ``path`` lets another user swap what it holds,
-    or None. Each must be owned by root or us and writable by no one else,
-    unless it is sticky (like /tmp: others cannot rename what we own there)."""
-    import stat
-
-    parent = os.path.dirname(os.path.abspath(path))
-    while True:
-        try:
-            st = os.stat(parent)
-        except OSError as exc:
-            return f"cannot check the directory {parent}: {exc.strerror}"
-        if st.st_uid not in (os.geteuid(), 0):
-            return f"the directory {parent} is owned by uid {st.st_uid}; chown it to root"
-        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-            return f"the directory {parent} is writable by group or others; chmod go-w {parent}"
-        if parent == os.path.dirname(parent):
-            return None
-        parent = os.path.dirname(parent)
 
 
 def default_cache_dir() -> str:
@@ -80,20 +42,24 @@ class CacheError(Exception):
 
 def unpacked(archive: str, build_id: str, cache_root: str) -> str:
     """The directory to import from, unpacking the archive's lib/ if needed."""
+    # Imported here, not at the top: fingerprint must not pay for it.
+    try:  # the source tree and the installed package
+        from nomad_secrets import trust
+    except ImportError:  # the executable: scripts/build stores trust.py beside __main__.py
+        import nomad_secrets_trust as trust  # type: ignore[import-not-found,no-redef]
+
     entry = os.path.join(cache_root, f"{build_id}-{sys.implementation.cache_tag}")
-    problem = untrusted_ancestors(cache_root)  # before anything is written there
+    problem = trust.untrusted_ancestors(cache_root)  # before anything is written there
+    if not problem and not os.path.isdir(entry):
+        _unpack(archive, cache_root, entry, trust.untrusted)
+    for path in (cache_root, entry):
+        problem = problem or trust.untrusted(path, "cache directory")
     if problem:
         raise CacheError(problem)
-    if not os.path.isdir(entry):
-        _unpack(archive, cache_root, entry)
-    for path, what in ((cache_root, "cache directory"), (entry, "cache directory")):
-        problem = untrusted(path, what)
-        if problem:
-            raise CacheError(problem)
     return os.path.join(entry, "lib")
 
 
-def _unpack(archive: str, cache_root: str, entry: str) -> None:
+def _unpack(archive: str, cache_root: str, entry: str, untrusted: Callable[[str, str], str | None]) -> None:
     import io
     import shutil
     import tempfile
@@ -102,7 +68,7 @@ def _unpack(archive: str, cache_root: str, entry: str) -> None:
     old_umask = os.umask(0o077)
     try:
         os.makedirs(cache_root, mode=0o700, exist_ok=True)
-        problem = untrusted(cache_root, "cache directory")
+        problem = untrusted(cache_root, "cache directory")  # before writing into it
         if problem:
             raise CacheError(problem)
         tmp = tempfile.mkdtemp(prefix=".unpack-", dir=cache_root)

@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 from nomad_secrets import config as config_module
 from nomad_secrets.backends import STORE_LABELS
-from nomad_secrets.bootstrap import untrusted, untrusted_ancestors
 from nomad_secrets.config import Config
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import PluginError
-from nomad_secrets.policy import everyone_reads_everything
+from nomad_secrets.policy import everyone_reads_everything, template_ambiguity
 from nomad_secrets.request import Identity, JobOptions
+from nomad_secrets.trust import untrusted, untrusted_ancestors, untrusted_log
 
 PROBE_SECONDS = 5.0
 
@@ -82,6 +82,12 @@ def run_check(executable: str, write: Callable[[str], None] = print) -> int:
             config.aws.secret_access_key or config.aws.session_token
         ):
             report.warn(f"{config.path} holds AWS keys and is readable by everyone: chmod 0600")
+    if config.plugin.debug_log:
+        problem = untrusted_log(config.plugin.debug_log, "debug log")
+        if problem:
+            report.warn(f"{problem}: fetches run without the debug log until it is fixed")
+        else:
+            report.ok(f"debug log {config.plugin.debug_log}")
     stores = _providers(executable, config, report)
     write("stores:")
     if {"aws-sm", "aws-ssm"} & stores:
@@ -130,6 +136,9 @@ def _probe_aws(config: Config, report: Report) -> None:
     settings = config.aws
     where = f"region {settings.region or '(job sets AWS_REGION)'}, endpoint {settings.endpoint_url or 'AWS'}"
     if settings.web_identity_role_arn:
+        problem = template_ambiguity(settings.web_identity_role_arn)
+        if problem:
+            report.warn(f"aws.web_identity_role_arn: {problem}")
         report.ok(
             f"AWS: {where}; reads use the job's workload identity and role"
             f" {settings.web_identity_role_arn!r} (not testable without a job's token)"
@@ -186,9 +195,9 @@ def _policy(config: Config, report: Report) -> None:
         )
         return
     for number, rule in enumerate(config.policy, start=1):
-        report.ok(
-            f"rule {number}: namespace {rule.namespace!r}, job {rule.job!r} may read {', '.join(rule.allow)}"
-        )
+        patterns = ", ".join(p.text for p in rule.allow)
+        who = f"namespace {rule.glob('namespace')!r}, job {rule.glob('job')!r}"
+        report.ok(f"rule {number}: {who} may read {patterns}")
     report.ok("first matching rule decides; a job no rule matches reads nothing")
     if everyone_reads_everything(config.policy):
         report.warn("a rule for every namespace and job allows a whole store: every job reads all of it")

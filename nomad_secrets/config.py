@@ -24,10 +24,11 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from nomad_secrets.bootstrap import untrusted, untrusted_ancestors
 from nomad_secrets.deadline import DEFAULT_SECONDS
 from nomad_secrets.errors import ConfigError
-from nomad_secrets.policy import Rule, pattern_problem
+from nomad_secrets.policy import Rule, rule
+from nomad_secrets.trust import Untrusted
+from nomad_secrets.trust import check as check_trust
 
 CONFIG_FILE_NAME = "nomad-secrets.toml"
 SYSTEM_CONFIG = "/etc/nomad-secrets/config.toml"
@@ -42,6 +43,9 @@ RESERVED_NAMES = ("nomad", "vault")
 class PluginSettings:
     deadline_seconds: float = DEFAULT_SECONDS
     debug_log: str | None = None
+    # The answer's size in bytes of JSON: Nomad's client buffers and decodes
+    # it whole, and each value becomes an environment string of the task.
+    max_output_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -153,9 +157,10 @@ def load(executable: str) -> Config:
 
 
 def _check_trust(path: str, what: str) -> None:
-    problem = untrusted(path, what) or untrusted_ancestors(path)
-    if problem:
-        raise ConfigError(f"refusing to run: {problem}")
+    try:
+        check_trust(path, what)
+    except Untrusted as exc:
+        raise ConfigError(f"refusing to run: {exc}") from None
 
 
 def parse(text: bytes, path: str) -> Config:
@@ -200,6 +205,8 @@ def parse(text: bytes, path: str) -> Config:
             raise ConfigError(f"vault.kv_mounts.{mount} in {path} is {version}; KV versions are 1 and 2")
     if not 0 < plugin.deadline_seconds <= 3600:
         raise ConfigError(f"plugin.deadline_seconds in {path} must be between 0 and 3600")
+    if not 1024 <= plugin.max_output_bytes <= 64 * 1024 * 1024:
+        raise ConfigError(f"plugin.max_output_bytes in {path} must be between 1024 and 67108864 (64 MiB)")
     return Config(
         policy=_policy(data.get("policy"), path),
         path=path,
@@ -224,14 +231,14 @@ def _policy(rules: Any, path: str) -> tuple[Rule, ...] | None:
         allow = table.get("allow")
         if not isinstance(allow, list) or not all(isinstance(p, str) and p for p in allow):
             raise ConfigError(f"{where}.allow in {path} must be a list of patterns such as 'aws-sm:app/*'")
-        for key in ("namespace", "job"):
-            if not isinstance(table.get(key, "*"), str):
+        when = {key: table[key] for key in ("namespace", "job") if key in table}
+        for key, glob in when.items():
+            if not isinstance(glob, str):
                 raise ConfigError(f"{where}.{key} in {path} must be a string glob")
-        for pattern in allow:
-            problem = pattern_problem(pattern)
-            if problem:
-                raise ConfigError(f"{where}.allow in {path}: {problem}")
-        out.append(Rule(allow=tuple(allow), namespace=table.get("namespace", "*"), job=table.get("job", "*")))
+        try:
+            out.append(rule(tuple(allow), **when))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.allow in {path}: {exc}") from None
     return tuple(out)
 
 

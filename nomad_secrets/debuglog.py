@@ -2,8 +2,11 @@
 
 Off unless ``plugin.debug_log`` is set in the config. When on, it is the
 process's fd 2, so a library warning or an unexpected traceback lands there
-too, never on the stderr Nomad reads. Created 0600, opened with O_NOFOLLOW
-and appended to, one line per event.
+too, never on the stderr Nomad reads. The file is held to the same trust
+rules as the config (trust.open_append: no symlink, a regular file, ours,
+writable by no one else, created 0600); a log that fails them is not used,
+and the fetch goes on: the job did nothing wrong, and ``check`` tells the
+operator why.
 """
 
 from __future__ import annotations
@@ -12,17 +15,24 @@ import contextlib
 import os
 import time
 
+from nomad_secrets.trust import Untrusted, open_append
+
 _enabled = False
 
 
-def enable(path: str) -> None:
+def enable(path: str) -> str | None:
+    """Point fd 2 at the log; the reason it is not trusted, or None."""
     global _enabled
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = open_append(path, "debug log")
+    except Untrusted as exc:
+        return str(exc)
     try:
         os.dup2(fd, 2)
     finally:
         os.close(fd)
     _enabled = True
+    return None
 
 
 def log(event: str, **fields: object) -> None:

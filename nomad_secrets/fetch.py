@@ -1,24 +1,31 @@
 """One fetch: references in, one flat result out, or the first failure.
 
+``fetch`` is Nomad's front door: it turns the path and the environment into
+references and a caller, then ``resolve`` answers. Every front door (the CI
+extensions too) asks ``resolve`` the same question: these references, for
+this caller, under this policy.
+
 Several references are read concurrently, one thread each, inside the one
 deadline. It fails closed: the first failure ends the fetch, and no partial
-result is ever returned.
+result is ever returned. The answer is bounded: past ``max_output_bytes``
+of JSON it is an error naming the limit, never a truncated result.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from nomad_secrets import debuglog, policy
-from nomad_secrets.backends import STORE_LABELS, Backend, open_backend
+from nomad_secrets.backends import STORE_LABELS, Backend, open_backend, read_scope
 from nomad_secrets.config import Config
 from nomad_secrets.deadline import Deadline
-from nomad_secrets.errors import PluginError, TimedOut
+from nomad_secrets.errors import PluginError, RequestError, TimedOut
 from nomad_secrets.identity import check_workload_token
 from nomad_secrets.reference import Reference, parse_path
-from nomad_secrets.request import parse_environment
+from nomad_secrets.request import Identity, parse_environment
 from nomad_secrets.shape import merge, shape
 
 
@@ -27,40 +34,70 @@ def fetch(
 ) -> dict[str, str]:
     identity, options = parse_environment(environ)
     refs = parse_path(path)
+    caller = policy.nomad_caller(identity.namespace, identity.job_id)
     default_store = config.provider(provider_name).store
     stores = [ref.scheme or default_store for ref in refs]
-    # Every reference is checked before any store is asked: a denied one
-    # fails the block before anything is read.
-    for ref, store in zip(refs, stores, strict=True):
-        policy.check(config.policy, identity, f"{store}:{ref.locator}", ref.text)
+    check_policy(refs, stores, caller, config.policy, deadline)
     if options.workload_token is not None:
-        check_workload_token(options.workload_token, identity)
+        claims = check_workload_token(options.workload_token, identity)
+        # The store sees the job as its token names it: a child as its parent.
+        identity = Identity(identity.namespace, str(claims["nomad_job_id"]))
     backends: dict[str, Backend] = {}
+
+    def backend_for(store: str) -> Backend:
+        if store not in backends:
+            backends[store] = open_backend(store, config, options, identity, deadline)
+        return backends[store]
+
     try:
-        for store in stores:
-            if store not in backends:
-                backends[store] = open_backend(store, config, options, identity, deadline)
-        return _read_all(refs, stores, backends, deadline)
+        return resolve(refs, stores, backend_for, deadline, config.plugin.max_output_bytes)
     finally:
         for backend in backends.values():
             backend.close()
 
 
-def _read_all(
-    refs: list[Reference], stores: list[str], backends: dict[str, Backend], deadline: Deadline
+def check_policy(
+    refs: list[Reference],
+    stores: list[str],
+    caller: policy.Caller,
+    rules: tuple[policy.Rule, ...] | None,
+    deadline: Deadline,
+) -> None:
+    """Every reference is checked before any store is asked: a denied one
+    fails the request before anything is read."""
+    for ref, store in zip(refs, stores, strict=True):
+        policy.check(rules, caller, store, ref.locator, ref.text, read_scope(store, ref))
+    if deadline.expired():
+        raise _timed_out(refs[0], stores[0], deadline)
+
+
+def resolve(
+    refs: list[Reference],
+    stores: list[str],
+    backend_for: Callable[[str], Backend],
+    deadline: Deadline,
+    max_output_bytes: int,
 ) -> dict[str, str]:
+    """Read every reference (already allowed) and shape one result.
+
+    ``backend_for`` gives the store's client; it is called here, in the
+    calling thread, before any read starts (botocore's client creation is
+    not thread-safe; its clients are).
+    """
+    backends = {store: backend_for(store) for store in dict.fromkeys(stores)}
     done: queue.SimpleQueue[tuple[int, dict[str, str] | BaseException]] = queue.SimpleQueue()
 
     def read(index: int) -> None:
         ref, store = refs[index], stores[index]
         try:
             done.put((index, shape(ref, backends[store].read(ref), STORE_LABELS[store])))
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             done.put((index, exc))
 
     for index in range(len(refs)):
         threading.Thread(target=read, args=(index,), daemon=True, name=f"ref-{index}").start()
     results: dict[int, dict[str, str]] = {}
+    size = 0
     while len(results) < len(refs):
         try:
             index, outcome = done.get(timeout=max(deadline.remaining(), 0))
@@ -70,8 +107,25 @@ def _read_all(
         if isinstance(outcome, BaseException):
             debuglog.log("reference-failed", reference=refs[index].text, error=type(outcome).__name__)
             raise outcome
+        size += encoded_size(outcome)
+        if size > max_output_bytes:
+            raise _too_large(refs[index], max_output_bytes)
         results[index] = outcome
     return merge([(refs[i], results[i]) for i in range(len(refs))])
+
+
+def encoded_size(values: Mapping[str, str]) -> int:
+    """Bytes these keys and values take in the JSON answer (as protocol
+    encodes it: ASCII, escapes included)."""
+    return sum(len(json.dumps(k)) + len(json.dumps(v)) + 4 for k, v in values.items())
+
+
+def _too_large(ref: Reference, limit: int) -> PluginError:
+    return RequestError(
+        f"{ref.text!r}: the answer would be larger than the plugin's limit of {limit:,} bytes"
+        " (plugin.max_output_bytes); read fewer or smaller secrets, select fields with #,"
+        " or ask the operator to raise the limit"
+    )
 
 
 def _timed_out(ref: Reference, store: str, deadline: Deadline) -> PluginError:

@@ -9,6 +9,13 @@ asking: its ``nomad_namespace`` and ``nomad_job_id`` claims must equal the
 NOMAD_NAMESPACE and NOMAD_JOB_ID that Nomad set, and it must not have
 expired. Otherwise job A could pass job B's token (from B's logs, say) and
 log in as B. The token itself never appears in a message.
+
+Nomad's children (dispatched and periodic jobs) carry their parent's ID in
+the ``nomad_job_id`` claim (Nomad's ``Job.GetIDforWorkloadIdentity``),
+while NOMAD_JOB_ID is the child's own ID, ``<parent>/periodic-<unix>`` or
+``<parent>/dispatch-[<prefix>-]<unix>-<8 hex>`` (nomad/structs). So for an
+ID of exactly that form the claim may name the parent. The store, which
+verifies the signature, then sees the parent, as Nomad intends.
 """
 
 from __future__ import annotations
@@ -16,12 +23,23 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 
 from nomad_secrets.errors import RequestError
 from nomad_secrets.request import Identity
 
 LEEWAY_SECONDS = 30  # clock skew between the Nomad servers and this node
+_CHILD = re.compile(r"(.+)/(?:periodic-[0-9]+|dispatch-(?:.+-)?[0-9]+-[0-9a-f]{8})\Z", re.S)
+
+
+def nomad_parent(job_id: str) -> str | None:
+    """The parent's ID when ``job_id`` has the form Nomad gives the jobs it
+    launches from a periodic or parameterized job, else None. The form
+    alone proves nothing (anyone who may submit jobs can choose such an
+    ID); it only tells which claim a genuine child's token carries."""
+    match = _CHILD.match(job_id)
+    return match.group(1) if match else None
 
 
 def check_workload_token(token: str, identity: Identity, now: float | None = None) -> dict[str, object]:
@@ -32,7 +50,11 @@ def check_workload_token(token: str, identity: Identity, now: float | None = Non
             "NOMAD_WORKLOAD_TOKEN needs Nomad 1.11.1 or newer: this Nomad sets no"
             " NOMAD_NAMESPACE/NOMAD_JOB_ID to check the token against"
         )
-    for claim, expected in (("nomad_namespace", identity.namespace), ("nomad_job_id", identity.job_id)):
+    expected_job = identity.job_id
+    parent = nomad_parent(identity.job_id)
+    if parent is not None and claims.get("nomad_job_id") == parent:
+        expected_job = parent  # a child's token names its parent
+    for claim, expected in (("nomad_namespace", identity.namespace), ("nomad_job_id", expected_job)):
         if claims.get(claim) != expected:
             raise RequestError(
                 f"NOMAD_WORKLOAD_TOKEN is not this job's: its {claim} claim is not {expected!r};"

@@ -55,7 +55,7 @@ deadline_seconds = 8                 # Nomad 1.11.0-1.11.3 kill plugins at 10 s
 # Which jobs may read what (docs/policy.md). Without [[policy]], every job
 # may read everything this node's credentials can read.
 # [[policy]]
-# allow = ["aws-sm:nomad/{namespace}/{job}/*"]
+# allow = ["aws-sm:nomad/{namespace}/{job}/**"]
 """
 
 

@@ -56,7 +56,13 @@ class Reference:
 
 def parse_path(path: str) -> list[Reference]:
     """Every reference in ``path``; RequestError names what is wrong."""
-    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 arrive as surrogates
+        raise RequestError(
+            f"the secret path is not valid UTF-8 (at character {exc.start + 1}); write it in UTF-8"
+        ) from None
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
         raise RequestError(f"the secret path is longer than {MAX_PATH_BYTES} bytes; split the secret block")
     if "\n" not in path:
         return [parse_reference(path.strip())]

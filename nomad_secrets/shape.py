@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from typing import Union
 
 from nomad_secrets.errors import InvalidSecret, RequestError
 from nomad_secrets.reference import Reference
+
+# RFC 6901 array index: ASCII digits, no leading zero (Arabic-Indic and
+# superscript digits pass str.isdigit, and int() of a superscript raises).
+_ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
 
 # What a backend hands back: text, binary, or an already structured map.
 Raw = Union[str, bytes, Mapping[str, object]]
@@ -83,7 +88,7 @@ def select(ref: Reference, value: object, store: str) -> object:
     for step in steps:
         if isinstance(value, Mapping) and step in value:
             value = value[step]
-        elif isinstance(value, list) and step.isdigit() and int(step) < len(value):
+        elif isinstance(value, list) and _ARRAY_INDEX.fullmatch(step) and int(step) < len(value):
             value = value[int(step)]
         else:
             raise InvalidSecret(

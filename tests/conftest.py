@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gocheck
 import pytest
+from gocheck import GoDecoder
 from nomad import NomadClient, install_plugin
 
 pytest_plugins = ["openbao"]  # the real OpenBao server's fixtures (tests/openbao.py)
@@ -75,8 +77,29 @@ def reshebang(source: Path, output: Path, python: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def decoder(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return gocheck.decoder(tmp_path_factory.mktemp("gocheck"))
+def decoder(tmp_path_factory: pytest.TempPathFactory) -> GoDecoder:
+    """Go's encoding/json and go-version, as the Nomad client decodes."""
+    try:
+        return gocheck.decoder(tmp_path_factory.mktemp("gocheck"))
+    except gocheck.GoMissing as missing:
+        pytest.skip(str(missing))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """After pytest's own summary: how many tests were skipped for each thing
+    this machine lacks (a skip reason that starts with "needs")."""
+    yield
+    needs: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2].removeprefix("Skipped: ")
+            if reason.startswith("needs"):
+                needs[reason] += 1
+    if needs:
+        terminalreporter.section("skipped for what this machine lacks")
+        for reason, count in needs.most_common():
+            terminalreporter.write_line(f"{count} test{'s' * (count != 1)} skipped: {reason}")
 
 
 @pytest.fixture(scope="session")
@@ -195,7 +218,7 @@ def plugin_dir(tmp_path: Path, artifact: Path, moto_endpoint: str) -> Path:
 
 
 @pytest.fixture
-def nomad(plugin_dir: Path, decoder: Any) -> NomadClient:
+def nomad(plugin_dir: Path, decoder: GoDecoder) -> NomadClient:
     return NomadClient(plugin_dir, decoder)
 
 

@@ -9,9 +9,9 @@ Read from hashicorp/nomad client/commonplugins/{secrets_plugin,commonplugins}.go
   duplicate, so the job can override CPI_OPERATION but not the identity);
 - at the timeout the process gets SIGTERM, and SIGKILL 2 s later;
 - a non-zero exit throws stdout and stderr away; on exit 0, stdout is decoded
-  with Go's encoding/json (tests/gocheck, the same cases in Python where Go is
-  absent) and any stderr byte goes to a nil logger in the client: this
-  harness counts it as a contract failure.
+  by Go's encoding/json and go-version (tests/gocheck) and any stderr byte
+  goes to a nil logger in the client: this harness counts it as a contract
+  failure.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def run_plugin(
 class NomadClient:
     def __init__(self, plugin_dir: Path, decoder: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.plugin_dir = plugin_dir  # the common_plugin_dir
-        self.decoder = decoder
+        self.decoder = decoder  # a gocheck.GoDecoder
         self.timeout = timeout
 
     def executable(self, name: str) -> Path:
@@ -159,7 +159,7 @@ class NomadClient:
         self._check(run)
         if run.returncode != 0 or run.terminated:
             return Fetched(run, ok=False, error=_exit_message(run))
-        decoded = self.decoder.decode_fetch(run.stdout)
+        decoded = self.decoder.decode_fetch(run.stdout, name)
         return Fetched(
             run,
             ok=decoded.ok,

@@ -33,7 +33,13 @@ def test_shebang_runs_the_interpreter_isolated(artifact: Path) -> None:
 
 def test_contents_are_pure_python_with_botocore_data_pruned(artifact: Path) -> None:
     with zipfile.ZipFile(artifact) as zf:
-        assert sorted(zf.namelist()) == ["__main__.py", "build-info", "fingerprint.json", "lib.zip"]
+        assert sorted(zf.namelist()) == [
+            "__main__.py",
+            "build-info",
+            "fingerprint.json",
+            "lib.zip",
+            "nomad_secrets_trust.py",
+        ]
         assert zf.read("fingerprint.json") == b'{"type": "secrets", "version": "%s"}\n' % GO_VERSION.encode()
         with zipfile.ZipFile(io.BytesIO(zf.read("lib.zip"))) as lib:
             names = lib.namelist()

@@ -83,3 +83,15 @@ def test_version_and_help(plugin_dir: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("nomad-secrets ")
     proc = subprocess.run([str(plugin_dir / "secrets" / "aws"), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "fetch <path>" in proc.stdout and "check" in proc.stdout
+
+
+def test_ambiguous_web_identity_role_template_is_warned(plugin_dir: Path, moto_endpoint: str) -> None:
+    role = "arn:aws:iam::123456789012:role/nomad-{namespace}-{job}"
+    write_config(plugin_dir, aws_config(moto_endpoint, f'web_identity_role_arn = "{role}"\n'))
+    code, out = check(plugin_dir)
+    assert code == 0, out
+    assert "WARNING  aws.web_identity_role_arn: {namespace}-{job}" in out
+    assert "role/nomad/{namespace}/{job}" in out
+    unambiguous = "arn:aws:iam::123456789012:role/nomad/{namespace}/{job}"
+    write_config(plugin_dir, aws_config(moto_endpoint, f'web_identity_role_arn = "{unambiguous}"\n'))
+    assert "web_identity_role_arn:" not in check(plugin_dir)[1]

@@ -1,13 +1,13 @@
 """PEP 440 -> go-version: each mapped string parses in Go's go-version, and a
-list of versions sorts the same in both worlds (tests/gocheck runs the real
-hashicorp/go-version where Go is installed)."""
+list of versions sorts the same in both worlds (the ``decoder`` runs the real
+hashicorp/go-version, tests/gocheck)."""
 
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
+from gocheck import GoDecoder
 from packaging.version import Version
 
 from nomad_secrets._version import GO_VERSION, __version__
@@ -82,11 +82,17 @@ def test_refused_versions_say_why(pep440: str, why: str) -> None:
         to_go_version(pep440)
 
 
+def test_the_refusals_are_go_facts(decoder: GoDecoder) -> None:
+    assert decoder.compare("1.0.0.0", "1.0.0") == 0  # so .post0 would equal the final
+    assert decoder.parses(to_go_version(f"1.0.{2**63 - 1}"))
+    assert not decoder.parses(f"1.0.{2**63}")  # go-version's numbers are int64
+
+
 def test_package_version_is_mapped() -> None:
     assert to_go_version(__version__) == GO_VERSION
 
 
-def test_every_mapped_version_parses_in_go(decoder: Any) -> None:
+def test_every_mapped_version_parses_in_go(decoder: GoDecoder) -> None:
     mapped = [go for _, go in TABLE] + [to_go_version(v) for v in ORDERED]
     assert all(decoder.parses(v) for v in mapped), [v for v in mapped if not decoder.parses(v)]
     # and the PEP 440 spellings that motivated the mapping do not:
@@ -94,7 +100,7 @@ def test_every_mapped_version_parses_in_go(decoder: Any) -> None:
     assert not decoder.parses("1.0.0.dev3+g1a2b")
 
 
-def test_order_is_the_same_in_both_worlds(decoder: Any) -> None:
+def test_order_is_the_same_in_both_worlds(decoder: GoDecoder) -> None:
     assert sorted(ORDERED, key=Version) == ORDERED  # the list itself is in PEP 440 order
     shuffled = ORDERED[:]
     random.Random(7).shuffle(shuffled)
@@ -104,14 +110,14 @@ def test_order_is_the_same_in_both_worlds(decoder: Any) -> None:
     assert [go_of[g] for g in go_sorted] == ORDERED
 
 
-def test_pairwise_comparisons_agree(decoder: Any) -> None:
+def test_pairwise_comparisons_agree(decoder: GoDecoder) -> None:
     for i, a in enumerate(ORDERED):
         for b in ORDERED[i + 1 :: 3]:
             assert decoder.compare(to_go_version(a), to_go_version(b)) == -1, (a, b)
             assert decoder.compare(to_go_version(b), to_go_version(a)) == 1, (b, a)
 
 
-def test_local_labels_compare_equal_in_go_as_documented(decoder: Any) -> None:
+def test_local_labels_compare_equal_in_go_as_documented(decoder: GoDecoder) -> None:
     assert Version("1.0.0+abc") > Version("1.0.0")
     assert decoder.compare(to_go_version("1.0.0+abc"), to_go_version("1.0.0")) == 0
     assert decoder.compare(to_go_version("1.0.0+abc"), to_go_version("1.0.0.post1")) == -1

@@ -57,3 +57,30 @@ def test_malformed(token: str) -> None:
 def test_older_nomad_without_identity_cannot_use_tokens() -> None:
     with pytest.raises(RequestError, match=r"1\.11\.1"):
         check_workload_token(jwt(claims()), Identity(None, None))
+
+
+@pytest.mark.parametrize(
+    ("job_id", "claim", "ok"),
+    [
+        ("web/periodic-1700000000", "web", True),
+        ("web/dispatch-1700000000-0a1b2c3d", "web", True),
+        ("web/dispatch-nightly-1700000000-0a1b2c3d", "web", True),
+        ("team/web/periodic-1700000000", "team/web", True),  # a parent with / in its ID
+        ("web/periodic-1700000000", "web/periodic-1700000000", True),  # its own ID is fine too
+        ("web/prod", "web", False),  # not a form Nomad gives children
+        ("web/periodic-x", "web", False),
+        ("web/dispatch-1700000000-XYZ", "web", False),
+        ("other/periodic-1700000000", "web", False),
+        ("web/periodic-1700000000", None, False),  # no claim at all
+    ],
+)
+def test_a_childs_token_names_its_parent(job_id: str, claim: str | None, ok: bool) -> None:
+    """Nomad puts the parent's ID in a dispatched or periodic child's
+    nomad_job_id claim (Job.GetIDforWorkloadIdentity)."""
+    token = jwt(claims(nomad_job_id=claim) if claim is not None else {**claims(), "nomad_job_id": None})
+    identity = Identity(namespace="default", job_id=job_id)
+    if ok:
+        assert check_workload_token(token, identity)["nomad_job_id"] == claim
+    else:
+        with pytest.raises(RequestError, match="nomad_job_id claim"):
+            check_workload_token(token, identity)

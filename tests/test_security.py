@@ -167,7 +167,7 @@ namespace = "payments"
 allow = ["aws-ssm:/payments/*"]
 
 [[policy]]
-allow = ["aws-sm:nomad/{namespace}/{job}/*"]
+allow = ["aws-sm:nomad/{namespace}/{job}/**"]
 """
 
 
@@ -204,6 +204,88 @@ def test_older_nomad_without_identity_is_denied(nomad: NomadClient, moto_endpoin
     write_config(nomad.plugin_dir, aws_config(moto_endpoint, POLICY))
     message = error_of(nomad.fetch("aws", "nomad/default/web/db", REGION_ENV, job_id=None, namespace=None))
     assert "does not let" in message and "1.11.1" in message
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        "web/prod",  # a job named with a slash
+        "web/dispatch-1700000000-0a1b2c3d",  # Nomad's child of the parameterized job web
+        "web/periodic-1700000000",  # Nomad's child of the periodic job web
+    ],
+)
+def test_a_job_id_with_a_slash_cannot_reach_another_jobs_secrets(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, job_id: str
+) -> None:
+    """With the README's rule, job "web/prod" used to read
+    nomad/default/web/prod/password, which is under job web's prefix. The
+    plugin never takes an ID apart: a child (or a job named like one) gets
+    nothing from a {job} rule; docs/policy.md shows the explicit rule."""
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, POLICY))
+    canary = "web's own " + uuid.uuid4().hex
+    put_secret(secretsmanager, f"nomad/default/{job_id}/password", canary)
+    put_secret(secretsmanager, "nomad/default/web/password", canary)
+    for name in (f"nomad/default/{job_id}/password", "nomad/default/web/password"):
+        fetched = nomad.fetch("aws", name, REGION_ENV, job_id=job_id)
+        message = error_of(fetched)
+        assert f"job {job_id!r}" in message and canary.encode() not in fetched.run.stdout
+    assert "contains '/', so it cannot fill {job}" in error_of(
+        nomad.fetch("aws", f"nomad/default/{job_id}/password", REGION_ENV, job_id=job_id)
+    )
+
+
+CHILDREN = """
+[[policy]]
+job = "backup/periodic-*"
+allow = ["aws-sm:nomad/{namespace}/backup/**"]
+
+[[policy]]
+allow = ["aws-sm:nomad/{namespace}/{job}/**"]
+"""
+
+
+def test_children_read_their_parents_secrets_by_an_explicit_rule(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any
+) -> None:
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, CHILDREN))
+    put_secret(secretsmanager, "nomad/default/backup/key", "backup key")
+    put_secret(secretsmanager, "nomad/default/web/key", "web key")
+    child = "backup/periodic-1700000000"
+    assert nomad.fetch("aws", "nomad/default/backup/key", REGION_ENV, job_id=child).result == {
+        "value": "backup key"
+    }
+    error_of(nomad.fetch("aws", "nomad/default/web/key", REGION_ENV, job_id=child))
+    # A job named like web's child gets nothing of web's: no rule names web's children.
+    error_of(nomad.fetch("aws", "nomad/default/web/key", REGION_ENV, job_id="web/periodic-1700000000"))
+
+
+def test_a_pathological_pattern_and_path_answer_at_once(nomad: NomadClient, moto_endpoint: str) -> None:
+    """fnmatch's regex took seconds per reference here (three * took 6.3 s;
+    four ran into Nomad's SIGTERM): the answer is now a denial."""
+    policy = '[[policy]]\nallow = ["aws-ssm:/*/*/*/*/db-password"]\n'
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, policy))
+    path = "aws-ssm:" + "/" * 2040 + "x"
+    fetched = nomad.fetch("aws", path, REGION_ENV)
+    assert not fetched.run.terminated
+    assert "does not let namespace 'default', job 'example'" in error_of(fetched)
+
+
+# --- the answer's size (issue #10 item 3) ------------------------------------------------
+
+
+def test_the_answer_is_capped_with_a_clear_error(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any
+) -> None:
+    big = "x" * (300 * 1024)
+    put_secret(secretsmanager, "big-secret", big)
+    path = "".join(f"k{i} = big-secret\n" for i in range(4))  # 1.2 MB of answer
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint))
+    fetched = nomad.fetch("aws", path, REGION_ENV)
+    message = error_of(fetched)
+    assert "larger than the plugin's limit of 1,048,576 bytes (plugin.max_output_bytes)" in message
+    assert len(fetched.run.stdout) < 1024 and big[:100].encode() not in fetched.run.stdout
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, "[plugin]\nmax_output_bytes = 2097152\n"))
+    assert nomad.fetch("aws", path, REGION_ENV).result == {f"k{i}": big for i in range(4)}
 
 
 # --- workload identity: STS AssumeRoleWithWebIdentity -------------------------------
@@ -252,6 +334,24 @@ def test_web_identity_refuses_another_jobs_token(nomad: NomadClient, moto_endpoi
         nomad.fetch("aws", "web-secret", {**REGION_ENV, "NOMAD_WORKLOAD_TOKEN": stolen}, job_id="api")
     )
     assert "nomad_job_id claim is not 'api'" in message and stolen not in message
+
+
+def test_a_childs_token_assumes_its_parents_role(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any
+) -> None:
+    """Nomad names a periodic child's parent in its token (nomad_job_id), so
+    the role is the parent's, as the IAM trust policy on Nomad's claims
+    expects."""
+    put_secret(secretsmanager, "backup-secret", "for backup")
+    child = "backup/periodic-1700000000"
+    with RecordingProxy(moto_endpoint) as proxy:
+        write_config(nomad.plugin_dir, aws_config(proxy.url) + WEB_IDENTITY)
+        env = {**REGION_ENV, "NOMAD_WORKLOAD_TOKEN": token(job="backup")}
+        assert nomad.fetch("aws", "backup-secret", env, job_id=child).result == {"value": "for backup"}
+    form = parse_qs(proxy.requests[0].body.decode())
+    assert form["RoleArn"] == ["arn:aws:iam::123456789012:role/nomad-default-backup"]
+    imitator = {**REGION_ENV, "NOMAD_WORKLOAD_TOKEN": token(job="backup")}
+    assert "nomad_job_id claim" in error_of(nomad.fetch("aws", "backup-secret", imitator, job_id="backup/x"))
 
 
 @pytest.mark.parametrize(("expired", "needle"), [(False, "NOMAD_WORKLOAD_TOKEN"), (True, "expired")])
@@ -307,6 +407,54 @@ def test_vault_token_file_writable_by_others_is_refused(
     assert f"the file of vault.token_file {token_file} is writable" in message
 
 
+def _debug_log_config(nomad: NomadClient, moto_endpoint: str, log: Path) -> None:
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, f'[plugin]\ndebug_log = "{log}"\n'))
+
+
+@pytest.mark.parametrize("plant", ["other-owner-0666", "fifo", "symlink", "directory"])
+def test_debug_log_is_held_to_the_trust_rules(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path, plant: str
+) -> None:
+    """A log planted by someone else is never appended to, a FIFO never hangs
+    the fetch, and the job is never blamed: the fetch answers as if no log
+    were set, and check names the problem."""
+    log = tmp_path / "debug.log"
+    target = tmp_path / "elsewhere"
+    if plant == "other-owner-0666":
+        log.write_bytes(b"")
+        os.chown(log, 65534, 65534)
+        log.chmod(0o666)
+    elif plant == "fifo":
+        os.mkfifo(log, 0o600)
+    elif plant == "symlink":
+        target.write_bytes(b"")
+        target.chmod(0o600)
+        log.symlink_to(target)
+    else:
+        log.mkdir(mode=0o700)
+    _debug_log_config(nomad, moto_endpoint, log)
+    put_secret(secretsmanager, "debug-log-trust", "v")
+    fetched = nomad.fetch("aws", "debug-log-trust", REGION_ENV, timeout=5)
+    assert fetched.ok and fetched.result == {"value": "v"}, fetched.error
+    if plant == "other-owner-0666":
+        assert log.read_bytes() == b""
+    if plant == "symlink":
+        assert target.read_bytes() == b""
+    check = run_plugin(nomad.executable("aws"), ["check"], {})
+    assert f"debug log {log}" in check.stdout.decode(), check.stdout
+    assert "WARNING" in check.stdout.decode()
+
+
+def test_debug_log_created_private(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "debug.log"
+    _debug_log_config(nomad, moto_endpoint, log)
+    put_secret(secretsmanager, "debug-log-private", "v")
+    assert nomad.fetch("aws", "debug-log-private", REGION_ENV).ok
+    assert log.stat().st_mode & 0o777 == 0o600 and b"fetched" in log.read_bytes()
+
+
 # --- hygiene: canaries never leak -----------------------------------------------------
 
 
@@ -346,7 +494,16 @@ env_keys = st.one_of(
     ),
 )
 env_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FFF), max_size=40)
-paths = st.text(st.characters(min_codepoint=0x01, max_codepoint=0x2FFF), max_size=80)
+# Paths as Nomad passes them: any text, and bytes that are not UTF-8 (argv
+# is bytes; Python gives them to us as surrogate escapes).
+paths = st.one_of(
+    st.text(st.characters(min_codepoint=0x01, max_codepoint=0x2FFF), max_size=80),
+    st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b).map(os.fsdecode),
+    st.lists(
+        st.sampled_from(["vault:", "aws-ssm:", "#/", "/", "\u0661", "\u00b2", "?version=", "\udcff", "x"]),
+        max_size=8,
+    ).map("".join),
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -358,4 +515,26 @@ def test_any_env_and_path_give_one_json_object(nomad: NomadClient, env: dict[str
     assert set(answer) <= {"result", "error"} and isinstance(answer["result"], dict)
     assert all(isinstance(v, str) for v in answer["result"].values())
     assert b"Traceback" not in run.stdout
+    # Every input a job controls gets a message about that input.
+    assert "internal error" not in answer.get("error", ""), answer
     assert os.path.exists(nomad.executable("aws"))
+
+
+@pytest.mark.parametrize(
+    ("path", "needle"),
+    [
+        (b"vault:secret/app/\xff\xfe", "not valid UTF-8"),
+        (b"aws-ssm:/app/\xc3", "not valid UTF-8"),
+        ("x#/arr/\u0661".encode(), "no field"),
+        ("x#/arr/\u00b2".encode(), "no field"),
+    ],
+)
+def test_inputs_that_were_internal_errors(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, path: bytes, needle: str
+) -> None:
+    put_secret(secretsmanager, "x", json.dumps({"arr": ["a", "b"]}))
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, '[vault]\naddress = "http://127.0.0.1:1"\n'))
+    argv = ["fetch", os.fsdecode(path)]  # subprocess gives Nomad's bytes back
+    run = run_plugin(nomad.executable("aws"), argv, nomad_env("fetch", REGION_ENV, "j", "default"))
+    answer = json.loads(run.stdout)
+    assert needle in answer["error"] and "internal error" not in answer["error"], answer

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nomad_secrets.errors import PluginError, RequestError
+from nomad_secrets.errors import InvalidSecret, PluginError, RequestError
 from nomad_secrets.reference import parse_path, parse_reference
 from nomad_secrets.shape import merge, shape
 
@@ -82,10 +82,21 @@ json_values = st.recursive(
 )
 
 
-@given(
-    raw=st.one_of(st.text(), st.binary(), json_values.map(json.dumps)),
-    selector=st.one_of(st.none(), st.text(min_size=1, max_size=10)),
+# JSON pointer steps, digits of every script among them (Arabic-Indic, superscript, "01").
+pointer_steps = st.one_of(
+    st.text(max_size=4),
+    st.characters(categories=["Nd", "No"]).map(str),
+    st.integers(0, 3).map(str),
+    st.just("01"),
 )
+selectors = st.one_of(
+    st.none(),
+    st.text(min_size=1, max_size=10),
+    st.lists(pointer_steps, min_size=1, max_size=3).map(lambda steps: "/" + "/".join(steps)),
+)
+
+
+@given(raw=st.one_of(st.text(), st.binary(), json_values.map(json.dumps)), selector=selectors)
 def test_any_secret_gives_strings_or_a_clean_error(raw: Any, selector: str | None) -> None:
     text = "x" if selector is None else "x#" + selector
     try:
@@ -94,4 +105,16 @@ def test_any_secret_gives_strings_or_a_clean_error(raw: Any, selector: str | Non
     except PluginError as exc:
         assert exc.message
         return
+    # Any other exception fails here: the executable would call it an internal error.
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in result.items())
+
+
+@pytest.mark.parametrize("step", ["\u0661", "\u00b2", "01", "-1", "1e0"])
+def test_array_indexes_are_ascii_digits_only(step: str) -> None:
+    """Arabic-Indic one and superscript two are digits to str.isdigit, and
+    int() of the superscript raised ValueError,
+    which the executable answered as an internal error."""
+    ref = parse_reference(f"x#/arr/{step}")
+    with pytest.raises(InvalidSecret, match="no field"):
+        shape(ref, json.dumps({"arr": ["a", "b"]}), STORE)
+    assert shape(parse_reference("x#/arr/1"), json.dumps({"arr": ["a", "b"]}), STORE) == {"value": "b"}

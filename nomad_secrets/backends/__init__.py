@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from nomad_secrets import policy
 from nomad_secrets.config import Config
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.reference import Reference
@@ -29,6 +30,17 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Give back what the fetch held (a Vault login's token); never raises."""
+
+
+def read_scope(store: str, ref: Reference) -> policy.Many | None:
+    """For the policy: which names a reference reads besides its own. An
+    SSM path (``aws-ssm:/app/``) reads every parameter one level below it,
+    or every one below it with ``recursive`` (any value but ``false``
+    counts, the store refuses a bad one later)."""
+    if store != "aws-ssm" or not ref.locator.endswith("/"):
+        return None
+    recursive = dict(ref.options).get("recursive", "false")
+    return policy.ANY_CHILD if recursive == "false" else policy.ANY_DESCENDANTS
 
 
 def open_backend(
