@@ -12,9 +12,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import NoReturn
 
 from nomad_secrets import protocol
+
+TYPE_CHECKING = False  # not typing's: importing typing costs ms, and a forwarded fetch needs none
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+    from nomad_secrets.config import Config
+    from nomad_secrets.deadline import Deadline
 
 USAGE = """\
 usage: {name} <command> [options]
@@ -29,12 +35,14 @@ For operators:
   {name} install --common-plugin-dir DIR [--as NAME ...] [--force]
                               install this executable for a Nomad client: itself in
                               DIR, a provider NAME in the plugin directory DIR/secrets/
+  {name} agent [--config FILE]
+                              serve fetches with warm clients (docs/agent.md)
   {name} version              print the version ({name} --version too)
   {name} <command> --help     a command's options
 
 Docs: README.md and docs/ in the source of nomad-secrets.
 """
-OPERATOR_COMMANDS = ("check", "install", "version", "help")
+OPERATOR_COMMANDS = ("check", "install", "agent", "version", "help")
 COMMANDS = ("fingerprint", "fetch", *OPERATOR_COMMANDS)
 HELP_FLAGS = ("--help", "-h", "--version", "-V")
 
@@ -52,13 +60,15 @@ def run() -> NoReturn:
     environ = dict(os.environ)
     os.environ.clear()
     if operation in OPERATOR_COMMANDS or operation in HELP_FLAGS:
-        sys.exit(operator_command(operation, argv))
+        sys.exit(operator_command(operation, argv, environ))
     if operation != "fetch" and os.isatty(1):
         # A person at a terminal, never Nomad (Nomad reads stdout from a pipe).
         sys.exit(by_hand(operation, argv[0]))
     protocol.guard_stdio()
     if operation == "fetch":
         plugin_fetch(argv, environ, start)
+    from nomad_secrets.config import provider_name
+
     protocol.answer_error(
         f"unknown operation {operation[:64]!r}{_did_you_mean(operation)}: Nomad runs this plugin as"
         " `fingerprint` or `fetch <path>`; check that the file in the plugin directory is"
@@ -66,7 +76,7 @@ def run() -> NoReturn:
     )
 
 
-def operator_command(operation: str, argv: list[str]) -> int:
+def operator_command(operation: str, argv: list[str], environ: dict[str, str]) -> int:
     """Commands a person runs: plain text on stdout, an exit status that says
     whether all is well. Never run by Nomad."""
     if operation == "check":
@@ -77,6 +87,10 @@ def operator_command(operation: str, argv: list[str]) -> int:
         from nomad_secrets.install import main as install
 
         return install(argv[2:], argv[0])
+    if operation == "agent":
+        from nomad_secrets.agent.server import main as agent_main
+
+        return agent_main(argv[0], argv[2:], environ)
     if operation in ("version", "--version", "-V"):
         print(version_line())
         return 0
@@ -86,6 +100,8 @@ def operator_command(operation: str, argv: list[str]) -> int:
 
 def by_hand(operation: str, executable: str) -> int:
     """No command, or an unknown one, typed at a terminal: say so, and how."""
+    from nomad_secrets.config import provider_name
+
     if operation:
         print(f"{provider_name(executable)}: unknown command {operation[:64]!r}{_did_you_mean(operation)}\n")
     print(usage(executable), end="")
@@ -93,6 +109,8 @@ def by_hand(operation: str, executable: str) -> int:
 
 
 def usage(executable: str) -> str:
+    from nomad_secrets.config import provider_name
+
     return version_line() + "\n\n" + USAGE.format(name=provider_name(executable))
 
 
@@ -112,63 +130,37 @@ def _did_you_mean(operation: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close and close[0] != operation else ""
 
 
-def provider_name(executable: str) -> str:
-    """The provider name is the file name Nomad ran (a symlink counts)."""
-    name = os.path.basename(executable)
-    return "nomad-secrets" if name == "__main__.py" else name
-
-
 def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoReturn:
+    from nomad_secrets import config as config_module
+    from nomad_secrets import debuglog
     from nomad_secrets.deadline import DEFAULT_SECONDS, Deadline
     from nomad_secrets.errors import PluginError
 
     protocol.on_sigterm_answer(SIGTERM_MESSAGE)
     executable = argv[0]
-    observer = None
     try:
         if len(argv) < 3:
             raise PluginError("no secret path: Nomad runs `fetch <path>`; set path in the secret block")
         if len(argv) > 3:
             raise PluginError("fetch takes one path; Nomad passes the secret block's path as one argument")
-        from nomad_secrets import config as config_module
-        from nomad_secrets import debuglog
-        from nomad_secrets.fetch import fetch
-
         config = config_module.load(executable)
         if config.plugin.debug_log:
-            debuglog.enable(config.plugin.debug_log)
+            debuglog.enable(config.plugin.debug_log)  # a log that fails the trust rules is left off
         deadline = Deadline(config.plugin.deadline_seconds or DEFAULT_SECONDS, start=start)
-        name = provider_name(executable)
-        if config.audit.syslog or config.audit.file or config.metrics.file:
-            from nomad_secrets.observe import Observer
-
-            observer = Observer(config, name, argv[2], environ, start)
-            protocol.on_sigterm_answer(SIGTERM_MESSAGE, before=lambda: observer.finish("terminated"))
-        debuglog.log(
-            "fetch",
-            provider=name,
-            path=argv[2],
-            job=environ.get("NOMAD_JOB_ID"),
-            namespace=environ.get("NOMAD_NAMESPACE"),
-        )
-        result = fetch(argv[2], environ, name, config, deadline)
-        debuglog.log("fetched", provider=name, keys=len(result), ms=round((time.monotonic() - start) * 1000))
-    except PluginError as exc:
-        _log_failure(exc, start)
-        if observer is not None:
-            observer.finish(exc.kind)
-        protocol.answer_error(exc)
+        if config.agent.socket:
+            _ask_agent(config, os.path.abspath(executable), argv[2], environ, deadline)
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
-        _log_failure(exc, start, traceback=True)
-        if observer is not None:
-            observer.finish("internal")
-        protocol.answer_error(
-            f"internal error in nomad-secrets ({type(exc).__name__}); please report it."
-            " The operator's debug log (plugin.debug_log) has the trace"
-        )
-    if observer is not None:
-        observer.finish(None)
-    protocol.answer(protocol.encode_result(result))
+        from nomad_secrets.answer import error_answer
+
+        protocol.answer(error_answer(exc, start))
+    from nomad_secrets.answer import fetch_answer, observer_for
+    from nomad_secrets.config import provider_name
+
+    name = provider_name(executable)
+    observer = observer_for(config, name, argv[2], environ, start)
+    if observer is not None:  # Nomad's SIGTERM is a fetch's end too: record it
+        protocol.on_sigterm_answer(SIGTERM_MESSAGE, before=lambda: observer.finish("terminated"))
+    protocol.answer(fetch_answer(argv[2], environ, name, config, deadline, observer=observer))
 
 
 SIGTERM_MESSAGE = (
@@ -176,20 +168,28 @@ SIGTERM_MESSAGE = (
     " passed; check that the store answers quickly from this node"
 )
 
+# What a fetch in process keeps of the deadline while the agent works: an
+# agent that took the request and hangs still leaves time to fetch here.
+AGENT_RESERVE_SECONDS = 3.0
 
-def _log_failure(exc: BaseException, start: float, *, traceback: bool = False) -> None:
-    """Log where it failed: our own message, or for an unexpected exception
-    its type and frames, never its text (that could quote a secret)."""
+
+def _ask_agent(
+    config: Config, executable: str, path: str, environ: dict[str, str], deadline: Deadline
+) -> None:
+    """Print the node agent's answer and exit, or return to fetch in process."""
     from nomad_secrets import debuglog
-    from nomad_secrets.errors import PluginError
+    from nomad_secrets.agent.client import forward
 
-    # Our own messages (the job author sees them too) are safe to keep.
-    message = exc.message if isinstance(exc, PluginError) else None
-    debuglog.log(
-        "failed", error=type(exc).__name__, message=message, ms=round((time.monotonic() - start) * 1000)
+    assert config.agent.socket is not None
+    remaining = deadline.remaining()
+    forwarded = forward(
+        config.agent.socket,
+        executable,
+        path,
+        environ,
+        remaining - min(AGENT_RESERVE_SECONDS, remaining / 2),
+        config.plugin.max_output_bytes,
     )
-    if traceback:
-        import traceback as tb
-
-        for frame in tb.extract_tb(exc.__traceback__):
-            debuglog.log("  at", file=frame.filename, line=frame.lineno, function=frame.name)
+    if forwarded.answer is not None:
+        protocol.answer(forwarded.answer)
+    debuglog.log("agent-not-used", reason=forwarded.reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -72,9 +73,10 @@ class RecordingProxy:
     """Forwards every request to ``target`` (moto's server) and records it,
     so a test can see what the plugin sent: which credentials signed it,
     which role it asked STS for. With ``throttle=N`` it first answers N
-    requests as AWS does when it throttles (HTTP 400, ThrottlingException)."""
+    requests as AWS does when it throttles (HTTP 400, ThrottlingException).
+    With ``delay`` it holds each request that long first: a slow store."""
 
-    def __init__(self, target: str, throttle: int = 0) -> None:
+    def __init__(self, target: str, throttle: int = 0, delay: float = 0.0) -> None:
         self.requests: list[Recorded] = []
         self.throttle = throttle
         proxy, upstream = self, urlsplit(target)
@@ -84,6 +86,7 @@ class RecordingProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 proxy.requests.append(Recorded(self.command, self.path, headers, body))
+                time.sleep(delay)
                 if proxy.throttle > 0:
                     proxy.throttle -= 1
                     error = b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'

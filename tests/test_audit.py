@@ -238,3 +238,36 @@ def test_the_readme_example(
     assert b'"references": ["audit/readme"]' in datagram
     assert len(audit_file.read_text().splitlines()) == 1
     assert 'nomad_secrets_fetches_total{provider="aws",store="aws-sm",outcome="ok"} 1\n' in prom.read_text()
+
+
+def test_a_fetch_the_node_agent_serves_is_recorded_once(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, devlog: DevLog, tmp_path: Path
+) -> None:
+    """With [agent], the agent fetches and records; the plugin that
+    forwarded records nothing of its own."""
+    import uuid
+
+    from test_agent import AgentProcess
+
+    put_secret(secretsmanager, "audit/agent", "v")
+    audit_file = tmp_path / "audit.jsonl"
+    top = Path("/tmp") / f"ns-audit-{uuid.uuid4().hex[:8]}"  # a socket path stays short
+    top.mkdir(mode=0o755)
+    try:
+        audited(nomad.plugin_dir, moto_endpoint, devlog.path, audit_file)
+        config = nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
+        write_config(nomad.plugin_dir, config.read_text() + f'[agent]\nsocket = "{top / "agent.sock"}"\n')
+        agent = AgentProcess(nomad.executable("aws"))
+        try:
+            agent.wait_for("listening")
+            assert nomad.fetch("aws", "audit/agent", job_id="web").result == {"value": "v"}
+            agent.wait_for("answered provider='aws' namespace='default' job='web' outcome='ok'")
+        finally:
+            assert agent.stop() == 0
+    finally:
+        for child in top.iterdir():
+            child.unlink()
+        top.rmdir()
+    (record,) = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    assert (record["references"], record["outcome"], record["pid"]) == (["audit/agent"], "ok", agent.proc.pid)
+    assert len(devlog.received()) == 1

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import REGION, ROOT, aws_client, doc_block, moto_process, put_secret
 from nomad import NomadClient, install_plugin
-from vault_sim import VaultSimulator
+from openbao import OpenBao, start
 
 from nomad_secrets import config
 from nomad_secrets.errors import ConfigError
@@ -78,34 +78,35 @@ def test_an_aws_account_per_team_as_the_docs_show(
     assert any(m.startswith("AWS for team-b:") for m in probes)
 
 
-VAULT_TOKENS = {"prod": "hvs.prod-cluster", "shared": "hvs.shared-cluster"}
+@pytest.fixture(scope="module")
+def two_clusters(bao_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, OpenBao]]:
+    """Two real OpenBao servers, each with its own value at secret/app/db."""
+    servers: dict[str, OpenBao] = {}
+    try:
+        for name in ("prod", "shared"):
+            server = start(bao_binary, tmp_path_factory.mktemp(f"openbao-{name}"))
+            servers[name] = server
+            server.policy("reader", 'path "secret/data/*" { capabilities = ["read"] }')
+            server.put_kv("secret", "app/db", {"password": f"{name}-password"})
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
-@pytest.fixture
-def two_clusters() -> Iterator[dict[str, VaultSimulator]]:
-    """Two Vault servers (the test double, tests/vault_sim.py), each with its
-    own token and its own value at secret/app/db."""
-    with VaultSimulator() as prod, VaultSimulator() as shared:
-        for name, sim in (("prod", prod), ("shared", shared)):
-            sim.enable_kv("secret", 2)
-            sim.add_token(VAULT_TOKENS[name], {"secret/data/*": ["read"]})
-            sim.put_kv("secret", "app/db", {"password": f"{name}-password"})
-        yield {"prod": prod, "shared": shared}
-
-
-def _clusters_config(tmp_path: Path, clusters: dict[str, VaultSimulator], text: str) -> str:
-    for name, sim in clusters.items():
+def _clusters_config(tmp_path: Path, clusters: dict[str, OpenBao], text: str) -> str:
+    for name, server in clusters.items():
         token = tmp_path / f"{name}-vault-token"
-        token.write_text(VAULT_TOKENS[name])
+        token.write_text(server.token("reader"))
         token.chmod(0o600)
-        text = text.replace(f"https://vault.{name}.internal:8200", sim.address)
+        text = text.replace(f"https://vault.{name}.internal:8200", server.address)
         text = text.replace(f"/etc/nomad-secrets/{name}-vault-token", str(token))
     return text
 
 
 @pytest.mark.parametrize("doc", [DOC, ROOT / "README.md"], ids=["configuration.md", "README.md"])
 def test_two_vault_clusters_as_the_docs_show(
-    doc: Path, tmp_path: Path, artifact: Path, decoder: Any, two_clusters: dict[str, VaultSimulator]
+    doc: Path, tmp_path: Path, artifact: Path, decoder: Any, two_clusters: dict[str, OpenBao]
 ) -> None:
     text = _clusters_config(tmp_path, two_clusters, doc_block(doc, "[providers.shared-vault]"))
     plugins = tmp_path / "plugins"
@@ -127,7 +128,7 @@ def test_two_vault_clusters_as_the_docs_show(
 
 
 def test_a_provider_borrowing_the_other_clusters_token_is_warned(
-    tmp_path: Path, artifact: Path, two_clusters: dict[str, VaultSimulator]
+    tmp_path: Path, artifact: Path, two_clusters: dict[str, OpenBao]
 ) -> None:
     text = _clusters_config(tmp_path, two_clusters, doc_block(DOC, "[providers.shared-vault]"))
     text = re.sub(r'token_file = ".*shared-vault-token"\n', "", text)
