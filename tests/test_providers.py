@@ -208,3 +208,39 @@ def test_a_providers_token_file_is_held_to_the_trust_rules(
     assert f"the file of providers.shared.token_file {token} is writable by group or others" in (
         fetched.plugin_error or ""
     )
+
+
+def test_the_node_agent_keeps_each_accounts_client_apart(
+    tmp_path: Path, artifact: Path, decoder: Any, moto_endpoint: str, other_account: str
+) -> None:
+    """The agent's warm clients are keyed by each provider's own settings:
+    team-b's fetch never gets team-a's client."""
+    import uuid
+
+    from test_agent import AgentProcess
+
+    put_secret(aws_client(moto_endpoint, "secretsmanager"), "team/db", '{"password": "account-a"}')
+    put_secret(aws_client(other_account, "secretsmanager"), "team/db", '{"password": "account-b"}')
+    top = Path("/tmp") / f"ns-teams-{uuid.uuid4().hex[:8]}"  # a socket path stays short
+    top.mkdir(mode=0o755)
+    text = doc_block(DOC, "[providers.team-b]")
+    text = text.replace(
+        "[aws]\n",
+        f'[aws]\nendpoint_url = "{moto_endpoint}"\n'
+        'access_key_id = "testing"\nsecret_access_key = "testing"\n',
+    )
+    text = text.replace("[providers.team-b]", f'[providers.team-b]\nendpoint_url = "{other_account}"', 1)
+    install_plugin(artifact, tmp_path, ["team-a", "team-b"], text + f'[agent]\nsocket = "{top / "a.sock"}"\n')
+    nomad = NomadClient(tmp_path, decoder)
+    agent = AgentProcess(nomad.executable("team-a"))
+    try:
+        agent.wait_for("listening")
+        for _ in range(2):  # the second round is served by warm clients
+            assert nomad.fetch("team-a", "team/db").result == {"password": "account-a"}
+            assert nomad.fetch("team-b", "team/db").result == {"password": "account-b"}
+        assert len([line for line in agent.lines if line.startswith("answered")]) == 4
+    finally:
+        assert agent.stop() == 0
+        for child in top.iterdir():
+            child.unlink()
+        top.rmdir()
