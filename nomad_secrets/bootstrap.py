@@ -51,7 +51,9 @@ def unpacked(archive: str, build_id: str, cache_root: str) -> str:
     for _ in range(3):  # a prune may take the directory between the look and the lock
         made = False
         if not os.path.isdir(entry):
-            made = _unpack(archive, cache_root, entry, trust.untrusted, cache.HELD_MARK)
+            with _one_unpacker(cache_root, trust.untrusted):
+                if not os.path.isdir(entry):  # another run may have unpacked it meanwhile
+                    made = _unpack(archive, cache_root, entry, trust.untrusted, cache.HELD_MARK)
         problem = trust.untrusted(cache_root, "cache directory") or trust.untrusted(entry, "cache directory")
         if problem and os.path.lexists(entry):  # else: pruned since; look again
             raise CacheError(problem)
@@ -65,11 +67,57 @@ def unpacked(archive: str, build_id: str, cache_root: str) -> str:
     raise CacheError(f"the cache directory {entry} was removed three times while this run started")
 
 
+UNPACK_LOCK = ".unpack.lock"
+UNPACK_WAIT_SECONDS = 5.0  # then unpack anyway: a stuck holder must not stop every fetch
+
+
+class _one_unpacker:
+    """Many runs of a new build at once (a burst of task starts on a fresh
+    node, or after an upgrade) unpack it once: the others wait on a lock,
+    sleeping, then find it done, instead of each unpacking and compiling
+    the same code on the same cores. Best effort: after
+    UNPACK_WAIT_SECONDS, or if the lock cannot be had, it goes on alone
+    (the rename into place is atomic either way)."""
+
+    def __init__(self, cache_root: str, untrusted: Callable[[str, str], str | None]) -> None:
+        self.cache_root, self.untrusted, self.fd = cache_root, untrusted, -1
+
+    def __enter__(self) -> None:
+        import fcntl
+        import time
+
+        old_umask = os.umask(0o077)
+        try:
+            os.makedirs(self.cache_root, mode=0o700, exist_ok=True)
+            if self.untrusted(self.cache_root, "cache directory"):
+                return  # _unpack refuses it, saying why
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            self.fd = os.open(os.path.join(self.cache_root, UNPACK_LOCK), flags, 0o600)
+        except OSError:
+            return
+        finally:
+            os.umask(old_umask)
+        end = time.monotonic() + UNPACK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError:
+                if time.monotonic() > end:
+                    return
+                time.sleep(0.02)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the lock
+
+
 def _unpack(
     archive: str, cache_root: str, entry: str, untrusted: Callable[[str, str], str | None], mark: str
 ) -> bool:
     """Unpack into ``entry``; True when this process's rename published it.
     ``mark``: the file that says runs of this build hold it (cache.py)."""
+    import errno
     import io
     import shutil
     import tempfile
@@ -92,11 +140,13 @@ def _unpack(
                 f.write("runs of this build hold a shared flock on this directory while they run\n")
             os.rename(tmp, entry)
             return True
-        except OSError:
+        except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if not os.path.isdir(entry):  # not a lost race: a real failure
-                raise
-            return False
+            # Lost a race: another run published it first (a prune may even
+            # have taken it again since); the caller looks again.
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) or os.path.isdir(entry):
+                return False
+            raise
     except OSError as exc:
         raise CacheError(f"cannot unpack into the cache directory {cache_root}: {exc.strerror}") from None
     finally:

@@ -41,6 +41,8 @@ class Node:
         """Build version -> its unpack directory."""
         out = {}
         for entry in sorted(self.cache.iterdir()):
+            if entry.name.startswith("."):  # the unpack lock, a prune or unpack under way
+                continue
             version = (entry / "lib" / "nomad_secrets" / "_version.py").read_text()
             out["old" if "'0.2.0'" in version else "new"] = entry
         return out
@@ -143,7 +145,9 @@ def test_fetches_of_the_old_build_while_installs_prune_it(node: Node) -> None:
     finally:
         stop.set()
         pruner.join()
-    assert [f.result for f in fetched] == [{"value": "v"}] * len(fetched), [f.plugin_error for f in fetched]
+    assert [f.result for f in fetched] == [{"value": "v"}] * len(fetched), [
+        (f.error, f.run.returncode, f.run.stdout[:200]) for f in fetched if not f.ok
+    ]
     assert installs and {i.returncode for i in installs} == {0}
     assert pruned()
 
@@ -206,3 +210,29 @@ def test_a_warm_fetch_does_not_list_the_cache(node: Node) -> None:
     opened_cache = [line for line in lines if f'"{node.cache}"' in line]
     assert opened_cache == [], opened_cache  # the cache root itself is never opened (so never listed)
     assert any(f'"{node.cache}/' in line and "O_DIRECTORY" in line for line in lines)  # its entry is held
+
+
+def test_a_burst_of_first_fetches_unpacks_once(node: Node) -> None:
+    """Twenty first fetches of a build on a fresh node: one unpacks and
+    compiles, the others wait on the unpack lock (sleeping, not compiling
+    the same code on the same cores), then all answer. Seen from outside:
+    while the test holds the lock, nobody unpacks; once it lets go, one
+    directory appears and every fetch gets the secret."""
+    import fcntl
+
+    from nomad_secrets.bootstrap import UNPACK_LOCK
+
+    node.cache.mkdir(mode=0o700, exist_ok=True)
+    lock = os.open(node.cache / UNPACK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(node.plugins["new"].fetch, "aws", "cache/db") for _ in range(20)]
+        time.sleep(1.0)  # well under the 5 s the waiters give the lock
+        waiting = [name for name in os.listdir(node.cache) if name != UNPACK_LOCK]
+        running = sum(not f.done() for f in futures)
+        os.close(lock)
+        fetched = [f.result() for f in futures]
+    assert waiting == [] and running == 20
+    assert [f.result for f in fetched] == [{"value": "v"}] * 20
+    assert list(node.entries()) == ["new"]
+    assert [n for n in os.listdir(node.cache) if n.startswith((".unpack-", ".prune-"))] == []
