@@ -12,6 +12,9 @@ Shape::
     [vault]             # the Vault / OpenBao connection, for vault:
     [providers.NAME]    # what the executable named NAME reads by default
     [[policy]]          # which jobs may read which references (policy.py)
+    [server] [drone] [admission] [bitbucket]
+                        # `nomad-secrets serve`, the CI front doors: kept
+                        # as read here, checked by nomad_secrets/server/
 
 Every key is declared by a dataclass below; an unknown key is an error that
 names the key and the file, so that a typo is seen, not ignored.
@@ -27,7 +30,7 @@ from typing import Any, TypeVar
 from nomad_secrets.deadline import DEFAULT_SECONDS
 from nomad_secrets.errors import ConfigError
 from nomad_secrets.policy import Rule, rule
-from nomad_secrets.trust import Untrusted
+from nomad_secrets.trust import Untrusted, untrusted
 from nomad_secrets.trust import check as check_trust
 
 CONFIG_FILE_NAME = "nomad-secrets.toml"
@@ -37,6 +40,8 @@ STORES = ("aws-sm", "aws-ssm", "vault")
 BUILTIN_PROVIDERS = {"aws": "aws-sm", "aws-sm": "aws-sm", "aws-ssm": "aws-ssm"}
 # Nomad matches its own providers first: files with these names never run.
 RESERVED_NAMES = ("nomad", "vault")
+# The sections of `nomad-secrets serve` (docs/ci.md).
+SERVER_SECTIONS = ("server", "drone", "admission", "bitbucket")
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class Config:
     vault: VaultSettings = field(default_factory=VaultSettings)
     providers: dict[str, Provider] = field(default_factory=dict)
     policy: tuple[Rule, ...] | None = None  # None: no [[policy]], every job reads all
+    # The server's sections as TOML tables, unchecked here: the plugin never
+    # uses them, and their checks live with the server (settings.py there).
+    server_tables: dict[str, Any] = field(default_factory=dict)
 
     def provider(self, name: str) -> Provider:
         """What the executable called ``name`` reads by default."""
@@ -142,7 +150,15 @@ def load(executable: str) -> Config:
     path = find_config(executable)
     if path is None:
         return Config()
-    _check_trust(path, "config file")
+    return load_file(path)
+
+
+def load_file(path: str, *, ancestors: bool = True) -> Config:
+    """The config in ``path``, once it and the secret files it names are
+    trusted. ``ancestors=False`` checks the files but not the directories
+    above them: for ``serve --nomad-task``, whose files are in a Nomad task's
+    directories (0777 by Nomad's design, the task's isolation guards them)."""
+    _check_trust(path, "config file", ancestors=ancestors)
     try:
         with open(path, "rb") as f:
             text = f.read()
@@ -152,13 +168,18 @@ def load(executable: str) -> Config:
     for key in ("token_file", "secret_id_file", "client_key"):
         secret_file = getattr(config.vault, key)
         if secret_file:
-            _check_trust(secret_file, f"file of vault.{key}")
+            _check_trust(secret_file, f"file of vault.{key}", ancestors=ancestors)
     return config
 
 
-def _check_trust(path: str, what: str) -> None:
+def _check_trust(path: str, what: str, *, ancestors: bool = True) -> None:
     try:
-        check_trust(path, what)
+        if ancestors:
+            check_trust(path, what)
+        else:
+            problem = untrusted(path, what)
+            if problem:
+                raise Untrusted(problem)
     except Untrusted as exc:
         raise ConfigError(f"refusing to run: {exc}") from None
 
@@ -174,7 +195,7 @@ def parse(text: bytes, path: str) -> Config:
         raise ConfigError(f"the config file {path} is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
-    known = {"plugin", "aws", "vault", "providers", "policy"}
+    known = {"plugin", "aws", "vault", "providers", "policy", *SERVER_SECTIONS}
     _reject_unknown(data, known, "", path)
     providers: dict[str, Provider] = {}
     for name, table in _table(data, "providers", "", path).items():
@@ -214,6 +235,7 @@ def parse(text: bytes, path: str) -> Config:
         aws=_build(AwsSettings, _table(data, "aws", "", path), "aws", path),
         vault=vault,
         providers=providers,
+        server_tables={key: data[key] for key in SERVER_SECTIONS if key in data},
     )
 
 
