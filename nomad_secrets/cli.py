@@ -28,6 +28,9 @@ For operators:
   <name> install --plugin-dir DIR [--as NAME ...] [--force]
                               install this executable for a Nomad client
   <name> version              print the version
+  nomad-secrets serve [--config PATH]
+                              serve Drone and Bitbucket Pipelines (the installed
+                              package with the server extra; docs/ci.md)
 """
 
 
@@ -43,7 +46,7 @@ def run() -> NoReturn:
     # os.environ before any library can read it (proxies, CA bundles, AWS_*).
     environ = dict(os.environ)
     os.environ.clear()
-    if operation in ("check", "install", "version", "help", "--help", "-h"):
+    if operation in ("check", "install", "serve", "version", "help", "--help", "-h"):
         sys.exit(operator_command(operation, argv))
     protocol.guard_stdio()
     if operation == "fetch":
@@ -65,6 +68,16 @@ def operator_command(operation: str, argv: list[str]) -> int:
         from nomad_secrets.install import main
 
         return main(argv[2:], argv[0])
+    if operation == "serve":
+        try:
+            from nomad_secrets.server.main import main as serve
+        except ModuleNotFoundError:  # the plugin's executable carries no server
+            print(
+                "serve runs from the installed package: pip install 'nomad-secrets[server]' (docs/ci.md)",
+                file=sys.stderr,
+            )
+            return 2
+        return serve(argv[2:])
     if operation == "version":
         from nomad_secrets._version import GO_VERSION, __version__
 
