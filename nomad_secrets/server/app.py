@@ -15,17 +15,18 @@ workspace, repository, step): never a value, a token or a signature.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import IO, Protocol
 
 import anyio
-import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -71,7 +72,9 @@ def build_app(
     doors: Sequence[Door], server: ServerSettings, on_shutdown: Callable[[], None], log_stream: IO[str] | None
 ) -> Starlette:
     access_log = AccessLog(log_stream if server.access_log else None)
-    limiter: list[anyio.CapacityLimiter] = []  # made in the event loop, at start
+    # The doors block (store reads): they run in these threads, at most
+    # max_concurrent_reads at once; other requests wait for one.
+    workers = ThreadPoolExecutor(server.max_concurrent_reads, thread_name_prefix="door")
 
     def respond(request: Request, answer: Outgoing, started: float) -> Response:
         access_log.write(request, answer, started)
@@ -95,7 +98,7 @@ def build_app(
                 body=body,
                 deadline=deadline,
             )
-            answer = await anyio.to_thread.run_sync(_handle, door, incoming, limiter=limiter[0])
+            answer = await asyncio.get_running_loop().run_in_executor(workers, _handle, door, incoming)
             return respond(request, answer, started)
 
         return serve
@@ -113,10 +116,10 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        limiter.append(anyio.CapacityLimiter(server.max_concurrent_reads))
         try:
             yield
         finally:
+            workers.shutdown(wait=True)
             on_shutdown()
 
     routes = [Route("/healthz", healthz, methods=["GET"])]
