@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -72,9 +73,11 @@ class RecordingProxy:
     """Forwards every request to ``target`` (moto's server) and records it,
     so a test can see what the plugin sent: which credentials signed it,
     which role it asked STS for. With ``throttle=N`` it first answers N
-    requests as AWS does when it throttles (HTTP 400, ThrottlingException)."""
+    requests as AWS does when it throttles (HTTP 400, ThrottlingException);
+    with ``delay`` it waits that many seconds before it forwards each (a
+    store that answers, but late)."""
 
-    def __init__(self, target: str, throttle: int = 0) -> None:
+    def __init__(self, target: str, throttle: int = 0, delay: float = 0.0) -> None:
         self.requests: list[Recorded] = []
         self.throttle = throttle
         proxy, upstream = self, urlsplit(target)
@@ -93,6 +96,7 @@ class RecordingProxy:
                     self.end_headers()
                     self.wfile.write(error)
                     return
+                time.sleep(delay)
                 conn = http.client.HTTPConnection(upstream.hostname or "", upstream.port, timeout=10)
                 conn.request(self.command, self.path, body, dict(self.headers.items()))
                 answer = conn.getresponse()

@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -102,6 +103,41 @@ def secret_body(
             "build": build,
         }
     ).encode()
+
+
+# --- services the server asks (test doubles) ---------------------------------
+
+
+class JsonService:
+    """A ThreadingHTTPServer on 127.0.0.1 that answers GETs with JSON: the
+    subclass's ``answer(path, headers)`` gives (status, body)."""
+
+    def __init__(self) -> None:
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = service.answer(self.path, {k.lower(): v for k, v in self.headers.items()})
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def answer(self, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
 
 
 # --- the server process --------------------------------------------------------

@@ -8,11 +8,8 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from conftest import aws_config, put_secret
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from netutil import dead_port_url
-from serverutil import Answer, Server, server_config
+from serverutil import Answer, JsonService, Server, server_config
 
 WORKSPACE = "{7d5b2b5e-1c2d-4e5f-8a9b-0c1d2e3f4a5b}"
 REPO = "{b3a6c0c2-9d8e-4f7a-8b6c-5d4e3f2a1b0c}"
@@ -48,42 +45,22 @@ def jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, str]:
     }
 
 
-@dataclass
-class Issuer:
+class Issuer(JsonService):
     """Bitbucket's OIDC issuer for one workspace, on 127.0.0.1."""
 
-    keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict)
-    fetches: list[str] = field(default_factory=list)
-    url: str = ""
+    def __init__(self) -> None:
+        self.keys = {"k1": rsa.generate_private_key(public_exponent=65537, key_size=2048)}
+        self.fetches: list[str] = []
+        super().__init__()
+        self.url = self.base
 
-    def __post_init__(self) -> None:
-        self.keys["k1"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        issuer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                issuer.fetches.append(self.path)
-                body: dict[str, Any]
-                if self.path == "/.well-known/openid-configuration":
-                    body = {"issuer": issuer.url, "jwks_uri": issuer.url + "/keys"}
-                elif self.path == "/keys":
-                    body = {"keys": [jwk(key, kid) for kid, key in issuer.keys.items()]}
-                else:
-                    self.send_error(404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+    def answer(self, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+        self.fetches.append(path)
+        if path == "/.well-known/openid-configuration":
+            return 200, {"issuer": self.url, "jwks_uri": self.url + "/keys"}
+        if path == "/keys":
+            return 200, {"keys": [jwk(key, kid) for kid, key in self.keys.items()]}
+        return 404, {}
 
     def claims(self, **over: Any) -> dict[str, Any]:
         now = int(time.time())
@@ -110,10 +87,6 @@ class Issuer:
         signer = key or self.keys[kid]
         signature = signer.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{header}.{payload}.{b64url(signature)}"
-
-    def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
 
 
 RULES = f"""

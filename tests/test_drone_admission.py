@@ -4,9 +4,7 @@ a local server answering GitHub's documented membership endpoints."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -14,6 +12,7 @@ from serverutil import (
     ADMISSION_MEDIA,
     SECRET_MEDIA,
     Answer,
+    JsonService,
     Server,
     drone_headers,
     server_config,
@@ -27,7 +26,7 @@ ORG = {"alice": "active", "bob": "pending", "dave": "active", "erin": "active"}
 TEAMS = {("drone-admins", "carol"): "active", ("drone-admins", "frank"): "pending"}
 
 
-class GitHubDouble:
+class GitHubDouble(JsonService):
     """GitHub's REST API for org and team memberships (GET
     /orgs/{org}/memberships/{user}, /orgs/{org}/teams/{slug}/memberships/{user})
     under /api/v3, as GitHub Enterprise serves it. The login ``flaky`` gets
@@ -35,53 +34,32 @@ class GitHubDouble:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str]]] = []
-        double = self
+        super().__init__()
+        self.url = self.base + "/api/v3"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                double.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
-                parts = self.path.split("/")
-                state = None
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    return self.answer(401, {"message": "Bad credentials"})
-                if parts[-1] == "flaky":
-                    return self.answer(502, {"message": "Server Error"})
-                if parts[:4] == ["", "api", "v3", "orgs"] and parts[4] == "acme":
-                    if parts[5] == "memberships" and len(parts) == 7:
-                        state = ORG.get(parts[6])
-                    elif parts[5] == "teams" and parts[7] == "memberships" and len(parts) == 9:
-                        state = TEAMS.get((parts[6], parts[8]))
-                if state is None:
-                    return self.answer(404, {"message": "Not Found"})
-                return self.answer(200, {"state": state, "role": "member", "organization": {"login": "acme"}})
-
-            def answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/api/v3"
-
-    def __enter__(self) -> GitHubDouble:
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.http.shutdown()
-        self.http.server_close()
+    def answer(self, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+        self.requests.append((path, headers))
+        parts = path.split("/")
+        state = None
+        if headers.get("authorization") != f"Bearer {TOKEN}":
+            return 401, {"message": "Bad credentials"}
+        if parts[-1] == "flaky":
+            return 502, {"message": "Server Error"}
+        if parts[:4] == ["", "api", "v3", "orgs"] and parts[4] == "acme":
+            if parts[5] == "memberships" and len(parts) == 7:
+                state = ORG.get(parts[6])
+            elif parts[5] == "teams" and parts[7] == "memberships" and len(parts) == 9:
+                state = TEAMS.get((parts[6], parts[8]))
+        if state is None:
+            return 404, {"message": "Not Found"}
+        return 200, {"state": state, "role": "member", "organization": {"login": "acme"}}
 
 
 @pytest.fixture(scope="module")
 def github() -> Iterator[GitHubDouble]:
-    with GitHubDouble() as double:
-        yield double
+    double = GitHubDouble()
+    yield double
+    double.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from conftest import aws_config, put_secret
+from netutil import RecordingProxy
 from pki import make_pki
 from serverutil import ROOT, Server, secret_body, server_config, write_secret
 
@@ -35,41 +34,6 @@ secret_file = "{secret_file}"
 repo = "octocat/*"
 allow = ["aws-sm:ci/lifecycle/*"]
 """
-
-
-class SlowProxy:
-    """A store that answers, but late: forwards each request to moto after
-    ``delay`` seconds (the double stands in for a slow network)."""
-
-    def __init__(self, target: str, delay: float) -> None:
-        upstream = urlsplit(target)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                time.sleep(delay)
-                conn = http.client.HTTPConnection(upstream.hostname or "", upstream.port, timeout=10)
-                conn.request("POST", self.path, body, dict(self.headers.items()))
-                answer = conn.getresponse()
-                data = answer.read()
-                self.send_response(answer.status)
-                for key, value in answer.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
 
 
 def drone_config(tmp: Path, endpoint: str, server_extra: str = "", **kw: Any) -> tuple[Path, int]:
@@ -138,8 +102,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(
     tmp_path: Path, moto_endpoint: str, secretsmanager: Any
 ) -> None:
     put_secret(secretsmanager, "ci/lifecycle/one", json.dumps({"v": "lifecycle-hunter2"}))
-    slow = SlowProxy(moto_endpoint, delay=1.5)
-    try:
+    with RecordingProxy(moto_endpoint, delay=1.5) as slow:
         config, port = drone_config(tmp_path, slow.url, "request_seconds = 8\n")
         with Server(config, port) as running:
             results: list[int] = []
@@ -161,8 +124,6 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(
             assert running.proc.wait(10) == 0
             assert time.monotonic() - started < 5
             assert "Finished server process" in "".join(running.stderr)
-    finally:
-        slow.close()
 
 
 def test_tls_serves_with_the_configured_certificate(tmp_path: Path, moto_endpoint: str) -> None:

@@ -18,9 +18,11 @@ Modules, one job each:
 - ``exchange``: a request and an answer as the doors see them;
 - ``httpsig``: Drone's HTTP signatures, verified;
 - ``aesgcm``: Drone's encrypted answer;
+- ``fetchjson``: a bounded GET of JSON (GitHub's API, an OIDC issuer);
 - ``stores``: the store clients every request shares;
 - ``drone_secret``, ``drone_admission`` (with ``github``), ``bitbucket``
   (with ``oidc``): the doors;
 - ``app``: the HTTP application (Starlette): routes, limits, access log;
+- ``http11``: uvicorn's HTTP/1.1 protocol with a deadline on headers;
 - ``main``: the process: uvicorn, TLS, signals, graceful shutdown.
 """

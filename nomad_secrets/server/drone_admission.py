@@ -24,7 +24,6 @@ with this extension, ``admins`` and ``admin_teams`` are the admins.
 from __future__ import annotations
 
 import json
-import time
 
 from nomad_secrets.policy import glob_match
 from nomad_secrets.server import httpsig
@@ -54,15 +53,9 @@ class DroneAdmission:
 
     def handle(self, request: Incoming) -> Outgoing:
         try:
-            httpsig.verify(self.secret, request, time.time(), self.skew)
+            event, user = httpsig.read_extension(self.secret, request, self.skew, MEDIA_TYPE, parse_request)
         except httpsig.BadSignature as exc:
-            return text(400, str(exc), "bad-signature")
-        if request.header("accept") != MEDIA_TYPE:
-            return text(400, f"Invalid Input: this endpoint answers Accept: {MEDIA_TYPE}", "invalid-input")
-        try:
-            event, user = parse_request(request.body)
-        except ValueError as exc:
-            return text(400, f"Invalid Input: {exc}", "invalid-input")
+            return text(400, str(exc), exc.outcome)
         login, email = str(user["login"]), str(user.get("email") or "")
         log: dict[str, LogValue] = {"event": event, "login": login}
         try:

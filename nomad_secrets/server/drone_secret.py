@@ -31,7 +31,6 @@ message names the reference and never carries a value.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 
 from nomad_secrets.backends import STORE_LABELS
@@ -87,15 +86,9 @@ class DroneSecret:
 
     def handle(self, request: Incoming) -> Outgoing:
         try:
-            httpsig.verify(self.secret, request, time.time(), self.skew)
+            asked = httpsig.read_extension(self.secret, request, self.skew, MEDIA_TYPE, parse_request)
         except httpsig.BadSignature as exc:
-            return text(400, str(exc), "bad-signature")
-        if request.header("accept") != MEDIA_TYPE:
-            return text(400, f"Invalid Input: this endpoint answers Accept: {MEDIA_TYPE}", "invalid-input")
-        try:
-            asked = parse_request(request.body)
-        except ValueError as exc:
-            return text(400, f"Invalid Input: {exc}", "invalid-input")
+            return text(400, str(exc), exc.outcome)
         log: dict[str, LogValue] = {
             "repo": asked.repo,
             "event": asked.event,

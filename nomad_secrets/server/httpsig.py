@@ -36,9 +36,12 @@ import binascii
 import hashlib
 import hmac
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 from nomad_secrets.server.exchange import Incoming
 
@@ -53,6 +56,31 @@ _PARAM = re.compile(r'\s*([A-Za-z]+)="([^"]*)"\s*(?:,|\Z)')
 
 class BadSignature(Exception):
     """The request is not signed as Drone signs; the text is the answer's."""
+
+    outcome = "bad-signature"
+
+
+class InvalidInput(BadSignature):
+    """Signed, but not a request this extension takes."""
+
+    outcome = "invalid-input"
+
+
+T = TypeVar("T")
+
+
+def read_extension(
+    secret: bytes, request: Incoming, skew_seconds: float, media_type: str, parse: Callable[[bytes], T]
+) -> T:
+    """The request of a Drone extension: ``verify``, the signed Accept must
+    be ``media_type``, and ``parse`` (ValueError: what is wrong) reads the body."""
+    verify(secret, request, time.time(), skew_seconds)
+    if request.header("accept") != media_type:
+        raise InvalidInput(f"Invalid Input: this endpoint answers Accept: {media_type}")
+    try:
+        return parse(request.body)
+    except ValueError as exc:
+        raise InvalidInput(f"Invalid Input: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -19,22 +19,19 @@ door answers 401 and nothing else. An issuer that cannot be reached is
 from __future__ import annotations
 
 import ipaddress
-import json
 import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
-import urllib3
 
-from nomad_secrets._version import __version__
 from nomad_secrets.deadline import Deadline
+from nomad_secrets.server import fetchjson
 
 ALGORITHMS = ["RS256"]
 LEEWAY_SECONDS = 30
 MIN_REFRESH_SECONDS = 10.0
-CONNECT_TIMEOUT = 3.0
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_TOKEN_BYTES = 16 * 1024
 REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat"]
@@ -58,9 +55,7 @@ class IssuerKeys:
         self._fetched = float("-inf")
         self._attempted = float("-inf")
         self._lock = threading.Lock()
-        self._http = urllib3.PoolManager(
-            num_pools=2, maxsize=4, retries=False, cert_reqs="CERT_REQUIRED", ca_certs=ca_cert
-        )
+        self._http = fetchjson.pool(ca_cert)
 
     def key(self, kid: str, deadline: Deadline) -> jwt.PyJWK:
         with self._lock:
@@ -100,27 +95,13 @@ class IssuerKeys:
     def _get(self, url: str, deadline: Deadline) -> dict[str, Any]:
         if not allowed_url(url):
             raise IssuerUnavailable(f"{url!r} is not https:// (http:// only on loopback)")
-        remaining = deadline.call_timeout()
-        timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=remaining)
-        headers = {"Accept": "application/json", "User-Agent": f"nomad-secrets/{__version__}"}
+        headers = {"Accept": "application/json"}
         try:
-            answer = self._http.request(
-                "GET", url, headers=headers, timeout=timeout, preload_content=False, redirect=False
-            )
-            try:
-                body = answer.read(MAX_DOCUMENT_BYTES + 1)
-            finally:
-                answer.release_conn()
-        except urllib3.exceptions.HTTPError as exc:
-            raise IssuerUnavailable(f"no answer from {url} ({type(exc).__name__})") from None
-        if answer.status != 200 or len(body) > MAX_DOCUMENT_BYTES:
-            raise IssuerUnavailable(f"{url} answered {answer.status}")
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            document = None
-        if not isinstance(document, dict):
-            raise IssuerUnavailable(f"{url} did not answer a JSON object")
+            status, document = fetchjson.get(self._http, url, headers, deadline, MAX_DOCUMENT_BYTES)
+        except fetchjson.Unreachable as exc:
+            raise IssuerUnavailable(str(exc)) from None
+        if status != 200 or not isinstance(document, dict):
+            raise IssuerUnavailable(f"{url} answered {status}, not a JSON object")
         return document
 
     def close(self) -> None:

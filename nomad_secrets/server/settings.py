@@ -174,6 +174,11 @@ def parse_settings(config: Config) -> Settings:
     """Check the server's sections of ``config`` (no file is read)."""
     path = config.path or "the config"
     tables = config.server_tables
+    if not {"drone", "admission", "bitbucket"} & set(tables):
+        raise ConfigError(
+            f"nothing to serve in {path}: add [drone] (Drone's secret extension), [admission]"
+            " (Drone's admission extension) or [bitbucket] (Bitbucket Pipelines); docs/ci.md"
+        )
     server = _server(_table(tables, "server", path), path)
     settings = Settings(config=config, server=server)
     if "drone" in tables:
@@ -182,11 +187,6 @@ def parse_settings(config: Config) -> Settings:
         settings = replace(settings, admission=_admission(_table(tables, "admission", path), path))
     if "bitbucket" in tables:
         settings = replace(settings, bitbucket=_bitbucket(_table(tables, "bitbucket", path), path))
-    if settings.drone is None and settings.admission is None and settings.bitbucket is None:
-        raise ConfigError(
-            f"nothing to serve in {path}: add [drone] (Drone's secret extension), [admission]"
-            " (Drone's admission extension) or [bitbucket] (Bitbucket Pipelines); docs/ci.md"
-        )
     if config.vault.auth_method == "jwt":
         raise ConfigError(
             f'vault.auth_method = "jwt" in {path} logs in with a Nomad job\'s token, which the server'
