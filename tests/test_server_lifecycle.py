@@ -206,6 +206,18 @@ def test_aws_clients_are_made_once_and_shared_by_requests(moto_endpoint: str) ->
     pool.close()
 
 
+def test_a_store_the_server_cannot_read_is_said_at_start_and_per_request(
+    tmp_path: Path, moto_endpoint: str
+) -> None:
+    config, port = drone_config(tmp_path, moto_endpoint)
+    write_secret(config, config.read_text().replace('region = "us-east-2"\n', ""))
+    with Server(config, port) as running:
+        answer = running.drone_secret(SECRET, secret_body("aws-sm:ci/lifecycle/one", "v"))
+        warned = "".join(running.stderr)
+    assert "warning: the server cannot read aws-sm (no AWS region): set aws.region" in warned
+    assert answer.status == 500 and b"the server cannot read aws-sm (no AWS region)" in answer.body
+
+
 def test_the_plugin_executable_does_not_serve(artifact: Path) -> None:
     ran = subprocess.run([str(artifact), "serve"], capture_output=True, text=True, env={}, timeout=30)
     assert ran.returncode == 2 and "serve runs from the installed package" in ran.stderr

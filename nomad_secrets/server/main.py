@@ -84,6 +84,8 @@ def run(settings: Settings, keys: Keys) -> int:
     except PluginError as exc:
         print(f"nomad-secrets serve: {exc.message}", file=sys.stderr)
         return 2
+    for problem in pool.problems():
+        print(f"nomad-secrets serve: warning: {problem}", file=sys.stderr)
     doors: list[Door] = []
     closers = [pool.close]
     if settings.drone is not None:

@@ -46,8 +46,8 @@ class StorePool:
                 self._aws[store] = open_backend(store, config, *_NO_JOB, Deadline(call_seconds))
             except PluginError as exc:
                 self._aws_failure[store] = ConfigError(
-                    f"the server cannot read {store}: {exc.message.split(';')[0]}; set aws.region"
-                    f" (and credentials, or the node's instance profile) in {config.path}"
+                    f"the server cannot read {store} ({exc.message.split(':')[0]}): set aws.region"
+                    f" (and credentials, or use the node's instance profile) in {config.path}"
                 )
 
     @contextmanager
@@ -80,6 +80,10 @@ class StorePool:
     def vault_for(self, deadline: Deadline) -> Backend:
         """A Vault client for one request (see the module's docstring)."""
         return open_backend("vault", self.config, *_NO_JOB, deadline)
+
+    def problems(self) -> list[str]:
+        """Why a store cannot be read, for the start-up log."""
+        return [failure.message for failure in self._aws_failure.values()]
 
     def close(self) -> None:
         for backend in self._aws.values():
