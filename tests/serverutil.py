@@ -225,6 +225,24 @@ class Server:
     def access_log(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in list(self.stdout) if line.startswith("{")]
 
+    def log_mark(self) -> int:
+        """How many access log lines there are once no more are arriving:
+        where the next request's lines will start."""
+        count = -1
+        while count != len(self.access_log()):
+            count = len(self.access_log())
+            time.sleep(0.1)
+        return count
+
+    def logged(self, since: int, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The access log lines after the first ``since``, once ``count`` of
+        them have arrived (the server writes each before it answers, but the
+        pipe reaches this process a little later)."""
+        end = time.monotonic() + timeout
+        while len(self.access_log()) < since + count and time.monotonic() < end:
+            time.sleep(0.02)
+        return self.access_log()[since:]
+
     def terminate(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
