@@ -12,9 +12,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import NoReturn
 
 from nomad_secrets import protocol
+
+TYPE_CHECKING = False  # not typing's: importing typing costs ms, and a forwarded fetch needs none
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+    from nomad_secrets.config import Config
+    from nomad_secrets.deadline import Deadline
 
 USAGE = """\
 nomad-secrets: a secret provider plugin for HashiCorp Nomad.
@@ -27,6 +33,8 @@ For operators:
   <name> check                check the config, files, store credentials and policy
   <name> install --plugin-dir DIR [--as NAME ...] [--force]
                               install this executable for a Nomad client
+  <name> agent [--config FILE]
+                              serve fetches with warm clients (docs/agent.md)
   <name> version              print the version
   nomad-secrets serve [--config PATH]
                               serve Drone and Bitbucket Pipelines (the installed
@@ -46,8 +54,8 @@ def run() -> NoReturn:
     # os.environ before any library can read it (proxies, CA bundles, AWS_*).
     environ = dict(os.environ)
     os.environ.clear()
-    if operation in ("check", "install", "serve", "version", "help", "--help", "-h"):
-        sys.exit(operator_command(operation, argv))
+    if operation in ("check", "install", "agent", "serve", "version", "help", "--help", "-h"):
+        sys.exit(operator_command(operation, argv, environ))
     protocol.guard_stdio()
     if operation == "fetch":
         plugin_fetch(argv, environ, start)
@@ -57,7 +65,7 @@ def run() -> NoReturn:
     )
 
 
-def operator_command(operation: str, argv: list[str]) -> int:
+def operator_command(operation: str, argv: list[str], environ: dict[str, str]) -> int:
     """Commands a person runs: plain text on stdout, an exit status that says
     whether all is well. Never run by Nomad."""
     if operation == "check":
@@ -68,6 +76,10 @@ def operator_command(operation: str, argv: list[str]) -> int:
         from nomad_secrets.install import main
 
         return main(argv[2:], argv[0])
+    if operation == "agent":
+        from nomad_secrets.agent.server import main as agent_main
+
+        return agent_main(argv[0], argv[2:], environ)
     if operation == "serve":
         try:
             from nomad_secrets.server.main import main as serve
@@ -87,13 +99,9 @@ def operator_command(operation: str, argv: list[str]) -> int:
     return 0
 
 
-def provider_name(executable: str) -> str:
-    """The provider name is the file name Nomad ran (a symlink counts)."""
-    name = os.path.basename(executable)
-    return "nomad-secrets" if name == "__main__.py" else name
-
-
 def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoReturn:
+    from nomad_secrets import config as config_module
+    from nomad_secrets import debuglog
     from nomad_secrets.deadline import DEFAULT_SECONDS, Deadline
     from nomad_secrets.errors import PluginError
 
@@ -107,49 +115,44 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoRe
             raise PluginError("no secret path: Nomad runs `fetch <path>`; set path in the secret block")
         if len(argv) > 3:
             raise PluginError("fetch takes one path; Nomad passes the secret block's path as one argument")
-        from nomad_secrets import config as config_module
-        from nomad_secrets import debuglog
-        from nomad_secrets.fetch import fetch
-
         config = config_module.load(executable)
         if config.plugin.debug_log:
-            debuglog.enable(config.plugin.debug_log)
+            debuglog.enable(config.plugin.debug_log)  # a log that fails the trust rules is left off
         deadline = Deadline(config.plugin.deadline_seconds or DEFAULT_SECONDS, start=start)
-        name = provider_name(executable)
-        debuglog.log(
-            "fetch",
-            provider=name,
-            path=argv[2],
-            job=environ.get("NOMAD_JOB_ID"),
-            namespace=environ.get("NOMAD_NAMESPACE"),
-        )
-        result = fetch(argv[2], environ, name, config, deadline)
-        debuglog.log("fetched", provider=name, keys=len(result), ms=round((time.monotonic() - start) * 1000))
-    except PluginError as exc:
-        _log_failure(exc, start)
-        protocol.answer_error(exc)
+        if config.agent.socket:
+            _ask_agent(config, os.path.abspath(executable), argv[2], environ, deadline)
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
-        _log_failure(exc, start, traceback=True)
-        protocol.answer_error(
-            f"internal error in nomad-secrets ({type(exc).__name__}); please report it."
-            " The operator's debug log (plugin.debug_log) has the trace"
-        )
-    protocol.answer(protocol.encode_result(result))
+        from nomad_secrets.answer import error_answer
+
+        protocol.answer(error_answer(exc, start))
+    from nomad_secrets.answer import fetch_answer
+    from nomad_secrets.config import provider_name
+
+    protocol.answer(fetch_answer(argv[2], environ, provider_name(executable), config, deadline))
 
 
-def _log_failure(exc: BaseException, start: float, *, traceback: bool = False) -> None:
-    """Log where it failed: our own message, or for an unexpected exception
-    its type and frames, never its text (that could quote a secret)."""
+# What a fetch in process keeps of the deadline while the agent works: an
+# agent that took the request and hangs still leaves time to fetch here.
+AGENT_RESERVE_SECONDS = 3.0
+
+
+def _ask_agent(
+    config: Config, executable: str, path: str, environ: dict[str, str], deadline: Deadline
+) -> None:
+    """Print the node agent's answer and exit, or return to fetch in process."""
     from nomad_secrets import debuglog
-    from nomad_secrets.errors import PluginError
+    from nomad_secrets.agent.client import forward
 
-    # Our own messages (the job author sees them too) are safe to keep.
-    message = exc.message if isinstance(exc, PluginError) else None
-    debuglog.log(
-        "failed", error=type(exc).__name__, message=message, ms=round((time.monotonic() - start) * 1000)
+    assert config.agent.socket is not None
+    remaining = deadline.remaining()
+    forwarded = forward(
+        config.agent.socket,
+        executable,
+        path,
+        environ,
+        remaining - min(AGENT_RESERVE_SECONDS, remaining / 2),
+        config.plugin.max_output_bytes,
     )
-    if traceback:
-        import traceback as tb
-
-        for frame in tb.extract_tb(exc.__traceback__):
-            debuglog.log("  at", file=frame.filename, line=frame.lineno, function=frame.name)
+    if forwarded.answer is not None:
+        protocol.answer(forwarded.answer)
+    debuglog.log("agent-not-used", reason=forwarded.reason)

@@ -97,6 +97,17 @@ class VaultSettings:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    # The node agent (docs/agent.md): with ``socket`` set, a fetch asks the
+    # agent listening there first, and fetches in process when the agent is
+    # absent, refuses or is slow; ``nomad-secrets agent`` listens there.
+    socket: str | None = None
+    # Who besides root may ask the agent: the Nomad client's user, when it
+    # does not run as root (user names or numeric uids).
+    users: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Provider:
     name: str
     store: str
@@ -110,6 +121,7 @@ class Config:
     vault: VaultSettings = field(default_factory=VaultSettings)
     providers: dict[str, Provider] = field(default_factory=dict)
     policy: tuple[Rule, ...] | None = None  # None: no [[policy]], every job reads all
+    agent: AgentSettings = field(default_factory=AgentSettings)
     # The server's sections as TOML tables, unchecked here: the plugin never
     # uses them, and their checks live with the server (settings.py there).
     server_tables: dict[str, Any] = field(default_factory=dict)
@@ -141,19 +153,29 @@ def find_config(executable: str) -> str | None:
     return None
 
 
-def load(executable: str) -> Config:
+def provider_name(executable: str) -> str:
+    """The provider name is the file name Nomad ran (a symlink counts)."""
+    name = os.path.basename(executable)
+    return "nomad-secrets" if name == "__main__.py" else name
+
+
+def load(executable: str, *, cache: dict[tuple[str, bytes], Config] | None = None) -> Config:
     """The config for ``executable``, once every file it trusts is checked:
     the plugin directory (a file dropped there would be our config), the
-    config file, and the secret files it names."""
+    config file, and the secret files it names. ``cache`` (a long-lived
+    process's) keeps parsed configs by path and content: the checks and the
+    read happen every time."""
     plugin_dir = os.path.dirname(os.path.abspath(executable))
     _check_trust(plugin_dir, "plugin directory")
     path = find_config(executable)
     if path is None:
         return Config()
-    return load_file(path)
+    return load_file(path, cache=cache)
 
 
-def load_file(path: str, *, ancestors: bool = True) -> Config:
+def load_file(
+    path: str, *, cache: dict[tuple[str, bytes], Config] | None = None, ancestors: bool = True
+) -> Config:
     """The config in ``path``, once it and the secret files it names are
     trusted. ``ancestors=False`` checks the files but not the directories
     above them: for ``serve --nomad-task``, whose files are in a Nomad task's
@@ -164,7 +186,13 @@ def load_file(path: str, *, ancestors: bool = True) -> Config:
             text = f.read()
     except OSError as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
-    config = parse(text, path)
+    config = cache.get((path, text)) if cache is not None else None
+    if config is None:
+        config = parse(text, path)
+        if cache is not None:
+            if len(cache) >= 8:  # rewritten files leave old entries behind
+                cache.clear()
+            cache[(path, text)] = config
     for key in ("token_file", "secret_id_file", "client_key"):
         secret_file = getattr(config.vault, key)
         if secret_file:
@@ -195,7 +223,7 @@ def parse(text: bytes, path: str) -> Config:
         raise ConfigError(f"the config file {path} is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
-    known = {"plugin", "aws", "vault", "providers", "policy", *SERVER_SECTIONS}
+    known = {"plugin", "aws", "vault", "providers", "policy", "agent", *SERVER_SECTIONS}
     _reject_unknown(data, known, "", path)
     providers: dict[str, Provider] = {}
     for name, table in _table(data, "providers", "", path).items():
@@ -228,7 +256,13 @@ def parse(text: bytes, path: str) -> Config:
         raise ConfigError(f"plugin.deadline_seconds in {path} must be between 0 and 3600")
     if not 1024 <= plugin.max_output_bytes <= 64 * 1024 * 1024:
         raise ConfigError(f"plugin.max_output_bytes in {path} must be between 1024 and 67108864 (64 MiB)")
+    agent = _build(AgentSettings, _table(data, "agent", "", path), "agent", path)
+    if agent.socket is not None and not os.path.isabs(agent.socket):
+        raise ConfigError(
+            f"agent.socket in {path} must be an absolute path, such as /run/nomad-secrets/agent.sock"
+        )
     return Config(
+        agent=agent,
         policy=_policy(data.get("policy"), path),
         path=path,
         plugin=plugin,
@@ -280,6 +314,7 @@ def _reject_unknown(table: dict[str, Any], known: set[str], where: str, path: st
 
 T = TypeVar("T")
 _TYPES: dict[str, tuple[type, ...]] = {
+    "list[str]": (list,),
     "dict[str, int]": (dict,),
     "dict[str, str]": (dict,),
     "str": (str,),
@@ -305,6 +340,8 @@ def _build(cls: type[T], table: dict[str, Any], where: str, path: str) -> T:
                 type_name, type_name
             )
             raise ConfigError(f"{where}.{key} in {path} must be a {wanted}, not {type(value).__name__}")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"every item of {where}.{key} in {path} must be a string")
         if isinstance(value, dict):  # a table of one type: dict[str, int] or dict[str, str]
             item = type_name.split(", ")[1].rstrip("]")
             if not all(isinstance(v, _TYPES[item]) and not isinstance(v, bool) for v in value.values()):

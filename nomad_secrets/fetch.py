@@ -17,6 +17,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from nomad_secrets import debuglog, policy
 from nomad_secrets.backends import STORE_LABELS, Backend, open_backend, read_scope
@@ -28,10 +29,20 @@ from nomad_secrets.reference import Reference, parse_path
 from nomad_secrets.request import Identity, parse_environment
 from nomad_secrets.shape import merge, shape
 
+if TYPE_CHECKING:
+    from nomad_secrets.pool import StorePool
+
 
 def fetch(
-    path: str, environ: Mapping[str, str], provider_name: str, config: Config, deadline: Deadline
+    path: str,
+    environ: Mapping[str, str],
+    provider_name: str,
+    config: Config,
+    deadline: Deadline,
+    *,
+    pool: StorePool | None = None,
 ) -> dict[str, str]:
+    """Nomad's question, answered; ``pool`` lends warm clients (the agent)."""
     identity, options = parse_environment(environ)
     refs = parse_path(path)
     caller = policy.nomad_caller(identity.namespace, identity.job_id)
@@ -45,6 +56,9 @@ def fetch(
     backends: dict[str, Backend] = {}
 
     def backend_for(store: str) -> Backend:
+        warm = pool.backend(store, config, options, identity) if pool is not None else None
+        if warm is not None:
+            return warm
         if store not in backends:
             backends[store] = open_backend(store, config, options, identity, deadline)
         return backends[store]

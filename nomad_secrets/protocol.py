@@ -21,10 +21,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Mapping
-from typing import NoReturn
 
 from nomad_secrets.errors import PluginError
+
+TYPE_CHECKING = False  # not typing's: importing typing costs ms, and a forwarded fetch needs none
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import NoReturn
 
 _out_fd: int | None = None
 

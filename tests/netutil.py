@@ -73,9 +73,8 @@ class RecordingProxy:
     """Forwards every request to ``target`` (moto's server) and records it,
     so a test can see what the plugin sent: which credentials signed it,
     which role it asked STS for. With ``throttle=N`` it first answers N
-    requests as AWS does when it throttles (HTTP 400, ThrottlingException);
-    with ``delay`` it waits that many seconds before it forwards each (a
-    store that answers, but late)."""
+    requests as AWS does when it throttles (HTTP 400, ThrottlingException).
+    With ``delay`` it holds each request that long first: a slow store."""
 
     def __init__(self, target: str, throttle: int = 0, delay: float = 0.0) -> None:
         self.requests: list[Recorded] = []
@@ -87,6 +86,7 @@ class RecordingProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 proxy.requests.append(Recorded(self.command, self.path, headers, body))
+                time.sleep(delay)
                 if proxy.throttle > 0:
                     proxy.throttle -= 1
                     error = b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'
@@ -96,7 +96,6 @@ class RecordingProxy:
                     self.end_headers()
                     self.wfile.write(error)
                     return
-                time.sleep(delay)
                 conn = http.client.HTTPConnection(upstream.hostname or "", upstream.port, timeout=10)
                 conn.request(self.command, self.path, body, dict(self.headers.items()))
                 answer = conn.getresponse()

@@ -5,8 +5,8 @@
 - every job (examples/jobs/*.hcl and each ```hcl block of README.md and
   docs/*.md that has a `secret` block): each secret block's provider, path
   and env run through the built executable, as Nomad would run them,
-  against moto's server or the Vault simulator seeded with the example data
-  below; and every ${secret.<block>.<key>} the job uses is among the keys
+  against moto's server or the real OpenBao server seeded with the example
+  data below; and every ${secret.<block>.<key>} the job uses is among the keys
   the plugin returns.
 """
 
@@ -22,14 +22,12 @@ from typing import Any
 import hcl2
 import pytest
 from conftest import ROOT, aws_config, put_secret
-from jwt_issuer import Issuer, new_issuer
 from nomad import NomadClient, install_plugin
-from vault_sim import JwtRole, VaultSimulator
+from openbao import Session
 
 from nomad_secrets import config
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-VAULT_TOKEN = "hvs.examples"
 
 
 def fenced(language: str) -> list[tuple[str, str]]:
@@ -106,34 +104,19 @@ def secret_blocks(node: Any, job: str = "") -> Iterator[tuple[str, str, dict[str
 
 
 @pytest.fixture(scope="module")
-def issuer() -> Issuer:
-    return new_issuer()
-
-
-@pytest.fixture(scope="module")
-def vault(issuer: Issuer) -> Iterator[VaultSimulator]:
-    """Vault with the example data; the JWT role lets a job read secret/<job>/*."""
-    with VaultSimulator() as sim:
-        sim.enable_kv("secret", 2)
-        sim.add_token(VAULT_TOKEN, {"secret/data/*": ["read"]})
-        sim.put_kv("secret", "app/signing", {"key": "old-signing-key"})
-        sim.put_kv("secret", "app/signing", {"key": "signing-key-v2"})
-        sim.put_kv("secret", "app/db", {"username": "app", "password": "pw"})
-        sim.put_kv("secret", "web/db", {"password": "web-pw"})
-        sim.put_kv("secret", "nomad/default/web/db", {"password": "web-pw"})
-        sim.put_kv("secret", "payments/key", {"key": "pay"})
-        role = JwtRole(
-            bound_claims={"nomad_namespace": "default"},
-            user_claim="nomad_job_id",
-            policies={"secret/data/nomad/{{claims.nomad_namespace}}/{{claims.nomad_job_id}}/*": ["read"]},
-        )
-        sim.enable_jwt(
-            mount="jwt-nomad",
-            jwks=issuer.jwks(),
-            bound_audiences=["vault.io"],
-            roles={"nomad-workloads": role},
-        )
-        yield sim
+def vault(bao: Session) -> Session:
+    """OpenBao with the example data; its JWT role (jwt-nomad/nomad-workloads)
+    lets a job read secret/nomad/<namespace>/<job>/*."""
+    for path, data in [
+        ("app/signing", {"key": "old-signing-key"}),
+        ("app/signing", {"key": "signing-key-v2"}),
+        ("app/db", {"username": "app", "password": "pw"}),
+        ("web/db", {"password": "web-pw"}),
+        ("nomad/default/web/db", {"password": "web-pw"}),
+        ("payments/key", {"key": "pay"}),
+    ]:
+        bao.server.put_kv("secret", path, data)
+    return bao
 
 
 @pytest.fixture(scope="module")
@@ -161,21 +144,21 @@ def plugin_for(
     tmp_path: Path,
     artifact: Path,
     moto_endpoint: str,
-    vault: VaultSimulator,
+    vault: Session,
 ) -> Path:
     """The plugin installed as ``provider``, its config naming moto's server
-    and the Vault simulator (a path may mix stores)."""
+    and OpenBao (a path may mix stores)."""
     plugins = tmp_path / provider
     token = tmp_path / "vault-token"
     token.parent.mkdir(parents=True, exist_ok=True)
-    token.write_text(VAULT_TOKEN)
+    token.write_text(vault.plugin_token)
     token.chmod(0o600)
     auth = (
         'auth_method = "jwt"\nauth_mount = "jwt-nomad"\nrole = "nomad-workloads"\n'
         if uses_identity
         else f'token_file = "{token}"\n'
     )
-    text = aws_config(moto_endpoint) + f'[vault]\naddress = "{vault.address}"\n{auth}'
+    text = aws_config(moto_endpoint) + f'[vault]\naddress = "{vault.server.address}"\n{auth}'
     if provider not in config.BUILTIN_PROVIDERS:
         text += f'[providers.{provider}]\nstore = "vault"\n'
     install_plugin(artifact, plugins, [provider], text)
@@ -191,8 +174,7 @@ def test_job_examples_fetch_what_they_use(
     decoder: Any,
     moto_endpoint: str,
     aws_data: None,
-    vault: VaultSimulator,
-    issuer: Issuer,
+    vault: Session,
 ) -> None:
     parsed = hcl2.loads(text)
     blocks = list(secret_blocks(parsed))
@@ -207,7 +189,7 @@ def test_job_examples_fetch_what_they_use(
         job_id = job or "web"
         for key, value in env.items():  # Nomad interpolates the task's identity token (1.11.3+)
             if re.fullmatch(r"\$\{NOMAD_TOKEN_[A-Za-z0-9_]+\}", value):
-                env[key] = issuer.sign(
+                env[key] = vault.issuer.sign(
                     nomad_namespace="default", nomad_job_id=job_id, sub=f"default:{job_id}"
                 )
         plugins = plugin_for(

@@ -23,7 +23,7 @@ from serverutil import ROOT, Server, secret_body, server_config, write_secret
 from nomad_secrets import config as config_module
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.server.settings import parse_settings
-from nomad_secrets.server.stores import StorePool
+from nomad_secrets.server.stores import ServerStores
 
 SECRET = "5feceb66ffc86f38d952786c6d696c795feceb66ffc86f38d9"
 DRONE = """
@@ -202,14 +202,14 @@ def test_aws_clients_are_made_once_and_shared_by_requests(moto_endpoint: str) ->
         "t.toml",
     )
     settings = parse_settings(config)
-    pool = StorePool(settings.config, 5, "aws-sm")
+    pool = ServerStores(settings.config, 5, "aws-sm")
     seen = []
     for _ in range(2):
         with pool.backends(Deadline(5)) as backend_for:
             seen.append((backend_for("aws-sm"), backend_for("aws-ssm")))
     assert seen[0][0] is seen[1][0] and seen[0][1] is seen[1][1]
     assert seen[0][0].client._endpoint.http_session._max_pool_connections >= 32  # type: ignore[attr-defined]
-    pool.close()
+    assert len(pool.pool) == 2  # the pool the node agent keeps too
 
 
 def test_a_store_the_server_cannot_read_is_said_at_start_and_per_request(

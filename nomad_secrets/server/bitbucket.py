@@ -35,7 +35,7 @@ from nomad_secrets.server.settings import (
     Settings,
     normalize_bitbucket,
 )
-from nomad_secrets.server.stores import StorePool
+from nomad_secrets.server.stores import ServerStores
 
 # The caller's fields (settings.BITBUCKET_FIELDS) and the claims they come from.
 CLAIMS = {
@@ -51,7 +51,7 @@ class Bitbucket:
     route: str = "/bitbucket/secrets"
     methods: tuple[str, ...] = ("GET", "POST")
 
-    def __init__(self, settings: Settings, pool: StorePool) -> None:
+    def __init__(self, settings: Settings, pool: ServerStores) -> None:
         assert settings.bitbucket is not None
         self.settings: BitbucketSettings = settings.bitbucket
         self.keys = oidc.IssuerKeys(self.settings.issuer, self.settings.jwks_cache_seconds)

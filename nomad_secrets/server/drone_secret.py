@@ -41,7 +41,7 @@ from nomad_secrets.reference import MAX_PATH_BYTES, parse_reference
 from nomad_secrets.server import aesgcm, httpsig
 from nomad_secrets.server.exchange import Incoming, LogValue, Outgoing, failure, text
 from nomad_secrets.server.settings import DRONE_PLACEHOLDERS, Keys, Settings
-from nomad_secrets.server.stores import StorePool
+from nomad_secrets.server.stores import ServerStores
 
 MEDIA_TYPE = "application/vnd.drone.secret.v1+json"
 MAX_FIELD = 1024  # name, slug, event, branch: far above any real one
@@ -75,7 +75,7 @@ class DroneSecret:
     route: str = "/drone/secret"
     methods: tuple[str, ...] = ("POST",)
 
-    def __init__(self, settings: Settings, keys: Keys, pool: StorePool) -> None:
+    def __init__(self, settings: Settings, keys: Keys, pool: ServerStores) -> None:
         assert settings.drone is not None
         self.secret = keys.drone
         self.rules = settings.drone.policy

@@ -75,19 +75,21 @@ def run(settings: Settings, keys: Keys) -> int:
     from nomad_secrets.server.drone_admission import DroneAdmission
     from nomad_secrets.server.drone_secret import DroneSecret
     from nomad_secrets.server.http11 import with_header_deadline
-    from nomad_secrets.server.stores import StorePool
+    from nomad_secrets.server.stores import ServerStores
 
     server = settings.server
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        pool = StorePool(settings.config, server.request_seconds, server.store)  # the main thread: botocore
+        pool = ServerStores(
+            settings.config, server.request_seconds, server.store
+        )  # the main thread: botocore
     except PluginError as exc:
         print(f"nomad-secrets serve: {exc.message}", file=sys.stderr)
         return 2
     for problem in pool.problems():
         print(f"nomad-secrets serve: warning: {problem}", file=sys.stderr)
     doors: list[Door] = []
-    closers = [pool.close]
+    closers = []
     if settings.drone is not None:
         doors.append(DroneSecret(settings, keys, pool))
     if settings.admission is not None:

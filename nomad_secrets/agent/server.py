@@ -1,0 +1,204 @@
+"""``nomad-secrets agent``: answer the plugin's fetches with warm clients.
+
+Run by systemd (examples/systemd/: a socket unit hands the listening socket
+over, LISTEN_FDS) or on its own (it binds ``agent.socket``, 0600). Each
+connection gets a thread. A connection is served only when SO_PEERCRED
+says the process at the other end runs as root or as one of
+``agent.users``: the socket's mode is a second fence, not the first.
+
+Each request is answered by the plugin's own code (``answer.fetch_answer``:
+the config the plugin would read for its executable, with the same trust
+checks, the same policy and identity checks and the same messages), with
+the deadline the plugin has left. One log line per request goes to stderr
+(journald): provider, namespace, job, outcome and time, never a value.
+SIGTERM stops accepting and lets the requests in flight finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from typing import Any
+
+from nomad_secrets import config as config_module
+from nomad_secrets.agent import wire
+from nomad_secrets.answer import error_answer, fetch_answer
+from nomad_secrets.config import Config, provider_name
+from nomad_secrets.deadline import Deadline
+from nomad_secrets.errors import ConfigError
+from nomad_secrets.pool import StorePool
+
+USAGE = """usage: nomad-secrets agent [--config FILE]
+
+Serve the plugin's fetches with warm store clients on agent.socket, or on
+the socket systemd hands over (docs/agent.md). FILE: the config to read
+[agent] from (default: the one this executable's fetches read)."""
+REQUEST_SECONDS = 2.0  # to read a request once connected
+SEND_SECONDS = 5.0  # to send the answer: the plugin is waiting for it
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pool = StorePool()
+        self.uids = {0, os.geteuid(), *(_uid(user) for user in config.agent.users)}
+        self._parsed: dict[tuple[str, bytes], Config] = {}
+        self._lock = threading.Lock()
+
+    def answer(self, request: dict[str, Any]) -> bytes:
+        start = time.monotonic()
+        executable, path = request["executable"], request["path"]
+        try:
+            config = config_module.load(executable, cache=self._parsed)
+        except BaseException as exc:  # noqa: BLE001 - the plugin must get an answer
+            return error_answer(exc, start)
+        seconds = min(float(request["seconds"]), config.plugin.deadline_seconds)
+        deadline = Deadline(seconds, start=start)
+        return fetch_answer(
+            path, request["environ"], provider_name(executable), config, deadline, pool=self.pool
+        )
+
+
+def _uid(user: str) -> int:
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise ConfigError(f"agent.users names {user!r}, which is not a user on this node") from None
+
+
+def valid_request(request: object) -> bool:
+    if not isinstance(request, dict):
+        return False
+    environ = request.get("environ")
+    return (
+        isinstance(request.get("executable"), str)
+        and os.path.isabs(request["executable"])
+        and isinstance(request.get("path"), str)
+        and isinstance(request.get("seconds"), (int, float))
+        and not isinstance(request.get("seconds"), bool)
+        and isinstance(environ, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in environ.items())
+    )
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        agent = self.server.agent
+        uid = wire.peer_uid(sock)
+        if uid not in agent.uids:
+            log("refused", uid=uid, reason="not root or agent.users")
+            return
+        sock.settimeout(REQUEST_SECONDS)
+        try:
+            request = json.loads(
+                wire.read_frame(sock, wire.MAX_REQUEST, wire.MAGIC).decode("utf-8", "surrogateescape")
+            )
+        except (OSError, ValueError, wire.WireError) as exc:
+            log("bad-request", uid=uid, error=type(exc).__name__)
+            return
+        if not valid_request(request):
+            log("bad-request", uid=uid, error="shape")
+            return
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            sock.sendall(wire.ACK)
+            payload = agent.answer(request)
+            sock.settimeout(SEND_SECONDS)
+            sock.sendall(wire.frame(payload))
+            environ = request["environ"]
+            log(
+                "answered",
+                provider=provider_name(request["executable"]),
+                namespace=environ.get("NOMAD_NAMESPACE"),
+                job=environ.get("NOMAD_JOB_ID"),
+                outcome="error" if payload.startswith(b'{"result": {}, "error"') else "ok",
+                ms=round((time.monotonic() - started) * 1000),
+                clients=len(agent.pool),
+            )
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = False  # SIGTERM: finish what is in flight
+    block_on_close = True
+
+    def __init__(self, agent: Agent, sock: socket.socket) -> None:
+        super().__init__("", _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.agent = agent
+
+
+def listening_socket(
+    path: str | None, open_to_others: bool, environ: dict[str, str]
+) -> tuple[socket.socket, str]:
+    """systemd's socket (LISTEN_FDS), or ``path`` bound here; and which."""
+    if environ.get("LISTEN_PID") == str(os.getpid()) and environ.get("LISTEN_FDS") == "1":
+        return socket.socket(fileno=3), "fd 3 (systemd)"
+    if not path:
+        raise ConfigError(
+            "agent.socket is not set: set it in the [agent] section, or start the agent from systemd"
+        )
+    with contextlib.suppress(FileNotFoundError):
+        import stat
+
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+            raise ConfigError(f"{path} exists and is not this user's socket; remove it")
+        os.unlink(path)  # a stale socket of an agent that is gone
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o111 if open_to_others else 0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    return sock, path
+
+
+def log(event: str, **fields: object) -> None:
+    parts = [event, *(f"{k}={v!r}" for k, v in fields.items())]
+    with contextlib.suppress(OSError):
+        os.write(2, (" ".join(parts) + "\n").encode("utf-8", "backslashreplace"))
+
+
+def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
+    """``agent [--config FILE]``: serve until SIGTERM or SIGINT."""
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if len(argv) == 2 and argv[0] == "--config":
+        config = config_module.load_file(argv[1])
+    elif not argv:
+        config = config_module.load(executable)
+    else:
+        print(USAGE, file=sys.stderr)
+        return 2
+    agent = Agent(config)
+    sock, where = listening_socket(config.agent.socket, bool(config.agent.users), environ)
+    server = _Server(agent, sock)
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log("listening", on=where, config=config.path)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()  # joins the requests in flight
+        log("stopped")
+    return 0

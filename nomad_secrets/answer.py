@@ -1,0 +1,63 @@
+"""A fetch's answer for Nomad, as bytes: the one place that turns a fetch's
+outcome (a result, our own error, or an unexpected exception) into what
+Nomad reads, and logs it for the operator. The plugin prints it; the node
+agent sends it back for the plugin to print, so both say the same."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from nomad_secrets import debuglog, protocol
+from nomad_secrets.config import Config
+from nomad_secrets.deadline import Deadline
+from nomad_secrets.errors import PluginError
+from nomad_secrets.fetch import fetch
+from nomad_secrets.pool import StorePool
+
+
+def fetch_answer(
+    path: str,
+    environ: Mapping[str, str],
+    provider: str,
+    config: Config,
+    deadline: Deadline,
+    *,
+    pool: StorePool | None = None,
+) -> bytes:
+    """Fetch and encode; never raises."""
+    start = deadline.start
+    debuglog.log(
+        "fetch",
+        provider=provider,
+        path=path,
+        job=environ.get("NOMAD_JOB_ID"),
+        namespace=environ.get("NOMAD_NAMESPACE"),
+    )
+    try:
+        result = fetch(path, environ, provider, config, deadline, pool=pool)
+    except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
+        return error_answer(exc, start)
+    debuglog.log("fetched", provider=provider, keys=len(result), ms=_ms(start))
+    return protocol.encode_result(result)
+
+
+def error_answer(exc: BaseException, start: float) -> bytes:
+    """Our own message, or for anything else its type only: an exception's
+    text could quote a secret."""
+    if isinstance(exc, PluginError):
+        debuglog.log("failed", error=type(exc).__name__, message=exc.message, ms=_ms(start))
+        return protocol.encode_error(exc.message)
+    debuglog.log("failed", error=type(exc).__name__, message=None, ms=_ms(start))
+    import traceback
+
+    for frame in traceback.extract_tb(exc.__traceback__):
+        debuglog.log("  at", file=frame.filename, line=frame.lineno, function=frame.name)
+    return protocol.encode_error(
+        f"internal error in nomad-secrets ({type(exc).__name__}); please report it."
+        " The operator's debug log (plugin.debug_log) has the trace"
+    )
+
+
+def _ms(start: float) -> int:
+    return round((time.monotonic() - start) * 1000)

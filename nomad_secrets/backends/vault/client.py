@@ -1,0 +1,333 @@
+"""The transport to Vault and OpenBao, and what an answer's status means.
+
+One ``PoolManager`` serves every thread; its retries are off (``call``
+retries a 429 itself, within the deadline) and every call's timeout is what
+is left of the deadline. TLS verification is always on (``CERT_REQUIRED``),
+trusting ``vault.ca_cert`` or else the system's trust store (as the vault
+CLI does; the environment variables that could point OpenSSL elsewhere are
+gone before this runs); the client certificate comes from the config too.
+Nothing here reads ``os.environ``: Nomad's environment is the job's, and it
+is cleared before any import, so a job cannot add a proxy, a CA or a token.
+
+Vault's own ``errors`` and ``warnings`` texts are quoted in messages (cut
+short, the credentials sent blanked out): they never hold secret values,
+and an answer's ``data`` is never echoed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import urllib3
+
+from nomad_secrets import debuglog
+from nomad_secrets._version import __version__
+from nomad_secrets.config import VaultSettings
+from nomad_secrets.deadline import Deadline
+from nomad_secrets.errors import ConfigError, StoreError, Throttled, TimedOut, Unreachable
+from nomad_secrets.reference import MAX_REFERENCES, Reference
+
+LABEL = "Vault"
+CONNECT_TIMEOUT = 3.0  # a dead address should not eat the whole deadline
+REVOKE_TIMEOUT = 1.0  # revoking runs after the answer is decided: keep it short
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # far above any secret; a wrong address cannot fill memory
+MAX_ERROR_TEXT = 200
+THROTTLE_RETRIES = 2
+THROTTLE_BACKOFF = 0.5  # seconds before the first retry, doubled after; the least pause
+THROTTLE_MARGIN = 0.5  # retry only if this much deadline is left after the pause
+# Vault's own mount listing: what the preflight reads, and a token check.
+UI_MOUNTS = "sys/internal/ui/mounts"
+# Go's net/http answers plain HTTP on a TLS listener so, in Vault and OpenBao alike.
+PLAIN_HTTP_TO_TLS = b"Client sent an HTTP request to an HTTPS server"
+_ADDRESS = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?\Z")
+_MULTIERROR_ITEM = re.compile(r"^\s*\*\s*(.+)$", re.MULTILINE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+Answer = tuple[int, dict[str, Any] | None]  # (status, the JSON object answered)
+
+
+class Client:
+    def __init__(self, settings: VaultSettings, deadline: Deadline) -> None:
+        """Check the address and the TLS files; no network here."""
+        self.deadline = deadline
+        self.namespace = settings.namespace
+        self.base = _address(settings.address)
+        for key in ("ca_cert", "client_cert", "client_key"):
+            _check_readable(getattr(settings, key), f"vault.{key}")
+        self._headers = {"X-Vault-Request": "true", "User-Agent": f"nomad-secrets/{__version__}"}
+        if settings.namespace:
+            self._headers["X-Vault-Namespace"] = settings.namespace
+        # Strings that must never reach a message, even inside Vault's text.
+        self.credentials: list[str] = []
+        self._pool = urllib3.PoolManager(
+            num_pools=2,
+            maxsize=MAX_REFERENCES + 1,  # every reference's thread keeps its connection
+            block=False,
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=settings.ca_cert,  # None: the system's trust store, as the vault CLI uses
+            cert_file=settings.client_cert,
+            key_file=settings.client_key,
+        )
+
+    def call(
+        self,
+        ref: Reference,
+        method: str,
+        api_path: str,
+        *,
+        token: str | None,
+        payload: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> Answer:
+        """One API call: (status, JSON object or None), retrying a 429.
+
+        Transport failures, 429 (after retries), 5xx, redirects and a 2xx
+        that is not a JSON object raise here; every other status is the
+        caller's to interpret.
+        """
+        url = f"{self.base}/v1/{quote(api_path, safe='/')}"
+        if query:
+            url += "?" + urlencode(query)
+        headers = dict(self._headers)
+        if token is not None:
+            headers["X-Vault-Token"] = token
+        data = None
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(payload).encode("utf-8")
+        attempt = 0
+        while True:
+            if self.deadline.expired():
+                raise self.timed_out(ref)
+            status, retry_after, content_type, raw = self._send(ref, method, url, headers, data)
+            if status != 429 or attempt >= THROTTLE_RETRIES:
+                break
+            # A floor under Retry-After: OpenBao sends "0" while its quota is
+            # still spent, and three tries back to back would all fail.
+            pause = max(retry_after or 0.0, THROTTLE_BACKOFF * 2**attempt)
+            if pause + THROTTLE_MARGIN > self.deadline.remaining():
+                break
+            time.sleep(pause)
+            attempt += 1
+        body = _json_object(raw)
+        if status == 400 and body is None and raw.startswith(PLAIN_HTTP_TO_TLS):
+            raise Unreachable(
+                ref.text,
+                LABEL,
+                f"Vault at {self.base} answered plain HTTP with HTTP 400",
+                "this address speaks TLS: use https:// in vault.address (and vault.ca_cert for its CA)",
+            )
+        if status == 429:
+            raise Throttled(
+                ref.text,
+                LABEL,
+                f"Vault rate-limited the request{self.said(body)}",
+                "retry later; the operator can raise Vault's rate limit quota",
+            )
+        if status == 503:
+            raise Unreachable(
+                ref.text,
+                LABEL,
+                f"Vault is sealed or unavailable{self.said(body)}",
+                "check the Vault cluster's status (vault status) and vault.address",
+            )
+        if status >= 500:
+            raise StoreError(
+                ref.text, LABEL, f"Vault failed with HTTP {status}{self.said(body)}", "see Vault's server log"
+            )
+        if 300 <= status < 400:
+            raise StoreError(
+                ref.text,
+                LABEL,
+                f"Vault answered with a redirect (HTTP {status})",
+                "point vault.address at the active node or its load balancer",
+            )
+        if 200 <= status < 300 and raw and body is None:
+            if content_type and not content_type.startswith(("application/json", "text/html")):
+                raise StoreError(  # pki/ca_chain (PEM), pki/crl (DER), ...
+                    ref.text,
+                    LABEL,
+                    f"Vault answered {api_path} with {content_type[:60]}, not JSON",
+                    "the path serves a file, which has no fields to give; read the JSON form of the"
+                    " same data (pki/cert/ca_chain for pki/ca_chain)",
+                )
+            raise self.malformed(ref)
+        return status, body
+
+    def _send(
+        self, ref: Reference, method: str, url: str, headers: dict[str, str], data: bytes | None
+    ) -> tuple[int, float | None, str, bytes]:
+        """(status, Retry-After seconds, Content-Type, body) of one request; transport errors mapped."""
+        timeout = self.deadline.call_timeout()
+        try:
+            response = self._pool.request(
+                method,
+                url,
+                headers=headers,
+                body=data,
+                timeout=urllib3.Timeout(total=timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+                redirect=False,
+                preload_content=False,
+            )
+            try:
+                raw = response.read(MAX_RESPONSE_BYTES + 1)
+            except BaseException:
+                response.close()
+                raise
+            if len(raw) > MAX_RESPONSE_BYTES:
+                response.close()
+                raise StoreError(
+                    ref.text,
+                    LABEL,
+                    f"Vault's answer is larger than {MAX_RESPONSE_BYTES} bytes",
+                    "check that vault.address points at Vault or OpenBao",
+                )
+            response.release_conn()
+        except urllib3.exceptions.NewConnectionError:  # before TimeoutError: it is a subclass
+            raise Unreachable(
+                ref.text,
+                LABEL,
+                f"cannot connect to Vault at {self.base}",
+                "check vault.address and that Vault is running and reachable from the node",
+            ) from None
+        except urllib3.exceptions.TimeoutError:
+            raise self.timed_out(ref) from None
+        except urllib3.exceptions.SSLError as exc:
+            raise Unreachable(
+                ref.text,
+                LABEL,
+                f"TLS with Vault at {self.base} failed ({_tls_reason(exc)})",
+                "check vault.ca_cert (the CA of Vault's certificate), vault.client_cert and vault.client_key",
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unreachable(
+                ref.text,
+                LABEL,
+                f"the connection to Vault at {self.base} failed ({type(exc).__name__})",
+                "check vault.address and the node's network",
+            ) from None
+        content_type = _CONTROL.sub("", response.headers.get("Content-Type", "")).split(";")[0].strip()
+        return response.status, _retry_after(response.headers.get("Retry-After")), content_type.lower(), raw
+
+    def revoke(self, token: str) -> None:
+        """Revoke ``token`` (auth/token/revoke-self); best effort, never raises."""
+        headers = {**self._headers, "X-Vault-Token": token}
+        try:
+            response = self._pool.request(
+                "POST",
+                self.base + "/v1/auth/token/revoke-self",
+                headers=headers,
+                # Still inside the deadline: Nomad has not had its answer yet.
+                timeout=urllib3.Timeout(total=min(REVOKE_TIMEOUT, self.deadline.call_timeout())),
+                redirect=False,
+            )
+            debuglog.log("vault-revoke", status=response.status)
+        except Exception as exc:  # noqa: BLE001 - the answer is decided; the token's TTL ends it anyway
+            debuglog.log("vault-revoke-failed", error=type(exc).__name__)
+
+    # -- messages ----------------------------------------------------------------
+
+    def said(self, body: dict[str, Any] | None) -> str:
+        """`` (Vault said: ...)`` from an answer's ``errors`` and ``warnings``, or nothing.
+
+        Vault's texts hold no secret values; the credentials we sent are
+        blanked out anyway, in case a server quotes its input.
+        """
+        said = [body.get(key) for key in ("errors", "warnings")] if body else []
+        items: list[str] = []
+        for text in [item for texts in said if isinstance(texts, list) for item in texts]:
+            if isinstance(text, str):
+                listed = _MULTIERROR_ITEM.findall(text)  # go-multierror: "1 error occurred:\n\t* x\n\n"
+                items += listed or [text]
+        joined = _CONTROL.sub(" ", "; ".join(item.strip() for item in items)).strip()
+        for secret in self.credentials:
+            joined = joined.replace(secret, "<redacted>")
+        if len(joined) > MAX_ERROR_TEXT:
+            joined = joined[:MAX_ERROR_TEXT] + "..."
+        return f" (Vault said: {joined})" if joined else ""
+
+    def in_namespace(self) -> str:
+        return f" in namespace {self.namespace!r}" if self.namespace else ""
+
+    def timed_out(self, ref: Reference) -> TimedOut:
+        return TimedOut(
+            ref.text,
+            LABEL,
+            f"no answer from Vault within the plugin's {self.deadline.seconds:g} s deadline",
+            "check that vault.address is reachable from the node; the operator sets plugin.deadline_seconds",
+        )
+
+    def unexpected(self, ref: Reference, answer: Answer) -> StoreError:
+        status, body = answer
+        return StoreError(
+            ref.text,
+            LABEL,
+            f"unexpected answer from Vault (HTTP {status}){self.said(body)}",
+            "see Vault's log",
+        )
+
+    def malformed(self, ref: Reference) -> StoreError:
+        return StoreError(
+            ref.text,
+            LABEL,
+            "Vault's answer is not in the expected shape",
+            "check that vault.address points at Vault or OpenBao",
+        )
+
+
+def _address(address: str | None) -> str:
+    if not address:
+        raise ConfigError(
+            "vault.address is not set: set it in the [vault] section of the config to the URL"
+            " of Vault or OpenBao, such as https://vault.example:8200"
+        )
+    if not _ADDRESS.match(address):
+        raise ConfigError(
+            "vault.address must be an http:// or https:// URL without query or fragment,"
+            " such as https://vault.example:8200"
+        )
+    return address.rstrip("/")
+
+
+def _check_readable(path: str | None, key: str) -> None:
+    """A missing CA or client certificate is the operator's to fix: say so
+    now, not as a TLS failure on the first read."""
+    if path is None:
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot read {key} {path}: {exc.strerror}") from None
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    if not raw.strip():
+        return None
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())
+
+
+def _tls_reason(exc: BaseException) -> str:
+    for cause in (exc, *exc.args, exc.__context__):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {cause.verify_message}"[:MAX_ERROR_TEXT]
+        if isinstance(cause, ssl.SSLError) and cause.reason:
+            return str(cause.reason)[:MAX_ERROR_TEXT]
+    return "handshake failed"

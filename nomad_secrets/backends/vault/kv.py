@@ -1,0 +1,245 @@
+"""Mounts and reads: which secrets engine holds a path, and reading it.
+
+The mount and its kind come from ``vault.kv_mounts`` (longest matching
+prefix) or else from Vault's ``sys/internal/ui/mounts/<path>`` preflight,
+asked once per mount and process. Vault's own machinery (``sys/``,
+``auth/``, ``identity/``, ``cubbyhole/``, and any mount of those types) is
+refused: ``auth/token/lookup-self`` would hand the job the plugin's token.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from nomad_secrets import debuglog
+from nomad_secrets.backends.vault.auth import Auth
+from nomad_secrets.backends.vault.client import LABEL, UI_MOUNTS, Answer, Client
+from nomad_secrets.errors import AccessDenied, NotFound, RequestError, StoreError
+from nomad_secrets.reference import Reference
+from nomad_secrets.shape import Raw
+
+OPTIONS = ("version",)
+# First path segments that are Vault's own API, never a secrets engine.
+RESERVED_PREFIXES = ("sys", "auth", "identity", "cubbyhole")
+# Mount types that are Vault's machinery (ns_* are the copies in a namespace).
+SYSTEM_TYPES = frozenset(
+    {"system", "token", "identity", "cubbyhole", "ns_system", "ns_token", "ns_identity", "ns_cubbyhole"}
+)
+_VERSION = re.compile(r"[1-9][0-9]{0,9}\Z")
+
+
+@dataclass(frozen=True)
+class Mount:
+    path: str  # as used in API paths, no trailing slash ("secret", "ns1/team/kv")
+    type: str  # "kv" or the engine's type
+    kv_version: int = 0  # 1 or 2 for "kv", else 0
+
+
+class Mounts:
+    """The mounts known to this process: configured, or found by a preflight."""
+
+    def __init__(self, kv_mounts: dict[str, int], client: Client, auth: Auth) -> None:
+        self.client, self.auth = client, auth
+        self._known = {m.strip("/"): Mount(m.strip("/"), "kv", v) for m, v in kv_mounts.items()}
+        self._state = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def holding(self, ref: Reference, locator: str, token: str) -> Mount:
+        """The mount holding ``locator``: configured, cached, or preflighted.
+
+        Preflights are serialized per first path segment (every mount
+        holding a locator starts with it), so concurrent references to one
+        mount cost one preflight, and different mounts preflight in parallel.
+        """
+        found = self._lookup(locator)
+        if found is not None:
+            return found
+        with self._state:
+            lock = self._locks.setdefault(locator.split("/", 1)[0], threading.Lock())
+        if not lock.acquire(timeout=max(self.client.deadline.remaining(), 0.0)):
+            raise self.client.timed_out(ref)
+        try:
+            found = self._lookup(locator)
+            if found is None:
+                found = self._preflight(ref, locator, token)
+                with self._state:
+                    self._known[found.path] = found
+            return found
+        finally:
+            lock.release()
+
+    def _lookup(self, locator: str) -> Mount | None:
+        with self._state:
+            matches = [m for path, m in self._known.items() if locator.startswith(path + "/")]
+        return max(matches, key=lambda m: len(m.path), default=None)
+
+    def _preflight(self, ref: Reference, locator: str, token: str) -> Mount:
+        status, body = answer = self.client.call(ref, "GET", f"{UI_MOUNTS}/{locator}", token=token)
+        if status == 403:  # also OpenBao's answer for a mount that does not exist
+            self.auth.check_alive(ref, token)
+            raise AccessDenied(
+                ref.text,
+                LABEL,
+                f"permission denied looking up the mount of {locator!r}{self.client.in_namespace()}",
+                "check that the mount exists; the Vault policy of this token needs some capability"
+                " on a path in that mount, or the operator lists it in vault.kv_mounts",
+            )
+        if status == 404:
+            raise NotFound(
+                ref.text,
+                LABEL,
+                f"no such mount or namespace{self.client.said(body)}",
+                "check the mount (the first part of the path) and vault.namespace",
+            )
+        if status != 200:
+            raise self.client.unexpected(ref, answer)
+        data = body.get("data") if body else None
+        if not isinstance(data, dict) or not isinstance(data.get("path"), str) or not data.get("type"):
+            raise self.client.malformed(ref)
+        mount_type = str(data["type"])
+        mount_path = _mount_in(locator, data["path"].strip("/"), self.client.namespace)
+        if mount_path is None:
+            raise self.client.malformed(ref)
+        # Vault reserves these names at the top of every namespace, so in a
+        # mount path they mean its own API (auth/approle/role/x/role-id, ...).
+        # A KV mount so named can still be read by listing it in vault.kv_mounts.
+        if mount_type in SYSTEM_TYPES:
+            raise RequestError(
+                f"{ref.text!r} ({LABEL}): {mount_path!r} is Vault's {mount_type!r} mount, not a secrets"
+                " engine; the plugin reads secrets engines only (KV, database, ...)"
+            )
+        reserved = sorted(set(mount_path.split("/")) & set(RESERVED_PREFIXES))
+        if reserved:
+            raise RequestError(
+                f"{ref.text!r} ({LABEL}): the mount {mount_path!r} is named like Vault's own API"
+                f" ({reserved[0]}/), so the plugin does not read it; if it is a KV mount, the"
+                " operator lists it in vault.kv_mounts"
+            )
+        version = 0
+        if mount_type in ("kv", "generic"):
+            options = data.get("options")
+            raw = options.get("version") if isinstance(options, dict) else None
+            version = 2 if str(raw) == "2" else 1
+            mount_type = "kv"
+        debuglog.log("vault-mount", mount=mount_path, type=mount_type, kv_version=version)
+        return Mount(mount_path, mount_type, version)
+
+
+class Reader:
+    """The reads: KV v2's ``data.data`` (of a version), anything else's ``data``."""
+
+    def __init__(self, client: Client, auth: Auth) -> None:
+        self.client, self.auth = client, auth
+
+    def kv2(self, ref: Reference, token: str, mount: Mount, rest: str, version: str | None) -> Raw:
+        api_path = f"{mount.path}/data/{rest}"
+        query = {"version": version} if version is not None else None
+        status, body = answer = self.client.call(ref, "GET", api_path, token=token, query=query)
+        if status == 404:
+            data = body.get("data") if body else None
+            meta = data.get("metadata") if isinstance(data, dict) else None
+            if isinstance(meta, dict) and (meta.get("destroyed") is True or meta.get("deletion_time")):
+                which = f"version {meta.get('version')}" if meta.get("version") else "this version"
+                done = "destroyed" if meta.get("destroyed") is True else "deleted"
+                raise NotFound(
+                    ref.text,
+                    LABEL,
+                    f"{which} of the secret was {done}",
+                    "pin another version with ?version=N"
+                    + (", or undelete it (vault kv undelete)" if done == "deleted" else ""),
+                )
+        inner = self._data(ref, token, answer, api_path, version=version).get("data")
+        if not isinstance(inner, dict):
+            raise self.client.malformed(ref)
+        return inner
+
+    def data(self, ref: Reference, token: str, api_path: str) -> Raw:
+        answer = self.client.call(ref, "GET", api_path, token=token)
+        return self._data(ref, token, answer, api_path)
+
+    def _data(
+        self, ref: Reference, token: str, answer: Answer, api_path: str, *, version: str | None = None
+    ) -> dict[str, Any]:
+        """The ``data`` map of a read's answer, or the error its status means."""
+        status, body = answer
+        said = self.client.said(body)
+        if status == 200:
+            data = body.get("data") if body else None
+            if not isinstance(data, dict):
+                raise StoreError(
+                    ref.text,
+                    LABEL,
+                    "Vault answered with no data",
+                    "check that the path reads a secret (some engines need a write, such as pki/issue)",
+                )
+            return data
+        if status == 404:  # its warnings say what is wrong, such as a KV v2 mount read as v1
+            pinned = f" (version {version})" if version is not None else ""
+            raise NotFound(
+                ref.text, LABEL, f"not found at {api_path}{pinned}{said}", "check the mount and path"
+            )
+        if status == 403:
+            self.auth.check_alive(ref, token)
+            raise AccessDenied(
+                ref.text,
+                LABEL,
+                f"permission denied{self.client.in_namespace()}",
+                f"the Vault policy of this token needs read on {api_path!r}",
+            )
+        if status == 400:
+            raise StoreError(ref.text, LABEL, f"Vault refused the read{said}", "check the reference")
+        if status == 405:  # pki/issue/<role>, transit/encrypt/<key>, ...
+            raise StoreError(
+                ref.text,
+                LABEL,
+                f"Vault serves {api_path} to writes only (HTTP 405)",
+                "the plugin never writes: read a path that answers a read (vault read)",
+            )
+        raise self.client.unexpected(ref, answer)
+
+
+def check_locator(ref: Reference) -> str:
+    """``mount/path`` without empty, ``.`` or ``..`` segments, and not Vault's own API."""
+    segments = ref.locator.split("/")
+    if len(segments) < 2 or any(s in ("", ".", "..") for s in segments):
+        raise RequestError(
+            f"{ref.text!r} ({LABEL}): write the path as <mount>/<path>, without empty, '.' or '..' parts"
+        )
+    if segments[0] in RESERVED_PREFIXES:
+        raise RequestError(
+            f"{ref.text!r} ({LABEL}): {segments[0]}/ is Vault's own API, not a secrets engine;"
+            " the plugin reads secrets engines only (KV, database, ...)"
+        )
+    return ref.locator
+
+
+def version_option(ref: Reference) -> str | None:
+    version = ref.options_for(LABEL, OPTIONS).get("version")
+    if version is not None and not _VERSION.match(version):
+        raise RequestError(
+            f"{ref.text!r} ({LABEL}): the option version must be a positive integer, such as ?version=3"
+        )
+    return version
+
+
+def _mount_in(locator: str, mount: str, namespace: str | None) -> str | None:
+    """Where the preflight's mount path sits in ``locator``: at its start,
+    or after a namespace prefix written in the path (``ns1/secret/x``).
+
+    For a mount in a child of the configured namespace, OpenBao gives the
+    path from the root namespace (``ns1/child/kv`` for ``child/kv/x`` with
+    namespace ``ns1``): the configured namespace is taken off first.
+    """
+    prefix = (namespace or "").strip("/") + "/"
+    if prefix != "/" and mount.startswith(prefix) and not locator.startswith(prefix):
+        mount = mount[len(prefix) :]
+    start = 0
+    while True:
+        if (locator + "/")[start:].startswith(mount + "/"):
+            return locator[: start + len(mount)]
+        start = locator.find("/", start) + 1
+        if start == 0:
+            return None

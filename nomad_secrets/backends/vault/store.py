@@ -1,0 +1,74 @@
+"""The Vault backend: a reference's mount, the token, and the read."""
+
+from __future__ import annotations
+
+from nomad_secrets.backends.vault.auth import Auth
+from nomad_secrets.backends.vault.client import LABEL, Client
+from nomad_secrets.backends.vault.kv import Mounts, Reader, check_locator, version_option
+from nomad_secrets.config import VaultSettings
+from nomad_secrets.deadline import Deadline
+from nomad_secrets.errors import AccessDenied, RequestError
+from nomad_secrets.reference import Reference
+from nomad_secrets.request import JobOptions
+from nomad_secrets.shape import Raw
+
+
+class Vault:
+    label = LABEL
+
+    def __init__(self, settings: VaultSettings, options: JobOptions, deadline: Deadline) -> None:
+        """Check the config and read the credentials; no network here."""
+        self.client = Client(settings, deadline)
+        self.auth = Auth(settings, options, self.client)
+        self.mounts = Mounts(settings.kv_mounts, self.client, self.auth)
+        self.reader = Reader(self.client, self.auth)
+
+    def read(self, ref: Reference) -> Raw:
+        version = version_option(ref)
+        locator = check_locator(ref)
+        token = self.auth.token(ref)
+        mount = self.mounts.holding(ref, locator, token)
+        rest = locator[len(mount.path) + 1 :]
+        if not rest:
+            raise RequestError(
+                f"{ref.text!r} ({LABEL}): {mount.path!r} is a mount; name a secret in it, {mount.path}/<path>"
+            )
+        if version is not None and mount.kv_version != 2:
+            kind = "a KV version 1 mount" if mount.type == "kv" else f"a {mount.type!r} engine"
+            raise RequestError(
+                f"{ref.text!r} ({LABEL}): the option 'version' applies to KV version 2 only;"
+                f" {mount.path!r} is {kind}"
+            )
+        if mount.kv_version == 2:
+            return self.reader.kv2(ref, token, mount, rest, version)
+        return self.reader.data(ref, token, locator)
+
+    def probe(self) -> None:
+        """For ``nomad-secrets check``: prove the credentials work, reading no secret.
+
+        A login method logs in (``close`` then revokes its token); a token
+        from vault.token_file is looked up (auth/token/lookup-self, which
+        Vault's default policy grants). Nothing of the answer is kept: it
+        holds the token itself.
+        """
+        api_path = "auth/token/lookup-self"
+        ref = Reference(text=api_path, scheme="vault", locator=api_path)
+        token = self.auth.token(ref)
+        if self.auth.owned:
+            return
+        answer = self.client.call(ref, "GET", api_path, token=token)
+        if answer[0] == 200:
+            return
+        if answer[0] == 403:
+            self.auth.check_alive(ref, token)
+            raise AccessDenied(
+                ref.text,
+                LABEL,
+                "Vault refused the token's lookup of itself",
+                "the token lacks Vault's default policy, which grants it",
+            )
+        raise self.client.unexpected(ref, answer)
+
+    def close(self) -> None:
+        """Revoke a login's token (if vault.revoke_token); twice is harmless, never raises."""
+        self.auth.close()

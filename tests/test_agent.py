@@ -1,0 +1,354 @@
+"""The node agent through the built executable: the plugin forwards to it
+when the operator sets agent.socket, gets the same answers, imports no
+store library on that path, and fetches in process whenever the agent is
+absent, refuses, hangs or is not root's."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import aws_config, interpreter, put_secret, write_config
+from nomad import NomadClient, nomad_env
+
+REGION_ENV = {"AWS_REGION": "us-east-2"}
+
+
+class AgentProcess:
+    """``<plugin> agent``, started as an operator (or systemd) would."""
+
+    def __init__(self, executable: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [str(executable), "agent", *args],
+            env={},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.decode(errors="replace").rstrip("\n"))
+
+    def wait_for(self, needle: str, seconds: float = 10.0) -> str:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for line in self.lines:
+                if needle in line:
+                    return line
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"the agent never logged {needle!r}: {self.lines}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=15)
+        self._reader.join(timeout=5)
+        return code
+
+
+def agent_config(endpoint: str, sock: Path, log: Path | None = None, extra: str = "") -> str:
+    text = aws_config(endpoint, extra) + f'[agent]\nsocket = "{sock}"\n'
+    if log is not None:
+        text += f'[plugin]\ndebug_log = "{log}"\n'
+    return text
+
+
+@pytest.fixture
+def sock(tmp_path: Path) -> Iterator[Path]:
+    # A unix socket path must stay short (108 bytes): tmp_path may not be.
+    top = Path("/tmp") / f"ns-agent-{uuid.uuid4().hex[:8]}"
+    top.mkdir(mode=0o755)
+    yield top / "agent.sock"
+    for child in top.iterdir():
+        child.unlink()
+    top.rmdir()
+
+
+@pytest.fixture
+def agent(nomad: NomadClient, moto_endpoint: str, sock: Path, tmp_path: Path) -> Iterator[AgentProcess]:
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock, tmp_path / "debug.log"))
+    running = AgentProcess(nomad.executable("aws"))
+    running.wait_for("listening")
+    yield running
+    assert running.stop() == 0
+    assert "stopped" in running.lines[-1]
+
+
+def test_forwarded_fetch_gives_the_same_answers(
+    nomad: NomadClient, agent: AgentProcess, secretsmanager: Any, tmp_path: Path
+) -> None:
+    canary = "agent-" + uuid.uuid4().hex
+    put_secret(secretsmanager, "agent/db", json.dumps({"password": canary}))
+    fetched = nomad.fetch("aws", "agent/db", REGION_ENV, job_id="web")
+    assert fetched.ok and fetched.result == {"password": canary}
+    agent.wait_for("answered provider='aws' namespace='default' job='web' outcome='ok'")
+    # The same messages as a fetch in process: a missing secret, a bad env key.
+    missing = nomad.fetch("aws", "agent/missing", REGION_ENV, job_id="web")
+    assert "'agent/missing' (AWS Secrets Manager): not found" in (missing.plugin_error or "")
+    refused = nomad.fetch("aws", "agent/db", {**REGION_ENV, "HTTPS_PROXY": "http://x"}, job_id="web")
+    assert "the secret block's env sets 'HTTPS_PROXY'" in (refused.plugin_error or "")
+    assert len([line for line in agent.lines if line.startswith("answered")]) == 3
+    log = (tmp_path / "debug.log").read_text() if (tmp_path / "debug.log").exists() else ""
+    assert "agent-not-used" not in log
+    assert canary not in "\n".join(agent.lines)
+
+
+def test_the_forwarding_plugin_imports_no_store_library(
+    nomad: NomadClient, agent: AgentProcess, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """-X importtime writes to fd 2, which the plugin points at its debug
+    log: the whole list of what a forwarded fetch imported."""
+    put_secret(secretsmanager, "agent/imports", "v")
+    argv = [
+        interpreter(),
+        "-I",
+        "-S",
+        "-X",
+        "importtime",
+        str(nomad.executable("aws")),
+        "fetch",
+        "agent/imports",
+    ]
+    proc = subprocess.run(argv, env=nomad_env("fetch", REGION_ENV, "web", "default"), capture_output=True)
+    assert json.loads(proc.stdout) == {"result": {"value": "v"}}
+    imported = [
+        line.split("|")[-1].strip()
+        for line in (tmp_path / "debug.log").read_text().splitlines()
+        if "import time:" in line
+    ]
+    assert "nomad_secrets.agent.client" in imported
+    assert not [
+        name for name in imported if name.split(".")[0] in ("botocore", "urllib3", "dateutil", "jmespath")
+    ]
+    assert "nomad_secrets.fetch" not in imported
+
+
+def test_the_agent_keeps_its_clients_warm(
+    nomad: NomadClient, agent: AgentProcess, secretsmanager: Any
+) -> None:
+    """One client per store and region, made once; a job's region is another."""
+    put_secret(secretsmanager, "agent/warm", "v")
+    for _ in range(3):
+        assert nomad.fetch("aws", "agent/warm", REGION_ENV).result == {"value": "v"}
+    nomad.fetch("aws", "agent/warm", {"AWS_REGION": "eu-west-1"})
+    pools = [line.rsplit("clients=", 1)[1] for line in agent.lines if line.startswith("answered")]
+    assert pools == ["1", "1", "1", "2"]
+
+
+def test_no_agent_running_means_a_fetch_in_process(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, sock: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "debug.log"
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock, log))
+    put_secret(secretsmanager, "agent/fallback", "v")
+    assert nomad.fetch("aws", "agent/fallback", REGION_ENV).result == {"value": "v"}
+    assert f"agent-not-used reason='cannot check the agent socket {sock}" in log.read_text()
+
+
+class AgentDouble:
+    """A stand-in for an agent gone wrong (a test double: the real agent
+    cannot be made to hang or to break its framing): it accepts and then
+    closes, never acknowledges, or acknowledges and never answers."""
+
+    def __init__(self, path: Path, behaviour: str) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(8)
+        self.behaviour = behaviour
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            if self.behaviour == "close":
+                conn.close()
+            elif self.behaviour == "ack-then-hang":
+                conn.recv(1 << 16)
+                conn.sendall(b"+")
+                self.held.append(conn)
+            elif self.behaviour == "garbage":
+                conn.recv(1 << 16)
+                conn.sendall(b"+" + len(b"not json").to_bytes(4, "big") + b"not json")
+                conn.close()
+            else:  # silent
+                self.held.append(conn)
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        ("close", "closed the connection|Broken pipe|Connection reset"),
+        ("silent", "timed out"),
+        ("ack-then-hang", "did not answer within"),
+        ("garbage", "is not JSON"),
+    ],
+)
+def test_a_broken_agent_means_a_fetch_in_process(
+    nomad: NomadClient,
+    moto_endpoint: str,
+    secretsmanager: Any,
+    sock: Path,
+    tmp_path: Path,
+    behaviour: str,
+    reason: str,
+) -> None:
+    log = tmp_path / "debug.log"
+    config = agent_config(moto_endpoint, sock, log, extra="")
+    if behaviour == "ack-then-hang":  # give the agent little of the deadline
+        config += "deadline_seconds = 4\n"
+    write_config(nomad.plugin_dir, config)
+    put_secret(secretsmanager, "agent/broken", "v")
+    double = AgentDouble(sock, behaviour)
+    try:
+        fetched = nomad.fetch("aws", "agent/broken", REGION_ENV)
+    finally:
+        double.close()
+    assert fetched.ok and fetched.result == {"value": "v"}, fetched.error
+    assert re.search(f"agent-not-used reason=.*({reason})", log.read_text())
+
+
+def test_a_socket_owned_by_another_user_is_refused(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, sock: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "debug.log"
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock, log))
+    put_secret(secretsmanager, "agent/owner", "v")
+    double = AgentDouble(sock, "garbage")
+    os.chown(sock, 65534, 65534)
+    try:
+        assert nomad.fetch("aws", "agent/owner", REGION_ENV).result == {"value": "v"}
+    finally:
+        double.close()
+    assert f"the agent socket {sock} is owned by uid 65534, not root" in log.read_text()
+
+
+def test_the_agent_refuses_a_client_that_is_not_root(
+    nomad: NomadClient, moto_endpoint: str, sock: Path, tmp_path: Path
+) -> None:
+    """SO_PEERCRED, not the socket's mode, decides: with agent.users set the
+    socket is open to all, and uid 65534 still gets no acknowledgement."""
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock, extra="") + 'users = ["0"]\n')
+    agent = AgentProcess(nomad.executable("aws"))
+    try:
+        agent.wait_for("listening")
+        client = (
+            "import socket\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"s.connect({str(sock)!r})\n"
+            "s.settimeout(2)\n"
+            "print(repr(s.recv(1)))\n"
+        )
+        proc = subprocess.run(
+            [interpreter(), "-I", "-S", "-c", client],
+            user=65534,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert proc.stdout.strip() == "b''", proc  # closed, never acknowledged
+        agent.wait_for("refused uid=65534")
+    finally:
+        assert agent.stop() == 0
+
+
+def test_sigterm_lets_the_request_in_flight_finish(
+    nomad: NomadClient, moto_endpoint: str, sock: Path, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """The agent reads through a proxy that holds each answer for a while;
+    SIGTERM arrives meanwhile, and the plugin still gets the secret."""
+    from netutil import RecordingProxy
+
+    put_secret(secretsmanager, "agent/inflight", "v")
+    with RecordingProxy(moto_endpoint, delay=1.5) as slow:
+        write_config(nomad.plugin_dir, agent_config(slow.url, sock, tmp_path / "debug.log"))
+        agent = AgentProcess(nomad.executable("aws"))
+        agent.wait_for("listening")
+        result: dict[str, Any] = {}
+        fetching = threading.Thread(
+            target=lambda: result.update(f=nomad.fetch("aws", "agent/inflight", REGION_ENV))
+        )
+        fetching.start()
+        while not slow.requests:
+            time.sleep(0.02)
+        assert agent.stop() == 0
+        fetching.join()
+    assert result["f"].result == {"value": "v"}
+    assert "agent-not-used" not in (tmp_path / "debug.log").read_text()
+    agent.wait_for("answered")
+
+
+def test_systemd_socket_activation(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, sock: Path, tmp_path: Path
+) -> None:
+    """As systemd's socket unit does: the listening socket arrives as fd 3,
+    with LISTEN_FDS=1 and LISTEN_PID the agent's own pid."""
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock, tmp_path / "debug.log"))
+    put_secret(secretsmanager, "agent/activated", "v")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    listener.listen(16)
+    launcher = (
+        "import os, sys\n"
+        "os.dup2(int(sys.argv[1]), 3)\n"
+        "os.execve(sys.argv[2], [sys.argv[2], 'agent'],"
+        " {'LISTEN_FDS': '1', 'LISTEN_PID': str(os.getpid())})\n"
+    )
+    proc = subprocess.Popen(
+        [interpreter(), "-I", "-S", "-c", launcher, str(listener.fileno()), str(nomad.executable("aws"))],
+        pass_fds=[listener.fileno()],
+        stderr=subprocess.PIPE,
+    )
+    listener.close()  # the agent holds it now
+    try:
+        assert nomad.fetch("aws", "agent/activated", REGION_ENV).result == {"value": "v"}
+        assert "agent-not-used" not in (tmp_path / "debug.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert b"listening on='fd 3 (systemd)'" in err and b"answered provider='aws'" in err
+
+
+def test_the_shipped_systemd_units_verify(tmp_path: Path, artifact: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("needs systemd-analyze (package systemd)")
+    units = Path(__file__).resolve().parent.parent / "examples" / "systemd"
+    for unit in units.iterdir():
+        text = unit.read_text().replace("/opt/nomad/data/common_plugins/nomad-secrets ", f"{artifact} ")
+        (tmp_path / unit.name).write_text(text)
+    proc = subprocess.run(
+        [analyze, "verify", *(str(p) for p in sorted(tmp_path.iterdir()))], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    service = (units / "nomad-secrets-agent.service").read_text()
+    assert "ExecStart=/opt/nomad/data/common_plugins/nomad-secrets agent --config" in service
+    assert "ListenStream=/run/nomad-secrets/agent.sock" in (units / "nomad-secrets-agent.socket").read_text()

@@ -1,0 +1,110 @@
+"""What no real server can be made to answer on demand, through the built
+executable: the fault proxy (tests/vault_faults.py, a test double) in front
+of the real OpenBao server, answering one path with a fault and passing the
+rest through."""
+
+from __future__ import annotations
+
+import json
+
+import hvac
+import pytest
+from openbao import Vault, unique
+from vault_faults import Fault, FaultProxy
+
+
+def answer(status: int, body: object, **headers: str) -> Fault:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Fault("secret/data/", status, raw, {"Content-Type": "application/json", **headers})
+
+
+def test_the_proxy_passes_the_real_server_through(vault: Vault) -> None:
+    """The double adds nothing: hvac reads the same through it as directly,
+    and the plugin sends Vault's request headers."""
+    name = unique()
+    vault.server.put_kv("secret", name, {"k": "v"})
+    with FaultProxy(vault.server.address) as proxy:
+        via = hvac.Client(url=proxy.url, token=vault.bao.plugin_token)
+        direct = hvac.Client(url=vault.server.address, token=vault.bao.plugin_token)
+        assert (
+            via.secrets.kv.v2.read_secret_version(path=name, raise_on_deleted_version=True)["data"]["data"]
+            == direct.secrets.kv.v2.read_secret_version(path=name, raise_on_deleted_version=True)["data"][
+                "data"
+            ]
+        )
+        proxy.seen.clear()
+        vault.configure(address=proxy.url)
+        assert vault.fetch(f"vault:secret/{name}").result == {"k": "v"}
+    assert proxy.paths() == [f"GET sys/internal/ui/mounts/secret/{name}", f"GET secret/data/{name}"]
+    for seen in proxy.seen:
+        assert seen.headers["x-vault-request"] == "true"
+        assert seen.headers["x-vault-token"] == vault.bao.plugin_token
+        assert seen.headers["user-agent"].startswith("nomad-secrets/")
+        assert seen.headers.get("x-vault-namespace", "") == ""
+
+
+@pytest.mark.parametrize(
+    ("fault", "text"),
+    [
+        (
+            answer(200, b"<html>not vault</html>", **{"Content-Type": "text/html"}),
+            "not in the expected shape",
+        ),
+        (answer(200, {"data": None}), "Vault answered with no data"),
+        (answer(200, {"data": {"data": "text"}}), "not in the expected shape"),
+        (answer(500, {"errors": ["x" * 500]}), "Vault failed with HTTP 500 (Vault said: xxx"),
+        (answer(502, b"bad gateway"), "Vault failed with HTTP 502; see Vault's server log"),
+        (
+            answer(503, {"errors": ["upstream down"]}),
+            "Vault is sealed or unavailable (Vault said: upstream down)",
+        ),
+        (answer(307, b"", Location="http://other/"), "redirect (HTTP 307)"),
+        (answer(418, {"errors": ["teapot"]}), "unexpected answer from Vault (HTTP 418)"),
+        (answer(200, b"{" + b" " * (5 * 1024 * 1024) + b"}"), "larger than 4194304 bytes"),
+    ],
+)
+def test_answers_no_server_gives(vault: Vault, fault: Fault, text: str) -> None:
+    with FaultProxy(vault.server.address, fault) as proxy:
+        vault.configure(address=proxy.url)
+        message = vault.error("vault:secret/app")
+    assert text in message
+    assert len(message) < 500  # Vault's text is cut to 200 characters
+
+
+def test_a_hanging_read_ends_at_the_deadline(vault: Vault) -> None:
+    with FaultProxy(vault.server.address, Fault("secret/data/", hang=True)) as proxy:
+        vault.configure("[plugin]\ndeadline_seconds = 1.5\n", address=proxy.url)
+        fetched = vault.fetch("vault:secret/app", timeout=6)
+    assert not fetched.run.terminated
+    assert "no answer within the plugin's 1.5 s deadline" in str(fetched.plugin_error)
+    assert proxy.paths() == ["GET sys/internal/ui/mounts/secret/app", "GET secret/data/app"]
+
+
+def test_a_hanging_revoke_does_not_hold_the_answer(vault: Vault) -> None:
+    """The secret is read; revoking the login's token is best effort."""
+    name = unique()
+    vault.server.put_kv("secret", name, {"k": "v"})
+    with FaultProxy(vault.server.address, Fault("auth/token/revoke-self", hang=True)) as proxy:
+        vault.approle(address=proxy.url)
+        fetched = vault.fetch(f"vault:secret/{name}")
+    assert fetched.result == {"k": "v"} and not fetched.run.terminated
+    assert proxy.paths()[-1] == "POST auth/token/revoke-self"
+
+
+def test_credentials_quoted_back_are_blanked(vault: Vault) -> None:
+    secret_id = vault.bao.secret_id()
+    echo = Fault(
+        "auth/approle/login",
+        400,
+        json.dumps({"errors": [f"bad {secret_id} for {vault.bao.role_id}"]}).encode(),
+    )
+    with FaultProxy(vault.server.address, echo) as proxy:
+        vault.configure(
+            address=proxy.url,
+            auth_method="approle",
+            role_id=vault.bao.role_id,
+            secret_id_file=vault.file("sid", secret_id),
+        )
+        message = vault.error("vault:secret/app")
+    assert "(Vault said: bad <redacted> for <redacted>)" in message
+    assert secret_id not in message and vault.bao.role_id not in message
