@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 from nomad_secrets.backends import Backend, open_backend
 from nomad_secrets.backends.aws import region_for
-from nomad_secrets.config import Config
+from nomad_secrets.config import Provider
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.request import Identity, JobOptions
 
@@ -31,17 +31,20 @@ class StorePool:
         self._lock = threading.Lock()
         self._clients: OrderedDict[tuple[str, str, str | None], Backend] = OrderedDict()
 
-    def backend(self, store: str, config: Config, options: JobOptions, identity: Identity) -> Backend | None:
-        """A warm client for ``store``, or None when this fetch needs its own."""
-        if store not in ("aws-sm", "aws-ssm") or config.aws.web_identity_role_arn:
+    def backend(
+        self, store: str, provider: Provider, seconds: float, options: JobOptions, identity: Identity
+    ) -> Backend | None:
+        """A warm client for ``store`` with ``provider``'s settings, or None
+        when this fetch needs its own. ``seconds``: plugin.deadline_seconds."""
+        if store not in ("aws-sm", "aws-ssm") or provider.aws.web_identity_role_arn:
             return None
-        key = (store, repr(config.aws), region_for(config.aws, options))
+        key = (store, repr(provider.aws), region_for(provider.aws, options))
         with self._lock:
             client = self._clients.get(key)
             if client is None:
                 # The process's deadline, not a fetch's: the client outlives it.
-                lifetime = Deadline(config.plugin.deadline_seconds)
-                client = open_backend(store, config, options, identity, lifetime)
+                lifetime = Deadline(seconds)
+                client = open_backend(store, provider, options, identity, lifetime)
                 self._clients[key] = client
                 while len(self._clients) > MAX_CLIENTS:
                     self._clients.popitem(last=False)[1].close()

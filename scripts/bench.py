@@ -47,6 +47,7 @@ CASES = (
     "ssm",
     "vault",
     "ten-refs",
+    "observe",
     "first-fetch",
     "sigterm",
     "size",
@@ -189,8 +190,8 @@ class Bench:
     def ratio(self, label: str, case: str, a: str, b: str, budget: str) -> None:
         self.ratios.append((label, self.median(case, a) / self.median(case, b), budget))
 
-    def plugin(self, name: str, config: str) -> Path:
-        secrets = self.tmp / f"plugins-{name}" / "secrets"
+    def plugin(self, name: str, config: str, directory: str = "") -> Path:
+        secrets = self.tmp / (directory or f"plugins-{name}") / "secrets"
         secrets.mkdir(parents=True, exist_ok=True)
         (secrets / "nomad-secrets.toml").write_text(config)
         link = secrets / name
@@ -356,6 +357,61 @@ class Bench:
             ),
         )
         self.ratio("10 references / 1 reference", "ten-refs", "10 references", "1 reference", "<= 1.5")
+
+    def case_observe(self) -> None:
+        """The same fetch with the audit record (syslog and a file) and the
+        metrics file on, and off: what an operator pays for them."""
+        import threading
+
+        devlog = self.tmp / "dev-log"
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind(str(devlog))
+        receiver.settimeout(0.2)
+        stop = threading.Event()
+
+        def drain() -> None:  # journald's part: read every record
+            while not stop.is_set():
+                try:
+                    receiver.recv(1 << 16)
+                except OSError:
+                    continue
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        observed = self.aws_config() + (
+            f'[audit]\nsyslog = true\nsyslog_socket = "{devlog}"\nfile = "{self.tmp / "audit.jsonl"}"\n'
+            f'[metrics]\nfile = "{self.tmp / "nomad-secrets.prom"}"\n'
+        )
+        off = self.plugin("aws", self.aws_config())
+        on = self.plugin("aws", observed, directory="plugins-observed")
+        try:
+            self.record(
+                "observe",
+                alternate(
+                    {
+                        "audit and metrics off": self.fetch_cmd(off, "bench/0"),
+                        "audit and metrics on": self.fetch_cmd(on, "bench/0"),
+                    },
+                    self.args.runs,
+                    self.args.warmup,
+                ),
+            )
+        finally:
+            stop.set()
+            reader.join()
+            receiver.close()
+        records = len((self.tmp / "audit.jsonl").read_text().splitlines())
+        if records != self.args.runs + self.args.warmup:
+            raise SystemExit(
+                f"bench: {records} audit records for {self.args.runs + self.args.warmup} fetches"
+            )
+        self.ratio(
+            "audit and metrics: on / off",
+            "observe",
+            "audit and metrics on",
+            "audit and metrics off",
+            "<= 1.05",
+        )
 
     def case_first_fetch(self) -> None:
         plugin = self.plugin("aws", self.aws_config())

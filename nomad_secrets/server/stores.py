@@ -23,10 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 
 from nomad_secrets.backends import Backend, open_backend
-from nomad_secrets.config import AwsSettings, Config
+from nomad_secrets.config import AwsSettings, Config, Provider
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import ConfigError, PluginError
 from nomad_secrets.pool import StorePool
@@ -41,8 +40,10 @@ class ServerStores:
     def __init__(self, config: Config, call_seconds: float, default_store: str) -> None:
         """Make the AWS clients now (call in the main thread), when the config
         has an [aws] section or the default store is an AWS one."""
-        # The pool times a client's calls by plugin.deadline_seconds: here, a request's.
-        self.config = replace(config, plugin=replace(config.plugin, deadline_seconds=call_seconds))
+        self.config = config
+        self.call_seconds = call_seconds  # what the pool times a warm client's calls by
+        # The server reads with the top-level [aws] and [vault] settings.
+        self.provider = Provider(name="serve", store=default_store, aws=config.aws, vault=config.vault)
         self.pool = StorePool()
         self._aws_failure: dict[str, PluginError] = {}
         self._aws_ready = config.aws != AwsSettings() or default_store in AWS_STORES
@@ -50,7 +51,7 @@ class ServerStores:
             return
         for store in AWS_STORES:
             try:
-                self.pool.backend(store, self.config, NO_JOB, NO_IDENTITY)
+                self.pool.backend(store, self.provider, call_seconds, NO_JOB, NO_IDENTITY)
             except PluginError as exc:
                 self._aws_failure[store] = ConfigError(
                     f"the server cannot read {store} ({exc.message.split(':')[0]}): set aws.region"
@@ -84,14 +85,14 @@ class ServerStores:
                 f"the server has no [aws] section in {self.config.path}, so it cannot read {store}:"
                 " add one with region (and credentials, or use the node's instance profile)"
             )
-        warm = self.pool.backend(store, self.config, NO_JOB, NO_IDENTITY)
+        warm = self.pool.backend(store, self.provider, self.call_seconds, NO_JOB, NO_IDENTITY)
         if warm is None:  # the pool keeps every AWS client made without a job's identity
             raise ConfigError(f"the server cannot keep a client for {store}")
         return warm
 
     def vault_for(self, deadline: Deadline) -> Backend:
         """A Vault client for one request (see the module's docstring)."""
-        return open_backend("vault", self.config, NO_JOB, NO_IDENTITY, deadline)
+        return open_backend("vault", self.provider, NO_JOB, NO_IDENTITY, deadline)
 
     def problems(self) -> list[str]:
         """Why a store cannot be read, for the start-up log."""
