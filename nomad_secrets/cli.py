@@ -39,10 +39,13 @@ For operators:
                               serve fetches with warm clients (docs/agent.md)
   {name} version              print the version ({name} --version too)
   {name} <command> --help     a command's options
+  nomad-secrets serve [--config PATH]
+                              serve Drone and Bitbucket Pipelines (the installed
+                              package with the server extra; docs/ci.md)
 
 Docs: README.md and docs/ in the source of nomad-secrets.
 """
-OPERATOR_COMMANDS = ("check", "install", "agent", "version", "help")
+OPERATOR_COMMANDS = ("check", "install", "agent", "serve", "version", "help")
 COMMANDS = ("fingerprint", "fetch", *OPERATOR_COMMANDS)
 HELP_FLAGS = ("--help", "-h", "--version", "-V")
 
@@ -91,6 +94,16 @@ def operator_command(operation: str, argv: list[str], environ: dict[str, str]) -
         from nomad_secrets.agent.server import main as agent_main
 
         return agent_main(argv[0], argv[2:], environ)
+    if operation == "serve":
+        try:
+            from nomad_secrets.server.main import main as serve
+        except ModuleNotFoundError:  # the plugin's executable carries no server
+            print(
+                "serve runs from the installed package: pip install 'nomad-secrets[server]' (docs/ci.md)",
+                file=sys.stderr,
+            )
+            return 2
+        return serve(argv[2:])
     if operation in ("version", "--version", "-V"):
         print(version_line())
         return 0

@@ -15,6 +15,9 @@ Shape::
     [[policy]]          # which jobs may read which references (policy.py)
     [audit]             # a record per fetch: syslog (journald) and/or a file
     [metrics]           # counters and a histogram for node_exporter's textfile collector
+    [server] [drone] [admission] [bitbucket]
+                        # `nomad-secrets serve`, the CI front doors: kept
+                        # as read here, checked by nomad_secrets/server/
 
 Every key is declared by a dataclass below; an unknown key is an error that
 names the key and the file, so that a typo is seen, not ignored.
@@ -30,7 +33,7 @@ from typing import Any, TypeVar
 from nomad_secrets.deadline import DEFAULT_SECONDS
 from nomad_secrets.errors import ConfigError
 from nomad_secrets.policy import Rule, rule
-from nomad_secrets.trust import Untrusted
+from nomad_secrets.trust import Untrusted, untrusted
 from nomad_secrets.trust import check as check_trust
 
 CONFIG_FILE_NAME = "nomad-secrets.toml"
@@ -40,6 +43,8 @@ STORES = ("aws-sm", "aws-ssm", "vault")
 BUILTIN_PROVIDERS = {"aws": "aws-sm", "aws-sm": "aws-sm", "aws-ssm": "aws-ssm"}
 # Nomad matches its own providers first: files with these names never run.
 RESERVED_NAMES = ("nomad", "vault")
+# The sections of `nomad-secrets serve` (docs/ci.md).
+SERVER_SECTIONS = ("server", "drone", "admission", "bitbucket")
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,9 @@ class Config:
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    # The server's sections as TOML tables, unchecked here: the plugin never
+    # uses them, and their checks live with the server (settings.py there).
+    server_tables: dict[str, Any] = field(default_factory=dict)
 
     def provider(self, name: str) -> Provider:
         """What the executable called ``name`` reads by default, and with
@@ -213,8 +221,14 @@ def load(executable: str, *, cache: dict[tuple[str, bytes], Config] | None = Non
     return load_file(path, cache=cache)
 
 
-def load_file(path: str, *, cache: dict[tuple[str, bytes], Config] | None = None) -> Config:
-    _check_trust(path, "config file")
+def load_file(
+    path: str, *, cache: dict[tuple[str, bytes], Config] | None = None, ancestors: bool = True
+) -> Config:
+    """The config in ``path``, once it and the secret files it names are
+    trusted. ``ancestors=False`` checks the files but not the directories
+    above them: for ``serve --nomad-task``, whose files are in a Nomad task's
+    directories (0777 by Nomad's design, the task's isolation guards them)."""
+    _check_trust(path, "config file", ancestors=ancestors)
     try:
         with open(path, "rb") as f:
             text = f.read()
@@ -234,14 +248,19 @@ def load_file(path: str, *, cache: dict[tuple[str, bytes], Config] | None = None
         for key in ("token_file", "secret_id_file", "client_key"):
             secret_file = getattr(vault, key)
             if secret_file and secret_file not in checked:
-                _check_trust(secret_file, f"file of {where}.{key}")
+                _check_trust(secret_file, f"file of {where}.{key}", ancestors=ancestors)
                 checked.add(secret_file)
     return config
 
 
-def _check_trust(path: str, what: str) -> None:
+def _check_trust(path: str, what: str, *, ancestors: bool = True) -> None:
     try:
-        check_trust(path, what)
+        if ancestors:
+            check_trust(path, what)
+        else:
+            problem = untrusted(path, what)
+            if problem:
+                raise Untrusted(problem)
     except Untrusted as exc:
         raise ConfigError(f"refusing to run: {exc}") from None
 
@@ -257,7 +276,7 @@ def parse(text: bytes, path: str) -> Config:
         raise ConfigError(f"the config file {path} is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
-    known = {"plugin", "aws", "vault", "providers", "policy", "agent", "audit", "metrics"}
+    known = {"plugin", "aws", "vault", "providers", "policy", "agent", "audit", "metrics", *SERVER_SECTIONS}
     _reject_unknown(data, known, "", path)
     aws = _build(AwsSettings, _table(data, "aws", "", path), "aws", path)
     vault = _build(VaultSettings, _table(data, "vault", "", path), "vault", path)
@@ -293,6 +312,7 @@ def parse(text: bytes, path: str) -> Config:
         providers=providers,
         audit=_audit(_build(AuditSettings, _table(data, "audit", "", path), "audit", path), path),
         metrics=_metrics(_build(MetricsSettings, _table(data, "metrics", "", path), "metrics", path), path),
+        server_tables={key: data[key] for key in SERVER_SECTIONS if key in data},
     )
 
 

@@ -13,6 +13,7 @@ from nomad_secrets import errors
 from nomad_secrets.config import AwsSettings
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import ConfigError, PluginError, RequestError, StoreError
+from nomad_secrets.reference import MAX_REFERENCES
 from nomad_secrets.request import Identity, JobOptions
 
 CONNECT_TIMEOUT = 3.0  # a dead endpoint should not eat the whole deadline
@@ -82,6 +83,10 @@ def make_client(
         connect_timeout=min(CONNECT_TIMEOUT, deadline.call_timeout()),
         read_timeout=deadline.call_timeout(),
         retries={"mode": "standard", "total_max_attempts": 4},  # 3 retries, backoff with jitter
+        # Every reference's thread keeps its connection (as the Vault pool
+        # does), and so does every request of the server, which shares one
+        # client (botocore's default, 10, drops the rest after each call).
+        max_pool_connections=MAX_REFERENCES,
         user_agent_extra=f"nomad-secrets/{__version__}",
     )
     session = botocore.session.Session()
