@@ -19,6 +19,7 @@ from conftest import ROOT, aws_config, build_artifact, interpreter, run_build
 from nomad import NomadClient, install_plugin, nomad_env, run_plugin
 
 from nomad_secrets._version import GO_VERSION
+from nomad_secrets.bootstrap import UNPACK_LOCK
 
 
 def test_same_source_and_lock_give_the_same_bytes(artifact: Path, tmp_path: Path) -> None:
@@ -109,8 +110,9 @@ def test_many_first_runs_at_once_share_one_unpack(
     with ThreadPoolExecutor(8) as pool:
         runs = list(pool.map(lambda _: nomad.fetch("aws", "concurrent-first-run"), range(8)))
     assert [r.result for r in runs] == [{"k": "v"}] * 8
-    entries = os.listdir(cache)
-    assert len(entries) == 1 and not entries[0].startswith(".unpack-"), entries
+    entries = sorted(os.listdir(cache))
+    assert entries[0] == UNPACK_LOCK and (os.stat(cache / UNPACK_LOCK).st_mode & 0o777) == 0o600
+    assert len(entries) == 2 and not entries[1].startswith(".unpack-"), entries
     assert (os.stat(cache).st_mode & 0o077) == 0
 
 
@@ -146,7 +148,7 @@ def test_cache_entry_replaced_by_a_symlink_is_refused(
     plugins, cache = _fresh_plugin(tmp_path, moto_endpoint)
     nomad = NomadClient(plugins, decoder)
     nomad.fetch("aws", "x")  # unpacks
-    (entry,) = os.listdir(cache)
+    (entry,) = [name for name in os.listdir(cache) if name != UNPACK_LOCK]
     shutil.move(cache / entry, tmp_path / "elsewhere")
     (cache / entry).symlink_to(tmp_path / "elsewhere")
     fetched = nomad.fetch("aws", "x")
