@@ -38,9 +38,9 @@ hold a fetch past its deadline.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TypeVar, Union
 
 from nomad_secrets.errors import PolicyDenied
 from nomad_secrets.reference import SCHEMES as STORES
@@ -325,25 +325,8 @@ def _unfillable(name: str, value: str, segments: int) -> str:
 
 
 def _match_segments(pattern: list[Atom], path: list[str | Many]) -> bool:
-    """Greedy match with one backtrack point (the last ``**``): at most
-    len(pattern) * len(path) segment comparisons."""
-    p = s = 0
-    star, mark = -1, 0
-    while s < len(path):
-        if p < len(pattern) and pattern[p] is _ANY_SEGMENTS:
-            star, mark = p, s
-            p += 1
-        elif p < len(pattern) and _segment_matches(pattern[p], path[s]):
-            p += 1
-            s += 1
-        elif star >= 0:
-            p, mark = star + 1, mark + 1
-            s = mark
-        else:
-            return False
-    while p < len(pattern) and pattern[p] is _ANY_SEGMENTS:
-        p += 1
-    return p == len(pattern)
+    """``**`` is the star, each other atom matches one segment."""
+    return _greedy(pattern, path, lambda atom: atom is _ANY_SEGMENTS, lambda a, seg: _segment_matches(a, seg))
 
 
 def _segment_matches(atom: Atom, segment: str | Many) -> bool:
@@ -359,25 +342,38 @@ def _segment_matches(atom: Atom, segment: str | Many) -> bool:
 
 def glob_match(glob: str, text: str) -> bool:
     """``*`` (any run, ``/`` included) and ``?`` (one character) over the
-    whole text; greedy with one backtrack point, so linear in practice and
-    at most len(glob) * len(text) steps."""
-    g = t = 0
+    whole text."""
+    return _greedy(glob, text, lambda g: g == "*", lambda g, c: g in ("?", c))
+
+
+P = TypeVar("P")
+T = TypeVar("T")
+
+
+def _greedy(
+    pattern: Sequence[P], items: Sequence[T], is_star: Callable[[P], bool], matches: Callable[[P, T], bool]
+) -> bool:
+    """Whole-sequence wildcard matching, greedy with one backtrack point
+    (the last star): at most len(pattern) * len(items) comparisons, never
+    the exponential backtracking of a regular expression. One matcher for
+    segments (``**``) and for characters (``*``)."""
+    p = i = 0
     star, mark = -1, 0
-    while t < len(text):
-        if g < len(glob) and glob[g] == "*":
-            star, mark = g, t
-            g += 1
-        elif g < len(glob) and (glob[g] == "?" or glob[g] == text[t]):
-            g += 1
-            t += 1
+    while i < len(items):
+        if p < len(pattern) and is_star(pattern[p]):
+            star, mark = p, i
+            p += 1
+        elif p < len(pattern) and matches(pattern[p], items[i]):
+            p += 1
+            i += 1
         elif star >= 0:
-            g, mark = star + 1, mark + 1
-            t = mark
+            p, mark = star + 1, mark + 1
+            i = mark
         else:
             return False
-    while g < len(glob) and glob[g] == "*":
-        g += 1
-    return g == len(glob)
+    while p < len(pattern) and is_star(pattern[p]):
+        p += 1
+    return p == len(pattern)
 
 
 def _identity_matches(glob: str, value: str | None) -> bool:
