@@ -56,7 +56,7 @@ def fetch(
     backends: dict[str, Backend] = {}
 
     def backend_for(store: str) -> Backend:
-        warm = pool.backend(store, config, options, identity) if pool is not None else None
+        warm = pool.backend(store, config, options, identity, deadline) if pool is not None else None
         if warm is not None:
             return warm
         if store not in backends:

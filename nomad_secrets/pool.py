@@ -31,8 +31,11 @@ class StorePool:
         self._lock = threading.Lock()
         self._clients: OrderedDict[tuple[str, str, str | None], Backend] = OrderedDict()
 
-    def backend(self, store: str, config: Config, options: JobOptions, identity: Identity) -> Backend | None:
-        """A warm client for ``store``, or None when this fetch needs its own."""
+    def backend(
+        self, store: str, config: Config, options: JobOptions, identity: Identity, deadline: Deadline
+    ) -> Backend | None:
+        """A warm client for ``store``, for the fetch of ``deadline``, or
+        None when this fetch needs its own."""
         if store not in ("aws-sm", "aws-ssm") or config.aws.web_identity_role_arn:
             return None
         key = (store, repr(config.aws), region_for(config.aws, options))
