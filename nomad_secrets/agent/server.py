@@ -61,7 +61,10 @@ class Agent:
         except BaseException as exc:  # noqa: BLE001 - the plugin must get an answer
             return error_answer(exc, start)
         seconds = min(float(request["seconds"]), config.plugin.deadline_seconds)
-        deadline = Deadline(seconds, start=start)
+        # The plugin's deadline, as its messages name it (plugin.deadline_seconds),
+        # ending when the share the plugin gave the agent ends.
+        deadline = Deadline(config.plugin.deadline_seconds, start=start)
+        deadline.at = start + seconds
         return fetch_answer(
             path, request["environ"], provider_name(executable), config, deadline, pool=self.pool
         )
