@@ -203,5 +203,6 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
         server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()  # joins the requests in flight
+        agent.pool.close()  # revokes the Vault logins' tokens
         log("stopped")
     return 0
