@@ -292,12 +292,12 @@ def test_the_agents_stop_revokes_its_login(vault: Vault, agent: Agent) -> None:
 def test_a_jwt_login_is_never_shared_between_jobs(vault: Vault, agent: Agent) -> None:
     """Each job's templated policy reads its own path only, so a token of
     web's used for api would be denied; each fetch logs in and revokes."""
-    server = vault.server
-    for job in ("web", "api"):
+    server, web, api = vault.server, unique("web"), unique("api")
+    for job in (web, api):
         server.put_kv("secret", f"nomad/default/{job}/db", {"password": f"{job}-pw"})
     vault.configure(auth_method="jwt", auth_mount="jwt-nomad", role="nomad-workloads")
     before, mark = server.accessors(), server.audit_mark()
-    for job in ("web", "api", "web"):
+    for job in (web, api, web):
         jwt = vault.bao.issuer.sign(nomad_namespace="default", nomad_job_id=job, sub=f"default:{job}")
         fetched = agent.fetch(
             f"vault:secret/nomad/default/{job}/db", {"NOMAD_WORKLOAD_TOKEN": jwt}, job_id=job
@@ -368,7 +368,6 @@ MISTAKES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
 def test_every_message_is_the_one_a_fetch_in_process_gives(
     vault: Vault, agent: Agent, path: str, keys: dict[str, Any], env: dict[str, str]
 ) -> None:
-    vault.server.put_kv("secret", "x", {"k": "v"})
     vault.configure(**keys)
     through_agent = agent.error(path, env)
     assert through_agent == agent.in_process(path, env, vault=keys)
