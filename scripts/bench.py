@@ -482,7 +482,10 @@ class Bench:
     ) -> None:
         """The rows "<prefix>burst N, <mode>" of ``store``: in process, then
         through the node agent; with ``logins``, the store's count of logins
-        since ``mark()``."""
+        since ``mark()``. Through the agent, "agent did not answer" counts the
+        fetches the agent did not answer (its log has a line per answer):
+        the plugin then fetched in process, as it does when the agent does
+        not acknowledge within 0.5 s."""
         rounds = 1 if self.args.quick else 3
         sock = Path(tempfile.mkdtemp(prefix="ns-bench-")) / "agent.sock"
         for mode in ("in process", "node agent"):
@@ -494,27 +497,34 @@ class Bench:
             (plugin.parent / "nomad-secrets.toml").write_text(text)
             argv, env = self.fetch_cmd(plugin, path)
             agent = None
+            agent_log = self.tmp / f"agent-{name}.log"
             if mode == "node agent":
-                agent = subprocess.Popen([str(plugin), "agent"], env={}, stderr=subprocess.DEVNULL)
+                with agent_log.open("wb") as log:
+                    agent = subprocess.Popen([str(plugin), "agent"], env={}, stderr=log)
                 for _ in range(200):
                     if sock.exists():
                         break
                     time.sleep(0.05)
             try:
                 timed(argv, env)  # unpack the cache, warm the agent
+                agent_answers(agent_log, 1 if agent is not None else 0)
                 for n in BURSTS[:1] if self.args.quick else BURSTS:
                     rows: dict[str, list[float]] = {"wall ms": [], "CPU ms per fetch": []}
-                    errors = logged_in = 0
+                    errors = logged_in = unanswered = 0
                     for _ in range(rounds):
-                        since = mark()
+                        since, answered = mark(), agent_answers(agent_log)
                         wall, cpu, answers = burst(argv, env, n, self.tmp, server_pid, agent)
                         rows["wall ms"].append(wall)
                         rows["CPU ms per fetch"].append(cpu)
                         errors += sum(1 for answer in answers if answer != expected)
                         logged_in += logins(since) if logins is not None else 0
+                        if agent is not None:
+                            unanswered += n - (agent_answers(agent_log, answered + n) - answered)
                     rows["wrong answers"] = [float(errors)]
                     if logins is not None:
                         rows["logins"] = [float(logged_in)]
+                    if agent is not None:
+                        rows["agent did not answer"] = [float(unanswered)]
                     self.record(f"{prefix}burst {n}, {mode}", rows)
                 if agent is not None:
                     self.record(f"{prefix}node agent memory", agent_memory(agent.pid))
@@ -569,6 +579,18 @@ protocol.encode_result(shape(ref, raw, "AWS Secrets Manager"))
 step("shaping and encoding")
 print(json.dumps(steps))
 """
+
+
+def agent_answers(log: Path, expected: int = 0) -> int:
+    """How many requests the node agent answered, by its log; waiting up to
+    2 s for ``expected`` of them (it logs an answer after sending it)."""
+    end = time.monotonic() + 2.0
+    while True:
+        text = log.read_bytes() if log.exists() else b""
+        count = sum(1 for line in text.splitlines() if line.startswith(b"answered"))
+        if count >= expected or time.monotonic() > end:
+            return count
+        time.sleep(0.05)
 
 
 def agent_memory(pid: int) -> dict[str, list[float]]:
