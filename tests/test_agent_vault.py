@@ -286,6 +286,25 @@ def test_the_agents_stop_revokes_its_login(vault: Vault, agent: Agent) -> None:
     assert accessor not in server.accessors()
 
 
+def test_settings_evicted_from_the_pool_have_their_token_revoked(vault: Vault, agent: Agent) -> None:
+    """The agent keeps 8 warm Vaults (pool.MAX_VAULTS): a ninth set of
+    [vault] settings evicts the least recently used, whose token is revoked
+    then; the stop revokes the other eight."""
+    name, server = put(vault), vault.server
+    secret_id, accessors = vault.file("secret-id", vault.bao.secret_id()), []
+    for i in range(9):  # nine sets of settings, alike but for an unused KV mount
+        mounts = {"secret": 2, f"other{i}": 1}
+        vault.configure(
+            auth_method="approle", role_id=vault.bao.role_id, secret_id_file=secret_id, kv_mounts=mounts
+        )
+        accessors.append(logged_in(vault, agent, f"vault:secret/{name}")[0])
+    assert accessors[0] not in server.accessors()
+    assert set(accessors[1:]) <= server.accessors()
+    assert agent.process.answered()[-1].endswith("clients=8")
+    assert agent.process.stop() == 0
+    assert not set(accessors) & server.accessors()
+
+
 # --- a job's own identity -------------------------------------------------------------------------
 
 
