@@ -15,6 +15,10 @@ from nomad_secrets.errors import PluginError
 from nomad_secrets.fetch import fetch
 from nomad_secrets.pool import StorePool
 
+TYPE_CHECKING = False  # not typing's (see cli.py)
+if TYPE_CHECKING:
+    from nomad_secrets.observe import Observer
+
 
 def fetch_answer(
     path: str,
@@ -24,9 +28,12 @@ def fetch_answer(
     deadline: Deadline,
     *,
     pool: StorePool | None = None,
+    observer: Observer | None = None,
 ) -> bytes:
-    """Fetch and encode; never raises."""
+    """Fetch and encode; never raises. The operator's audit record and
+    metrics (``observer``, made here unless given) see how it ended."""
     start = deadline.start
+    observer = observer or observer_for(config, provider, path, environ, start)
     debuglog.log(
         "fetch",
         provider=provider,
@@ -37,9 +44,25 @@ def fetch_answer(
     try:
         result = fetch(path, environ, provider, config, deadline, pool=pool)
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
+        if observer is not None:
+            observer.finish(exc.kind if isinstance(exc, PluginError) else "internal")
         return error_answer(exc, start)
     debuglog.log("fetched", provider=provider, keys=len(result), ms=_ms(start))
+    if observer is not None:
+        observer.finish(None)
     return protocol.encode_result(result)
+
+
+def observer_for(
+    config: Config, provider: str, path: str, environ: Mapping[str, str], start: float
+) -> Observer | None:
+    """The audit record and metrics of one fetch, when the config asks for
+    either (their modules are imported only then)."""
+    if not (config.audit.syslog or config.audit.file or config.metrics.file):
+        return None
+    from nomad_secrets.observe import Observer
+
+    return Observer(config, provider, path, environ, start)
 
 
 def error_answer(exc: BaseException, start: float) -> bytes:

@@ -14,6 +14,9 @@ The unpack is atomic (a private temporary directory renamed into place), so
 many plugins starting at once on a fresh node are safe: one rename wins and
 the others use its result. The cache runs as root's code, so it is used only
 when the running user (or root) owns it and no one else can write to it.
+Each run holds its directory in use until it exits, and a run that unpacked
+a new build removes other builds' directories that no run holds
+(cache.py).
 """
 
 from __future__ import annotations
@@ -25,41 +28,96 @@ TYPE_CHECKING = False  # not typing's: importing typing costs fingerprint ~9 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-ROOT_CACHE = "/var/cache/nomad-secrets"
-
-
-def default_cache_dir() -> str:
-    if os.geteuid() == 0:
-        return ROOT_CACHE
-    import pwd
-
-    return os.path.join(pwd.getpwuid(os.geteuid()).pw_dir, ".cache", "nomad-secrets")
-
 
 class CacheError(Exception):
     pass
 
 
 def unpacked(archive: str, build_id: str, cache_root: str) -> str:
-    """The directory to import from, unpacking the archive's lib/ if needed."""
-    # Imported here, not at the top: fingerprint must not pay for it.
+    """The directory to import from, unpacking the archive's lib/ if needed,
+    held in use until this process exits. ``cache_root`` "" is the default."""
+    # Imported here, not at the top: fingerprint must not pay for them.
     try:  # the source tree and the installed package
-        from nomad_secrets import trust
-    except ImportError:  # the executable: scripts/build stores trust.py beside __main__.py
+        from nomad_secrets import cache, trust
+    except ImportError:  # the executable: scripts/build stores both beside __main__.py
+        import nomad_secrets_cache as cache  # type: ignore[import-not-found,no-redef]
         import nomad_secrets_trust as trust  # type: ignore[import-not-found,no-redef]
 
-    entry = os.path.join(cache_root, f"{build_id}-{sys.implementation.cache_tag}")
+    cache_root = cache_root or cache.default_cache_dir()
+    entry = os.path.join(cache_root, cache.entry_name(build_id))
     problem = trust.untrusted_ancestors(cache_root)  # before anything is written there
-    if not problem and not os.path.isdir(entry):
-        _unpack(archive, cache_root, entry, trust.untrusted)
-    for path in (cache_root, entry):
-        problem = problem or trust.untrusted(path, "cache directory")
     if problem:
         raise CacheError(problem)
-    return os.path.join(entry, "lib")
+    for _ in range(3):  # a prune may take the directory between the look and the lock
+        made = False
+        if not os.path.isdir(entry):
+            with _one_unpacker(cache_root, trust.untrusted):
+                if not os.path.isdir(entry):  # another run may have unpacked it meanwhile
+                    made = _unpack(archive, cache_root, entry, trust.untrusted, cache.HELD_MARK)
+        problem = trust.untrusted(cache_root, "cache directory") or trust.untrusted(entry, "cache directory")
+        if problem and os.path.lexists(entry):  # else: pruned since; look again
+            raise CacheError(problem)
+        if not problem and cache.hold(entry):
+            if made:  # a new build on this node: the old ones' directories may go
+                import contextlib
+
+                with contextlib.suppress(OSError):  # the next new build tries again
+                    cache.prune(cache_root, build_id, cache.FETCH_PRUNE_MIN_AGE)
+            return os.path.join(entry, "lib")
+    raise CacheError(f"the cache directory {entry} was removed three times while this run started")
 
 
-def _unpack(archive: str, cache_root: str, entry: str, untrusted: Callable[[str, str], str | None]) -> None:
+UNPACK_LOCK = ".unpack.lock"
+UNPACK_WAIT_SECONDS = 5.0  # then unpack anyway: a stuck holder must not stop every fetch
+
+
+class _one_unpacker:
+    """Many runs of a new build at once (a burst of task starts on a fresh
+    node, or after an upgrade) unpack it once: the others wait on a lock,
+    sleeping, then find it done, instead of each unpacking and compiling
+    the same code on the same cores. Best effort: after
+    UNPACK_WAIT_SECONDS, or if the lock cannot be had, it goes on alone
+    (the rename into place is atomic either way)."""
+
+    def __init__(self, cache_root: str, untrusted: Callable[[str, str], str | None]) -> None:
+        self.cache_root, self.untrusted, self.fd = cache_root, untrusted, -1
+
+    def __enter__(self) -> None:
+        import fcntl
+        import time
+
+        old_umask = os.umask(0o077)
+        try:
+            os.makedirs(self.cache_root, mode=0o700, exist_ok=True)
+            if self.untrusted(self.cache_root, "cache directory"):
+                return  # _unpack refuses it, saying why
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            self.fd = os.open(os.path.join(self.cache_root, UNPACK_LOCK), flags, 0o600)
+        except OSError:
+            return
+        finally:
+            os.umask(old_umask)
+        end = time.monotonic() + UNPACK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError:
+                if time.monotonic() > end:
+                    return
+                time.sleep(0.02)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the lock
+
+
+def _unpack(
+    archive: str, cache_root: str, entry: str, untrusted: Callable[[str, str], str | None], mark: str
+) -> bool:
+    """Unpack into ``entry``; True when this process's rename published it.
+    ``mark``: the file that says runs of this build hold it (cache.py)."""
+    import errno
     import io
     import shutil
     import tempfile
@@ -78,11 +136,17 @@ def _unpack(archive: str, cache_root: str, entry: str, untrusted: Callable[[str,
             with zipfile.ZipFile(lib) as inner:
                 inner.extractall(tmp)
             _compile(os.path.join(tmp, "lib"))
+            with open(os.path.join(tmp, mark), "w") as f:
+                f.write("runs of this build hold a shared flock on this directory while they run\n")
             os.rename(tmp, entry)
-        except OSError:
+            return True
+        except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if not os.path.isdir(entry):  # not a lost race: a real failure
-                raise
+            # Lost a race: another run published it first (a prune may even
+            # have taken it again since); the caller looks again.
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) or os.path.isdir(entry):
+                return False
+            raise
     except OSError as exc:
         raise CacheError(f"cannot unpack into the cache directory {cache_root}: {exc.strerror}") from None
     finally:
@@ -132,7 +196,7 @@ def main(loader: object) -> None:
         os._exit(0)
     build_id, cache_dir = get_data("build-info").decode().split("\n")[:2]
     try:
-        lib = unpacked(loader.archive, build_id, cache_dir or default_cache_dir())  # type: ignore[attr-defined]
+        lib = unpacked(loader.archive, build_id, cache_dir)  # type: ignore[attr-defined]
     except CacheError as exc:
         _answer_error(f"nomad-secrets cannot start: {exc}")
     except Exception as exc:  # noqa: BLE001 - Nomad must get an answer

@@ -3,22 +3,28 @@
 Run it as the installed name, as root, e.g.
 ``/opt/nomad/data/common_plugins/secrets/aws check``: it reads the same
 config a fetch would (same environment scrub, same trust checks), says what
-each provider name in the plugin directory resolves to, tries each store's
-credentials with a harmless call (STS GetCallerIdentity; Vault's token
-lookup or login), and prints the effective access policy. Exit status 0 when
-all is well, 1 when something would make fetches fail.
+each provider name in the plugin directory resolves to and with which store
+settings (credentials blanked), tries each store's credentials with a
+harmless call (STS GetCallerIdentity; Vault's token lookup or login), and
+prints the effective access policy. Exit status 0 when all is well, 1 when
+something would make fetches fail; ``--format json`` prints the same as one
+JSON object, with the same exit status, for configuration management.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import os
 import stat
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from nomad_secrets import config as config_module
 from nomad_secrets.backends import STORE_LABELS
-from nomad_secrets.config import Config
+from nomad_secrets.config import AwsSettings, Config, Provider, VaultSettings
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import PluginError
 from nomad_secrets.policy import everyone_reads_everything, template_ambiguity
@@ -28,30 +34,93 @@ from nomad_secrets.trust import untrusted, untrusted_ancestors, untrusted_log
 PROBE_SECONDS = 5.0
 
 
+HIDDEN = "(set, not shown)"
+DESCRIPTION = (
+    "Check what a fetch through this provider name would use: the config, its files, each"
+    " provider's store settings and credentials, and the access policy. Exit status 0 when"
+    " all is well, 1 when something would make fetches fail."
+)
+
+
 class Report:
+    """What check found, line by line: printed as it goes (text), or kept
+    for one JSON object at the end."""
+
     def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write
         self.problems = 0
         self.warnings = 0
+        self.section = ""
+        self.items: list[dict[str, str]] = []
+        self.providers: dict[str, dict[str, Any]] = {}
+
+    def start(self, section: str) -> None:
+        self.section = section
+        self.write(f"{section}:")
 
     def ok(self, text: str) -> None:
-        self.write(f"  ok       {text}")
+        self._add("ok", text, "  ok       ")
 
     def warn(self, text: str) -> None:
         self.warnings += 1
-        self.write(f"  WARNING  {text}")
+        self._add("warning", text, "  WARNING  ")
 
     def problem(self, text: str) -> None:
         self.problems += 1
-        self.write(f"  PROBLEM  {text}")
+        self._add("problem", text, "  PROBLEM  ")
+
+    def detail(self, text: str) -> None:
+        """A line that belongs to the item above it (text output only)."""
+        self.write(f"             {text}")
+
+    def _add(self, level: str, text: str, prefix: str) -> None:
+        self.items.append({"section": self.section, "level": level, "message": text})
+        self.write(prefix + text)
+
+    @property
+    def result(self) -> str:
+        return "OK" if not self.problems else "NOT OK"
 
 
-def run_check(executable: str, write: Callable[[str], None] = print) -> int:
+def main(argv: list[str], executable: str) -> int:
+    parser = argparse.ArgumentParser(prog=f"{os.path.basename(executable)} check", description=DESCRIPTION)
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text for a person (default), or one JSON object for Ansible, Salt and the like",
+    )
+    args = parser.parse_args(argv)
+    if args.format == "json":
+        report = Report(lambda _: None)
+        status = run_check(executable, report=report)
+        print(json.dumps(as_json(report), indent=1))
+        return status
+    return run_check(executable)
+
+
+def as_json(report: Report) -> dict[str, Any]:
     from nomad_secrets._version import GO_VERSION, __version__
 
-    report = Report(write)
+    return {
+        "version": __version__,
+        "fingerprint_version": GO_VERSION,
+        "python": sys.version.split()[0],
+        "result": report.result,
+        "problems": report.problems,
+        "warnings": report.warnings,
+        "providers": report.providers,
+        "items": report.items,
+    }
+
+
+def run_check(executable: str, write: Callable[[str], None] = print, report: Report | None = None) -> int:
+    from nomad_secrets._version import GO_VERSION, __version__
+
+    report = report or Report(write)
+    write = report.write
     write(f"nomad-secrets {__version__} (fingerprint version {GO_VERSION}), Python {sys.version.split()[0]}")
-    write("files:")
+    report.start("files")
     try:
         config = config_module.load(executable)
     except PluginError as exc:
@@ -78,9 +147,11 @@ def run_check(executable: str, write: Callable[[str], None] = print) -> int:
         )
     else:
         report.ok(f"config file {config.path} {_owner_mode(config.path)}")
-        if os.stat(config.path).st_mode & 0o004 and (
-            config.aws.secret_access_key or config.aws.session_token
-        ):
+        keys = [
+            a.secret_access_key or a.session_token
+            for a in (config.aws, *(p.aws for p in config.providers.values()))
+        ]
+        if os.stat(config.path).st_mode & 0o004 and any(keys):
             report.warn(f"{config.path} holds AWS keys and is readable by everyone: chmod 0600")
     if config.plugin.debug_log:
         problem = untrusted_log(config.plugin.debug_log, "debug log")
@@ -88,19 +159,52 @@ def run_check(executable: str, write: Callable[[str], None] = print) -> int:
             report.warn(f"{problem}: fetches run without the debug log until it is fixed")
         else:
             report.ok(f"debug log {config.plugin.debug_log}")
-    stores = _providers(executable, config, report)
-    write("stores:")
-    if {"aws-sm", "aws-ssm"} & stores:
-        _probe_aws(config, report)
-    if "vault" in stores:
-        _probe_vault(config, report)
-    if not stores:
+    _observers(config, report)
+    providers = _providers(executable, config, report)
+    report.start("stores")
+    for settings, names in _distinct_settings(providers):
+        if isinstance(settings, AwsSettings):
+            _probe_aws(settings, names, report)
+        else:
+            _probe_vault(settings, names, report)
+    if not providers:
         report.warn("no provider name here resolves to a store")
-    write("policy:")
+    report.start("policy")
     _policy(config, report)
     summary = f"{report.problems} problem(s), {report.warnings} warning(s)"
-    write(f"result: {'OK' if not report.problems else 'NOT OK'}: {summary}")
+    write(f"result: {report.result}: {summary}")
     return 1 if report.problems else 0
+
+
+def _observers(config: Config, report: Report) -> None:
+    """The audit trail and the metrics file: a fetch skips what fails here."""
+    audit, metrics = config.audit, config.metrics
+    if audit.syslog:
+        try:
+            is_socket = stat.S_ISSOCK(os.stat(audit.syslog_socket).st_mode)
+        except OSError:
+            is_socket = False
+        if is_socket:
+            report.ok(f"audit records to the syslog socket {audit.syslog_socket} ({audit.syslog_facility})")
+        else:
+            report.warn(
+                f"audit.syslog_socket {audit.syslog_socket} is not a socket (no syslog daemon or"
+                " journald here?): fetches send their records nowhere"
+            )
+    if audit.file:
+        problem = untrusted_log(audit.file, "audit file")
+        if problem:
+            report.warn(f"{problem}: fetches run without the audit file until it is fixed")
+        else:
+            report.ok(f"audit file {audit.file}")
+    if metrics.file:
+        problem = untrusted_ancestors(metrics.file) or untrusted_log(
+            metrics.file + ".lock", "metrics lock file"
+        )
+        if problem:
+            report.warn(f"{problem}: fetches run without metrics until it is fixed")
+        else:
+            report.ok(f"metrics file {metrics.file} (node_exporter's textfile collector)")
 
 
 def _owner_mode(path: str) -> str:
@@ -108,12 +212,13 @@ def _owner_mode(path: str) -> str:
     return f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})"
 
 
-def _providers(executable: str, config: Config, report: Report) -> set[str]:
-    """Every executable name beside this one that is this plugin."""
-    report.write("providers:")
+def _providers(executable: str, config: Config, report: Report) -> list[Provider]:
+    """Every executable name beside this one that is this plugin, and the
+    store settings each one uses."""
+    report.start("providers")
     plugin_dir = os.path.dirname(os.path.abspath(executable))
     me = os.path.realpath(executable)
-    stores: set[str] = set()
+    found: list[Provider] = []
     for name in sorted(os.listdir(plugin_dir)):
         path = os.path.join(plugin_dir, name)
         if os.path.realpath(path) != me or not os.access(path, os.X_OK):
@@ -128,19 +233,76 @@ def _providers(executable: str, config: Config, report: Report) -> set[str]:
             continue
         source = f"[providers.{name}]" if name in config.providers else "built-in name"
         report.ok(f"{name} -> {STORE_LABELS[provider.store]} ({source})")
-        stores.add(provider.store)
-    return stores
+        kind = _kind(provider.store)
+        settings = _shown(getattr(provider, kind))
+        for key, value in settings.items():
+            if value != _shown(type(getattr(provider, kind))())[key]:
+                origin = f"[providers.{name}]" if key in provider.own_keys else f"[{kind}]"
+                report.detail(f"{kind}.{key} = {value!r}  (from {origin})")
+        report.providers[name] = {
+            "store": provider.store,
+            "source": source,
+            "settings": {kind: settings},
+            "set_by_provider": sorted(provider.own_keys),
+        }
+        _warn_borrowed_credentials(provider, report)
+        found.append(provider)
+    return found
 
 
-def _probe_aws(config: Config, report: Report) -> None:
-    settings = config.aws
+def _kind(store: str) -> str:
+    return "vault" if store == "vault" else "aws"
+
+
+def _shown(settings: AwsSettings | VaultSettings) -> dict[str, Any]:
+    """Every key's effective value, credentials blanked."""
+    return {
+        key: (HIDDEN if key in config_module.SECRET_KEYS and value else value)
+        for key, value in dataclasses.asdict(settings).items()
+    }
+
+
+def _warn_borrowed_credentials(provider: Provider, report: Report) -> None:
+    """A provider that names another Vault but takes the top-level section's
+    credentials would send them to that other server."""
+    if provider.store != "vault" or "address" not in provider.own_keys:
+        return
+    borrowed = [
+        key
+        for key in config_module.VAULT_CREDENTIAL_KEYS
+        if getattr(provider.vault, key) and key not in provider.own_keys
+    ]
+    if borrowed:
+        report.warn(
+            f"{provider.name}: [providers.{provider.name}] sets its own address but takes"
+            f" {', '.join(borrowed)} from [vault]: those credentials would go to"
+            f" {provider.vault.address}; set them in [providers.{provider.name}] too"
+        )
+
+
+def _distinct_settings(providers: list[Provider]) -> list[tuple[AwsSettings | VaultSettings, list[str]]]:
+    """Each distinct store connection, and the provider names that use it."""
+    out: list[tuple[AwsSettings | VaultSettings, list[str]]] = []
+    for provider in providers:
+        settings: AwsSettings | VaultSettings = provider.vault if provider.store == "vault" else provider.aws
+        for seen, names in out:
+            if seen == settings:  # dataclass equality: same class, same values
+                names.append(provider.name)
+                break
+        else:
+            out.append((settings, [provider.name]))
+    return out
+
+
+def _probe_aws(settings: AwsSettings, names: list[str], report: Report) -> None:
     where = f"region {settings.region or '(job sets AWS_REGION)'}, endpoint {settings.endpoint_url or 'AWS'}"
+    used_by = f"AWS for {', '.join(names)}"
     if settings.web_identity_role_arn:
         problem = template_ambiguity(settings.web_identity_role_arn)
         if problem:
             report.warn(f"aws.web_identity_role_arn: {problem}")
         report.ok(
-            f"AWS: {where}; reads use the job's workload identity and role"
+            f"{used_by}: {where}; reads use the job's workload identity and role"
             f" {settings.web_identity_role_arn!r} (not testable without a job's token)"
         )
         return
@@ -152,7 +314,7 @@ def _probe_aws(config: Config, report: Report) -> None:
         sts = make_client("sts", settings, options, Deadline(PROBE_SECONDS), Identity(None, None))
         arn = sts.get_caller_identity()["Arn"]
     except PluginError as exc:
-        report.problem(f"AWS ({where}, {credentials}): {exc.message}")
+        report.problem(f"{used_by} ({where}, {credentials}): {exc.message}")
     except aws_errors() as exc:
         error = store_error(
             exc,
@@ -160,17 +322,18 @@ def _probe_aws(config: Config, report: Report) -> None:
             "AWS STS",
             action="sts:GetCallerIdentity",
             resource="the node's identity",
+            region=options.region,
+            region_source="aws.region in the config",
         )
-        report.problem(f"AWS ({where}, {credentials}): {error.message}")
+        report.problem(f"{used_by} ({where}, {credentials}): {error.message}")
     else:
-        report.ok(f"AWS: {where}; {credentials} are {arn}")
+        report.ok(f"{used_by}: {where}; {credentials} are {arn}")
 
 
-def _probe_vault(config: Config, report: Report) -> None:
-    settings = config.vault
-    where = f"{settings.address}, auth {settings.auth_method}"
+def _probe_vault(settings: VaultSettings, names: list[str], report: Report) -> None:
+    where = f"Vault for {', '.join(names)}: {settings.address}, auth {settings.auth_method}"
     if settings.auth_method == "jwt":
-        report.ok(f"Vault: {where}: logs in with the job's workload identity (not testable without a token)")
+        report.ok(f"{where}: logs in with the job's workload identity (not testable without a token)")
         return
     from nomad_secrets.backends.vault import Vault
 
@@ -179,9 +342,9 @@ def _probe_vault(config: Config, report: Report) -> None:
         vault = Vault(settings, JobOptions(), Deadline(PROBE_SECONDS))
         vault.probe()
     except PluginError as exc:
-        report.problem(f"Vault ({where}): {exc.message}")
+        report.problem(f"{where}: {exc.message}")
     else:
-        report.ok(f"Vault: {where}: the token is valid")
+        report.ok(f"{where}: the token is valid")
     finally:
         if vault is not None:
             vault.close()

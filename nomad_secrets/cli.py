@@ -23,20 +23,31 @@ if TYPE_CHECKING:
     from nomad_secrets.deadline import Deadline
 
 USAGE = """\
-nomad-secrets: a secret provider plugin for HashiCorp Nomad.
+usage: {name} <command> [options]
 
 Nomad runs it as:
-  <name> fingerprint          answer Nomad's fingerprint (JSON on stdout)
-  <name> fetch <path>         read the secret(s) in <path> (JSON on stdout)
+  {name} fingerprint          answer Nomad's fingerprint (JSON on stdout)
+  {name} fetch <path>         read the secret(s) in <path> (JSON on stdout)
 
 For operators:
-  <name> check                check the config, files, store credentials and policy
-  <name> install --plugin-dir DIR [--as NAME ...] [--force]
-                              install this executable for a Nomad client
-  <name> agent [--config FILE]
+  {name} check [--format json]
+                              check the config, files, store credentials and policy
+  {name} install --common-plugin-dir DIR [--as NAME ...] [--force]
+                              install this executable for a Nomad client: itself in
+                              DIR, a provider NAME in the plugin directory DIR/secrets/
+  {name} agent [--config FILE]
                               serve fetches with warm clients (docs/agent.md)
-  <name> version              print the version
+  {name} version              print the version ({name} --version too)
+  {name} <command> --help     a command's options
+  nomad-secrets serve [--config PATH]
+                              serve Drone and Bitbucket Pipelines (the installed
+                              package with the server extra; docs/ci.md)
+
+Docs: README.md and docs/ in the source of nomad-secrets.
 """
+OPERATOR_COMMANDS = ("check", "install", "agent", "serve", "version", "help")
+COMMANDS = ("fingerprint", "fetch", *OPERATOR_COMMANDS)
+HELP_FLAGS = ("--help", "-h", "--version", "-V")
 
 
 def run() -> NoReturn:
@@ -51,14 +62,20 @@ def run() -> NoReturn:
     # os.environ before any library can read it (proxies, CA bundles, AWS_*).
     environ = dict(os.environ)
     os.environ.clear()
-    if operation in ("check", "install", "agent", "version", "help", "--help", "-h"):
+    if operation in OPERATOR_COMMANDS or operation in HELP_FLAGS:
         sys.exit(operator_command(operation, argv, environ))
+    if operation != "fetch" and os.isatty(1):
+        # A person at a terminal, never Nomad (Nomad reads stdout from a pipe).
+        sys.exit(by_hand(operation, argv[0]))
     protocol.guard_stdio()
     if operation == "fetch":
         plugin_fetch(argv, environ, start)
+    from nomad_secrets.config import provider_name
+
     protocol.answer_error(
-        f"unknown operation {operation[:64]!r}: Nomad runs this plugin as `fingerprint`"
-        " or `fetch <path>`; check that the file in the plugin directory is nomad-secrets"
+        f"unknown operation {operation[:64]!r}{_did_you_mean(operation)}: Nomad runs this plugin as"
+        " `fingerprint` or `fetch <path>`; check that the file in the plugin directory is"
+        f" nomad-secrets (`{provider_name(argv[0])} --help` lists its commands)"
     )
 
 
@@ -66,24 +83,64 @@ def operator_command(operation: str, argv: list[str], environ: dict[str, str]) -
     """Commands a person runs: plain text on stdout, an exit status that says
     whether all is well. Never run by Nomad."""
     if operation == "check":
-        from nomad_secrets.check import run_check
+        from nomad_secrets.check import main as check
 
-        return run_check(argv[0])
+        return check(argv[2:], argv[0])
     if operation == "install":
-        from nomad_secrets.install import main
+        from nomad_secrets.install import main as install
 
-        return main(argv[2:], argv[0])
+        return install(argv[2:], argv[0])
     if operation == "agent":
         from nomad_secrets.agent.server import main as agent_main
 
         return agent_main(argv[0], argv[2:], environ)
-    if operation == "version":
-        from nomad_secrets._version import GO_VERSION, __version__
-
-        print(f"nomad-secrets {__version__} (fingerprint version {GO_VERSION})")
+    if operation == "serve":
+        try:
+            from nomad_secrets.server.main import main as serve
+        except ModuleNotFoundError:  # the plugin's executable carries no server
+            print(
+                "serve runs from the installed package: pip install 'nomad-secrets[server]' (docs/ci.md)",
+                file=sys.stderr,
+            )
+            return 2
+        return serve(argv[2:])
+    if operation in ("version", "--version", "-V"):
+        print(version_line())
         return 0
-    print(USAGE, end="")
+    print(usage(argv[0]), end="")
     return 0
+
+
+def by_hand(operation: str, executable: str) -> int:
+    """No command, or an unknown one, typed at a terminal: say so, and how."""
+    from nomad_secrets.config import provider_name
+
+    if operation:
+        print(f"{provider_name(executable)}: unknown command {operation[:64]!r}{_did_you_mean(operation)}\n")
+    print(usage(executable), end="")
+    return 2
+
+
+def usage(executable: str) -> str:
+    from nomad_secrets.config import provider_name
+
+    return version_line() + "\n\n" + USAGE.format(name=provider_name(executable))
+
+
+def version_line() -> str:
+    from nomad_secrets._version import GO_VERSION, __version__
+
+    return (
+        f"nomad-secrets {__version__} (fingerprint version {GO_VERSION}):"
+        " a secret provider plugin for HashiCorp Nomad"
+    )
+
+
+def _did_you_mean(operation: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(operation.lstrip("-"), COMMANDS, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close and close[0] != operation else ""
 
 
 def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoReturn:
@@ -92,10 +149,7 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoRe
     from nomad_secrets.deadline import DEFAULT_SECONDS, Deadline
     from nomad_secrets.errors import PluginError
 
-    protocol.on_sigterm_answer(
-        "stopped by Nomad (SIGTERM) before the fetch finished: Nomad's plugin timeout"
-        " passed; check that the store answers quickly from this node"
-    )
+    protocol.on_sigterm_answer(SIGTERM_MESSAGE)
     executable = argv[0]
     try:
         if len(argv) < 3:
@@ -112,11 +166,20 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoRe
         from nomad_secrets.answer import error_answer
 
         protocol.answer(error_answer(exc, start))
-    from nomad_secrets.answer import fetch_answer
+    from nomad_secrets.answer import fetch_answer, observer_for
     from nomad_secrets.config import provider_name
 
-    protocol.answer(fetch_answer(argv[2], environ, provider_name(executable), config, deadline))
+    name = provider_name(executable)
+    observer = observer_for(config, name, argv[2], environ, start)
+    if observer is not None:  # Nomad's SIGTERM is a fetch's end too: record it
+        protocol.on_sigterm_answer(SIGTERM_MESSAGE, before=lambda: observer.finish("terminated"))
+    protocol.answer(fetch_answer(argv[2], environ, name, config, deadline, observer=observer))
 
+
+SIGTERM_MESSAGE = (
+    "stopped by Nomad (SIGTERM) before the fetch finished: Nomad's plugin timeout"
+    " passed; check that the store answers quickly from this node"
+)
 
 # What a fetch in process keeps of the deadline while the agent works: an
 # agent that took the request and hangs still leaves time to fetch here.

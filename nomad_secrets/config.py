@@ -10,8 +10,14 @@ Shape::
     [plugin]            # the process: deadline, debug log
     [aws]               # the AWS connection, for aws-sm: and aws-ssm:
     [vault]             # the Vault / OpenBao connection, for vault:
-    [providers.NAME]    # what the executable named NAME reads by default
+    [providers.NAME]    # what the executable named NAME reads by default, and
+                        # any [aws] or [vault] key in place of the top-level one
     [[policy]]          # which jobs may read which references (policy.py)
+    [audit]             # a record per fetch: syslog (journald) and/or a file
+    [metrics]           # counters and a histogram for node_exporter's textfile collector
+    [server] [drone] [admission] [bitbucket]
+                        # `nomad-secrets serve`, the CI front doors: kept
+                        # as read here, checked by nomad_secrets/server/
 
 Every key is declared by a dataclass below; an unknown key is an error that
 names the key and the file, so that a typo is seen, not ignored.
@@ -21,13 +27,13 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from nomad_secrets.deadline import DEFAULT_SECONDS
 from nomad_secrets.errors import ConfigError
 from nomad_secrets.policy import Rule, rule
-from nomad_secrets.trust import Untrusted
+from nomad_secrets.trust import Untrusted, untrusted
 from nomad_secrets.trust import check as check_trust
 
 CONFIG_FILE_NAME = "nomad-secrets.toml"
@@ -37,6 +43,8 @@ STORES = ("aws-sm", "aws-ssm", "vault")
 BUILTIN_PROVIDERS = {"aws": "aws-sm", "aws-sm": "aws-sm", "aws-ssm": "aws-ssm"}
 # Nomad matches its own providers first: files with these names never run.
 RESERVED_NAMES = ("nomad", "vault")
+# The sections of `nomad-secrets serve` (docs/ci.md).
+SERVER_SECTIONS = ("server", "drone", "admission", "bitbucket")
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,33 @@ class VaultSettings:
     kv_mounts: dict[str, int] = field(default_factory=dict)
 
 
+# syslog(3)'s facility codes (RFC 5424, section 6.2.1).
+SYSLOG_FACILITIES = {
+    "auth": 4,
+    "authpriv": 10,
+    "daemon": 3,
+    "user": 1,
+    **{f"local{n}": 16 + n for n in range(8)},
+}
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """A record per fetch (who, which references, outcome; never a value)."""
+
+    syslog: bool = False  # to the node's syslog socket: journald, rsyslog
+    syslog_socket: str = "/dev/log"
+    syslog_facility: str = "authpriv"  # access to credentials: auth.log / secure
+    file: str | None = None  # JSON lines, appended under the trust rules
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    # Prometheus text format, rewritten atomically after every fetch, for
+    # node_exporter's textfile collector (it reads *.prom in its directory).
+    file: str | None = None
+
+
 @dataclass(frozen=True)
 class AgentSettings:
     # The node agent (docs/agent.md): with ``socket`` set, a fetch asks the
@@ -104,8 +139,23 @@ class AgentSettings:
 
 @dataclass(frozen=True)
 class Provider:
+    """What the executable called ``name`` reads: its store, and the store
+    settings it uses for every reference (``vault:...`` in a reference means
+    this provider's Vault). A ``[providers.NAME]`` section may set any key
+    of ``[aws]`` (stores aws-sm, aws-ssm) or ``[vault]`` (store vault); what
+    it leaves out comes from the top-level section."""
+
     name: str
     store: str
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    vault: VaultSettings = field(default_factory=VaultSettings)
+    own_keys: tuple[str, ...] = ()  # the store keys its own section sets
+
+
+# Keys whose values are credentials: never shown (check blanks them).
+SECRET_KEYS = ("secret_access_key", "session_token", "role_id")
+# Keys that name where a store is, and the credentials that belong to it.
+VAULT_CREDENTIAL_KEYS = ("token_file", "secret_id_file", "role_id", "client_cert", "client_key")
 
 
 @dataclass(frozen=True)
@@ -116,14 +166,20 @@ class Config:
     vault: VaultSettings = field(default_factory=VaultSettings)
     providers: dict[str, Provider] = field(default_factory=dict)
     policy: tuple[Rule, ...] | None = None  # None: no [[policy]], every job reads all
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    # The server's sections as TOML tables, unchecked here: the plugin never
+    # uses them, and their checks live with the server (settings.py there).
+    server_tables: dict[str, Any] = field(default_factory=dict)
 
     def provider(self, name: str) -> Provider:
-        """What the executable called ``name`` reads by default."""
+        """What the executable called ``name`` reads by default, and with
+        which settings."""
         if name in self.providers:
             return self.providers[name]
         if name in BUILTIN_PROVIDERS:
-            return Provider(name=name, store=BUILTIN_PROVIDERS[name])
+            return Provider(name=name, store=BUILTIN_PROVIDERS[name], aws=self.aws, vault=self.vault)
         where = self.path or f"{SYSTEM_CONFIG} (or {CONFIG_FILE_NAME} beside the plugin)"
         raise ConfigError(
             f"provider {name!r} is not configured: add [providers.{name}] with"
@@ -165,8 +221,14 @@ def load(executable: str, *, cache: dict[tuple[str, bytes], Config] | None = Non
     return load_file(path, cache=cache)
 
 
-def load_file(path: str, *, cache: dict[tuple[str, bytes], Config] | None = None) -> Config:
-    _check_trust(path, "config file")
+def load_file(
+    path: str, *, cache: dict[tuple[str, bytes], Config] | None = None, ancestors: bool = True
+) -> Config:
+    """The config in ``path``, once it and the secret files it names are
+    trusted. ``ancestors=False`` checks the files but not the directories
+    above them: for ``serve --nomad-task``, whose files are in a Nomad task's
+    directories (0777 by Nomad's design, the task's isolation guards them)."""
+    _check_trust(path, "config file", ancestors=ancestors)
     try:
         with open(path, "rb") as f:
             text = f.read()
@@ -179,16 +241,26 @@ def load_file(path: str, *, cache: dict[tuple[str, bytes], Config] | None = None
             if len(cache) >= 8:  # rewritten files leave old entries behind
                 cache.clear()
             cache[(path, text)] = config
-    for key in ("token_file", "secret_id_file", "client_key"):
-        secret_file = getattr(config.vault, key)
-        if secret_file:
-            _check_trust(secret_file, f"file of vault.{key}")
+    checked: set[str] = set()
+    for where, vault in [("vault", config.vault)] + [
+        (f"providers.{p.name}", p.vault) for p in config.providers.values() if p.store == "vault"
+    ]:
+        for key in ("token_file", "secret_id_file", "client_key"):
+            secret_file = getattr(vault, key)
+            if secret_file and secret_file not in checked:
+                _check_trust(secret_file, f"file of {where}.{key}", ancestors=ancestors)
+                checked.add(secret_file)
     return config
 
 
-def _check_trust(path: str, what: str) -> None:
+def _check_trust(path: str, what: str, *, ancestors: bool = True) -> None:
     try:
-        check_trust(path, what)
+        if ancestors:
+            check_trust(path, what)
+        else:
+            problem = untrusted(path, what)
+            if problem:
+                raise Untrusted(problem)
     except Untrusted as exc:
         raise ConfigError(f"refusing to run: {exc}") from None
 
@@ -204,8 +276,11 @@ def parse(text: bytes, path: str) -> Config:
         raise ConfigError(f"the config file {path} is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
-    known = {"plugin", "aws", "vault", "providers", "policy", "agent"}
+    known = {"plugin", "aws", "vault", "providers", "policy", "agent", "audit", "metrics", *SERVER_SECTIONS}
     _reject_unknown(data, known, "", path)
+    aws = _build(AwsSettings, _table(data, "aws", "", path), "aws", path)
+    vault = _build(VaultSettings, _table(data, "vault", "", path), "vault", path)
+    _check_vault(vault, "vault", path)
     providers: dict[str, Provider] = {}
     for name, table in _table(data, "providers", "", path).items():
         where = f"providers.{name}"
@@ -216,23 +291,8 @@ def parse(text: bytes, path: str) -> Config:
                 f"{where} in {path}: Nomad never runs a plugin named {name!r}"
                 " (its built-in provider wins); pick another name"
             )
-        table = {"name": name, **table}
-        provider = _build(Provider, table, where, path)
-        if provider.store not in STORES:
-            raise ConfigError(
-                f"{where}.store in {path} is {provider.store!r}; use one of {', '.join(STORES)}"
-            )
-        providers[name] = provider
+        providers[name] = _provider(name, table, aws, vault, path)
     plugin = _build(PluginSettings, _table(data, "plugin", "", path), "plugin", path)
-    vault = _build(VaultSettings, _table(data, "vault", "", path), "vault", path)
-    if vault.auth_method not in VAULT_AUTH_METHODS:
-        raise ConfigError(
-            f"vault.auth_method in {path} is {vault.auth_method!r};"
-            f" use one of {', '.join(VAULT_AUTH_METHODS)}"
-        )
-    for mount, version in vault.kv_mounts.items():
-        if version not in (1, 2):
-            raise ConfigError(f"vault.kv_mounts.{mount} in {path} is {version}; KV versions are 1 and 2")
     if not 0 < plugin.deadline_seconds <= 3600:
         raise ConfigError(f"plugin.deadline_seconds in {path} must be between 0 and 3600")
     if not 1024 <= plugin.max_output_bytes <= 64 * 1024 * 1024:
@@ -247,10 +307,77 @@ def parse(text: bytes, path: str) -> Config:
         policy=_policy(data.get("policy"), path),
         path=path,
         plugin=plugin,
-        aws=_build(AwsSettings, _table(data, "aws", "", path), "aws", path),
+        aws=aws,
         vault=vault,
         providers=providers,
+        audit=_audit(_build(AuditSettings, _table(data, "audit", "", path), "audit", path), path),
+        metrics=_metrics(_build(MetricsSettings, _table(data, "metrics", "", path), "metrics", path), path),
+        server_tables={key: data[key] for key in SERVER_SECTIONS if key in data},
     )
+
+
+def _audit(audit: AuditSettings, path: str) -> AuditSettings:
+    if audit.syslog_facility not in SYSLOG_FACILITIES:
+        raise ConfigError(
+            f"audit.syslog_facility in {path} is {audit.syslog_facility!r};"
+            f" use one of {', '.join(SYSLOG_FACILITIES)}"
+        )
+    for key in ("syslog_socket", "file"):
+        value = getattr(audit, key)
+        if value is not None and not os.path.isabs(value):
+            raise ConfigError(f"audit.{key} in {path} must be an absolute path, not {value!r}")
+    return audit
+
+
+def _metrics(metrics: MetricsSettings, path: str) -> MetricsSettings:
+    if metrics.file is not None and not (os.path.isabs(metrics.file) and metrics.file.endswith(".prom")):
+        raise ConfigError(
+            f"metrics.file in {path} must be an absolute path ending in .prom (node_exporter's"
+            f" textfile collector reads only those), not {metrics.file!r}"
+        )
+    return metrics
+
+
+def _provider(
+    name: str, table: dict[str, Any], aws: AwsSettings, vault: VaultSettings, path: str
+) -> Provider:
+    """``[providers.NAME]``: its store, and its own keys over the top-level
+    section of that store's kind."""
+    where = f"providers.{name}"
+    store = table.get("store")
+    if store not in STORES:
+        raise ConfigError(
+            f"{where}.store in {path} is {store!r}; use one of {', '.join(STORES)}"
+            if store is not None
+            else f"{where} in {path} has no store; set store = one of {', '.join(STORES)}"
+        )
+    own = {key: value for key, value in table.items() if key != "store"}
+    kind, other = ("vault", "aws") if store == "vault" else ("aws", "vault")
+    other_keys = {f.name for f in fields(AwsSettings if other == "aws" else VaultSettings)}
+    for key in own:
+        if key in other_keys:
+            raise ConfigError(
+                f"{where}.{key} in {path} is {'an' if other == 'aws' else 'a'} [{other}] key,"
+                f" and {where} reads {store}:"
+                f" a provider sets keys of its own store's section, [{kind}]"
+            )
+    if kind == "vault":
+        own_vault = _build(VaultSettings, own, where, path, base=vault)
+        _check_vault(own_vault, where, path)
+        return Provider(name, str(store), aws=aws, vault=own_vault, own_keys=tuple(own))
+    own_aws = _build(AwsSettings, own, where, path, base=aws)
+    return Provider(name, str(store), aws=own_aws, vault=vault, own_keys=tuple(own))
+
+
+def _check_vault(vault: VaultSettings, where: str, path: str) -> None:
+    if vault.auth_method not in VAULT_AUTH_METHODS:
+        raise ConfigError(
+            f"{where}.auth_method in {path} is {vault.auth_method!r};"
+            f" use one of {', '.join(VAULT_AUTH_METHODS)}"
+        )
+    for mount, version in vault.kv_mounts.items():
+        if version not in (1, 2):
+            raise ConfigError(f"{where}.kv_mounts.{mount} in {path} is {version}; KV versions are 1 and 2")
 
 
 def _policy(rules: Any, path: str) -> tuple[Rule, ...] | None:
@@ -304,8 +431,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _build(cls: type[T], table: dict[str, Any], where: str, path: str) -> T:
-    """Make ``cls`` from a TOML table, checking each key's name and type.
+def _build(cls: type[T], table: dict[str, Any], where: str, path: str, base: T | None = None) -> T:
+    """Make ``cls`` from a TOML table, checking each key's name and type;
+    with ``base``, the keys the table leaves out are ``base``'s.
 
     The field annotations are strings here (``from __future__ import
     annotations``): ``"str | None"`` reads as "a string, or left out".
@@ -326,4 +454,6 @@ def _build(cls: type[T], table: dict[str, Any], where: str, path: str) -> T:
             item = type_name.split(", ")[1].rstrip("]")
             if not all(isinstance(v, _TYPES[item]) and not isinstance(v, bool) for v in value.values()):
                 raise ConfigError(f"every value of {where}.{key} in {path} must be a {item}")
+    if base is not None:
+        return replace(base, **table)  # type: ignore[type-var]
     return cls(**table)

@@ -46,8 +46,8 @@ def fetch(
     identity, options = parse_environment(environ)
     refs = parse_path(path)
     caller = policy.nomad_caller(identity.namespace, identity.job_id)
-    default_store = config.provider(provider_name).store
-    stores = [ref.scheme or default_store for ref in refs]
+    provider = config.provider(provider_name)
+    stores = [ref.scheme or provider.store for ref in refs]
     check_policy(refs, stores, caller, config.policy, deadline)
     if options.workload_token is not None:
         claims = check_workload_token(options.workload_token, identity)
@@ -56,11 +56,12 @@ def fetch(
     backends: dict[str, Backend] = {}
 
     def backend_for(store: str) -> Backend:
-        warm = pool.backend(store, config, options, identity, deadline) if pool is not None else None
+        seconds = config.plugin.deadline_seconds
+        warm = None if pool is None else pool.backend(store, provider, seconds, options, identity, deadline)
         if warm is not None:
             return warm
         if store not in backends:
-            backends[store] = open_backend(store, config, options, identity, deadline)
+            backends[store] = open_backend(store, provider, options, identity, deadline)
         return backends[store]
 
     try:

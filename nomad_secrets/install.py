@@ -1,20 +1,27 @@
 """``nomad-secrets install``: put the executable where Nomad finds it.
 
-    nomad-secrets install --plugin-dir /opt/nomad/data/common_plugins [--as aws --as openbao] [--force]
+    nomad-secrets install --common-plugin-dir /opt/nomad/data/common_plugins [--as aws --as openbao]
 
-Layout it makes (idempotent)::
+The common plugin dir is the client's ``common_plugin_dir``; the plugin
+directory is its ``secrets/`` subdirectory (the docs' words). Layout it
+makes (idempotent)::
 
-    <plugin-dir>/nomad-secrets              the executable (0755; outside
-                                            secrets/, so Nomad does not run
-                                            it under that name)
-    <plugin-dir>/secrets/<name>             one symlink per provider name
-    <plugin-dir>/secrets/nomad-secrets.toml an example config, 0600, only if
-                                            no config exists yet
+    <common_plugin_dir>/nomad-secrets        the executable (0755; outside
+                                             secrets/, so Nomad does not run
+                                             it under that name)
+    <common_plugin_dir>/secrets/<name>       one symlink per provider name
+    <common_plugin_dir>/secrets/nomad-secrets.toml
+                                             an example config, 0600, only
+                                             if no config exists yet
 
 Run it from the built executable (``dist/nomad-secrets install ...``). It
 refuses the names ``nomad`` and ``vault`` (Nomad's built-in providers win
-over a plugin file of that name), and refuses to replace a different
-executable or a file that is not its symlink without ``--force``.
+over a plugin file of that name), refuses to replace a different
+executable or a file that is not its symlink without ``--force``, and
+refuses a plugin directory given where the common plugin dir is due (it
+would make ``secrets/secrets/``). Last, it removes the unpack directories of
+other builds that no running fetch holds (cache.py). ``--plugin-dir`` is the option's name
+before 0.2, kept as an alias.
 """
 
 from __future__ import annotations
@@ -63,11 +70,29 @@ class InstallError(Exception):
     pass
 
 
+DESCRIPTION = (
+    "Install this executable for a Nomad client: itself in the common plugin dir (the client's"
+    " common_plugin_dir), a symlink per provider name in the plugin directory, its secrets/"
+    " subdirectory, and an example config there if there is none. Refuses Nomad's built-in"
+    " names (nomad, vault), and replaces another executable or file only with --force. Last,"
+    " removes the unpack directories of other builds that no running fetch uses."
+)
+
+
 def install(
     source: str, plugin_dir: str, names: list[str], force: bool, write: Callable[[str], None] = print
 ) -> None:
+    """``plugin_dir`` is the common plugin dir (the name predates the docs'
+    words; the option is ``--common-plugin-dir``)."""
     if not zipfile.is_zipfile(source):
         raise InstallError(f"{source} is not the built executable: run dist/nomad-secrets install ...")
+    given = os.path.normpath(os.path.abspath(plugin_dir))
+    if os.path.basename(given) == "secrets" and not os.path.isdir(os.path.join(given, "secrets")):
+        raise InstallError(
+            f"{plugin_dir} is a plugin directory (<common_plugin_dir>/secrets/), and install wants the"
+            " common plugin dir, the client's common_plugin_dir, which holds it; run install"
+            f" --common-plugin-dir {os.path.dirname(given)}"
+        )
     for name in names:
         if name in RESERVED_NAMES:
             raise InstallError(
@@ -111,15 +136,43 @@ def install(
             f.write(EXAMPLE_CONFIG)
         first = os.path.join(secrets, names[0])
         write(f"wrote an example config {config} (0600): edit it, then run {first} check")
+    prune_cache(source, write)
     write("")
     write("In the Nomad client's agent config (the default is <data_dir>/common_plugins):")
     write(f'  client {{ common_plugin_dir = "{os.path.abspath(plugin_dir)}" }}')
     write("then make the agent fingerprint plugins again: systemctl reload nomad  (or kill -HUP <agent pid>)")
 
 
+def prune_cache(source: str, write: Callable[[str], None]) -> None:
+    """Remove the unpack directories of other builds that no run holds."""
+    from nomad_secrets import cache
+    from nomad_secrets.trust import untrusted, untrusted_ancestors
+
+    with zipfile.ZipFile(source) as zf:
+        build_id, cache_dir = zf.read("build-info").decode().split("\n")[:2]
+    root = cache_dir or cache.default_cache_dir()
+    if not os.path.isdir(root):
+        return
+    problem = untrusted_ancestors(root) or untrusted(root, "cache directory")
+    if problem:
+        write(f"left the unpack cache alone: {problem}")
+        return
+    removed, kept = cache.prune(root, build_id)
+    if removed:
+        write(f"removed {len(removed)} unpack directories of other builds from {root}: {', '.join(removed)}")
+    for reason in kept:
+        write(f"kept {os.path.join(root, reason)}")
+
+
 def main(argv: list[str], source: str) -> int:
-    parser = argparse.ArgumentParser(prog="nomad-secrets install", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plugin-dir", required=True, help="the client's common_plugin_dir")
+    parser = argparse.ArgumentParser(prog=f"{os.path.basename(source)} install", description=DESCRIPTION)
+    parser.add_argument(
+        "--common-plugin-dir",
+        metavar="DIR",
+        help="the common plugin dir: the Nomad client's common_plugin_dir (by default"
+        " <data_dir>/common_plugins), which holds the plugin directory secrets/",
+    )
+    parser.add_argument("--plugin-dir", dest="old_plugin_dir", help=argparse.SUPPRESS)  # before 0.2
     parser.add_argument(
         "--as",
         dest="names",
@@ -129,8 +182,11 @@ def main(argv: list[str], source: str) -> int:
     )
     parser.add_argument("--force", action="store_true", help="replace a different executable or file")
     args = parser.parse_args(argv)
+    common_plugin_dir = args.common_plugin_dir or args.old_plugin_dir
+    if not common_plugin_dir:
+        parser.error("the following argument is required: --common-plugin-dir")
     try:
-        install(os.path.realpath(source), args.plugin_dir, args.names or ["aws"], args.force)
+        install(os.path.realpath(source), common_plugin_dir, args.names or ["aws"], args.force)
     except (InstallError, OSError) as exc:
         print(f"nomad-secrets install: {exc}")
         return 1

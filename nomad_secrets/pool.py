@@ -6,9 +6,10 @@ client that does not depend on the job is kept:
 
 - an AWS client made with the operator's credentials, per store, settings
   and region; one made with a job's workload identity is that job's;
-- a Vault backend per Vault settings (backends/vault/warm.py: connections,
-  the operator's token, found mounts), lent to each fetch with the fetch's
-  deadline; a ``jwt`` login is the job's, so Vault is then opened per fetch.
+- a Vault backend per provider's effective Vault settings
+  (backends/vault/warm.py: connections, the operator's token, found
+  mounts), lent to each fetch with the fetch's deadline; a ``jwt`` login is
+  the job's, so Vault is then opened per fetch.
 
 Creation is serialized (botocore's client creation is not thread-safe; its
 clients are), and the pool is bounded: regions come from jobs, and each
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from nomad_secrets.backends import Backend, open_backend
 from nomad_secrets.backends.aws import region_for
-from nomad_secrets.config import Config
+from nomad_secrets.config import Provider
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.request import Identity, JobOptions
 
@@ -44,29 +45,36 @@ class StorePool:
         self._vaults: OrderedDict[str, WarmVault] = OrderedDict()
 
     def backend(
-        self, store: str, config: Config, options: JobOptions, identity: Identity, deadline: Deadline
+        self,
+        store: str,
+        provider: Provider,
+        seconds: float,
+        options: JobOptions,
+        identity: Identity,
+        deadline: Deadline | None = None,
     ) -> Backend | None:
-        """A warm client for ``store``, for the fetch of ``deadline``, or
-        None when this fetch needs its own."""
+        """A warm client for ``store`` with ``provider``'s settings, or None
+        when this fetch needs its own. ``seconds``: plugin.deadline_seconds;
+        ``deadline``: the fetch's, without which Vault is not lent."""
         if store == "vault":
-            return self._vault(config, deadline)
-        if store not in ("aws-sm", "aws-ssm") or config.aws.web_identity_role_arn:
+            return self._vault(provider, seconds, deadline) if deadline is not None else None
+        if store not in ("aws-sm", "aws-ssm") or provider.aws.web_identity_role_arn:
             return None
-        key = (store, repr(config.aws), region_for(config.aws, options))
+        key = (store, repr(provider.aws), region_for(provider.aws, options))
         with self._lock:
             client = self._clients.get(key)
             if client is None:
                 # The process's deadline, not a fetch's: the client outlives it.
-                lifetime = Deadline(config.plugin.deadline_seconds)
-                client = open_backend(store, config, options, identity, lifetime)
+                lifetime = Deadline(seconds)
+                client = open_backend(store, provider, options, identity, lifetime)
                 self._clients[key] = client
                 while len(self._clients) > MAX_CLIENTS:
                     self._clients.popitem(last=False)[1].close()
             self._clients.move_to_end(key)
             return client
 
-    def _vault(self, config: Config, deadline: Deadline) -> Backend | None:
-        settings = config.vault
+    def _vault(self, provider: Provider, seconds: float, deadline: Deadline) -> Backend | None:
+        settings = provider.vault  # the provider's own, over the top-level [vault]
         if settings.auth_method == "jwt":
             return None
         key = repr(settings)
@@ -76,7 +84,7 @@ class StorePool:
             if warm is None:
                 from nomad_secrets.backends.vault.warm import WarmVault
 
-                warm = WarmVault(settings, Deadline(config.plugin.deadline_seconds))
+                warm = WarmVault(settings, Deadline(seconds))
                 self._vaults[key] = warm
                 while len(self._vaults) > MAX_VAULTS:
                     evicted.append(self._vaults.popitem(last=False)[1])

@@ -26,7 +26,7 @@ from nomad_secrets.errors import PluginError
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ms, and a forwarded fetch needs none
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import NoReturn
 
 _out_fd: int | None = None
@@ -89,16 +89,19 @@ def answer_error(error: PluginError | str) -> NoReturn:
     answer(encode_error(message))
 
 
-def on_sigterm_answer(message: str) -> None:
+def on_sigterm_answer(message: str, before: Callable[[], None] | None = None) -> None:
     """At Nomad's timeout (SIGTERM, SIGKILL 2 s later) answer at once.
 
     Python runs the handler in the main thread between bytecodes, and a
     blocking socket read returns EINTR first, so this runs within
-    milliseconds even in the middle of a network call.
+    milliseconds even in the middle of a network call. ``before`` (the
+    audit record) runs first, bounded by its own design, never raising.
     """
     payload = encode_error(message)
 
     def handler(signum: int, frame: object) -> None:
+        if before is not None:
+            before()
         answer(payload)
 
     signal.signal(signal.SIGTERM, handler)

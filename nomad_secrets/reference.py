@@ -65,6 +65,7 @@ def parse_path(path: str) -> list[Reference]:
     if len(path.encode("utf-8")) > MAX_PATH_BYTES:
         raise RequestError(f"the secret path is longer than {MAX_PATH_BYTES} bytes; split the secret block")
     if "\n" not in path:
+        _refuse_lone_named_line(path)
         return [parse_reference(path.strip())]
     refs: list[Reference] = []
     seen: set[str] = set()
@@ -96,6 +97,66 @@ def parse_path(path: str) -> list[Reference]:
     return refs
 
 
+def _refuse_lone_named_line(path: str) -> None:
+    """``path = "db = aws-sm:prod/db"``: a NAME = reference line on its own
+    would be read as one secret named ``db = aws-sm:prod/db``. No store's
+    name has spaces around ``=``, or a scheme after it."""
+    match = _NAMED_LINE.match(path)
+    if match is None or not _NAME.match(match.group(1)):
+        return
+    text = match.group(2)
+    spaced = re.search(r"\s=|=\s", path) is not None
+    if spaced or text.partition(":")[0] in SCHEMES:
+        raise RequestError(
+            f"the secret path {_show(path)} is one NAME = reference line, which names keys only in a"
+            f' path of several lines (a heredoc); for one reference write path = "{text}" (its keys'
+            " need no NAME), or put each NAME = reference on its own line of a heredoc"
+        )
+
+
+def _near_miss_scheme(head: str, rest: str) -> str | None:
+    """The scheme ``head:`` was probably meant to be, when it is none.
+
+    Only where no store's own name could start so: a name after it with a
+    ``/`` (an SSM ``name:label`` has none), or a head starting ``aws`` or
+    ``ssm`` (SSM refuses such parameter names; Secrets Manager names have
+    no ``:`` at all)."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,15}", head) or head.lower() == "arn":
+        return None
+    lowered = head.lower().replace("_", "-")
+    if "/" not in rest and not lowered.startswith(("aws", "ssm")):
+        return None
+    if lowered in _SCHEME_ALIASES:
+        return _SCHEME_ALIASES[lowered]
+    close = [s for s in SCHEMES if _edits(lowered, s) <= 2]
+    return min(close, key=lambda s: _edits(lowered, s)) if close else None
+
+
+# Other names people give the stores.
+_SCHEME_ALIASES = {
+    "sm": "aws-sm",
+    "secretsmanager": "aws-sm",
+    "secrets-manager": "aws-sm",
+    "aws-secretsmanager": "aws-sm",
+    "ssm": "aws-ssm",
+    "parameter-store": "aws-ssm",
+    "kv": "vault",
+    "openbao": "vault",
+    "bao": "vault",
+}
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (both strings are a few characters long)."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i]
+        for j, cb in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
 def parse_reference(text: str, *, name: str | None = None) -> Reference:
     if not text:
         raise RequestError("the secret path is empty; set path in the secret block")
@@ -106,6 +167,11 @@ def parse_reference(text: str, *, name: str | None = None) -> Reference:
     head, colon, tail = rest.partition(":")
     if colon and head in SCHEMES:
         scheme, rest = head, tail
+    elif colon and (meant := _near_miss_scheme(head, tail)):
+        raise RequestError(
+            f"the reference {_show(text)} starts with {head + ':'!r}, which is not a scheme;"
+            f" did you mean {meant + ':'!r}? The schemes are {', '.join(s + ':' for s in SCHEMES)}"
+        )
     selector = None
     if "#" in rest:
         rest, _, selector = rest.partition("#")

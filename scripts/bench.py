@@ -19,6 +19,7 @@ The comparison tools (boto3, hvac, awscli) live in their own virtualenv,
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -28,8 +29,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +48,18 @@ CASES = (
     "ssm",
     "vault",
     "ten-refs",
+    "observe",
     "first-fetch",
     "sigterm",
     "size",
     "phases",
     "burst",
     "burst-vault",
+    "server-load",
 )
 BURSTS = (25, 50, 100)
+LOAD_CLIENTS = 32  # concurrent clients of the server-load case
+LOAD_SECONDS = 60.0  # each side of it stops here, whatever its count
 
 BOTO3_SCRIPT = """\
 import json, sys, boto3
@@ -142,6 +149,7 @@ class Bench:
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         self.raw: dict[str, dict[str, list[float]]] = {}
         self.ratios: list[tuple[str, float, str]] = []
+        self.load: dict[str, dict[str, float]] = {}
         self.interpreter = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         self.exe = self.tmp / "nomad-secrets"
         subprocess.run(
@@ -184,8 +192,8 @@ class Bench:
     def ratio(self, label: str, case: str, a: str, b: str, budget: str) -> None:
         self.ratios.append((label, self.median(case, a) / self.median(case, b), budget))
 
-    def plugin(self, name: str, config: str) -> Path:
-        secrets = self.tmp / f"plugins-{name}" / "secrets"
+    def plugin(self, name: str, config: str, directory: str = "") -> Path:
+        secrets = self.tmp / (directory or f"plugins-{name}") / "secrets"
         secrets.mkdir(parents=True, exist_ok=True)
         (secrets / "nomad-secrets.toml").write_text(config)
         link = secrets / name
@@ -359,6 +367,61 @@ class Bench:
         )
         self.ratio("10 references / 1 reference", "ten-refs", "10 references", "1 reference", "<= 1.5")
 
+    def case_observe(self) -> None:
+        """The same fetch with the audit record (syslog and a file) and the
+        metrics file on, and off: what an operator pays for them."""
+        import threading
+
+        devlog = self.tmp / "dev-log"
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind(str(devlog))
+        receiver.settimeout(0.2)
+        stop = threading.Event()
+
+        def drain() -> None:  # journald's part: read every record
+            while not stop.is_set():
+                try:
+                    receiver.recv(1 << 16)
+                except OSError:
+                    continue
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        observed = self.aws_config() + (
+            f'[audit]\nsyslog = true\nsyslog_socket = "{devlog}"\nfile = "{self.tmp / "audit.jsonl"}"\n'
+            f'[metrics]\nfile = "{self.tmp / "nomad-secrets.prom"}"\n'
+        )
+        off = self.plugin("aws", self.aws_config())
+        on = self.plugin("aws", observed, directory="plugins-observed")
+        try:
+            self.record(
+                "observe",
+                alternate(
+                    {
+                        "audit and metrics off": self.fetch_cmd(off, "bench/0"),
+                        "audit and metrics on": self.fetch_cmd(on, "bench/0"),
+                    },
+                    self.args.runs,
+                    self.args.warmup,
+                ),
+            )
+        finally:
+            stop.set()
+            reader.join()
+            receiver.close()
+        records = len((self.tmp / "audit.jsonl").read_text().splitlines())
+        if records != self.args.runs + self.args.warmup:
+            raise SystemExit(
+                f"bench: {records} audit records for {self.args.runs + self.args.warmup} fetches"
+            )
+        self.ratio(
+            "audit and metrics: on / off",
+            "observe",
+            "audit and metrics on",
+            "audit and metrics off",
+            "<= 1.05",
+        )
+
     def case_first_fetch(self) -> None:
         plugin = self.plugin("aws", self.aws_config())
         argv, env = self.fetch_cmd(plugin, "bench/0")
@@ -393,6 +456,97 @@ class Bench:
                 samples.append(run.seconds_after_term * 1000)
         self.record("sigterm", {"SIGTERM to answer and exit": samples})
 
+    def case_server_load(self) -> None:
+        """``nomad-secrets serve`` under load: a Drone secret request (signed,
+        policy, Secrets Manager on moto, JSON answer) from 32 concurrent
+        clients on loopback, side by side with the same clients calling
+        boto3's get_secret_value on the same moto directly (warm: clients
+        made and used before the clock starts). Fixed count, time-capped."""
+        import boto3
+        import botocore.config
+        from serverutil import drone_headers, secret_body, write_secret
+
+        count = 320 if self.args.quick else 3200
+        secret = "b" * 64
+        top = self.tmp / "serve"
+        top.mkdir(mode=0o700)
+        secret_file = write_secret(top / "drone-secret", secret)
+        port = free_port()
+        config = write_secret(
+            top / "config.toml",
+            f'[server]\nlisten = "127.0.0.1:{port}"\nplain_http = true\n'
+            + self.aws_config()
+            + f'[drone]\nsecret_file = "{secret_file}"\n'
+            + '[[drone.policy]]\nrepo = "bench/*"\nallow = ["aws-sm:bench/*"]\n',
+        )
+        server = subprocess.Popen(
+            [sys.executable, "-m", "nomad_secrets", "serve", "--config", config],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        body = secret_body("aws-sm:bench/0", "password", repo="bench/app")
+
+        def drone_client() -> Callable[[], bool]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+            def call() -> bool:
+                conn.request("POST", "/drone/secret", body, drone_headers(secret, body))
+                answer = conn.getresponse()
+                data = answer.read()
+                return answer.status == 200 and json.loads(data)["data"] == "pw0"
+
+            return call
+
+        sm = boto3.client(
+            "secretsmanager",
+            region_name=REGION,
+            endpoint_url=self.endpoint,
+            config=botocore.config.Config(max_pool_connections=LOAD_CLIENTS),
+            **CREDS,
+        )
+
+        def boto3_client() -> Callable[[], bool]:
+            def call() -> bool:
+                value = sm.get_secret_value(SecretId="bench/0")["SecretString"]
+                return bool(json.loads(value)["password"] == "pw0")
+
+            return call
+
+        try:
+            wait_for_port(port, server)
+            rounds = 1 if self.args.quick else 2
+            runs: dict[str, list[LoadRun]] = {"serve: drone secret": [], "boto3 get_secret_value": []}
+            for _ in range(rounds):  # alternate, so that drift hurts both alike
+                runs["serve: drone secret"].append(load(drone_client, count // rounds))
+                runs["boto3 get_secret_value"].append(load(boto3_client, count // rounds))
+        finally:
+            server.terminate()
+            server.wait(30)
+        samples = {name: [ms for run in done for ms in run.latencies] for name, done in runs.items()}
+        self.record("server-load", samples)
+        for name, done in runs.items():
+            ordered = sorted(samples[name])
+            seconds = sum(run.seconds for run in done)
+            self.load[name] = {
+                "requests": float(len(ordered)),
+                "errors": float(sum(run.errors for run in done)),
+                "seconds": seconds,
+                "per_second": len(ordered) / seconds,
+                "p50": percentile(ordered, 0.5),
+                "p99": percentile(ordered, 0.99),
+            }
+        if any(entry["errors"] for entry in self.load.values()):
+            raise SystemExit(f"bench: errors under load: {self.load}")
+        serve_p50 = self.load["serve: drone secret"]["p50"]
+        self.ratios.append(
+            (
+                "server-load: serve p50 / boto3 p50",
+                serve_p50 / self.load["boto3 get_secret_value"]["p50"],
+                "<= 1.5",
+            )
+        )
+
     def case_phases(self) -> None:
         """CPU per fetch by phase (user+sys, median ms): the interpreter, the
         zipapp's bootstrap, then each step of a fetch timed inside one
@@ -418,7 +572,8 @@ class Bench:
             steps = json.loads(inner.stdout)
             rows = {
                 "interpreter start and exit": start,
-                "zipapp and bootstrap": stopped - start,
+                # That run also imported cli and protocol, which the steps count.
+                "zipapp and bootstrap": stopped - start - steps["cli and protocol"],
                 **steps,
             }
             rows["the rest (threads, answer, exit)"] = total - sum(rows.values())
@@ -540,6 +695,73 @@ class Bench:
             "artifact bytes": {"median": float(size), "p10": float(size), "p90": float(size), "n": 1}
         }
         self.raw["size"] = {"artifact bytes": [float(size)]}
+
+
+@dataclass
+class LoadRun:
+    latencies: list[float]  # ms, one per call that was timed
+    errors: int
+    seconds: float  # wall time of the timed calls
+
+
+def load(make_client: Callable[[], Callable[[], bool]], count: int) -> LoadRun:
+    """``count`` calls shared by LOAD_CLIENTS threads, each with its own
+    client made and used twice before the clock starts; stops at
+    LOAD_SECONDS whatever is left. A call that fails or answers wrong is an
+    error."""
+    latencies: list[float] = []
+    errors = [0]
+    left = [count]
+    lock = threading.Lock()
+    ready = threading.Barrier(LOAD_CLIENTS + 1)
+    stop_at = [0.0]
+
+    def worker() -> None:
+        call = make_client()
+        for _ in range(2):
+            call()
+        ready.wait()
+        while True:
+            with lock:
+                if left[0] <= 0 or time.perf_counter() > stop_at[0]:
+                    return
+                left[0] -= 1
+            start = time.perf_counter()
+            try:
+                ok = call()
+            except Exception:  # noqa: BLE001 - counted, the run goes on
+                ok = False
+            elapsed = (time.perf_counter() - start) * 1000
+            with lock:
+                latencies.append(elapsed)
+                errors[0] += not ok
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(LOAD_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    stop_at[0] = time.perf_counter() + LOAD_SECONDS + 30  # past the warm-up
+    ready.wait()
+    started = time.perf_counter()
+    stop_at[0] = started + LOAD_SECONDS
+    for thread in threads:
+        thread.join()
+    return LoadRun(latencies, errors[0], time.perf_counter() - started)
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(200):
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: nomad-secrets serve exited {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("bench: nomad-secrets serve did not start")
 
 
 # Run inside the interpreter with the executable's unpacked lib on sys.path:
@@ -686,6 +908,15 @@ def print_table(bench: Bench, write: Callable[[str], None]) -> None:
                 continue
             spread = f"{s['p10']:>7.1f} - {s['p90']:<6.1f}"
             write(f"{case:<16} {name:<28} {s['median']:>10.1f} {spread} {s['n']:>4.0f}")
+    if bench.load:
+        write("")
+        title = f"server-load, {LOAD_CLIENTS} clients"
+        write(f"{title:<28} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+        for name, entry in bench.load.items():
+            write(
+                f"{name:<28} {entry['requests']:>9.0f} {entry['errors']:>7.0f} {entry['per_second']:>8.0f}"
+                f" {entry['p50']:>8.2f} {entry['p99']:>8.2f}"
+            )
     if bench.ratios:
         write("")
         write(f"{'ratio of medians':<44} {'measured':>9}  budget")
@@ -727,6 +958,7 @@ def main() -> int:
                     "versions": info,
                     "results": bench.results,
                     "raw_ms": bench.raw,
+                    "load": bench.load,
                     "ratios": [{"label": a, "value": b, "budget": c} for a, b, c in bench.ratios],
                 },
                 indent=1,

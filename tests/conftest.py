@@ -7,6 +7,7 @@ its endpoint and static test credentials, so no credential chain ever runs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -34,8 +35,11 @@ def interpreter() -> str:
     return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
 
-def build_artifact(output: Path, cache_dir: Path, *extra: str) -> Path:
-    subprocess.run(
+def run_build(
+    output: Path, cache_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """scripts/build for this run's interpreter, its output captured."""
+    return subprocess.run(
         [
             sys.executable,
             str(ROOT / "scripts" / "build"),
@@ -47,9 +51,16 @@ def build_artifact(output: Path, cache_dir: Path, *extra: str) -> Path:
             str(cache_dir),
             *extra,
         ],
-        check=True,
-        stdout=subprocess.DEVNULL,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
+
+
+def build_artifact(output: Path, cache_dir: Path, *extra: str) -> Path:
+    run = run_build(output, cache_dir, *extra)
+    assert run.returncode == 0, run.stdout + run.stderr
     return output
 
 
@@ -149,20 +160,19 @@ class MotoIam:
         )
 
 
-@pytest.fixture(scope="session")
-def moto_iam() -> Iterator[MotoIam]:
-    import json
+@contextlib.contextmanager
+def moto_process(env: dict[str, str] | None = None) -> Iterator[str]:
+    """moto's server in its own process (its own state: another AWS
+    account, as far as the plugin can tell); yields its endpoint."""
     import socket
     import time
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    # The first 5 requests are let through unauthenticated: the setup below.
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "5"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -173,7 +183,18 @@ def moto_iam() -> Iterator[MotoIam]:
                 break
             except OSError:
                 time.sleep(0.1)
-        endpoint = f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_iam() -> Iterator[MotoIam]:
+    import json
+
+    # The first 5 requests are let through unauthenticated: the setup below.
+    with moto_process({"INITIAL_NO_AUTH_ACTION_COUNT": "5"}) as endpoint:
         iam = aws_client(endpoint, "iam")
         iam.create_user(UserName="node")
         key = iam.create_access_key(UserName="node")["AccessKey"]
@@ -185,9 +206,6 @@ def moto_iam() -> Iterator[MotoIam]:
         aws_client(endpoint, "secretsmanager").create_secret(Name="denied-secret", SecretString="x")
         aws_client(endpoint, "ssm").put_parameter(Name="/denied/p", Value="x", Type="String")
         yield MotoIam(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def put_secret(client: Any, name: str, value: str) -> None:
@@ -220,6 +238,17 @@ def plugin_dir(tmp_path: Path, artifact: Path, moto_endpoint: str) -> Path:
 @pytest.fixture
 def nomad(plugin_dir: Path, decoder: GoDecoder) -> NomadClient:
     return NomadClient(plugin_dir, decoder)
+
+
+def doc_block(doc: Path, marker: str, language: str = "toml") -> str:
+    """The ```language block of ``doc`` that holds ``marker``: the example a
+    test runs as the docs show it."""
+    import re
+
+    for match in re.finditer(rf"^```{language}\n(.*?)^```", doc.read_text(), re.M | re.S):
+        if marker in match.group(1):
+            return match.group(1)
+    raise AssertionError(f"{doc.name} lost its {language} example with {marker!r}")
 
 
 def write_config(plugin_dir: Path, text: str) -> Path:

@@ -305,6 +305,26 @@ def test_settings_evicted_from_the_pool_have_their_token_revoked(vault: Vault, a
     assert not set(accessors) & server.accessors()
 
 
+def test_each_providers_vault_settings_get_their_own_token(vault: Vault, agent: Agent) -> None:
+    """Two providers on one cluster, each with its own token file: through
+    the agent, "narrow" reads with its own token, never with openbao's."""
+    server, name = vault.server, put(vault)
+    server.policy("narrow", 'path "secret/data/narrow/*" { capabilities = ["read"] }')
+    narrow = vault.file("narrow-token", server.token("narrow"))
+    (vault.nomad.plugin_dir / "secrets" / "narrow").symlink_to(vault.nomad.executable(PROVIDER).resolve())
+    vault.configure(f'[providers.narrow]\nstore = "vault"\ntoken_file = "{narrow}"\n')
+    for _ in range(2):  # the second round with warm backends
+        assert agent.fetch(f"vault:secret/{name}").result == {"password": CANARY}
+        count = len(agent.process.answered())
+        denied = vault.nomad.fetch("narrow", f"vault:secret/{name}").plugin_error
+        agent.wait_answered(count + 1)
+        assert denied == (
+            f"'vault:secret/{name}' (Vault): permission denied;"
+            f" the Vault policy of this token needs read on 'secret/data/{name}'"
+        )
+    assert agent.process.answered()[-1].endswith("clients=2")
+
+
 # --- a job's own identity -------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ only when private, safe when many plugins start at once on a fresh node."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -14,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT, aws_config, build_artifact, interpreter
+from conftest import ROOT, aws_config, build_artifact, interpreter, run_build
 from nomad import NomadClient, install_plugin, nomad_env, run_plugin
 
 from nomad_secrets._version import GO_VERSION
+from nomad_secrets.bootstrap import UNPACK_LOCK
 
 
 def test_same_source_and_lock_give_the_same_bytes(artifact: Path, tmp_path: Path) -> None:
@@ -38,6 +40,7 @@ def test_contents_are_pure_python_with_botocore_data_pruned(artifact: Path) -> N
             "build-info",
             "fingerprint.json",
             "lib.zip",
+            "nomad_secrets_cache.py",
             "nomad_secrets_trust.py",
         ]
         assert zf.read("fingerprint.json") == b'{"type": "secrets", "version": "%s"}\n' % GO_VERSION.encode()
@@ -107,8 +110,9 @@ def test_many_first_runs_at_once_share_one_unpack(
     with ThreadPoolExecutor(8) as pool:
         runs = list(pool.map(lambda _: nomad.fetch("aws", "concurrent-first-run"), range(8)))
     assert [r.result for r in runs] == [{"k": "v"}] * 8
-    entries = os.listdir(cache)
-    assert len(entries) == 1 and not entries[0].startswith(".unpack-"), entries
+    entries = sorted(os.listdir(cache))
+    assert entries[0] == UNPACK_LOCK and (os.stat(cache / UNPACK_LOCK).st_mode & 0o777) == 0o600
+    assert len(entries) == 2 and not entries[1].startswith(".unpack-"), entries
     assert (os.stat(cache).st_mode & 0o077) == 0
 
 
@@ -144,7 +148,7 @@ def test_cache_entry_replaced_by_a_symlink_is_refused(
     plugins, cache = _fresh_plugin(tmp_path, moto_endpoint)
     nomad = NomadClient(plugins, decoder)
     nomad.fetch("aws", "x")  # unpacks
-    (entry,) = os.listdir(cache)
+    (entry,) = [name for name in os.listdir(cache) if name != UNPACK_LOCK]
     shutil.move(cache / entry, tmp_path / "elsewhere")
     (cache / entry).symlink_to(tmp_path / "elsewhere")
     fetched = nomad.fetch("aws", "x")
@@ -168,3 +172,67 @@ def test_python_variables_from_the_job_cannot_load_code(tmp_path: Path, plugin_d
     assert run.returncode == 0 and run.stderr == b""
     assert "PYTHONHOME" in json.loads(run.stdout)["error"]
     assert not marker.exists()
+
+
+def _offline_build(output: Path, wheel_cache: Path, pip_config: Path) -> subprocess.CompletedProcess[str]:
+    """scripts/build with pip pointed at nothing but ``pip_config``."""
+    env = {**os.environ, "PIP_CONFIG_FILE": str(pip_config)}
+    for key in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        env.pop(key, None)
+    return run_build(output, output.parent / "cache", "--wheel-cache", str(wheel_cache), env=env)
+
+
+def _warm_wheel_cache() -> Path:
+    """The wheel cache the session's build filled (scripts/build's default)."""
+    lock_key = hashlib.sha256((ROOT / "locks" / "runtime.txt").read_bytes()).hexdigest()[:16]
+    env_cache = os.environ.get("NOMAD_SECRETS_WHEEL_CACHE")
+    base = (
+        Path(env_cache)
+        if env_cache
+        else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nomad-secrets" / "wheels"
+    )
+    return base / lock_key
+
+
+def test_a_second_build_runs_offline_from_the_wheel_cache(artifact: Path, tmp_path: Path) -> None:
+    """No index at all (pip would fail): the cached wheels give the same bytes."""
+    if os.environ.get("NOMAD_SECRETS_TEST_ARTIFACT"):
+        build_artifact(tmp_path / "warm", tmp_path / "warm-cache")  # fills the default wheel cache
+    offline = tmp_path / "pip-offline.conf"
+    offline.write_text("[global]\nno-index = true\nindex-url = http://127.0.0.1:9/\n")
+    wheels = tmp_path / "wheels"
+    shutil.copytree(_warm_wheel_cache(), wheels / _warm_wheel_cache().name)
+    run = _offline_build(tmp_path / "offline" / "nomad-secrets", wheels, offline)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "downloading" not in run.stderr and run.stderr == ""
+    built = tmp_path / "offline" / "nomad-secrets"
+    same = build_artifact(tmp_path / "reference", tmp_path / "offline" / "cache")
+    assert built.read_bytes() == same.read_bytes()
+
+
+def test_a_changed_wheel_in_the_cache_is_not_used(tmp_path: Path) -> None:
+    offline = tmp_path / "pip-offline.conf"
+    offline.write_text("[global]\nno-index = true\n")
+    wheels = tmp_path / "wheels" / _warm_wheel_cache().name
+    shutil.copytree(_warm_wheel_cache(), wheels)
+    tampered = sorted(wheels.glob("six-*.whl"))[0]
+    tampered.write_bytes(tampered.read_bytes() + b"\0")
+    run = _offline_build(tmp_path / "out" / "nomad-secrets", wheels.parent, offline)
+    # The lock's hash is missing from the cache, so the build asks the index again (none here).
+    assert run.returncode != 0 and "downloading the locked wheels" in run.stderr
+    assert "pip download failed" in run.stderr
+    assert not (tmp_path / "out" / "nomad-secrets").exists()
+
+
+def test_a_first_download_filters_pip_noise(tmp_path: Path) -> None:
+    """This machine's pip config names index locations that do not exist;
+    pip warns about each one. The build keeps its own lines only."""
+    conf = tmp_path / "pip.conf"
+    conf.write_text(
+        "[global]\nno-index = false\nindex-url = file:///nonexistent/simple\n"
+        f"find-links = {_warm_wheel_cache()}\n"
+    )
+    run = _offline_build(tmp_path / "out" / "nomad-secrets", tmp_path / "wheels", conf)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "downloading the locked wheels" in run.stderr
+    assert "is ignored" not in run.stderr, run.stderr

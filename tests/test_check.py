@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import aws_config, write_config
+import pytest
+from conftest import ROOT, aws_config, write_config
 from netutil import dead_port_url
 
 
@@ -95,3 +96,81 @@ def test_ambiguous_web_identity_role_template_is_warned(plugin_dir: Path, moto_e
     unambiguous = "arn:aws:iam::123456789012:role/nomad/{namespace}/{job}"
     write_config(plugin_dir, aws_config(moto_endpoint, f'web_identity_role_arn = "{unambiguous}"\n'))
     assert "web_identity_role_arn:" not in check(plugin_dir)[1]
+
+
+def check_json(plugin_dir: Path, name: str = "aws") -> tuple[int, dict[str, object]]:
+    import json
+
+    proc = subprocess.run(
+        [str(plugin_dir / "secrets" / name), "check", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env={},
+        timeout=60,
+    )
+    assert proc.stderr == ""
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_json_format_says_the_same_with_the_same_exit_status(plugin_dir: Path, moto_endpoint: str) -> None:
+    code, report = check_json(plugin_dir)
+    assert code == check(plugin_dir)[0] == 0
+    assert report["result"] == "OK" and report["problems"] == 0 and report["warnings"] == 1
+    assert report["providers"] == {
+        "aws": {
+            "store": "aws-sm",
+            "source": "built-in name",
+            "settings": {
+                "aws": {
+                    "region": "us-east-2",
+                    "endpoint_url": moto_endpoint,
+                    "endpoint_urls": {},
+                    "access_key_id": "testing",
+                    "secret_access_key": "(set, not shown)",
+                    "session_token": None,
+                    "job_region": True,
+                    "web_identity_role_arn": None,
+                }
+            },
+            "set_by_provider": [],
+        }
+    }
+    levels = {(i["section"], i["level"]) for i in report["items"]}  # type: ignore[attr-defined]
+    assert ("policy", "warning") in levels and ("stores", "ok") in levels
+
+    write_config(plugin_dir, aws_config(dead_port_url()))
+    code, report = check_json(plugin_dir)
+    assert code == check(plugin_dir)[0] == 1
+    assert report["result"] == "NOT OK" and report["problems"] == 1
+    (problem,) = [i for i in report["items"] if i["level"] == "problem"]  # type: ignore[attr-defined]
+    assert problem["section"] == "stores" and "cannot reach" in problem["message"]
+
+    (plugin_dir / "secrets" / "nomad-secrets.toml").chmod(0o664)  # the config is not even read
+    code, report = check_json(plugin_dir)
+    assert code == check(plugin_dir)[0] == 1
+    assert report["result"] == "NOT OK" and report["providers"] == {}
+    assert "writable by group or others" in report["items"][0]["message"]  # type: ignore[index]
+
+
+def test_the_readme_json_check_with_jq(plugin_dir: Path) -> None:
+    """README's line for configuration management, as written."""
+    import re
+    import shutil
+
+    jq = shutil.which("jq")
+    if jq is None:
+        pytest.skip("needs jq: run scripts/setup as root, or apt-get install jq")
+    line = re.search(
+        r"^/opt/nomad/data/common_plugins/secrets/aws check --format json \| jq -e '(.*)'$",
+        (ROOT / "README.md").read_text(),
+        re.M,
+    )
+    assert line, "README.md lost its check --format json example"
+    aws = str(plugin_dir / "secrets" / "aws")
+    ok = subprocess.run(f"{aws} check --format json | {jq} -e '{line.group(1)}'", shell=True, env={})
+    assert ok.returncode == 0
+    (plugin_dir / "secrets" / "nomad-secrets.toml").chmod(0o664)
+    broken = subprocess.run(
+        f"{aws} check --format json | {jq} -e '{line.group(1)}'", shell=True, env={}, capture_output=True
+    )
+    assert broken.returncode == 1 and broken.stdout == b"false\n"

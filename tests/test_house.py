@@ -73,3 +73,4 @@ def test_bootstrap_is_the_ground_floor() -> None:
     edges = graph()
     assert [name for name, deps in edges.items() if "nomad_secrets.bootstrap" in deps] == []
     assert edges["nomad_secrets.trust"] == set()
+    assert edges["nomad_secrets.cache"] - {"nomad_secrets"} == {"nomad_secrets.trust"}  # in the zip too

@@ -4,6 +4,7 @@ names then fingerprint and fetch as Nomad runs them."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -16,9 +17,11 @@ from nomad import NomadClient
 from nomad_secrets import config
 
 
-def install(exe: Path, plugin_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def install(
+    exe: Path, plugin_dir: Path, *args: str, option: str = "--common-plugin-dir"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(exe), "install", "--plugin-dir", str(plugin_dir), *args],
+        [str(exe), "install", option, str(plugin_dir), *args],
         capture_output=True,
         text=True,
         env={},
@@ -86,3 +89,53 @@ def test_install_needs_the_built_executable(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert proc.returncode == 1 and "is not the built executable" in proc.stdout
+
+
+def test_the_plugin_directory_is_refused_where_the_common_plugin_dir_is_due(
+    artifact: Path, tmp_path: Path
+) -> None:
+    """The docs call <common_plugin_dir>/secrets/ the plugin directory: given
+    as the common plugin dir, it would make secrets/secrets/."""
+    common = tmp_path / "common_plugins"
+    (common / "secrets").mkdir(parents=True)
+    for option in ("--common-plugin-dir", "--plugin-dir"):
+        proc = install(artifact, common / "secrets", "--as", "aws", option=option)
+        assert proc.returncode == 1, proc.stdout
+        assert f"{common / 'secrets'} is a plugin directory (<common_plugin_dir>/secrets/)" in proc.stdout
+        assert f"run install --common-plugin-dir {common}" in proc.stdout
+    assert os.listdir(common / "secrets") == [] and os.listdir(common) == ["secrets"]
+
+
+def test_the_old_option_name_still_installs(artifact: Path, tmp_path: Path) -> None:
+    proc = install(artifact, tmp_path / "common_plugins", "--as", "aws", option="--plugin-dir")
+    assert proc.returncode == 0, proc.stdout
+    assert os.readlink(tmp_path / "common_plugins" / "secrets" / "aws") == "../nomad-secrets"
+
+
+def test_a_common_plugin_dir_named_secrets_that_holds_secrets_is_accepted(
+    artifact: Path, tmp_path: Path
+) -> None:
+    common = tmp_path / "secrets"
+    (common / "secrets").mkdir(parents=True)
+    assert install(artifact, common, "--as", "aws").returncode == 0
+    assert (common / "secrets" / "aws").is_symlink()
+
+
+def test_the_docs_and_the_option_use_the_same_words(artifact: Path, tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    line = re.search(
+        r"^\./nomad-secrets (install --common-plugin-dir /opt/nomad/data/common_plugins .*)$", readme, re.M
+    )
+    assert line, "README.md lost its install line"
+    args = line.group(1).replace("/opt/nomad/data/common_plugins", str(tmp_path / "common_plugins")).split()
+    run = subprocess.run([str(artifact), *args], capture_output=True, text=True, env={}, timeout=60)
+    assert run.returncode == 0, run.stdout
+    assert (tmp_path / "common_plugins" / "secrets" / "aws").is_symlink()
+    assert "--plugin-dir" not in readme.replace("--common-plugin-dir", "")
+    assert "`<common_plugin_dir>/secrets/` (the plugin directory)" in " ".join(readme.split())
+    help_text = subprocess.run(
+        [str(artifact), "install", "--help"], capture_output=True, text=True, env={}
+    ).stdout
+    words = " ".join(help_text.split())
+    assert "the common plugin dir: the Nomad client's common_plugin_dir" in words
+    assert "which holds the plugin directory secrets/" in words

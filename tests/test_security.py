@@ -538,3 +538,15 @@ def test_inputs_that_were_internal_errors(
     run = run_plugin(nomad.executable("aws"), argv, nomad_env("fetch", REGION_ENV, "j", "default"))
     answer = json.loads(run.stdout)
     assert needle in answer["error"] and "internal error" not in answer["error"], answer
+
+
+def test_nothing_but_loopback_is_reachable() -> None:
+    """scripts/test runs the suite, as root, where only 127.0.0.1 exists: no
+    credential chain of any test can reach the instance metadata address."""
+    import socket
+
+    if os.environ.get("NOMAD_SECRETS_TEST_NETNS") != "1":
+        pytest.skip("needs the loopback-only network namespace scripts/test makes as root")
+    for address in (("169.254.169.254", 80), ("1.1.1.1", 443)):
+        with pytest.raises(OSError), socket.create_connection(address, timeout=1):
+            pass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from nomad_secrets import policy
-from nomad_secrets.config import Config
+from nomad_secrets.config import Provider
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.reference import Reference
 from nomad_secrets.request import Identity, JobOptions
@@ -44,18 +44,20 @@ def read_scope(store: str, ref: Reference) -> policy.Many | None:
 
 
 def open_backend(
-    store: str, config: Config, options: JobOptions, identity: Identity, deadline: Deadline
+    store: str, provider: Provider, options: JobOptions, identity: Identity, deadline: Deadline
 ) -> Backend:
-    """A ready client for ``store``. Called in the main thread only: client
-    creation in botocore is not thread-safe, while the clients are."""
+    """A ready client for ``store``, with the settings ``provider`` uses
+    (its own section's keys over the top-level ``[aws]`` or ``[vault]``).
+    Called in the main thread only: client creation in botocore is not
+    thread-safe, while the clients are."""
     if store == "aws-sm":
         from nomad_secrets.backends.aws_sm import SecretsManager
 
-        return SecretsManager(config.aws, options, deadline, identity)
+        return SecretsManager(provider.aws, options, deadline, identity)
     if store == "aws-ssm":
         from nomad_secrets.backends.aws_ssm import ParameterStore
 
-        return ParameterStore(config.aws, options, deadline, identity)
+        return ParameterStore(provider.aws, options, deadline, identity)
     from nomad_secrets.backends.vault import Vault
 
-    return Vault(config.vault, options, deadline)
+    return Vault(provider.vault, options, deadline)

@@ -12,7 +12,8 @@ from typing import Any
 from nomad_secrets import errors
 from nomad_secrets.config import AwsSettings
 from nomad_secrets.deadline import Deadline
-from nomad_secrets.errors import ConfigError, RequestError, StoreError
+from nomad_secrets.errors import ConfigError, PluginError, RequestError, StoreError
+from nomad_secrets.reference import MAX_REFERENCES
 from nomad_secrets.request import Identity, JobOptions
 
 CONNECT_TIMEOUT = 3.0  # a dead endpoint should not eat the whole deadline
@@ -37,9 +38,23 @@ class AwsStore:
         self, settings: AwsSettings, options: JobOptions, deadline: Deadline, identity: Identity
     ) -> None:
         self.client = make_client(self.service, settings, options, deadline, identity)
+        # For messages: where a read looked, and who chose that region.
+        self.region = str(self.client.meta.region_name)
+        self.region_source = "the job's AWS_REGION" if options.region else "aws.region in the config"
 
     def close(self) -> None:
         """Nothing to give back: AWS keeps no session for a client."""
+
+    def store_error(self, exc: Exception, reference: str, *, action: str, resource: str) -> PluginError:
+        return store_error(
+            exc,
+            reference,
+            self.label,
+            action=action,
+            resource=resource,
+            region=self.region,
+            region_source=self.region_source,
+        )
 
 
 def region_for(settings: AwsSettings, options: JobOptions) -> str | None:
@@ -68,6 +83,10 @@ def make_client(
         connect_timeout=min(CONNECT_TIMEOUT, deadline.call_timeout()),
         read_timeout=deadline.call_timeout(),
         retries={"mode": "standard", "total_max_attempts": 4},  # 3 retries, backoff with jitter
+        # Every reference's thread keeps its connection (as the Vault pool
+        # does), and so does every request of the server, which shares one
+        # client (botocore's default, 10, drops the rest after each call).
+        max_pool_connections=MAX_REFERENCES,
         user_agent_extra=f"nomad-secrets/{__version__}",
     )
     session = botocore.session.Session()
@@ -153,16 +172,50 @@ def aws_errors() -> tuple[type[Exception], ...]:
     )
 
 
-def store_error(exc: Exception, reference: str, label: str, *, action: str, resource: str) -> StoreError:
+def known_regions() -> set[str]:
+    """Every region of every partition in botocore's endpoint data."""
+    import botocore.loaders
+
+    data = botocore.loaders.create_loader().load_data("endpoints")
+    return {region for partition in data["partitions"] for region in partition["regions"]}
+
+
+def store_error(
+    exc: Exception,
+    reference: str,
+    label: str,
+    *,
+    action: str,
+    resource: str,
+    region: str | None = None,
+    region_source: str = "",
+) -> PluginError:
     """Map a botocore exception to the message a job author can act on.
 
     AWS's own error message is kept (cut short): for a denial it names the
     principal and the missing permission, which is what the operator needs.
     Secret values never appear in AWS error messages.
+
+    A region AWS does not have fails in no helpful way: AWS's own endpoint
+    name for it does not resolve (botocore: cannot connect), and a local or
+    proxy endpoint answers what it likes (moto: HTTP 500). So any failure in
+    a region botocore does not know is reported as that region's mistake.
     """
+    import botocore
     import botocore.exceptions as bx
     import botocore.parsers
 
+    if region and region not in known_regions():
+        fix = (
+            "set AWS_REGION in the secret block's env to an AWS region, such as us-east-2"
+            if region_source.startswith("the job")
+            else "set aws.region in the operator's config to an AWS region, such as us-east-2"
+        )
+        return RequestError(
+            f"{reference!r} ({label}): {region!r} ({region_source}) is not an AWS region"
+            f" (botocore {botocore.__version__} knows every region up to its release); {fix}"
+        )
+    where = f" in {region}" if region else ""
     if isinstance(exc, botocore.parsers.ResponseParserError):
         return StoreError(
             reference,
@@ -180,8 +233,9 @@ def store_error(exc: Exception, reference: str, label: str, *, action: str, reso
         message = message[:300]
         said = f"AWS said {code}" + (f": {message}" if message else "")
         if code in ("ResourceNotFoundException", "ParameterNotFound", "ParameterVersionNotFound"):
+            region_said = f", and the region ({region}: {region_source})" if region else " and the region"
             return errors.NotFound(
-                reference, label, f"not found ({said})", f"check the name and the region of {resource}"
+                reference, label, f"not found{where} ({said})", f"check the name of {resource}{region_said}"
             )
         if code in _DENIED or status == 403:
             return errors.AccessDenied(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nomad_secrets.backends.aws import AwsStore, aws_errors, store_error
+from nomad_secrets.backends.aws import AwsStore, aws_errors
 from nomad_secrets.errors import NotFound, RequestError
 from nomad_secrets.reference import Reference
 from nomad_secrets.shape import Raw
@@ -35,10 +35,9 @@ class SecretsManager(AwsStore):
                     "the secret is scheduled for deletion",
                     "restore it, or point the job at another secret",
                 ) from None
-            raise store_error(
+            raise self.store_error(
                 exc,
                 ref.text,
-                self.label,
                 action="secretsmanager:GetSecretValue",
                 resource=f"secret {ref.locator!r}",
             ) from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nomad_secrets.backends.aws import AwsStore, aws_errors, store_error
+from nomad_secrets.backends.aws import AwsStore, aws_errors
 from nomad_secrets.errors import InvalidSecret, RequestError
 from nomad_secrets.reference import Reference
 from nomad_secrets.shape import Raw
@@ -103,8 +103,9 @@ class ParameterStore(AwsStore):
             raise NotFound(
                 ref.text,
                 self.label,
-                "no parameters below this path",
-                "check the path and the region; ssm:GetParametersByPath returns only what the node may read",
+                f"no parameters below this path in {self.region}",
+                f"check the path, and the region ({self.region}: {self.region_source});"
+                " ssm:GetParametersByPath returns only what the node may read",
             )
         return values
 
@@ -112,4 +113,4 @@ class ParameterStore(AwsStore):
         try:
             return getattr(self.client, method)(**params)
         except aws_errors() as exc:
-            raise store_error(exc, ref.text, self.label, action=action, resource=resource) from None
+            raise self.store_error(exc, ref.text, action=action, resource=resource) from None

@@ -1,0 +1,158 @@
+"""The unpack cache's directories: which one a fetch uses, and removing the
+ones of other builds that nothing uses any more.
+
+``<cache>/<build id>-<interpreter tag>/`` holds one build's code, unpacked
+by the first fetch of that build (bootstrap.py). Every fetch holds a shared
+flock on its directory for as long as it runs (``hold``: the descriptor
+stays open until the process exits). ``prune`` takes an exclusive lock
+without waiting, so a directory that any running process imports from is
+never touched; one it can lock it renames out of the way first (a fetch
+that opened it a moment before then finds its path changed and unpacks
+again), then removes. Pruning runs in ``install`` and in a fetch that has
+just unpacked a new build: a fetch that finds its directory in place never
+lists the cache.
+
+Only what passes the trust rules is removed (not a symlink, ours, writable
+by no one else), and only directories that say they follow this protocol
+(``HELD_MARK``): a build before 0.2 holds no lock, so its directory is left
+for the operator. Standard library only: ``scripts/build`` stores a copy of
+this file beside the zip's ``__main__.py``, like trust.py.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import sys
+import time
+
+try:  # the source tree and the installed package
+    from nomad_secrets import trust
+except ImportError:  # the executable's bootstrap: scripts/build stores trust.py beside it
+    import nomad_secrets_trust as trust  # type: ignore[import-not-found,no-redef]
+
+ROOT_CACHE = "/var/cache/nomad-secrets"
+HELD_MARK = ".held-while-in-use"  # written into each directory before it is published
+ENTRY = re.compile(r"[0-9a-f]{24}-[A-Za-z0-9_.-]+\Z")  # <build id>-<sys.implementation.cache_tag>
+# A fetch prunes only directories older than this (by their own time): two
+# builds in use on one node (two plugin dirs) then unpack each other's at
+# most once an hour, not at every fetch. install prunes at any age.
+FETCH_PRUNE_MIN_AGE = 3600.0
+STALE_UNPACK_AGE = 3600.0  # a ".unpack-*" this old is a crashed unpack's
+
+_held: list[int] = []  # descriptors kept open (and locked) until exit
+
+
+def default_cache_dir() -> str:
+    if os.geteuid() == 0:
+        return ROOT_CACHE
+    import pwd
+
+    return os.path.join(pwd.getpwuid(os.geteuid()).pw_dir, ".cache", "nomad-secrets")
+
+
+def entry_name(build_id: str) -> str:
+    return f"{build_id}-{sys.implementation.cache_tag}"
+
+
+def hold(entry: str) -> bool:
+    """Mark ``entry`` in use by this process until it exits (a shared lock);
+    False when ``entry`` was removed or replaced before the lock was taken,
+    and the caller must look again."""
+    try:
+        fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a pruner holds its exclusive lock for a rename only
+    try:
+        now = os.stat(entry, follow_symlinks=False)
+    except OSError:
+        now = None
+    opened = os.fstat(fd)
+    if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+        os.close(fd)
+        return False
+    _held.append(fd)
+    return True
+
+
+def prune(cache_root: str, keep_build: str, min_age: float = 0.0) -> tuple[list[str], list[str]]:
+    """Remove the directories of builds other than ``keep_build`` that no
+    process holds; the names removed, and the ones kept with the reason.
+
+    The caller has checked ``cache_root`` against the trust rules.
+    """
+    removed: list[str] = []
+    kept: list[str] = []
+    now = time.time()
+    for name in sorted(os.listdir(cache_root)):
+        path = os.path.join(cache_root, name)
+        if name.startswith(".prune-"):  # renamed by a pruner that stopped midway: nobody's
+            if _remove(cache_root, path, name, kept):
+                removed.append(name)
+            continue
+        if name.startswith(".unpack-"):
+            if _age(path, now) > STALE_UNPACK_AGE and _remove(cache_root, path, name, kept):
+                removed.append(name)
+            continue
+        if not ENTRY.match(name) or name.startswith(keep_build + "-"):
+            continue
+        problem = trust.untrusted(path, "cache directory")
+        if problem:
+            kept.append(f"{name}: {problem}")
+            continue
+        if not os.path.lexists(os.path.join(path, HELD_MARK)):
+            kept.append(f"{name}: a build before 0.2, which does not mark when it is in use")
+            continue
+        if _age(path, now) < min_age:
+            continue
+        if _remove_unheld(cache_root, path, name, kept):
+            removed.append(name)
+    return removed, kept
+
+
+def _remove_unheld(cache_root: str, path: str, name: str, kept: list[str]) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        kept.append(f"{name}: {exc.strerror}")
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            kept.append(f"{name}: in use by a running fetch")
+            return False
+        trash = os.path.join(cache_root, f".prune-{name}-{os.getpid()}")
+        try:
+            os.rename(path, trash)  # under the lock: no fetch takes it from here on
+        except OSError as exc:
+            kept.append(f"{name}: {exc.strerror}")
+            return False
+    finally:
+        os.close(fd)
+    return _remove(cache_root, trash, name, kept)
+
+
+def _remove(cache_root: str, path: str, name: str, kept: list[str]) -> bool:
+    import shutil
+
+    problem = trust.untrusted(path, "cache directory")
+    if problem:
+        kept.append(f"{name}: {problem}")
+        return False
+    try:
+        # Removes links, never follows them (the fd-based walk on Linux).
+        shutil.rmtree(path)
+    except OSError as exc:
+        kept.append(f"{name}: {exc.strerror}")
+        return False
+    return True
+
+
+def _age(path: str, now: float) -> float:
+    try:
+        return now - os.lstat(path).st_mtime
+    except OSError:
+        return 0.0

@@ -1,0 +1,28 @@
+"""``nomad-secrets serve``: the CI front doors, over HTTP.
+
+Drone's secret and admission extensions and Bitbucket Pipelines' secrets
+provider ask the question a Nomad job asks (which secrets may this caller
+read?) over HTTP. Each door turns its request into references and a
+``policy.Caller``, then the plugin's own ``fetch.check_policy`` and
+``fetch.resolve`` answer, and the door writes the answer in its protocol.
+
+This package runs from the installed package with the ``server`` extra
+(Starlette, uvicorn, PyJWT): never from the plugin's executable, which
+carries none of it, and nothing outside this package imports it but
+``cli.operator_command`` (tests/test_server_house.py holds both).
+
+Modules, one job each:
+
+- ``settings``: the ``[server]``, ``[drone]``, ``[admission]`` and
+  ``[bitbucket]`` sections, checked, and the files they name, trusted;
+- ``exchange``: a request and an answer as the doors see them;
+- ``httpsig``: Drone's HTTP signatures, verified;
+- ``aesgcm``: Drone's encrypted answer;
+- ``fetchjson``: a bounded GET of JSON (GitHub's API, an OIDC issuer);
+- ``stores``: the store clients every request shares;
+- ``drone_secret``, ``drone_admission`` (with ``github``), ``bitbucket``
+  (with ``oidc``): the doors;
+- ``app``: the HTTP application (Starlette): routes, limits, access log;
+- ``http11``: uvicorn's HTTP/1.1 protocol with a deadline on headers;
+- ``main``: the process: uvicorn, TLS, signals, graceful shutdown.
+"""

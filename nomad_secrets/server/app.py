@@ -1,0 +1,175 @@
+"""The HTTP application: Starlette routes to the doors, with the limits.
+
+Each request to a door: the body is read up to ``server.max_body_bytes``
+(413 past it) within the request's deadline (``server.request_seconds``,
+408 past it); the door runs in a worker thread (its store reads block),
+at most ``server.max_concurrent_reads`` at once; its answer is written
+back, and one access log line is written. ``/healthz`` answers 200 while
+the server accepts requests.
+
+The access log: one JSON object per line on stdout, with the time, the
+method and path, the status, the outcome, the milliseconds, the peer, and
+who asked for what (repo, event, branch, reference and field; login;
+workspace, repository, step): never a value, a token or a signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import IO, Protocol
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from nomad_secrets.deadline import Deadline
+from nomad_secrets.server.exchange import Incoming, LogValue, Outgoing, internal_error, text
+from nomad_secrets.server.settings import ServerSettings
+
+logger = logging.getLogger("nomad_secrets.server")
+
+
+class Door(Protocol):
+    route: str
+    methods: tuple[str, ...]
+
+    def handle(self, request: Incoming) -> Outgoing: ...
+
+
+class AccessLog:
+    def __init__(self, stream: IO[str] | None) -> None:
+        self.stream = stream
+
+    def write(self, request: Request, answer: Outgoing, started: float) -> None:
+        if self.stream is None:
+            return
+        entry: dict[str, LogValue] = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "method": request.method,
+            "path": request.url.path,
+            "status": answer.status,
+            "outcome": answer.outcome,
+            "ms": round((time.monotonic() - started) * 1000, 1),
+            "peer": request.client.host if request.client else None,
+            **answer.log,
+        }
+        self.stream.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self.stream.flush()
+
+
+def build_app(
+    doors: Sequence[Door], server: ServerSettings, on_shutdown: Callable[[], None], log_stream: IO[str] | None
+) -> Starlette:
+    access_log = AccessLog(log_stream if server.access_log else None)
+    # The doors block (store reads): they run in these threads, at most
+    # max_concurrent_reads at once; other requests wait for one.
+    workers = ThreadPoolExecutor(server.max_concurrent_reads, thread_name_prefix="door")
+
+    def respond(request: Request, answer: Outgoing, started: float) -> Response:
+        access_log.write(request, answer, started)
+        return Response(
+            answer.body, status_code=answer.status, headers=answer.headers, media_type=answer.content_type
+        )
+
+    def endpoint(door: Door) -> Callable[[Request], object]:
+        async def serve(request: Request) -> Response:
+            started = time.monotonic()
+            deadline = Deadline(server.request_seconds, start=started)
+            body = await read_body(request, server.max_body_bytes, deadline)
+            if isinstance(body, Outgoing):
+                return respond(request, body, started)
+            incoming = Incoming(
+                method=request.method,
+                target=_target(request),
+                headers=tuple(
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]
+                ),
+                body=body,
+                deadline=deadline,
+            )
+            answer = await asyncio.get_running_loop().run_in_executor(workers, _handle, door, incoming)
+            return respond(request, answer, started)
+
+        return serve
+
+    async def healthz(request: Request) -> Response:
+        return respond(request, text(200, "ok", "ok"), time.monotonic())
+
+    async def no_route(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        outcome = {404: "no-such-path", 405: "wrong-method"}.get(status, "error")
+        answer = text(status, {404: "Not Found", 405: "Method Not Allowed"}.get(status, "Error"), outcome)
+        if status == 405:
+            answer.headers["Allow"] = ", ".join(_allowed(doors, request.url.path))
+        return respond(request, answer, time.monotonic())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            workers.shutdown(wait=True)
+            on_shutdown()
+
+    routes = [Route("/healthz", healthz, methods=["GET"])]
+    routes += [Route(door.route, endpoint(door), methods=list(door.methods)) for door in doors]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: no_route, 405: no_route})
+
+
+async def read_body(request: Request, limit: int, deadline: Deadline) -> bytes | Outgoing:
+    """The body, or the answer that refuses it (too large, too slow)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        return text(413, f"the body is larger than this server's limit of {limit} bytes", "too-large")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with anyio.fail_after(max(deadline.remaining(), 0.001)):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return text(
+                        413, f"the body is larger than this server's limit of {limit} bytes", "too-large"
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        return text(408, "the body did not arrive within the request's deadline", "too-slow")
+    except ClientDisconnect:
+        return text(400, "the client went away", "client-gone")
+    return b"".join(chunks)
+
+
+def _handle(door: Door, request: Incoming) -> Outgoing:
+    """The door's answer; an exception it did not expect is a 500, logged
+    by type and place, never by its text (which could quote a value)."""
+    try:
+        return door.handle(request)
+    except Exception as exc:  # noqa: BLE001 - the client gets an answer, the log the frames
+        frames = "; ".join(
+            f"{f.filename}:{f.lineno} {f.name}" for f in traceback.extract_tb(exc.__traceback__)
+        )
+        logger.error("internal error %s in %s at %s", type(exc).__name__, door.route, frames)
+        return internal_error(exc)
+
+
+def _target(request: Request) -> str:
+    path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string") or b""
+    return (path + (b"?" + query if query else b"")).decode("latin-1")
+
+
+def _allowed(doors: Sequence[Door], path: str) -> list[str]:
+    if path == "/healthz":
+        return ["GET", "HEAD"]
+    return [method for door in doors if door.route == path for method in door.methods]

@@ -1,0 +1,152 @@
+"""``nomad-secrets serve``: the process.
+
+    nomad-secrets serve [--config PATH] [--nomad-task] [--check]
+
+Reads the config (``/etc/nomad-secrets/config.toml`` unless ``--config``)
+and the files it names, each held to the trust rules; ``--nomad-task``
+checks the files but not the directories above them, for a server that
+runs as a Nomad task (Nomad makes a task's directories 0777; the task's
+isolation guards them). ``--check`` stops there and says what would be
+served.
+
+Then uvicorn serves the app (app.py) on ``server.listen``, with TLS from
+``server.tls_cert``/``tls_key``, HTTP/1.1 with a deadline on headers
+(http11.py), at most ``server.max_connections`` connections (503 past
+that). SIGTERM (and SIGINT) stop it gracefully: it stops accepting, closes
+idle connections, lets in-flight requests finish for up to
+``server.shutdown_seconds``, then exits 0. Errors go to stderr, the access
+log to stdout, one JSON line per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import signal
+import sys
+from types import FrameType
+
+from nomad_secrets.config import SYSTEM_CONFIG
+from nomad_secrets.errors import PluginError
+from nomad_secrets.server import settings as settings_module
+from nomad_secrets.server.settings import Keys, Settings
+
+NEEDS = ("starlette", "uvicorn", "jwt", "cryptography")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nomad-secrets serve",
+        description="Serve Drone's secret and admission extensions and Bitbucket's secrets provider.",
+    )
+    parser.add_argument("--config", default=SYSTEM_CONFIG, help="the config file (default %(default)s)")
+    parser.add_argument(
+        "--nomad-task",
+        action="store_true",
+        help="the files are in this Nomad task's directories: check the files, not the directories above",
+    )
+    parser.add_argument("--check", action="store_true", help="check the config and its files, then exit")
+    args = parser.parse_args(argv)
+    missing = [name for name in NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"nomad-secrets serve needs {', '.join(missing)}: install the server extra,"
+            " pip install 'nomad-secrets[server]' (docs/ci.md)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        settings, keys = settings_module.load(args.config, nomad_task=args.nomad_task)
+    except PluginError as exc:
+        print(f"nomad-secrets serve: {exc.message}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.config}: would serve {', '.join(_routes(settings))} on {_url(settings)}")
+        return 0
+    return run(settings, keys)
+
+
+def run(settings: Settings, keys: Keys) -> int:
+    import uvicorn
+
+    from nomad_secrets.server.app import Door, build_app
+    from nomad_secrets.server.bitbucket import Bitbucket
+    from nomad_secrets.server.drone_admission import DroneAdmission
+    from nomad_secrets.server.drone_secret import DroneSecret
+    from nomad_secrets.server.http11 import with_header_deadline
+    from nomad_secrets.server.stores import ServerStores
+
+    server = settings.server
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        pool = ServerStores(
+            settings.config, server.request_seconds, server.store
+        )  # the main thread: botocore
+    except PluginError as exc:
+        print(f"nomad-secrets serve: {exc.message}", file=sys.stderr)
+        return 2
+    for problem in pool.problems():
+        print(f"nomad-secrets serve: warning: {problem}", file=sys.stderr)
+    doors: list[Door] = []
+    closers = []
+    if settings.drone is not None:
+        doors.append(DroneSecret(settings, keys, pool))
+    if settings.admission is not None:
+        admission = DroneAdmission(settings, keys)
+        doors.append(admission)
+        closers.append(admission.close)
+    if settings.bitbucket is not None:
+        bitbucket = Bitbucket(settings, pool)
+        doors.append(bitbucket)
+        closers.append(bitbucket.close)
+
+    def shutdown() -> None:
+        for close in closers:
+            close()
+
+    app = build_app(doors, server, shutdown, sys.stdout)
+    config = uvicorn.Config(
+        app,
+        host=server.host,
+        port=server.port,
+        ssl_certfile=server.tls_cert,
+        ssl_keyfile=server.tls_key,
+        http=with_header_deadline(server.header_seconds),
+        lifespan="on",
+        log_config=None,
+        access_log=False,  # app.py writes its own, without values
+        timeout_graceful_shutdown=round(server.shutdown_seconds),
+        limit_concurrency=server.max_connections,
+        timeout_keep_alive=5,
+        server_header=False,
+        proxy_headers=False,
+        loop="asyncio",
+    )
+    uvicorn_server = uvicorn.Server(config)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        uvicorn_server.should_exit = True
+
+    # uvicorn takes SIGTERM and SIGINT while it serves and, once stopped,
+    # raises the signal again with the handler it found: ours, so that a
+    # graceful stop ends with status 0 and a signal before it serves stops it.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    print(
+        f"nomad-secrets serve: {', '.join(_routes(settings))} on {_url(settings)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn_server.run()
+    return 0 if uvicorn_server.started else 1
+
+
+def _routes(settings: Settings) -> list[str]:
+    names = {"drone": "/drone/secret", "admission": "/drone/admission", "bitbucket": "/bitbucket/secrets"}
+    return [route for key, route in names.items() if getattr(settings, key) is not None] + ["/healthz"]
+
+
+def _url(settings: Settings) -> str:
+    scheme = "http" if settings.server.plain_http else "https"
+    return f"{scheme}://{settings.server.listen}"

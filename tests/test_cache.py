@@ -1,0 +1,238 @@
+"""Old unpack directories: `install`, and a fetch that unpacks a new build,
+remove other builds' directories that no running process uses; never one a
+fetch is importing from, never through a symlink, never one that fails the
+trust rules. Two builds share one cache, as on a node that upgrades."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import aws_config, build_artifact, put_secret
+from netutil import HangingServer
+from nomad import NomadClient, install_plugin
+
+from nomad_secrets import cache as cache_module
+
+MARK = cache_module.HELD_MARK
+
+
+class Node:
+    """One cache, two builds (old and new), each installed in a plugin dir."""
+
+    def __init__(self, top: Path, moto_endpoint: str, decoder: Any) -> None:
+        self.cache = top / "cache"
+        self.old = build_artifact(top / "old" / "nomad-secrets", self.cache, "--version", "0.2.0")
+        self.new = build_artifact(top / "new" / "nomad-secrets", self.cache, "--version", "0.3.0")
+        self.decoder = decoder
+        self.config = aws_config(moto_endpoint)
+        self.plugins = {}
+        for name, exe in (("old", self.old), ("new", self.new)):
+            install_plugin(exe, top / f"plugins-{name}", ["aws"], self.config)
+            self.plugins[name] = NomadClient(top / f"plugins-{name}", decoder)
+
+    def entries(self) -> dict[str, Path]:
+        """Build version -> its unpack directory."""
+        out = {}
+        for entry in sorted(self.cache.iterdir()):
+            if entry.name.startswith("."):  # the unpack lock, a prune or unpack under way
+                continue
+            version = (entry / "lib" / "nomad_secrets" / "_version.py").read_text()
+            out["old" if "'0.2.0'" in version else "new"] = entry
+        return out
+
+    def install(self, which: str) -> subprocess.CompletedProcess[str]:
+        exe = self.old if which == "old" else self.new
+        return subprocess.run(
+            [str(exe), "install", "--common-plugin-dir", str(exe.parent / "installed"), "--force"],
+            capture_output=True,
+            text=True,
+            env={},
+            timeout=120,
+        )
+
+
+@pytest.fixture
+def node(tmp_path: Path, moto_endpoint: str, decoder: Any, secretsmanager: Any) -> Node:
+    put_secret(secretsmanager, "cache/db", "v")
+    return Node(tmp_path, moto_endpoint, decoder)
+
+
+def age(path: Path, hours: float) -> None:
+    then = time.time() - hours * 3600
+    os.utime(path, (then, then))
+
+
+def test_a_fetch_that_unpacks_a_new_build_removes_the_old_one(node: Node) -> None:
+    assert node.plugins["old"].fetch("aws", "cache/db").ok
+    old = node.entries()["old"]
+    assert (old / MARK).is_file()
+    age(old, 2)  # last unpacked two hours ago
+    assert node.plugins["new"].fetch("aws", "cache/db").ok  # unpacks the new build, prunes the old
+    assert list(node.entries()) == ["new"]
+    # A fetch that finds its directory in place lists nothing and removes nothing
+    assert node.plugins["old"].fetch("aws", "cache/db").ok  # the old build again: unpacked anew
+    assert sorted(node.entries()) == ["new", "old"]  # the new build's is younger than an hour: kept
+
+
+def test_install_removes_what_no_fetch_holds(node: Node) -> None:
+    assert node.plugins["old"].fetch("aws", "cache/db").ok
+    installed = node.install("new")
+    assert installed.returncode == 0, installed.stdout
+    assert f"removed 1 unpack directories of other builds from {node.cache}" in installed.stdout
+    assert list(node.entries()) == ["new"]  # install ran from it: unpacked and ready for fetches
+
+
+def test_a_running_fetch_keeps_its_directory(node: Node) -> None:
+    """A fetch of the old build, stuck on a store that never answers, is
+    still importing from its directory: install of the new build keeps it."""
+    result: list[Any] = []
+    with HangingServer() as hanging:
+        stuck_dir = node.plugins["old"].plugin_dir
+        (stuck_dir / "secrets" / "nomad-secrets.toml").write_text(
+            aws_config(hanging.url) + "[plugin]\ndeadline_seconds = 60\n"
+        )
+        stuck = NomadClient(stuck_dir, node.decoder, timeout=30)
+        thread = threading.Thread(target=lambda: result.append(stuck.fetch("aws", "cache/db")))
+        thread.start()
+        for _ in range(200):  # until the fetch is at the store: unpacked, imported, held
+            if hanging.connections:
+                break
+            time.sleep(0.05)
+        assert hanging.connections
+        old = node.entries()["old"]
+        installed = node.install("new")
+        assert installed.returncode == 0, installed.stdout
+        assert f"kept {old}: in use by a running fetch" in installed.stdout
+        assert (old / "lib" / "nomad_secrets" / "cli.py").is_file()
+    thread.join()  # the store is gone now: the stuck fetch fails and exits
+    assert result and not result[0].ok
+    again = node.install("new")
+    assert "removed 1 unpack directories" in again.stdout and list(node.entries()) == ["new"]
+
+
+def test_fetches_of_the_old_build_while_installs_prune_it(node: Node) -> None:
+    """The race the lock is for: fetches of the old build start, look up
+    their directory and import from it while installs of the new build
+    prune; every fetch answers."""
+    assert node.plugins["old"].fetch("aws", "cache/db").ok
+    stop = threading.Event()
+    installs: list[subprocess.CompletedProcess[str]] = []
+
+    def keep_installing() -> None:
+        while not stop.is_set():
+            installs.append(node.install("new"))
+
+    def pruned() -> bool:
+        return any("removed 1 unpack directories" in i.stdout for i in list(installs))
+
+    pruner = threading.Thread(target=keep_installing)
+    pruner.start()
+    fetched: list[Any] = []
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            # batches until the old directory was removed under them at least once
+            for _ in range(10):
+                fetched += pool.map(lambda _: node.plugins["old"].fetch("aws", "cache/db"), range(4))
+                if len(fetched) >= 12 and pruned():
+                    break
+    finally:
+        stop.set()
+        pruner.join()
+    assert [f.result for f in fetched] == [{"value": "v"}] * len(fetched), [
+        (f.error, f.run.returncode, f.run.stdout[:200]) for f in fetched if not f.ok
+    ]
+    assert installs and {i.returncode for i in installs} == {0}
+    assert pruned()
+
+
+def test_symlinks_untrusted_and_older_directories_are_left_alone(node: Node, tmp_path: Path) -> None:
+    assert node.plugins["new"].fetch("aws", "cache/db").ok
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / MARK).write_text("")
+    (elsewhere / "precious").write_text("keep me")
+    link = node.cache / ("a" * 24 + "-cpython-311")
+    link.symlink_to(elsewhere)
+    writable = node.cache / ("b" * 24 + "-cpython-311")
+    writable.mkdir()
+    (writable / MARK).write_text("")
+    writable.chmod(0o777)
+    legacy = node.cache / ("c" * 24 + "-cpython-311")  # a 0.1 build: no mark, holds no lock
+    legacy.mkdir(mode=0o700)
+    stale = node.cache / ".unpack-crashed"
+    stale.mkdir(mode=0o700)
+    age(stale, 2)
+    installed = node.install("new")
+    assert installed.returncode == 0, installed.stdout
+    assert f"kept {link}: the cache directory {link} is a symlink" in installed.stdout
+    assert (
+        f"kept {writable}: the cache directory {writable} is writable by group or others" in installed.stdout
+    )
+    assert f"kept {legacy}: a build before 0.2, which does not mark when it is in use" in installed.stdout
+    assert link.is_symlink() and (elsewhere / "precious").read_text() == "keep me"
+    assert writable.is_dir() and legacy.is_dir() and not stale.exists()
+
+
+def test_a_warm_fetch_does_not_list_the_cache(node: Node) -> None:
+    """The cost when nothing needs pruning: no directory listing at all."""
+    strace = "/usr/bin/strace"
+    if not os.access(strace, os.X_OK):
+        pytest.skip("needs strace (apt-get install strace)")
+    nomad = node.plugins["new"]
+    assert nomad.fetch("aws", "cache/db").ok  # unpacked
+    env = {"CPI_OPERATION": "fetch", "NOMAD_JOB_ID": "j", "NOMAD_NAMESPACE": "default"}
+    trace = node.cache.parent / "trace"
+    run = subprocess.run(
+        [
+            strace,
+            "-f",
+            "-e",
+            "trace=openat,getdents64",
+            "-o",
+            str(trace),
+            str(nomad.executable("aws")),
+            "fetch",
+            "cache/db",
+        ],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert b'"value": "v"' in run.stdout
+    lines = trace.read_text().splitlines()
+    opened_cache = [line for line in lines if f'"{node.cache}"' in line]
+    assert opened_cache == [], opened_cache  # the cache root itself is never opened (so never listed)
+    assert any(f'"{node.cache}/' in line and "O_DIRECTORY" in line for line in lines)  # its entry is held
+
+
+def test_a_burst_of_first_fetches_unpacks_once(node: Node) -> None:
+    """Twenty first fetches of a build on a fresh node: one unpacks and
+    compiles, the others wait on the unpack lock (sleeping, not compiling
+    the same code on the same cores), then all answer. Seen from outside:
+    while the test holds the lock, nobody unpacks; once it lets go, one
+    directory appears and every fetch gets the secret."""
+    import fcntl
+
+    from nomad_secrets.bootstrap import UNPACK_LOCK
+
+    node.cache.mkdir(mode=0o700, exist_ok=True)
+    lock = os.open(node.cache / UNPACK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(node.plugins["new"].fetch, "aws", "cache/db") for _ in range(20)]
+        time.sleep(1.0)  # well under the 5 s the waiters give the lock
+        waiting = [name for name in os.listdir(node.cache) if name != UNPACK_LOCK]
+        running = sum(not f.done() for f in futures)
+        os.close(lock)
+        fetched = [f.result() for f in futures]
+    assert waiting == [] and running == 20
+    assert [f.result for f in fetched] == [{"value": "v"}] * 20
+    assert list(node.entries()) == ["new"]
+    assert [n for n in os.listdir(node.cache) if n.startswith((".unpack-", ".prune-"))] == []

@@ -1,0 +1,229 @@
+"""The server as a process: health, routes, limits, TLS, trust, and a
+graceful stop on SIGTERM that finishes the requests in flight."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import aws_config, put_secret
+from netutil import RecordingProxy
+from pki import make_pki
+from serverutil import ROOT, Server, secret_body, server_config, write_secret
+
+from nomad_secrets import config as config_module
+from nomad_secrets.deadline import Deadline
+from nomad_secrets.server.settings import parse_settings
+from nomad_secrets.server.stores import ServerStores
+
+SECRET = "5feceb66ffc86f38d952786c6d696c795feceb66ffc86f38d9"
+DRONE = """
+[drone]
+secret_file = "{secret_file}"
+
+[[drone.policy]]
+repo = "octocat/*"
+allow = ["aws-sm:ci/lifecycle/*"]
+"""
+
+
+def drone_config(tmp: Path, endpoint: str, server_extra: str = "", **kw: Any) -> tuple[Path, int]:
+    secret_file = write_secret(tmp / "drone-secret", SECRET)
+    return server_config(
+        tmp, aws_config(endpoint) + DRONE.format(secret_file=secret_file), server_extra=server_extra, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str, secretsmanager: Any
+) -> Iterator[Server]:
+    put_secret(secretsmanager, "ci/lifecycle/one", json.dumps({"v": "lifecycle-hunter2"}))
+    config, port = drone_config(
+        tmp_path_factory.mktemp("life"), moto_endpoint, "header_seconds = 1\nrequest_seconds = 1.5\n"
+    )
+    with Server(config, port) as running:
+        yield running
+
+
+def test_healthz_and_unknown_routes(server: Server) -> None:
+    before = server.log_mark()
+    health = server.get("/healthz")
+    assert (health.status, health.body) == (200, b"ok\n")
+    assert server.get("/nope").status == 404
+    wrong = server.get("/drone/secret")
+    assert wrong.status == 405 and wrong.headers["allow"] == "POST"
+    logged = [(line["path"], line["status"], line["outcome"]) for line in server.logged(before, 3)]
+    assert logged == [
+        ("/healthz", 200, "ok"),
+        ("/nope", 404, "no-such-path"),
+        ("/drone/secret", 405, "wrong-method"),
+    ]
+
+
+def test_slow_headers_are_cut_off(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        start = time.monotonic()
+        sock.sendall(b"POST /drone/secret HTTP/1.1\r\nHost: x\r\n")
+        closed = False
+        for _ in range(8):  # a byte every 0.4 s: each resets no timer
+            time.sleep(0.4)
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                closed = True
+                break
+        if not closed:
+            sock.settimeout(3)
+            closed = sock.recv(1024) == b""
+        assert closed and time.monotonic() - start < 4.5
+
+
+def test_a_slow_body_gets_408_within_the_deadline(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"POST /drone/secret HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        start = time.monotonic()
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408 ") and time.monotonic() - start < 3
+
+
+def test_keep_alive_requests_each_get_their_header_deadline(server: Server) -> None:
+    conn = server.connection()
+    for _ in range(3):
+        assert server.request("GET", "/healthz", conn=conn).status == 200
+        time.sleep(0.6)  # idle between requests: the keep-alive timeout's, not the header deadline's
+    conn.close()
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(
+    tmp_path: Path, moto_endpoint: str, secretsmanager: Any
+) -> None:
+    put_secret(secretsmanager, "ci/lifecycle/one", json.dumps({"v": "lifecycle-hunter2"}))
+    with RecordingProxy(moto_endpoint, delay=1.5) as slow:
+        config, port = drone_config(tmp_path, slow.url, "request_seconds = 8\n")
+        with Server(config, port) as running:
+            results: list[int] = []
+            thread = threading.Thread(
+                target=lambda: results.append(
+                    running.drone_secret(SECRET, secret_body("aws-sm:ci/lifecycle/one", "v")).status
+                )
+            )
+            thread.start()
+            time.sleep(0.5)  # the request waits on the slow store
+            assert running.proc is not None
+            started = time.monotonic()
+            running.proc.send_signal(15)
+            time.sleep(0.3)
+            with pytest.raises(OSError):
+                running.get("/healthz")  # no new connection once stopping
+            thread.join(10)
+            assert results == [200]
+            assert running.proc.wait(10) == 0
+            assert time.monotonic() - started < 5
+            assert "Finished server process" in "".join(running.stderr)
+
+
+def test_tls_serves_with_the_configured_certificate(tmp_path: Path, moto_endpoint: str) -> None:
+    pki = make_pki(tmp_path)
+    config, port = drone_config(
+        tmp_path, moto_endpoint, tls=(tmp_path / "server.pem", tmp_path / "server_key.pem")
+    )
+    with Server(config, port, ca_file=pki.server_ca) as running:
+        assert running.get("/healthz").status == 200  # verified against the test CA
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            plain.request("GET", "/healthz")
+            plain.getresponse()
+
+
+def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nomad_secrets", "serve", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_files_are_held_to_the_trust_rules_and_nomad_task_skips_only_the_directories(
+    tmp_path: Path, moto_endpoint: str
+) -> None:
+    config, _ = drone_config(tmp_path, moto_endpoint)
+    checked = run_serve("--config", str(config), "--check")
+    assert (
+        checked.returncode == 0
+        and "would serve /drone/secret, /healthz on http://127.0.0.1:" in checked.stdout
+    )
+    (tmp_path / "drone-secret").chmod(0o620)
+    refused = run_serve("--config", str(config), "--check")
+    assert refused.returncode == 2 and "drone-secret is writable by group or others" in refused.stderr
+    (tmp_path / "drone-secret").chmod(0o600)
+    task = tmp_path / "alloc" / "task" / "secrets"  # as Nomad makes a task's directories: 0777
+    task.mkdir(parents=True)
+    for directory in (task, task.parent, task.parent.parent):
+        directory.chmod(0o777)
+    inside, _ = drone_config(task, moto_endpoint)
+    refused = run_serve("--config", str(inside), "--check")
+    assert refused.returncode == 2 and "writable by group or others" in refused.stderr
+    accepted = run_serve("--config", str(inside), "--nomad-task", "--check")
+    assert accepted.returncode == 0, accepted.stderr
+    (task / "drone-secret").chmod(0o666)  # the files themselves are still checked
+    refused = run_serve("--config", str(inside), "--nomad-task", "--check")
+    assert refused.returncode == 2 and "drone-secret is writable by group or others" in refused.stderr
+
+
+def test_short_secrets_and_missing_tls_are_refused_at_start(tmp_path: Path, moto_endpoint: str) -> None:
+    config, _ = drone_config(tmp_path, moto_endpoint)
+    write_secret(tmp_path / "drone-secret", "too-short\n")
+    refused = run_serve("--config", str(config), "--check")
+    assert refused.returncode == 2 and "has 9 bytes; it needs at least 32" in refused.stderr
+    no_tls = tmp_path / "no-tls.toml"
+    write_secret(no_tls, config.read_text().replace("plain_http = true\n", ""))
+    refused = run_serve("--config", str(no_tls), "--check")
+    assert refused.returncode == 2 and "has no TLS" in refused.stderr
+
+
+def test_aws_clients_are_made_once_and_shared_by_requests(moto_endpoint: str) -> None:
+    config = config_module.parse(
+        (
+            aws_config(moto_endpoint)
+            + '[drone]\nsecret_file = "x"\n[[drone.policy]]\nallow = ["*:**"]\n[server]\nplain_http = true\n'
+        ).encode(),
+        "t.toml",
+    )
+    settings = parse_settings(config)
+    pool = ServerStores(settings.config, 5, "aws-sm")
+    seen = []
+    for _ in range(2):
+        with pool.backends(Deadline(5)) as backend_for:
+            seen.append((backend_for("aws-sm"), backend_for("aws-ssm")))
+    assert seen[0][0] is seen[1][0] and seen[0][1] is seen[1][1]
+    assert seen[0][0].client._endpoint.http_session._max_pool_connections >= 32  # type: ignore[attr-defined]
+    assert len(pool.pool) == 2  # the pool the node agent keeps too
+
+
+def test_a_store_the_server_cannot_read_is_said_at_start_and_per_request(
+    tmp_path: Path, moto_endpoint: str
+) -> None:
+    config, port = drone_config(tmp_path, moto_endpoint)
+    write_secret(config, config.read_text().replace('region = "us-east-2"\n', ""))
+    with Server(config, port) as running:
+        answer = running.drone_secret(SECRET, secret_body("aws-sm:ci/lifecycle/one", "v"))
+        warned = "".join(running.stderr)
+    assert "warning: the server cannot read aws-sm (no AWS region): set aws.region" in warned
+    assert answer.status == 500 and b"the server cannot read aws-sm (no AWS region)" in answer.body
+
+
+def test_the_plugin_executable_does_not_serve(artifact: Path) -> None:
+    ran = subprocess.run([str(artifact), "serve"], capture_output=True, text=True, env={}, timeout=30)
+    assert ran.returncode == 2 and "serve runs from the installed package" in ran.stderr
