@@ -57,7 +57,7 @@ def fetch(
 
     def backend_for(store: str) -> Backend:
         seconds = config.plugin.deadline_seconds
-        warm = pool.backend(store, provider, seconds, options, identity) if pool is not None else None
+        warm = None if pool is None else pool.backend(store, provider, seconds, options, identity, deadline)
         if warm is not None:
             return warm
         if store not in backends:

@@ -2,20 +2,28 @@
 
 A fetch in process makes its clients and drops them; a process that answers
 many fetches keeps them, so that each answer costs the call alone. Only a
-client that does not depend on the job is kept: an AWS client made with the
-operator's credentials, per store, settings and region. A client made with
-a job's workload identity is that job's and is never shared, and Vault is
-opened per fetch (its login's token is revoked at the end of each).
+client that does not depend on the job is kept:
+
+- an AWS client made with the operator's credentials, per store, settings
+  and region; one made with a job's workload identity is that job's;
+- a Vault backend per provider's effective Vault settings
+  (backends/vault/warm.py: connections, the operator's token, found
+  mounts), lent to each fetch with the fetch's deadline; a ``jwt`` login is
+  the job's, so Vault is then opened per fetch.
 
 Creation is serialized (botocore's client creation is not thread-safe; its
 clients are), and the pool is bounded: regions come from jobs, and each
-client holds connections.
+client holds connections. Vault's bound is its own, so that jobs naming
+regions cannot evict the Vault login: its settings come from the operator.
+``close`` (the agent's stop) revokes the Vault logins' tokens, as eviction
+does.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from nomad_secrets.backends import Backend, open_backend
 from nomad_secrets.backends.aws import region_for
@@ -23,19 +31,33 @@ from nomad_secrets.config import Provider
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.request import Identity, JobOptions
 
+if TYPE_CHECKING:
+    from nomad_secrets.backends.vault.warm import WarmVault
+
 MAX_CLIENTS = 32
+MAX_VAULTS = 8
 
 
 class StorePool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._clients: OrderedDict[tuple[str, str, str | None], Backend] = OrderedDict()
+        self._vaults: OrderedDict[str, WarmVault] = OrderedDict()
 
     def backend(
-        self, store: str, provider: Provider, seconds: float, options: JobOptions, identity: Identity
+        self,
+        store: str,
+        provider: Provider,
+        seconds: float,
+        options: JobOptions,
+        identity: Identity,
+        deadline: Deadline | None = None,
     ) -> Backend | None:
         """A warm client for ``store`` with ``provider``'s settings, or None
-        when this fetch needs its own. ``seconds``: plugin.deadline_seconds."""
+        when this fetch needs its own. ``seconds``: plugin.deadline_seconds;
+        ``deadline``: the fetch's, without which Vault is not lent."""
+        if store == "vault":
+            return self._vault(provider, seconds, deadline) if deadline is not None else None
         if store not in ("aws-sm", "aws-ssm") or provider.aws.web_identity_role_arn:
             return None
         key = (store, repr(provider.aws), region_for(provider.aws, options))
@@ -51,5 +73,34 @@ class StorePool:
             self._clients.move_to_end(key)
             return client
 
+    def _vault(self, provider: Provider, seconds: float, deadline: Deadline) -> Backend | None:
+        settings = provider.vault  # the provider's own, over the top-level [vault]
+        if settings.auth_method == "jwt":
+            return None
+        key = repr(settings)
+        evicted: list[WarmVault] = []
+        with self._lock:
+            warm = self._vaults.get(key)
+            if warm is None:
+                from nomad_secrets.backends.vault.warm import WarmVault
+
+                warm = WarmVault(settings, Deadline(seconds))
+                self._vaults[key] = warm
+                while len(self._vaults) > MAX_VAULTS:
+                    evicted.append(self._vaults.popitem(last=False)[1])
+            self._vaults.move_to_end(key)
+        for old in evicted:  # revoking is a request: not under the lock
+            old.close()
+        return warm.lend(deadline)
+
+    def close(self) -> None:
+        """Give back what the pool holds (the Vault logins' tokens); never raises."""
+        with self._lock:
+            held: list[Backend | WarmVault] = [*self._clients.values(), *self._vaults.values()]
+            self._clients.clear()
+            self._vaults.clear()
+        for client in held:
+            client.close()
+
     def __len__(self) -> int:
-        return len(self._clients)
+        return len(self._clients) + len(self._vaults)

@@ -352,6 +352,7 @@ class Vault:
 
     def __init__(self, nomad: NomadClient, bao: Session, tmp_path: Path) -> None:
         self.nomad, self.bao, self.server, self.tmp = nomad, bao, bao.server, tmp_path
+        self.sections = ""  # appended to every config written, such as the node agent's [agent]
 
     def file(self, name: str, text: str) -> str:
         path = self.tmp / name
@@ -366,7 +367,7 @@ class Vault:
             vault["token_file"] = self.file("token", token or self.bao.plugin_token)
         keys = "".join(f"{key} = {toml(value)}\n" for key, value in vault.items())
         path = self.nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
-        path.write_text(f'[vault]\n{keys}[providers.{PROVIDER}]\nstore = "vault"\n{extra}')
+        path.write_text(f'[vault]\n{keys}[providers.{PROVIDER}]\nstore = "vault"\n{extra}{self.sections}')
         path.chmod(0o600)
 
     def approle(self, **vault: Any) -> None:

@@ -20,49 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_process import AgentProcess, socket_path
 from conftest import aws_config, interpreter, put_secret, write_config
 from nomad import NomadClient, nomad_env
 
 REGION_ENV = {"AWS_REGION": "us-east-2"}
-
-
-class AgentProcess:
-    """``<plugin> agent``, started as an operator (or systemd) would."""
-
-    def __init__(self, executable: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [str(executable), "agent", *args],
-            env={},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.decode(errors="replace").rstrip("\n"))
-
-    def wait_for(self, needle: str, seconds: float = 10.0) -> str:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            for line in self.lines:
-                if needle in line:
-                    return line
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"the agent never logged {needle!r}: {self.lines}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=15)
-        self._reader.join(timeout=5)
-        return code
 
 
 def agent_config(endpoint: str, sock: Path, log: Path | None = None, extra: str = "") -> str:
@@ -73,14 +35,9 @@ def agent_config(endpoint: str, sock: Path, log: Path | None = None, extra: str 
 
 
 @pytest.fixture
-def sock(tmp_path: Path) -> Iterator[Path]:
-    # A unix socket path must stay short (108 bytes): tmp_path may not be.
-    top = Path("/tmp") / f"ns-agent-{uuid.uuid4().hex[:8]}"
-    top.mkdir(mode=0o755)
-    yield top / "agent.sock"
-    for child in top.iterdir():
-        child.unlink()
-    top.rmdir()
+def sock() -> Iterator[Path]:
+    with socket_path() as path:
+        yield path
 
 
 @pytest.fixture

@@ -247,7 +247,7 @@ def test_a_fetch_the_node_agent_serves_is_recorded_once(
     forwarded records nothing of its own."""
     import uuid
 
-    from test_agent import AgentProcess
+    from agent_process import AgentProcess
 
     put_secret(secretsmanager, "audit/agent", "v")
     audit_file = tmp_path / "audit.jsonl"

@@ -217,7 +217,7 @@ def test_the_node_agent_keeps_each_accounts_client_apart(
     team-b's fetch never gets team-a's client."""
     import uuid
 
-    from test_agent import AgentProcess
+    from agent_process import AgentProcess
 
     put_secret(aws_client(moto_endpoint, "secretsmanager"), "team/db", '{"password": "account-a"}')
     put_secret(aws_client(other_account, "secretsmanager"), "team/db", '{"password": "account-b"}')

@@ -43,6 +43,9 @@ the socket systemd hands over (docs/agent.md). FILE: the config to read
 [agent] from (default: the one this executable's fetches read)."""
 REQUEST_SECONDS = 2.0  # to read a request once connected
 SEND_SECONDS = 5.0  # to send the answer: the plugin is waiting for it
+# A fetch here ends this much before the plugin stops waiting, so that a
+# timeout's answer still reaches it (else it fetches in process, again).
+ANSWER_SECONDS = 0.25
 
 
 class Agent:
@@ -61,7 +64,10 @@ class Agent:
         except BaseException as exc:  # noqa: BLE001 - the plugin must get an answer
             return error_answer(exc, start)
         seconds = min(float(request["seconds"]), config.plugin.deadline_seconds)
-        deadline = Deadline(seconds, start=start)
+        # The plugin's deadline, as its messages name it (plugin.deadline_seconds),
+        # ending before the share the plugin gave the agent ends.
+        deadline = Deadline(config.plugin.deadline_seconds, start=start)
+        deadline.at = start + max(seconds - ANSWER_SECONDS, 0.0)
         return fetch_answer(
             path, request["environ"], provider_name(executable), config, deadline, pool=self.pool
         )
@@ -200,5 +206,6 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
         server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()  # joins the requests in flight
+        agent.pool.close()  # revokes the Vault logins' tokens
         log("stopped")
     return 0

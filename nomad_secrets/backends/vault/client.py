@@ -1,8 +1,10 @@
 """The transport to Vault and OpenBao, and what an answer's status means.
 
-One ``PoolManager`` serves every thread; its retries are off (``call``
-retries a 429 itself, within the deadline) and every call's timeout is what
-is left of the deadline. TLS verification is always on (``CERT_REQUIRED``),
+One ``PoolManager`` serves every thread, and in a long-lived process every
+fetch (``with_deadline`` gives a fetch its own view, sharing the connections
+and the credentials to blank out); its retries are off (``call`` retries a
+429 itself, within the deadline) and every call's timeout is what is left of
+the fetch's deadline. TLS verification is always on (``CERT_REQUIRED``),
 trusting ``vault.ca_cert`` or else the system's trust store (as the vault
 CLI does; the environment variables that could point OpenSSL elsewhere are
 gone before this runs); the client certificate comes from the config too.
@@ -16,6 +18,8 @@ and an answer's ``data`` is never echoed.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import re
 import ssl
@@ -53,8 +57,11 @@ Answer = tuple[int, dict[str, Any] | None]  # (status, the JSON object answered)
 
 
 class Client:
-    def __init__(self, settings: VaultSettings, deadline: Deadline) -> None:
-        """Check the address and the TLS files; no network here."""
+    def __init__(
+        self, settings: VaultSettings, deadline: Deadline, *, connections: int = MAX_REFERENCES + 1
+    ) -> None:
+        """Check the address and the TLS files; no network here. ``connections``:
+        how many to keep open (every reference's thread keeps its own)."""
         self.deadline = deadline
         self.namespace = settings.namespace
         self.base = _address(settings.address)
@@ -67,7 +74,7 @@ class Client:
         self.credentials: list[str] = []
         self._pool = urllib3.PoolManager(
             num_pools=2,
-            maxsize=MAX_REFERENCES + 1,  # every reference's thread keeps its connection
+            maxsize=connections,
             block=False,
             retries=False,
             cert_reqs="CERT_REQUIRED",
@@ -75,6 +82,18 @@ class Client:
             cert_file=settings.client_cert,
             key_file=settings.client_key,
         )
+
+    def with_deadline(self, deadline: Deadline) -> Client:
+        """This client for one fetch: the same connections and credentials,
+        that fetch's deadline."""
+        view = copy.copy(self)
+        view.deadline = deadline
+        return view
+
+    def forget(self, secret: str) -> None:
+        """No longer blank ``secret`` out (a token or secret_id replaced long ago)."""
+        with contextlib.suppress(ValueError):
+            self.credentials.remove(secret)
 
     def call(
         self,
@@ -217,7 +236,7 @@ class Client:
         return response.status, _retry_after(response.headers.get("Retry-After")), content_type.lower(), raw
 
     def revoke(self, token: str) -> None:
-        """Revoke ``token`` (auth/token/revoke-self); best effort, never raises."""
+        """Revoke ``token`` (auth/token/revoke-self) within the deadline; best effort, never raises."""
         headers = {**self._headers, "X-Vault-Token": token}
         try:
             response = self._pool.request(
@@ -247,7 +266,7 @@ class Client:
                 listed = _MULTIERROR_ITEM.findall(text)  # go-multierror: "1 error occurred:\n\t* x\n\n"
                 items += listed or [text]
         joined = _CONTROL.sub(" ", "; ".join(item.strip() for item in items)).strip()
-        for secret in self.credentials:
+        for secret in tuple(self.credentials):  # a copy: another fetch may replace a token
             joined = joined.replace(secret, "<redacted>")
         if len(joined) > MAX_ERROR_TEXT:
             joined = joined[:MAX_ERROR_TEXT] + "..."

@@ -2,7 +2,8 @@
 
 The mount and its kind come from ``vault.kv_mounts`` (longest matching
 prefix) or else from Vault's ``sys/internal/ui/mounts/<path>`` preflight,
-asked once per mount and process. Vault's own machinery (``sys/``,
+asked once per mount and process (a long-lived one asks again after
+``MOUNT_TTL``). Vault's own machinery (``sys/``,
 ``auth/``, ``identity/``, ``cubbyhole/``, and any mount of those types) is
 refused: ``auth/token/lookup-self`` would hand the job the plugin's token.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,8 @@ RESERVED_PREFIXES = ("sys", "auth", "identity", "cubbyhole")
 SYSTEM_TYPES = frozenset(
     {"system", "token", "identity", "cubbyhole", "ns_system", "ns_token", "ns_identity", "ns_cubbyhole"}
 )
+MOUNT_TTL = 60.0  # seconds a preflight's answer is kept; an operator may remount
+MAX_LOCKS = 256
 _VERSION = re.compile(r"[1-9][0-9]{0,9}\Z")
 
 
@@ -39,16 +43,24 @@ class Mount:
 
 
 class Mounts:
-    """The mounts known to this process: configured, or found by a preflight."""
+    """The mounts known to a process: configured, or found by a preflight.
 
-    def __init__(self, kv_mounts: dict[str, int], client: Client, auth: Auth) -> None:
-        self.client, self.auth = client, auth
-        self._known = {m.strip("/"): Mount(m.strip("/"), "kv", v) for m, v in kv_mounts.items()}
+    Configured mounts are kept for good; a preflight's answer for
+    ``MOUNT_TTL`` seconds, so that a long-lived process (the node agent)
+    sees an operator's remount within a minute while its fetches skip the
+    preflight. Every fetch of a process shares them: they come from the
+    process's own token (a ``jwt`` login, the job's, has its own per fetch).
+    """
+
+    def __init__(self, kv_mounts: dict[str, int]) -> None:
+        self._configured = {m.strip("/"): Mount(m.strip("/"), "kv", v) for m, v in kv_mounts.items()}
+        self._found: dict[str, tuple[Mount, float]] = {}  # path: (mount, when found)
         self._state = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
 
-    def holding(self, ref: Reference, locator: str, token: str) -> Mount:
-        """The mount holding ``locator``: configured, cached, or preflighted.
+    def holding(self, ref: Reference, locator: str, token: str, auth: Auth) -> Mount:
+        """The mount holding ``locator``: configured, cached, or preflighted
+        (through the fetch's client, ``auth.client``).
 
         Preflights are serialized per first path segment (every mount
         holding a locator starts with it), so concurrent references to one
@@ -57,75 +69,85 @@ class Mounts:
         found = self._lookup(locator)
         if found is not None:
             return found
+        segment = locator.split("/", 1)[0]
         with self._state:
-            lock = self._locks.setdefault(locator.split("/", 1)[0], threading.Lock())
-        if not lock.acquire(timeout=max(self.client.deadline.remaining(), 0.0)):
-            raise self.client.timed_out(ref)
+            if len(self._locks) >= MAX_LOCKS:  # segments come from jobs: forget the idle ones
+                self._locks = {s: lock for s, lock in self._locks.items() if lock.locked()}
+            lock = self._locks.setdefault(segment, threading.Lock())
+        client = auth.client
+        if not lock.acquire(timeout=max(client.deadline.remaining(), 0.0)):
+            raise client.timed_out(ref)
         try:
             found = self._lookup(locator)
             if found is None:
-                found = self._preflight(ref, locator, token)
+                found = _preflight(ref, locator, token, auth)
+                now = time.monotonic()
                 with self._state:
-                    self._known[found.path] = found
+                    self._found = {p: f for p, f in self._found.items() if now - f[1] < MOUNT_TTL}
+                    self._found[found.path] = (found, now)
             return found
         finally:
             lock.release()
 
     def _lookup(self, locator: str) -> Mount | None:
+        now = time.monotonic()
         with self._state:
-            matches = [m for path, m in self._known.items() if locator.startswith(path + "/")]
+            found = [m for m, at in self._found.values() if now - at < MOUNT_TTL]
+        matches = [m for m in (*self._configured.values(), *found) if locator.startswith(m.path + "/")]
         return max(matches, key=lambda m: len(m.path), default=None)
 
-    def _preflight(self, ref: Reference, locator: str, token: str) -> Mount:
-        status, body = answer = self.client.call(ref, "GET", f"{UI_MOUNTS}/{locator}", token=token)
-        if status == 403:  # also OpenBao's answer for a mount that does not exist
-            self.auth.check_alive(ref, token)
-            raise AccessDenied(
-                ref.text,
-                LABEL,
-                f"permission denied looking up the mount of {locator!r}{self.client.in_namespace()}",
-                "check that the mount exists; the Vault policy of this token needs some capability"
-                " on a path in that mount, or the operator lists it in vault.kv_mounts",
-            )
-        if status == 404:
-            raise NotFound(
-                ref.text,
-                LABEL,
-                f"no such mount or namespace{self.client.said(body)}",
-                "check the mount (the first part of the path) and vault.namespace",
-            )
-        if status != 200:
-            raise self.client.unexpected(ref, answer)
-        data = body.get("data") if body else None
-        if not isinstance(data, dict) or not isinstance(data.get("path"), str) or not data.get("type"):
-            raise self.client.malformed(ref)
-        mount_type = str(data["type"])
-        mount_path = _mount_in(locator, data["path"].strip("/"), self.client.namespace)
-        if mount_path is None:
-            raise self.client.malformed(ref)
-        # Vault reserves these names at the top of every namespace, so in a
-        # mount path they mean its own API (auth/approle/role/x/role-id, ...).
-        # A KV mount so named can still be read by listing it in vault.kv_mounts.
-        if mount_type in SYSTEM_TYPES:
-            raise RequestError(
-                f"{ref.text!r} ({LABEL}): {mount_path!r} is Vault's {mount_type!r} mount, not a secrets"
-                " engine; the plugin reads secrets engines only (KV, database, ...)"
-            )
-        reserved = sorted(set(mount_path.split("/")) & set(RESERVED_PREFIXES))
-        if reserved:
-            raise RequestError(
-                f"{ref.text!r} ({LABEL}): the mount {mount_path!r} is named like Vault's own API"
-                f" ({reserved[0]}/), so the plugin does not read it; if it is a KV mount, the"
-                " operator lists it in vault.kv_mounts"
-            )
-        version = 0
-        if mount_type in ("kv", "generic"):
-            options = data.get("options")
-            raw = options.get("version") if isinstance(options, dict) else None
-            version = 2 if str(raw) == "2" else 1
-            mount_type = "kv"
-        debuglog.log("vault-mount", mount=mount_path, type=mount_type, kv_version=version)
-        return Mount(mount_path, mount_type, version)
+
+def _preflight(ref: Reference, locator: str, token: str, auth: Auth) -> Mount:
+    client = auth.client
+    status, body = answer = client.call(ref, "GET", f"{UI_MOUNTS}/{locator}", token=token)
+    if status == 403:  # also OpenBao's answer for a mount that does not exist
+        auth.check_alive(ref, token)
+        raise AccessDenied(
+            ref.text,
+            LABEL,
+            f"permission denied looking up the mount of {locator!r}{client.in_namespace()}",
+            "check that the mount exists; the Vault policy of this token needs some capability"
+            " on a path in that mount, or the operator lists it in vault.kv_mounts",
+        )
+    if status == 404:
+        raise NotFound(
+            ref.text,
+            LABEL,
+            f"no such mount or namespace{client.said(body)}",
+            "check the mount (the first part of the path) and vault.namespace",
+        )
+    if status != 200:
+        raise client.unexpected(ref, answer)
+    data = body.get("data") if body else None
+    if not isinstance(data, dict) or not isinstance(data.get("path"), str) or not data.get("type"):
+        raise client.malformed(ref)
+    mount_type = str(data["type"])
+    mount_path = _mount_in(locator, data["path"].strip("/"), client.namespace)
+    if mount_path is None:
+        raise client.malformed(ref)
+    # Vault reserves these names at the top of every namespace, so in a
+    # mount path they mean its own API (auth/approle/role/x/role-id, ...).
+    # A KV mount so named can still be read by listing it in vault.kv_mounts.
+    if mount_type in SYSTEM_TYPES:
+        raise RequestError(
+            f"{ref.text!r} ({LABEL}): {mount_path!r} is Vault's {mount_type!r} mount, not a secrets"
+            " engine; the plugin reads secrets engines only (KV, database, ...)"
+        )
+    reserved = sorted(set(mount_path.split("/")) & set(RESERVED_PREFIXES))
+    if reserved:
+        raise RequestError(
+            f"{ref.text!r} ({LABEL}): the mount {mount_path!r} is named like Vault's own API"
+            f" ({reserved[0]}/), so the plugin does not read it; if it is a KV mount, the"
+            " operator lists it in vault.kv_mounts"
+        )
+    version = 0
+    if mount_type in ("kv", "generic"):
+        options = data.get("options")
+        raw = options.get("version") if isinstance(options, dict) else None
+        version = 2 if str(raw) == "2" else 1
+        mount_type = "kv"
+    debuglog.log("vault-mount", mount=mount_path, type=mount_type, kv_version=version)
+    return Mount(mount_path, mount_type, version)
 
 
 class Reader:

@@ -1,8 +1,8 @@
-"""The Vault backend: a reference's mount, the token, and the read."""
+"""The Vault backend of a fetch: a reference's mount, the token, and the read."""
 
 from __future__ import annotations
 
-from nomad_secrets.backends.vault.auth import Auth
+from nomad_secrets.backends.vault.auth import Auth, Login
 from nomad_secrets.backends.vault.client import LABEL, Client
 from nomad_secrets.backends.vault.kv import Mounts, Reader, check_locator, version_option
 from nomad_secrets.config import VaultSettings
@@ -14,20 +14,45 @@ from nomad_secrets.shape import Raw
 
 
 class Vault:
+    """One fetch's reads, through that fetch's client (its deadline) and
+    the process's login and mounts: made here, for a plugin process, or
+    lent by a ``WarmVault`` (warm.py) in a long-lived one."""
+
     label = LABEL
 
     def __init__(self, settings: VaultSettings, options: JobOptions, deadline: Deadline) -> None:
         """Check the config and read the credentials; no network here."""
-        self.client = Client(settings, deadline)
-        self.auth = Auth(settings, options, self.client)
-        self.mounts = Mounts(settings.kv_mounts, self.client, self.auth)
-        self.reader = Reader(self.client, self.auth)
+        client = Client(settings, deadline)
+        self._fetching(client, Login(settings, options, client), Mounts(settings.kv_mounts), owner=True)
+
+    @classmethod
+    def lent(cls, client: Client, login: Login, mounts: Mounts) -> Vault:
+        """A fetch's view of a warm backend's parts; its close gives nothing back."""
+        vault = cls.__new__(cls)
+        vault._fetching(client, login, mounts, owner=False)
+        return vault
+
+    def _fetching(self, client: Client, login: Login, mounts: Mounts, *, owner: bool) -> None:
+        self.client, self.login, self.mounts = client, login, mounts
+        self.auth = Auth(login, client)
+        self.reader = Reader(client, self.auth)
+        self._owner = owner
 
     def read(self, ref: Reference) -> Raw:
         version = version_option(ref)
         locator = check_locator(ref)
         token = self.auth.token(ref)
-        mount = self.mounts.holding(ref, locator, token)
+        try:
+            return self._read(ref, locator, version, token)
+        except AccessDenied:
+            # A warm login's token that Vault dropped since (revoked, or
+            # expired early): log in again and read once more.
+            if not self.auth.replace_dead(token):
+                raise
+        return self._read(ref, locator, version, self.auth.token(ref))
+
+    def _read(self, ref: Reference, locator: str, version: str | None, token: str) -> Raw:
+        mount = self.mounts.holding(ref, locator, token, self.auth)
         rest = locator[len(mount.path) + 1 :]
         if not rest:
             raise RequestError(
@@ -70,5 +95,7 @@ class Vault:
         raise self.client.unexpected(ref, answer)
 
     def close(self) -> None:
-        """Revoke a login's token (if vault.revoke_token); twice is harmless, never raises."""
-        self.auth.close()
+        """Revoke a login's token (if vault.revoke_token) unless the backend
+        is lent (its owner revokes); twice is harmless, never raises."""
+        if self._owner:
+            self.login.close(self.client)
