@@ -89,7 +89,7 @@ def run(settings: Settings, keys: Keys) -> int:
     for problem in pool.problems():
         print(f"nomad-secrets serve: warning: {problem}", file=sys.stderr)
     doors: list[Door] = []
-    closers = []
+    closers = [pool.close]
     if settings.drone is not None:
         doors.append(DroneSecret(settings, keys, pool))
     if settings.admission is not None:

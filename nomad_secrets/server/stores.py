@@ -7,12 +7,10 @@ doors and the backends.
   in the main thread so that a missing region or credentials is said then,
   with call timeouts of ``server.request_seconds``. Each request still has
   its own deadline: ``resolve`` stops waiting for a store at it.
-- Vault: opened for each request and closed after it, so a login method
-  (AppRole, cert) logs in per request and revokes its token at the end.
-  A long-lived Vault token, renewed in the background and shared like the
-  AWS clients, belongs in ``vault_for`` (or in ``pool.StorePool``, for the
-  agent too) once the Vault backend can keep one; until then a Vault read
-  costs a login.
+- Vault: warm from the same pool, as the node agent keeps it: one login
+  (AppRole, cert) or the token file, kept while its TTL lasts, renewed,
+  replaced when Vault rejects it, revoked when the server stops; mount
+  lookups kept for a minute; each request reads with its own deadline.
 
 The server reads with its own credentials, never a job's: no job options,
 no workload identity (settings.py refuses ``vault.auth_method = "jwt"`` and
@@ -68,7 +66,7 @@ class ServerStores:
             if store in AWS_STORES:
                 return self.aws_for(store)
             backend = self.vault_for(deadline)
-            opened.append(backend)
+            opened.append(backend)  # a lent view: closing it keeps the pool's login
             return backend
 
         try:
@@ -91,8 +89,15 @@ class ServerStores:
         return warm
 
     def vault_for(self, deadline: Deadline) -> Backend:
-        """A Vault client for one request (see the module's docstring)."""
-        return open_backend("vault", self.provider, NO_JOB, NO_IDENTITY, deadline)
+        """The warm Vault, lent for one request (see the module's docstring)."""
+        warm = self.pool.backend("vault", self.provider, self.call_seconds, NO_JOB, NO_IDENTITY, deadline)
+        if warm is None:  # only a jwt login is never pooled, and settings.py refuses it here
+            return open_backend("vault", self.provider, NO_JOB, NO_IDENTITY, deadline)
+        return warm
+
+    def close(self) -> None:
+        """At shutdown: revoke the Vault login's token; never raises."""
+        self.pool.close()
 
     def problems(self) -> list[str]:
         """Why a store cannot be read, for the start-up log."""
