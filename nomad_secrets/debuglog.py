@@ -18,6 +18,10 @@ import time
 from nomad_secrets.trust import Untrusted, open_append
 
 _enabled = False
+# A long-lived process (the node agent) whose stderr is the journal: what an
+# operator must know (an audit record or a count not written) goes there
+# even without a debug log.
+warnings_to_stderr = False
 
 
 def enable(path: str) -> str | None:
@@ -41,10 +45,19 @@ def log(event: str, **fields: object) -> None:
     Callers pass references, names and numbers only: this module cannot tell
     a value from a name, so the rule is kept at the call sites.
     """
-    if not _enabled:
-        return
+    if _enabled:
+        _write(event, fields)
+
+
+def _write(event: str, fields: dict[str, object]) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     parts = [stamp, f"pid={os.getpid()}", event]
     parts += [f"{k}={v!r}" for k, v in fields.items()]
     with contextlib.suppress(OSError):
         os.write(2, (" ".join(parts) + "\n").encode("utf-8", "backslashreplace"))
+
+
+def warn(event: str, **fields: object) -> None:
+    """``log``, and on stderr where ``warnings_to_stderr`` says so."""
+    if _enabled or warnings_to_stderr:
+        _write(event, fields)

@@ -59,7 +59,7 @@ class Observer:
                 )
                 problems += [problem] if problem else []
             for problem in problems:
-                debuglog.log("observe-skipped", reason=problem)
+                debuglog.warn("observe-skipped", reason=problem)
         except Exception as exc:  # noqa: BLE001 - the fetch's answer comes first
             debuglog.log("observe-failed", error=type(exc).__name__)
 

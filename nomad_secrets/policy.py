@@ -178,9 +178,17 @@ def filled(pattern: Pattern, caller: Caller) -> str:
     """The pattern as it applies to this caller, for messages."""
     text = pattern.text
     for key, value in caller.fields:
-        if value is not None:
-            text = text.replace("{" + key + "}", value)
+        # A value that cannot fill its placeholder stays a placeholder here:
+        # the message must not show a pattern that seems to allow the path.
+        fills = value is not None and _fills(value, caller.placeholders.get(key, 1))
+        if fills:
+            text = text.replace("{" + key + "}", str(value))
     return text
+
+
+def _fills(value: str, segments: int) -> bool:
+    values = value.split("/")
+    return len(values) == segments and all(v not in ("", ".", "..") for v in values)
 
 
 def parse_pattern(text: str) -> Pattern:
@@ -238,13 +246,27 @@ def pattern_problem(text: str, placeholders: Mapping[str, int] = NOMAD_PLACEHOLD
 _NAMESPACE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 
 
+ROLE_TEMPLATE_EXAMPLE = "arn:aws:iam::123456789012:role/nomad/{namespace}@{job}"
+
+
 def template_ambiguity(template: str) -> str | None:
     """Why two different (namespace, job) pairs could fill ``template`` to
-    the same text, or None. Two placeholders are told apart only when the
+    the same role, or None. Two placeholders are told apart only when the
     text between them holds a character one of them can never contain
     (``nomad-{namespace}-{job}``: ("team-a", "web") and ("team", "a-web")
-    give one name; ``nomad/{namespace}/{job}`` cannot)."""
-    pieces = _PLACEHOLDER.split(template)
+    give one name). And an IAM role is named by the last part of its ARN
+    alone, unique in the account whatever its path (and regardless of
+    case), so the placeholders belong there: with ``role/nomad/{namespace}/
+    {job}``, job web of every namespace is one role named ``web``."""
+    name = template.rsplit("/", 1)[-1] if ":role/" in template else template
+    outside = sorted(set(_PLACEHOLDER.findall(template)) - set(_PLACEHOLDER.findall(name)))
+    if outside:
+        return (
+            f"{', '.join('{' + p + '}' for p in outside)} in {template!r} is in the role's path, which IAM"
+            f" does not count in a role's name (unique in the account, any case): put every placeholder"
+            f" in the name, e.g. {ROLE_TEMPLATE_EXAMPLE}"
+        )
+    pieces = _PLACEHOLDER.split(name)
     for index in range(1, len(pieces) - 2, 2):
         left, between, right = pieces[index], pieces[index + 1], pieces[index + 2]
         if left == "namespace" or right == "namespace":
@@ -255,7 +277,7 @@ def template_ambiguity(template: str) -> str | None:
         return (
             f"{{{left}}}{between}{{{right}}} in {template!r} can be filled alike by two different jobs;"
             f" separate them with a character a {left if left != 'namespace' else right} cannot contain,"
-            " such as / (e.g. role/nomad/{namespace}/{job})"
+            f" such as @ (e.g. {ROLE_TEMPLATE_EXAMPLE})"
         )
     return None
 
@@ -305,7 +327,7 @@ def _fill(pattern: Pattern, caller: Caller, reasons: list[str]) -> list[Atom] | 
         if value is None:
             return None
         values = value.split("/")
-        if len(values) != caller.placeholders.get(name, 1) or any(v in ("", ".", "..") for v in values):
+        if not _fills(value, caller.placeholders.get(name, 1)):
             reasons.append(_unfillable(name, value, caller.placeholders.get(name, 1)))
             return None
         if len(values) > 1:

@@ -24,7 +24,8 @@ from nomad_secrets.errors import RequestError
 JOB_OPTIONS = ("AWS_REGION", "NOMAD_WORKLOAD_TOKEN")
 # What CPython writes into its own environ at start (PEP 538).
 _COERCED_LOCALES = ("C.UTF-8", "C.utf8", "UTF-8")
-_REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-[0-9]{1,2}\Z")
+# The longest region names today are 14 characters; botocore refuses over 63.
+_REGION = re.compile(r"(?=.{1,32}\Z)[a-z]{2,4}(-[a-z]+)+-[0-9]{1,2}\Z")
 
 
 @dataclass(frozen=True)

@@ -271,3 +271,37 @@ def test_a_fetch_the_node_agent_serves_is_recorded_once(
     (record,) = [json.loads(line) for line in audit_file.read_text().splitlines()]
     assert (record["references"], record["outcome"], record["pid"]) == (["audit/agent"], "ok", agent.proc.pid)
     assert len(devlog.received()) == 1
+
+
+def test_the_agent_says_in_its_journal_when_it_cannot_write_the_record(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, devlog: DevLog, tmp_path: Path
+) -> None:
+    """The agent's stderr is its journal: an audit file it may not write
+    (a planted one here; a read-only path under the shipped unit's
+    ProtectSystem=strict in production) is said there, not lost."""
+    import uuid
+
+    from agent_process import AgentProcess
+
+    put_secret(secretsmanager, "audit/agent-ro", "v")
+    audit_file = tmp_path / "audit.jsonl"
+    audit_file.write_text("")
+    os.chown(audit_file, 65534, 65534)  # not root's: refused by the trust rules
+    top = Path("/tmp") / f"ns-audit-{uuid.uuid4().hex[:8]}"
+    top.mkdir(mode=0o755)
+    try:
+        audited(nomad.plugin_dir, moto_endpoint, devlog.path, audit_file)
+        config = nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
+        write_config(nomad.plugin_dir, config.read_text() + f'[agent]\nsocket = "{top / "agent.sock"}"\n')
+        agent = AgentProcess(nomad.executable("aws"))
+        try:
+            agent.wait_for("listening")
+            assert nomad.fetch("aws", "audit/agent-ro", job_id="web").result == {"value": "v"}
+            agent.wait_for(f"observe-skipped reason='the audit file {audit_file} is owned by uid 65534")
+        finally:
+            assert agent.stop() == 0
+    finally:
+        for child in top.iterdir():
+            child.unlink()
+        top.rmdir()
+    assert audit_file.read_text() == ""

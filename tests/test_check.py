@@ -92,8 +92,8 @@ def test_ambiguous_web_identity_role_template_is_warned(plugin_dir: Path, moto_e
     code, out = check(plugin_dir)
     assert code == 0, out
     assert "WARNING  aws.web_identity_role_arn: {namespace}-{job}" in out
-    assert "role/nomad/{namespace}/{job}" in out
-    unambiguous = "arn:aws:iam::123456789012:role/nomad/{namespace}/{job}"
+    assert "role/nomad/{namespace}@{job}" in out
+    unambiguous = "arn:aws:iam::123456789012:role/nomad/{namespace}@{job}"
     write_config(plugin_dir, aws_config(moto_endpoint, f'web_identity_role_arn = "{unambiguous}"\n'))
     assert "web_identity_role_arn:" not in check(plugin_dir)[1]
 

@@ -550,3 +550,61 @@ def test_nothing_but_loopback_is_reachable() -> None:
     for address in (("169.254.169.254", 80), ("1.1.1.1", 443)):
         with pytest.raises(OSError), socket.create_connection(address, timeout=1):
             pass
+
+
+# --- round three: a hostile job author's review ------------------------------------------
+
+
+def test_an_ssm_path_read_with_empty_segments_is_refused_before_the_policy(
+    nomad: NomadClient, moto_endpoint: str, ssm: Any
+) -> None:
+    """SSM's path read sees /shared for /shared//, the policy saw one segment
+    more: /shared/*/* allowed the children of /shared."""
+    canary = "TOP-" + uuid.uuid4().hex
+    ssm.put_parameter(Name="/shared/topsecret", Value=canary, Type="String", Overwrite=True)
+    policy = '[[policy]]\nallow = ["aws-ssm:/shared/*/*", "aws-ssm:/shared/*/*/**"]\n'
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, policy))
+    for path in ("aws-ssm:/shared//", "aws-ssm:/shared///?recursive=true", "aws-ssm:/shared//topsecret"):
+        fetched = nomad.fetch("aws", path, REGION_ENV)
+        assert "write it without //" in error_of(fetched), path
+        assert canary.encode() not in fetched.run.stdout
+
+
+def test_a_hanging_sts_is_bounded_by_the_deadline(nomad: NomadClient, moto_endpoint: str) -> None:
+    """The web identity exchange runs before the reads, where nothing else
+    bounds it: botocore's 4 attempts of 8 s each took 32 s, past Nomad's kill."""
+    from netutil import HangingServer
+
+    with HangingServer() as hanging:
+        config = aws_config(moto_endpoint, f'endpoint_urls = {{ sts = "{hanging.url}" }}\n') + WEB_IDENTITY
+        write_config(nomad.plugin_dir, config + "[plugin]\ndeadline_seconds = 4\n")
+        fetched = nomad.fetch(
+            "aws", "web-secret", {**REGION_ENV, "NOMAD_WORKLOAD_TOKEN": token()}, job_id="web"
+        )
+    assert not fetched.run.terminated
+    message = error_of(fetched)
+    assert "'NOMAD_WORKLOAD_TOKEN' (AWS STS): no answer in time" in message
+
+
+@pytest.mark.parametrize(
+    ("env", "path", "needle"),
+    [
+        ({"AWS_REGION": "us-" + "a" * 62 + "-1"}, "x", "is not an AWS region name"),
+        (REGION_ENV, "x?version_id=\u00e9", "the name or an option is not one AWS accepts"),
+    ],
+)
+def test_inputs_botocore_refuses_get_a_message(
+    nomad: NomadClient, moto_endpoint: str, env: dict[str, str], path: str, needle: str
+) -> None:
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint))
+    message = error_of(nomad.fetch("aws", path, env))
+    assert needle in message and "internal error" not in message
+
+
+def test_a_denial_never_shows_a_pattern_filled_with_a_value_that_cannot_fill_it(
+    nomad: NomadClient, moto_endpoint: str
+) -> None:
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, POLICY))
+    message = error_of(nomad.fetch("aws", "nomad/default/web/prod/x", REGION_ENV, job_id="web/prod"))
+    assert "allows 'aws-sm:nomad/default/{job}/**'" in message
+    assert "'aws-sm:nomad/default/web/prod/**'" not in message

@@ -192,6 +192,9 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
     else:
         print(USAGE, file=sys.stderr)
         return 2
+    from nomad_secrets import debuglog
+
+    debuglog.warnings_to_stderr = True  # an audit record not written is said in the journal
     agent = Agent(config)
     sock, where = listening_socket(config.agent.socket, bool(config.agent.users), environ)
     server = _Server(agent, sock)

@@ -36,7 +36,17 @@ def read_scope(store: str, ref: Reference) -> policy.Many | None:
     """For the policy: which names a reference reads besides its own. An
     SSM path (``aws-ssm:/app/``) reads every parameter one level below it,
     or every one below it with ``recursive`` (any value but ``false``
-    counts, the store refuses a bad one later)."""
+    counts, the store refuses a bad one later).
+
+    An SSM name with an empty segment (``/app//``) is refused here, before
+    the policy: SSM's path read would see ``/app``, while the policy would
+    see one segment more."""
+    if store == "aws-ssm" and "//" in ref.locator:
+        from nomad_secrets.errors import RequestError
+
+        raise RequestError(
+            f"{ref.text!r} ({STORE_LABELS[store]}): a parameter name has no empty parts; write it without //"
+        )
     if store != "aws-ssm" or not ref.locator.endswith("/"):
         return None
     recursive = dict(ref.options).get("recursive", "false")

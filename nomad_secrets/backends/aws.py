@@ -92,7 +92,7 @@ def make_client(
     session = botocore.session.Session()
     credentials: dict[str, str] = {}
     if settings.web_identity_role_arn:
-        credentials = _web_identity(session, config, settings, options, identity)
+        credentials = _web_identity(session, config, settings, options, identity, deadline)
     elif settings.access_key_id or settings.secret_access_key:
         if not (settings.access_key_id and settings.secret_access_key):
             raise ConfigError("aws.access_key_id and aws.secret_access_key go together; set both or neither")
@@ -110,6 +110,8 @@ def make_client(
         raise RequestError(
             "no AWS region: set AWS_REGION in the secret block's env, or aws.region in the config"
         ) from None
+    except botocore.exceptions.InvalidRegionError:
+        raise RequestError(f"the AWS region {region!r} is not a region name (such as us-east-2)") from None
 
 
 def _endpoint(settings: AwsSettings, service: str) -> str | None:
@@ -117,12 +119,19 @@ def _endpoint(settings: AwsSettings, service: str) -> str | None:
 
 
 def _web_identity(
-    session: Any, config: Any, settings: AwsSettings, options: JobOptions, identity: Identity
+    session: Any,
+    config: Any,
+    settings: AwsSettings,
+    options: JobOptions,
+    identity: Identity,
+    deadline: Deadline,
 ) -> dict[str, str]:
     """Credentials for the job's own role, from its workload identity token.
 
     The token's claims were checked against Nomad's identity before this
     (fetch.py); STS verifies its signature against the IAM OIDC provider.
+    This call runs before the reads, in the calling thread, where nothing
+    else bounds it: one attempt, within what is left of the deadline.
     """
     import botocore
     import botocore.exceptions
@@ -137,7 +146,15 @@ def _web_identity(
     role_arn = role_arn.replace("{job}", identity.job_id)
     session_name = re.sub(r"[^\w+=,.@-]", "-", f"nomad-{identity.namespace}-{identity.job_id}")[:64]
     # AssumeRoleWithWebIdentity is unsigned: the token is the credential.
-    unsigned = config.merge(botocore.config.Config(signature_version=botocore.UNSIGNED))
+    left = deadline.call_timeout()
+    unsigned = config.merge(
+        botocore.config.Config(
+            signature_version=botocore.UNSIGNED,
+            connect_timeout=min(CONNECT_TIMEOUT, left),
+            read_timeout=left,
+            retries={"mode": "standard", "total_max_attempts": 1},
+        )
+    )
     sts = session.create_client("sts", config=unsigned, endpoint_url=_endpoint(settings, "sts"))
     try:
         answer = sts.assume_role_with_web_identity(
@@ -256,6 +273,13 @@ def store_error(
                 reference, label, f"throttled ({said})", "retry later, or fetch fewer secrets at once"
             )
         return StoreError(reference, label, f"failed ({said})", "check the reference and its options")
+    if isinstance(exc, bx.ParamValidationError):  # botocore checks names and options first
+        return StoreError(
+            reference,
+            label,
+            "the name or an option is not one AWS accepts (botocore refused to send it)",
+            f"check {resource} and the reference's options",
+        )
     if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
         return errors.TimedOut(
             reference, label, "no answer in time", "check the endpoint is reachable from the node"
