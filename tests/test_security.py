@@ -262,9 +262,9 @@ def test_children_read_their_parents_secrets_by_an_explicit_rule(
 def test_a_pathological_pattern_and_path_answer_at_once(nomad: NomadClient, moto_endpoint: str) -> None:
     """fnmatch's regex took seconds per reference here (three * took 6.3 s;
     four ran into Nomad's SIGTERM): the answer is now a denial."""
-    policy = '[[policy]]\nallow = ["aws-ssm:/*/*/*/*/db-password"]\n'
+    policy = '[[policy]]\nallow = ["aws-sm:*/*/*/*/db-password"]\n'
     write_config(nomad.plugin_dir, aws_config(moto_endpoint, policy))
-    path = "aws-ssm:" + "/" * 2040 + "x"
+    path = "aws-sm:" + "/" * 2040 + "x"
     fetched = nomad.fetch("aws", path, REGION_ENV)
     assert not fetched.run.terminated
     assert "does not let namespace 'default', job 'example'" in error_of(fetched)
