@@ -129,6 +129,8 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
         return 1
     plugin_dir = os.path.dirname(os.path.abspath(executable))
     report.ok(f"plugin directory {plugin_dir} {_owner_mode(plugin_dir)}, and every directory above it")
+    for unusable in config.unusable_files.values():  # fetches that use the file fail; others go on
+        report.problem(unusable)
     real = os.path.realpath(executable)
     problem = untrusted(real, "executable") or untrusted_ancestors(real)
     if problem:

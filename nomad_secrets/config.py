@@ -169,6 +169,9 @@ class Config:
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    # Secret files that failed the trust rules: file -> the message, raised
+    # by a fetch that uses it (config.check_files).
+    unusable_files: dict[str, str] = field(default_factory=dict)
     # The server's sections as TOML tables, unchecked here: the plugin never
     # uses them, and their checks live with the server (settings.py there).
     server_tables: dict[str, Any] = field(default_factory=dict)
@@ -209,31 +212,53 @@ def provider_name(executable: str) -> str:
 
 def load(executable: str, *, cache: dict[tuple[str, bytes], Config] | None = None) -> Config:
     """The config for ``executable``, once every file it trusts is checked:
-    the plugin directory (a file dropped there would be our config), the
-    config file, and the secret files it names. ``cache`` (a long-lived
-    process's) keeps parsed configs by path and content: the checks and the
-    read happen every time."""
+    the plugin directory (a file dropped there would be our config) and the
+    config file, here; the secret files it names are checked here too, but
+    a problem with one is kept in ``unusable_files`` and raised only by a
+    fetch that uses that file (``check_files``): one provider's missing
+    token file must not stop every other provider on the node. ``cache`` (a
+    long-lived process's) keeps parsed configs by path and content: the
+    checks and the read happen every time."""
     plugin_dir = os.path.dirname(os.path.abspath(executable))
     _check_trust(plugin_dir, "plugin directory")
     path = find_config(executable)
     if path is None:
         return Config()
-    return load_file(path, cache=cache)
+    return load_file(path, cache=cache, strict=False)
+
+
+def check_files(config: Config, vault: VaultSettings) -> None:
+    """Raise the trust problem of a secret file ``vault`` uses, if any."""
+    for key in SECRET_FILE_KEYS:
+        problem = config.unusable_files.get(getattr(vault, key) or "")
+        if problem:
+            raise ConfigError(problem)
+
+
+SECRET_FILE_KEYS = ("token_file", "secret_id_file", "client_key")
+EMPTY_RETRIES, EMPTY_RETRY_SECONDS = 5, 0.05  # an empty config: being written, most likely
 
 
 def load_file(
-    path: str, *, cache: dict[tuple[str, bytes], Config] | None = None, ancestors: bool = True
+    path: str,
+    *,
+    cache: dict[tuple[str, bytes], Config] | None = None,
+    ancestors: bool = True,
+    strict: bool = True,
 ) -> Config:
     """The config in ``path``, once it and the secret files it names are
     trusted. ``ancestors=False`` checks the files but not the directories
     above them: for ``serve --nomad-task``, whose files are in a Nomad task's
     directories (0777 by Nomad's design, the task's isolation guards them)."""
     _check_trust(path, "config file", ancestors=ancestors)
-    try:
-        with open(path, "rb") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+    text = _settled_read(path)
+    if not text.strip():
+        # An empty file is a file being written far more often than a
+        # wish for no policy: it must not switch the policy off.
+        raise ConfigError(
+            f"the config file {path} is empty: write the new config to a temporary file and rename it"
+            " into place (or remove the file for built-in defaults)"
+        )
     config = cache.get((path, text)) if cache is not None else None
     if config is None:
         config = parse(text, path)
@@ -241,16 +266,40 @@ def load_file(
             if len(cache) >= 8:  # rewritten files leave old entries behind
                 cache.clear()
             cache[(path, text)] = config
-    checked: set[str] = set()
+    unusable: dict[str, str] = {}
     for where, vault in [("vault", config.vault)] + [
         (f"providers.{p.name}", p.vault) for p in config.providers.values() if p.store == "vault"
     ]:
-        for key in ("token_file", "secret_id_file", "client_key"):
+        for key in SECRET_FILE_KEYS:
             secret_file = getattr(vault, key)
-            if secret_file and secret_file not in checked:
-                _check_trust(secret_file, f"file of {where}.{key}", ancestors=ancestors)
-                checked.add(secret_file)
-    return config
+            if secret_file and secret_file not in unusable:
+                try:
+                    _check_trust(secret_file, f"file of {where}.{key}", ancestors=ancestors)
+                except ConfigError as exc:
+                    if strict:
+                        raise
+                    unusable[secret_file] = exc.message
+    return replace(config, unusable_files=unusable) if unusable else config
+
+
+def _settled_read(path: str) -> bytes:
+    """The file's bytes. An empty file is read again a few times: ``cp`` and
+    most tools truncate a file, then write it, and a fetch in between must
+    neither take the empty file for "no config, no policy" nor fail a task
+    for a write that ends a moment later. Renaming a new file into place is
+    the way that never shows a reader anything half-written."""
+    import time
+
+    for attempt in range(EMPTY_RETRIES + 1):
+        try:
+            with open(path, "rb") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+        if text.strip() or attempt == EMPTY_RETRIES:
+            return text
+        time.sleep(EMPTY_RETRY_SECONDS)
+    return text
 
 
 def _check_trust(path: str, what: str, *, ancestors: bool = True) -> None:

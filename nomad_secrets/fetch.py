@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from nomad_secrets import debuglog, policy
 from nomad_secrets.backends import STORE_LABELS, Backend, open_backend, read_scope
-from nomad_secrets.config import Config
+from nomad_secrets.config import Config, check_files
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import PluginError, RequestError, TimedOut
 from nomad_secrets.identity import check_workload_token
@@ -49,6 +49,8 @@ def fetch(
     provider = config.provider(provider_name)
     stores = [ref.scheme or provider.store for ref in refs]
     check_policy(refs, stores, caller, config.policy, deadline)
+    if "vault" in stores:
+        check_files(config, provider.vault)
     if options.workload_token is not None:
         claims = check_workload_token(options.workload_token, identity)
         # The store sees the job as its token names it: a child as its parent.

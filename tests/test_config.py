@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import aws_config, write_config
+from nomad import NomadClient
 
 from nomad_secrets import config
 from nomad_secrets.errors import ConfigError
@@ -58,3 +60,44 @@ def test_errors_name_the_key_and_the_file(text: str, needle: str) -> None:
 def test_unknown_provider_says_how_to_configure_it() -> None:
     with pytest.raises(ConfigError, match=r"add \[providers.db\]"):
         config.Config().provider("db")
+
+
+@pytest.fixture
+def nomad_plugin_dir_with_policy(nomad: NomadClient, moto_endpoint: str) -> tuple[NomadClient, Path]:
+    policy = '[[policy]]\nallow = ["aws-sm:nomad/{namespace}/{job}/**"]\n'
+    return nomad, write_config(nomad.plugin_dir, aws_config(moto_endpoint, policy))
+
+
+def test_an_empty_config_is_an_error_not_no_policy(
+    nomad_plugin_dir_with_policy: tuple[NomadClient, Path],
+) -> None:
+    """An empty file is what a reader sees while cp or an editor rewrites it:
+    taken as "no config" it switched the policy off (a reviewer got 16 of 60
+    fetches through with no policy while cp rewrote the file)."""
+    nomad, config = nomad_plugin_dir_with_policy
+    config.write_text("")
+    message = nomad.fetch("aws", "prod/db", {"AWS_REGION": "us-east-2"}).plugin_error or ""
+    assert f"the config file {config} is empty" in message and "rename it into place" in message
+
+
+def test_a_config_written_while_a_fetch_reads_it_is_read_whole(
+    nomad_plugin_dir_with_policy: tuple[NomadClient, Path],
+) -> None:
+    """Truncated, then written 0.1 s later (as cp does, slowly): the fetch
+    that starts in between gets the policy's answer, not no policy."""
+    import threading
+    import time
+
+    nomad, config = nomad_plugin_dir_with_policy
+    text = config.read_text()
+    config.write_text("")
+
+    def finish() -> None:
+        time.sleep(0.1)
+        config.write_text(text)
+
+    writer = threading.Thread(target=finish)
+    writer.start()
+    message = nomad.fetch("aws", "prod/db", {"AWS_REGION": "us-east-2"}, job_id="web").plugin_error or ""
+    writer.join()
+    assert "the operator's policy does not let namespace 'default', job 'web'" in message

@@ -402,9 +402,17 @@ def test_vault_token_file_writable_by_others_is_refused(
     token_file = tmp_path / "token"
     token_file.write_text("s.secret")
     token_file.chmod(0o622)
-    write_config(nomad.plugin_dir, aws_config(moto_endpoint, f'[vault]\ntoken_file = "{token_file}"\n'))
-    message = error_of(nomad.fetch("aws", "x", REGION_ENV))
+    vault = f'[vault]\naddress = "http://127.0.0.1:1"\ntoken_file = "{token_file}"\n'
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint, vault))
+    message = error_of(nomad.fetch("aws", "vault:secret/x", REGION_ENV))
     assert f"the file of vault.token_file {token_file} is writable" in message
+    # Only a fetch that uses the file is refused: one provider's file does not stop the others.
+    assert "(AWS Secrets Manager): not found" in error_of(nomad.fetch("aws", "x", REGION_ENV))
+    check = run_plugin(nomad.executable("aws"), ["check"], {})
+    assert (
+        f"PROBLEM  refusing to run: the file of vault.token_file {token_file} is writable"
+        in check.stdout.decode()
+    )
 
 
 def _debug_log_config(nomad: NomadClient, moto_endpoint: str, log: Path) -> None:
