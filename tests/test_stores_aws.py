@@ -204,3 +204,66 @@ def test_stores_mix_in_one_path(nomad: NomadClient, secretsmanager: Any, ssm: An
         "aws", f"db = {name}#password\nparam = aws-ssm:/{name}\n", {"AWS_REGION": "us-east-2"}
     )
     assert fetched.result == {"db": "pw", "param": "param"}
+
+
+class _Double:
+    """A stand-in for an endpoint that is not AWS (a test double: moto always
+    answers like AWS): it answers every POST 200 with ``body``, or, with
+    ``body`` None, closes the connection without a word (HTTP spoken to a
+    TLS port, a proxy dropping the request)."""
+
+    def __init__(self, body: bytes | None) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    if body is not None:
+                        conn.sendall(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\n"
+                            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                            + body
+                        )
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"{}", "is not an AWS answer"),
+        (b'{"Parameter": {}, "Parameters": [{}]}', "is not an AWS answer"),
+        (None, "cannot reach the AWS endpoint"),
+    ],
+)
+@pytest.mark.parametrize("path", ["x", "aws-ssm:/x", "aws-ssm:/x/"])
+def test_an_endpoint_that_is_not_aws(nomad: NomadClient, body: bytes | None, needle: str, path: str) -> None:
+    """They were internal errors (KeyError, AttributeError on a missing answer)."""
+    from conftest import write_config
+
+    double = _Double(body)
+    try:
+        config = (
+            f'[aws]\nendpoint_url = "{double.url}"\naccess_key_id = "t"\nsecret_access_key = "t"\n'
+            'region = "us-east-2"\n'
+        )
+        write_config(nomad.plugin_dir, config)
+        fetched = nomad.fetch("aws", path)
+    finally:
+        double.close()
+    message = fetched.plugin_error or ""
+    assert needle in message and "internal error" not in message, message

@@ -176,6 +176,16 @@ def _web_identity(
     }
 
 
+def not_an_aws_answer(reference: str, label: str) -> StoreError:
+    """A success without the fields AWS always sends: not AWS answering."""
+    return StoreError(
+        reference,
+        label,
+        "the endpoint's answer is not an AWS answer (an error page?)",
+        "check aws.endpoint_url and any proxy in between",
+    )
+
+
 def aws_errors() -> tuple[type[Exception], ...]:
     """What a botocore call raises: its own tree, and the response parser's
     error, which sits outside it (an HTML error page where XML was due)."""
@@ -234,12 +244,7 @@ def store_error(
         )
     where = f" in {region}" if region else ""
     if isinstance(exc, botocore.parsers.ResponseParserError):
-        return StoreError(
-            reference,
-            label,
-            "the endpoint's answer is not an AWS answer (an error page?)",
-            "check aws.endpoint_url and any proxy in between",
-        )
+        return not_an_aws_answer(reference, label)
     if isinstance(exc, bx.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         message = str(exc.response.get("Error", {}).get("Message", ""))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nomad_secrets.backends.aws import AwsStore, aws_errors
+from nomad_secrets.backends.aws import AwsStore, aws_errors, not_an_aws_answer
 from nomad_secrets.errors import NotFound, RequestError
 from nomad_secrets.reference import Reference
 from nomad_secrets.shape import Raw
@@ -26,7 +26,7 @@ class SecretsManager(AwsStore):
         try:
             response = self.client.get_secret_value(**params)
         except aws_errors() as exc:
-            error = getattr(exc, "response", {}).get("Error", {})
+            error = (getattr(exc, "response", None) or {}).get("Error", {})  # None: no answer at all
             # AWS: "...because it was marked for deletion."; moto: "...marked deleted."
             if error.get("Code") == "InvalidRequestException" and "marked" in str(error.get("Message")):
                 raise NotFound(
@@ -41,6 +41,8 @@ class SecretsManager(AwsStore):
                 action="secretsmanager:GetSecretValue",
                 resource=f"secret {ref.locator!r}",
             ) from None
-        if "SecretString" in response:
+        if isinstance(response.get("SecretString"), str):
             return str(response["SecretString"])
-        return bytes(response["SecretBinary"])
+        if isinstance(response.get("SecretBinary"), bytes):
+            return bytes(response["SecretBinary"])
+        raise not_an_aws_answer(ref.text, self.label)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nomad_secrets.backends.aws import AwsStore, aws_errors
+from nomad_secrets.backends.aws import AwsStore, aws_errors, not_an_aws_answer
 from nomad_secrets.errors import InvalidSecret, RequestError
 from nomad_secrets.reference import Reference
 from nomad_secrets.shape import Raw
@@ -60,7 +60,10 @@ class ParameterStore(AwsStore):
             Name=name,
             WithDecryption=True,
         )
-        return str(response["Parameter"]["Value"])
+        parameter = response.get("Parameter")
+        if not isinstance(parameter, dict) or not isinstance(parameter.get("Value"), str):
+            raise not_an_aws_answer(ref.text, self.label)
+        return str(parameter["Value"])
 
     def _by_path(self, ref: Reference, recursive: str) -> dict[str, object]:
         if recursive not in ("true", "false"):
@@ -77,7 +80,11 @@ class ParameterStore(AwsStore):
             page = self._call(
                 ref, "ssm:GetParametersByPath", f"path {prefix!r}", "get_parameters_by_path", **params
             )
-            for parameter in page.get("Parameters", []):
+            if not isinstance(page.get("Parameters"), list):
+                raise not_an_aws_answer(ref.text, self.label)
+            for parameter in page["Parameters"]:
+                if not (isinstance(parameter.get("Name"), str) and isinstance(parameter.get("Value"), str)):
+                    raise not_an_aws_answer(ref.text, self.label)
                 name = str(parameter["Name"])
                 key = name[len(prefix) :] if name.startswith(prefix) else name.rsplit("/", 1)[-1]
                 key = key.strip("/").replace("/", "_")
