@@ -72,6 +72,17 @@ def error_answer(exc: BaseException, start: float) -> bytes:
         debuglog.log("failed", error=type(exc).__name__, message=exc.message, ms=_ms(start))
         return protocol.encode_error(exc.message)
     debuglog.log("failed", error=type(exc).__name__, message=None, ms=_ms(start))
+    if isinstance(exc, ImportError) or type(exc).__name__ in ("UnknownServiceError", "DataNotFoundError"):
+        # Our code or botocore's data missing: the unpack cache was damaged after it was made.
+        import os
+
+        import nomad_secrets
+
+        unpacked = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(nomad_secrets.__file__))))
+        return protocol.encode_error(
+            f"nomad-secrets cannot run: its unpacked files in {unpacked} are damaged ({type(exc).__name__});"
+            " the operator removes that directory, and the next fetch unpacks it again"
+        )
     import traceback
 
     for frame in traceback.extract_tb(exc.__traceback__):

@@ -178,6 +178,27 @@ def _answer_error(message: str) -> None:
 MIN_PYTHON = (3, 10)
 
 
+def _versioned(loader: object) -> str:
+    """The file to read from now on: the one the path Nomad ran leads to.
+
+    zipimport opens the archive again by path for every read. ``install``
+    keeps each build in its own file and swaps a symlink to it, so reading
+    through the real path from here on never mixes two builds' bytes, even
+    if an install swaps the link while this run starts (install.py)."""
+    archive: str = loader.archive  # type: ignore[attr-defined]
+    real = os.path.realpath(archive)
+    if real == archive or sys.path[:1] != [archive]:
+        return archive
+    import zipimport
+
+    try:
+        sys.path_importer_cache[real] = zipimport.zipimporter(real)
+    except zipimport.ZipImportError:
+        return archive
+    sys.path[0] = real  # the zip's own modules (trust, cache) come from it too
+    return real
+
+
 def main(loader: object) -> None:
     get_data = loader.get_data  # type: ignore[attr-defined]  # zipimporter
     operation = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CPI_OPERATION", "")
@@ -194,17 +215,24 @@ def main(loader: object) -> None:
     if operation == "fingerprint":
         os.write(1, get_data("fingerprint.json"))
         os._exit(0)
-    build_id, cache_dir = get_data("build-info").decode().split("\n")[:2]
+    archive = _versioned(loader)
+    loader = sys.path_importer_cache.get(archive, loader)
+    build_id, cache_dir = loader.get_data("build-info").decode().split("\n")[:2]  # type: ignore[attr-defined]
     try:
-        lib = unpacked(loader.archive, build_id, cache_dir)  # type: ignore[attr-defined]
+        lib = unpacked(archive, build_id, cache_dir)
     except CacheError as exc:
         _answer_error(f"nomad-secrets cannot start: {exc}")
     except Exception as exc:  # noqa: BLE001 - Nomad must get an answer
         _answer_error(f"nomad-secrets cannot start: {type(exc).__name__} while unpacking")
     sys.path.insert(0, lib)
     sys.dont_write_bytecode = True  # everything is compiled; the cache stays as published
-    from nomad_secrets.cli import run
-
+    try:
+        from nomad_secrets.cli import run
+    except ImportError as exc:  # the unpacked files, damaged since (a cleanup job, a full disk)
+        _answer_error(
+            f"nomad-secrets cannot start: the unpacked code in {os.path.dirname(lib)} is damaged"
+            f" ({type(exc).__name__}); remove that directory, and the next fetch unpacks it again"
+        )
     run()
 
 

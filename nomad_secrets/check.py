@@ -142,6 +142,7 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
             f"{plugin_dir} is not a plugin directory (<common_plugin_dir>/secrets/): run check as"
             " <common_plugin_dir>/secrets/<provider name> check, to read the config that Nomad's runs read"
         )
+    _unpacked(real, report)
     if config.path is None:
         report.ok(
             f"no config file ({config_module.CONFIG_FILE_NAME} here or {config_module.SYSTEM_CONFIG}):"
@@ -207,6 +208,35 @@ def _observers(config: Config, report: Report) -> None:
             report.warn(f"{problem}: fetches run without metrics until it is fixed")
         else:
             report.ok(f"metrics file {metrics.file} (node_exporter's textfile collector)")
+
+
+def _unpacked(executable: str, report: Report) -> None:
+    """The build's unpack directory holds every file of the executable's
+    lib.zip: a cleanup job or a full disk may have taken some since."""
+    import io
+    import zipfile
+
+    from nomad_secrets import cache
+
+    try:
+        with zipfile.ZipFile(executable) as outer:
+            build_id, cache_dir = outer.read("build-info").decode().split("\n")[:2]
+            with zipfile.ZipFile(io.BytesIO(outer.read("lib.zip"))) as inner:
+                names = [n for n in inner.namelist() if not n.endswith("/")]
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return  # not the built executable (the source tree): nothing unpacked
+    entry = os.path.join(cache_dir or cache.default_cache_dir(), cache.entry_name(build_id))
+    if not os.path.isdir(entry):
+        report.ok(f"unpack directory {entry}: not made yet (the first fetch makes it)")
+        return
+    missing = [n for n in names if not os.path.isfile(os.path.join(entry, n))]
+    if missing:
+        report.problem(
+            f"the unpack directory {entry} is damaged: {len(missing)} of {len(names)} files are missing"
+            f" (such as {missing[0]}); remove it, and the next fetch unpacks it again"
+        )
+    else:
+        report.ok(f"unpack directory {entry}: all {len(names)} files")
 
 
 def _owner_mode(path: str) -> str:

@@ -51,7 +51,7 @@ HELP_FLAGS = ("--help", "-h", "--version", "-V")
 
 
 def run() -> NoReturn:
-    start = time.monotonic()
+    start = time.monotonic() - _age()
     argv = list(sys.argv)
     operation = argv[1] if len(argv) > 1 else os.environ.get("CPI_OPERATION", "")
     if operation == "fingerprint":
@@ -143,6 +143,20 @@ def _did_you_mean(operation: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close and close[0] != operation else ""
 
 
+def _age() -> float:
+    """Seconds since Nomad started this process: the deadline counts from
+    there, not from here. On a node starting many tasks at once, the
+    interpreter's own start can take seconds, and Nomad's timeout counts
+    them (a burst of 100 otherwise answered "in time" after Nomad's kill)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, since boot
+        return min(max(time.clock_gettime(time.CLOCK_BOOTTIME) - started, 0.0), 60.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoReturn:
     from nomad_secrets import config as config_module
     from nomad_secrets import debuglog
@@ -162,18 +176,27 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoRe
         deadline = Deadline(config.plugin.deadline_seconds or DEFAULT_SECONDS, start=start)
         if config.agent.socket:
             _ask_agent(config, os.path.abspath(executable), argv[2], environ, deadline)
+        from nomad_secrets.answer import fetch_answer, observer_for
+        from nomad_secrets.config import provider_name
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
-        from nomad_secrets.answer import error_answer
-
-        protocol.answer(error_answer(exc, start))
-    from nomad_secrets.answer import fetch_answer, observer_for
-    from nomad_secrets.config import provider_name
+        protocol.answer(_error_answer(exc, start))
 
     name = provider_name(executable)
     observer = observer_for(config, name, argv[2], environ, start)
     if observer is not None:  # Nomad's SIGTERM is a fetch's end too: record it
         protocol.on_sigterm_answer(SIGTERM_MESSAGE, before=lambda: observer.finish("terminated"))
     protocol.answer(fetch_answer(argv[2], environ, name, config, deadline, observer=observer))
+
+
+def _error_answer(exc: BaseException, start: float) -> bytes:
+    try:
+        from nomad_secrets.answer import error_answer
+    except BaseException:  # noqa: BLE001 - our own modules damaged: answer.py names the cause
+        return protocol.encode_error(
+            f"nomad-secrets cannot run: its unpacked files are damaged ({type(exc).__name__}); the"
+            " operator runs check, which names the directory to remove"
+        )
+    return error_answer(exc, start)
 
 
 SIGTERM_MESSAGE = (
@@ -183,7 +206,7 @@ SIGTERM_MESSAGE = (
 
 # What a fetch in process keeps of the deadline while the agent works: an
 # agent that took the request and hangs still leaves time to fetch here.
-AGENT_RESERVE_SECONDS = 3.0
+AGENT_RESERVE_SECONDS = 1.5
 
 
 def _ask_agent(
@@ -200,7 +223,7 @@ def _ask_agent(
         executable,
         path,
         environ,
-        remaining - min(AGENT_RESERVE_SECONDS, remaining / 2),
+        remaining - min(AGENT_RESERVE_SECONDS, remaining / 4),
         config.plugin.max_output_bytes,
     )
     if forwarded.answer is not None:

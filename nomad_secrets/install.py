@@ -6,9 +6,13 @@ The common plugin dir is the client's ``common_plugin_dir``; the plugin
 directory is its ``secrets/`` subdirectory (the docs' words). Layout it
 makes (idempotent)::
 
-    <common_plugin_dir>/nomad-secrets        the executable (0755; outside
+    <common_plugin_dir>/nomad-secrets.<build id>
+                                             the executable (0755; outside
                                              secrets/, so Nomad does not run
-                                             it under that name)
+                                             it under that name), a file a
+                                             build, never written again
+    <common_plugin_dir>/nomad-secrets        a symlink to it, swapped
+                                             atomically at each install
     <common_plugin_dir>/secrets/<name>       one symlink per provider name
     <common_plugin_dir>/secrets/nomad-secrets.toml
                                              an example config, 0600, only
@@ -107,11 +111,8 @@ def install(
     same = os.path.isfile(target) and filecmp.cmp(source, target, shallow=False)
     if os.path.lexists(target) and not same and not force:
         raise InstallError(f"{target} exists and is a different file; add --force to replace it")
-    if os.path.abspath(source) != os.path.abspath(target):
-        tmp = target + ".tmp"
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o755)  # noqa: S103 - an executable others may run, not write
-        os.replace(tmp, target)
+    if os.path.realpath(source) != os.path.realpath(target):
+        _place(source, plugin_dir, target)
     write(f"installed {target}")
     for name in names:
         link = os.path.join(secrets, name)
@@ -141,6 +142,43 @@ def install(
     write("In the Nomad client's agent config (the default is <data_dir>/common_plugins):")
     write(f'  client {{ common_plugin_dir = "{os.path.abspath(plugin_dir)}" }}')
     write("then make the agent fingerprint plugins again: systemctl reload nomad  (or kill -HUP <agent pid>)")
+
+
+def _place(source: str, plugin_dir: str, target: str) -> None:
+    """The build as its own file, ``nomad-secrets.<build id>``, never written
+    again, and ``nomad-secrets`` a symlink to it, swapped atomically.
+
+    A running fetch reads its executable again by path after it starts
+    (zipimport reopens the archive for each read), so a file replaced under
+    it mixes two builds' bytes. The bootstrap follows ``nomad-secrets`` to
+    the versioned file at once and reads only that; the previous build's
+    file stays for the fetches still running it, older ones go.
+    """
+    with zipfile.ZipFile(source) as zf:
+        build_id = zf.read("build-info").decode().split("\n")[0]
+    versioned = os.path.join(plugin_dir, f"{EXECUTABLE_NAME}.{build_id}")
+    if not os.path.isfile(versioned):
+        tmp = versioned + ".tmp"
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o755)  # noqa: S103 - an executable others may run, not write
+        os.replace(tmp, versioned)
+    previous = os.path.realpath(target) if os.path.islink(target) else None
+    link = target + ".tmp"
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink(os.path.basename(versioned), link)
+    os.replace(link, target)
+    keep = {versioned, previous}
+    prefix = f"{EXECUTABLE_NAME}."
+    for name in os.listdir(plugin_dir):
+        path = os.path.join(plugin_dir, name)
+        if (
+            name.startswith(prefix)
+            and not name.endswith(".tmp")
+            and path not in keep
+            and os.path.isfile(path)
+        ):
+            os.remove(path)
 
 
 def prune_cache(source: str, write: Callable[[str], None]) -> None:

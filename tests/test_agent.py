@@ -61,6 +61,8 @@ def test_forwarded_fetch_gives_the_same_answers(
     # The same messages as a fetch in process: a missing secret, a bad env key.
     missing = nomad.fetch("aws", "agent/missing", REGION_ENV, job_id="web")
     assert "'agent/missing' (AWS Secrets Manager): not found" in (missing.plugin_error or "")
+    # The agent's journal has the job's error too (our message: names, never values).
+    agent.wait_for("outcome='error' error=\"'agent/missing' (AWS Secrets Manager): not found")
     refused = nomad.fetch("aws", "agent/db", {**REGION_ENV, "HTTPS_PROXY": "http://x"}, job_id="web")
     assert "the secret block's env sets 'HTTPS_PROXY'" in (refused.plugin_error or "")
     assert len([line for line in agent.lines if line.startswith("answered")]) == 3
@@ -309,3 +311,51 @@ def test_the_shipped_systemd_units_verify(tmp_path: Path, artifact: Path) -> Non
     service = (units / "nomad-secrets-agent.service").read_text()
     assert "ExecStart=/opt/nomad/data/common_plugins/nomad-secrets agent --config" in service
     assert "ListenStream=/run/nomad-secrets/agent.sock" in (units / "nomad-secrets-agent.socket").read_text()
+
+
+def test_a_second_agent_does_not_take_the_socket(agent: AgentProcess, nomad: NomadClient) -> None:
+    """It used to unlink the first one's socket and bind its own: the first
+    was left orphaned, and every fetch ran in process once the second
+    stopped."""
+    second = AgentProcess(nomad.executable("aws"))
+    assert second.proc.wait(timeout=15) != 0
+    second.stop()
+    assert any("an agent already listens on" in line for line in second.lines), second.lines
+    assert agent.proc.poll() is None
+
+
+def test_an_agent_of_another_build_is_not_used_and_an_upgraded_one_stops(
+    tmp_path: Path, decoder: Any, moto_endpoint: str, secretsmanager: Any, sock: Path
+) -> None:
+    """After an upgrade the agent kept answering with the old code while the
+    node said the new version. A plugin sends its build; an agent of another
+    build does not acknowledge (the plugin fetches in process), and one whose
+    own executable is now another build stops, for systemd's socket to start
+    the installed build on the next fetch."""
+    from conftest import build_artifact
+    from test_install import install
+
+    builds = [
+        build_artifact(tmp_path / v / "nomad-secrets", tmp_path / "cache", "--version", v)
+        for v in ("0.2.0", "0.3.0")
+    ]
+    plugins = tmp_path / "common_plugins"
+    assert install(builds[0], plugins, "--as", "aws").returncode == 0
+    log = tmp_path / "debug.log"
+    write_config(plugins, agent_config(moto_endpoint, sock, log))
+    put_secret(secretsmanager, "agent/upgrade", "v")
+    nomad = NomadClient(plugins, decoder)
+    # As the shipped unit starts it: the common plugin dir's name, the plugin directory's config.
+    old = AgentProcess(plugins / "nomad-secrets", "--config", str(plugins / "secrets" / "nomad-secrets.toml"))
+    try:
+        old.wait_for("listening")
+        assert nomad.fetch("aws", "agent/upgrade", REGION_ENV).result == {"value": "v"}
+        old.wait_for("answered provider='aws'")
+        assert install(builds[1], plugins, "--as", "aws", "--force").returncode == 0
+        assert nomad.fetch("aws", "agent/upgrade", REGION_ENV).result == {"value": "v"}  # in process
+        old.wait_for("stopping reason='the executable is another build now'")
+        assert old.proc.wait(timeout=15) == 0
+    finally:
+        old.stop()
+    assert "agent-not-used" in log.read_text()
+    assert len(old.answered()) == 1

@@ -236,3 +236,29 @@ def test_debug_log_is_private_and_holds_no_values(
     assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
     assert name in text and "fetched" in text and "NotFound" in text
     assert canary not in text
+
+
+def test_the_deadline_counts_from_when_nomad_started_the_process(
+    nomad: NomadClient, moto_endpoint: str
+) -> None:
+    """Nomad's timeout counts from its exec; the plugin's deadline did from
+    when its own code ran, which under a burst of task starts came seconds
+    later. A wrapper that sleeps 2 s and then execs the plugin (WRAPPER: same pid,
+    same start time) stands for a slow start: with a 4 s deadline and a
+    store that never answers, the answer comes 4 s after the start, not 6."""
+    from conftest import aws_config, interpreter, write_config
+    from netutil import HangingServer
+    from nomad import nomad_env, run_plugin
+
+    with HangingServer() as hanging:
+        write_config(nomad.plugin_dir, aws_config(hanging.url, "[plugin]\ndeadline_seconds = 4\n"))
+        run = run_plugin(
+            Path(interpreter()),
+            ["-I", "-S", "-c", WRAPPER, str(nomad.executable("aws")), "fetch", "x"],
+            nomad_env("fetch", {"AWS_REGION": "us-east-2"}, "j", "default"),
+        )
+    assert run.returncode == 0 and b"no answer" in run.stdout, run
+    assert run.seconds < 5.5, run.seconds  # 2 s asleep + 4 s deadline was 6 s and more
+
+
+WRAPPER = "import os, sys, time; time.sleep(2); os.execv(sys.argv[1], sys.argv[1:])"

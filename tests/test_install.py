@@ -139,3 +139,57 @@ def test_the_docs_and_the_option_use_the_same_words(artifact: Path, tmp_path: Pa
     words = " ".join(help_text.split())
     assert "the common plugin dir: the Nomad client's common_plugin_dir" in words
     assert "which holds the plugin directory secrets/" in words
+
+
+def test_each_build_is_its_own_file_and_the_name_a_symlink_swapped_at_install(
+    tmp_path: Path, decoder: Any, moto_endpoint: str, secretsmanager: Any
+) -> None:
+    """A fetch reads its executable again by path after it starts (zipimport
+    reopens the archive): a file replaced under it mixed two builds' bytes
+    ("bad local file header", exit 1 with a traceback). Each build is now a
+    file of its own, never written again; the name is a symlink swapped
+    atomically, and the bootstrap reads through the real path from its
+    start. Installs alternate while fetches run: every fetch answers."""
+    import threading
+
+    from conftest import build_artifact
+
+    builds = [
+        build_artifact(tmp_path / v / "nomad-secrets", tmp_path / "cache", "--version", v)
+        for v in ("0.2.0", "0.3.0")
+    ]
+    plugins = tmp_path / "common_plugins"
+    assert install(builds[0], plugins, "--as", "aws").returncode == 0
+    write_config(plugins, aws_config(moto_endpoint))
+    link = plugins / "nomad-secrets"
+    first = os.readlink(link)
+    assert re.fullmatch(r"nomad-secrets\.[0-9a-f]{24}", first) and (plugins / first).is_file()
+    assert install(builds[1], plugins, "--as", "aws", "--force").returncode == 0
+    second = os.readlink(link)
+    assert second != first and (plugins / first).exists()  # kept for the fetches still running it
+    assert install(builds[0], plugins, "--as", "aws", "--force").returncode == 0
+    assert sorted(p.name for p in plugins.glob("nomad-secrets.*")) == sorted([first, second])
+
+    secretsmanager.create_secret(Name="upgrade-race", SecretString="v")
+    nomad = NomadClient(plugins, decoder)
+    stop = threading.Event()
+    fetched: list[Any] = []
+
+    def fetch_on() -> None:
+        while not stop.is_set():
+            fetched.append(nomad.fetch("aws", "upgrade-race", {"AWS_REGION": "us-east-2"}))
+
+    threads = [threading.Thread(target=fetch_on) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for i in range(10):
+            assert install(builds[i % 2], plugins, "--as", "aws", "--force").returncode == 0
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    failed = [
+        (f.error, f.run.stdout[:200], f.run.stderr[:200]) for f in fetched if f.result != {"value": "v"}
+    ]
+    assert fetched and not failed, failed

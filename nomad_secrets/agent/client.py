@@ -35,7 +35,13 @@ def forward(
     if problem:
         return Forwarded(None, problem)
     request = json.dumps(
-        {"executable": executable, "path": path, "environ": environ, "seconds": seconds}
+        {
+            "executable": executable,
+            "path": path,
+            "environ": environ,
+            "seconds": seconds,
+            "build": wire.build_name(),  # an agent of another build says no: fetch in process
+        }
     ).encode("utf-8", "surrogateescape")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

@@ -33,7 +33,7 @@ from nomad_secrets.agent import wire
 from nomad_secrets.answer import error_answer, fetch_answer
 from nomad_secrets.config import Config, provider_name
 from nomad_secrets.deadline import Deadline
-from nomad_secrets.errors import ConfigError
+from nomad_secrets.errors import ConfigError, PluginError
 from nomad_secrets.pool import StorePool
 
 USAGE = """usage: nomad-secrets agent [--config FILE]
@@ -48,13 +48,28 @@ SEND_SECONDS = 5.0  # to send the answer: the plugin is waiting for it
 ANSWER_SECONDS = 0.25
 
 
+# Requests served at once; the others wait for a slot (within the plugin's
+# wait for an acknowledgement), so that one job's flood of many-reference
+# fetches cannot run the agent out of threads for every other job.
+MAX_REQUESTS = 32
+
+
 class Agent:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, executable: str) -> None:
         self.config = config
         self.pool = StorePool()
         self.uids = {0, os.geteuid(), *(_uid(user) for user in config.agent.users)}
+        self.slots = threading.BoundedSemaphore(MAX_REQUESTS)
+        self.build = wire.build_name()
+        # What it was started as: install swaps this name to a new build.
+        self.executable, self.started_as = executable, os.path.realpath(executable)
+        self.stopping = threading.Event()
         self._parsed: dict[tuple[str, bytes], Config] = {}
         self._lock = threading.Lock()
+
+    def upgraded(self) -> bool:
+        """True once the executable it was started as is another build now."""
+        return os.path.realpath(self.executable) != self.started_as
 
     def answer(self, request: dict[str, Any]) -> bytes:
         start = time.monotonic()
@@ -118,6 +133,26 @@ class _Handler(socketserver.BaseRequestHandler):
         if not valid_request(request):
             log("bad-request", uid=uid, error="shape")
             return
+        if request.get("build") != agent.build:
+            # Another build's plugin: it fetches in process (no acknowledgement).
+            # If this agent's own executable was upgraded, it stops, and
+            # systemd's socket starts the installed build on the next fetch.
+            if agent.upgraded() and not agent.stopping.is_set():
+                agent.stopping.set()
+                log("stopping", reason="the executable is another build now", mine=agent.build)
+                threading.Thread(target=self.server.shutdown, daemon=True).start()
+            else:
+                log("refused", build=request.get("build"), mine=agent.build)
+            return
+        if not agent.slots.acquire(timeout=wire.ACK_SECONDS / 2):
+            log("busy", slots=MAX_REQUESTS)
+            return
+        try:
+            self._answer(sock, agent, request)
+        finally:
+            agent.slots.release()
+
+    def _answer(self, sock: socket.socket, agent: Agent, request: dict[str, Any]) -> None:
         started = time.monotonic()
         with contextlib.suppress(OSError):
             sock.sendall(wire.ACK)
@@ -125,12 +160,16 @@ class _Handler(socketserver.BaseRequestHandler):
             sock.settimeout(SEND_SECONDS)
             sock.sendall(wire.frame(payload))
             environ = request["environ"]
+            error = (
+                json.loads(payload).get("error") if payload.startswith(b'{"result": {}, "error"') else None
+            )
             log(
                 "answered",
                 provider=provider_name(request["executable"]),
                 namespace=environ.get("NOMAD_NAMESPACE"),
                 job=environ.get("NOMAD_JOB_ID"),
-                outcome="error" if payload.startswith(b'{"result": {}, "error"') else "ok",
+                outcome="error" if error is not None else "ok",
+                **({"error": error} if error is not None else {}),
                 ms=round((time.monotonic() - started) * 1000),
                 clients=len(agent.pool),
             )
@@ -163,6 +202,8 @@ def listening_socket(
         st = os.lstat(path)
         if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
             raise ConfigError(f"{path} exists and is not this user's socket; remove it")
+        if _answering(path):
+            raise ConfigError(f"an agent already listens on {path}: stop it first (systemctl stop ...)")
         os.unlink(path)  # a stale socket of an agent that is gone
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o111 if open_to_others else 0o177)
@@ -172,6 +213,16 @@ def listening_socket(
         os.umask(old)
     sock.listen(128)
     return sock, path
+
+
+def _answering(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def log(event: str, **fields: object) -> None:
@@ -185,18 +236,20 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(USAGE)
         return 0
-    if len(argv) == 2 and argv[0] == "--config":
-        config = config_module.load_file(argv[1])
-    elif not argv:
-        config = config_module.load(executable)
+    if not argv or (len(argv) == 2 and argv[0] == "--config"):
+        try:
+            config = config_module.load_file(argv[1]) if argv else config_module.load(executable)
+            agent = Agent(config, executable)
+            sock, where = listening_socket(config.agent.socket, bool(config.agent.users), environ)
+        except PluginError as exc:
+            print(f"nomad-secrets agent: {exc.message}", file=sys.stderr)
+            return 2
     else:
         print(USAGE, file=sys.stderr)
         return 2
     from nomad_secrets import debuglog
 
     debuglog.warnings_to_stderr = True  # an audit record not written is said in the journal
-    agent = Agent(config)
-    sock, where = listening_socket(config.agent.socket, bool(config.agent.users), environ)
     server = _Server(agent, sock)
 
     def stop(signum: int, frame: object) -> None:

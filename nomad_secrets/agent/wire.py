@@ -13,7 +13,10 @@ import struct
 
 MAGIC = b"NSA1"
 ACK = b"+"
-ACK_SECONDS = 0.5  # connect, send and acknowledge: the agent is alive or it is not used
+# Connect, send and be acknowledged: generous, because a plugin that gives
+# up runs a whole fetch in process, which is what a node under a burst of
+# task starts can least afford; an agent that is gone refuses at once.
+ACK_SECONDS = 2.0
 MAX_REQUEST = 256 * 1024  # a path is at most 16 KiB, a workload token 16 KiB
 ANSWER_SLACK = 64 * 1024  # above max_output_bytes: the error object and the JSON around the values
 _LENGTH = struct.Struct(">I")
@@ -46,6 +49,17 @@ def read_frame(sock: socket.socket, limit: int, magic: bytes = b"") -> bytes:
     if size > limit:
         raise WireError(f"a frame of {size} bytes, above the limit of {limit}")
     return read_exactly(sock, size)
+
+
+def build_name() -> str:
+    """This code's build: where its package is imported from, which is
+    ``<cache>/<build id>-<python tag>/lib`` for the executable (the source
+    tree, otherwise)."""
+    import os
+
+    import nomad_secrets
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(nomad_secrets.__file__)))
 
 
 def peer_uid(sock: socket.socket) -> int:
