@@ -172,11 +172,38 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
             _probe_vault(settings, names, report)
     if not providers:
         report.warn("no provider name here resolves to a store")
+    if config.agent.socket:
+        report.start("agent")
+        _agent(config.agent.socket, report)
     report.start("policy")
     _policy(config, report)
     summary = f"{report.problems} problem(s), {report.warnings} warning(s)"
     write(f"result: {report.result}: {summary}")
     return 1 if report.problems else 0
+
+
+def _agent(path: str, report: Report) -> None:
+    """Whether fetches will reach the node agent (docs/agent.md)."""
+    import socket
+
+    from nomad_secrets.agent import wire
+    from nomad_secrets.trust import untrusted_socket
+
+    problem = untrusted_socket(path, "agent socket")
+    if problem is None:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(wire.ACK_SECONDS)
+                sock.connect(path)
+                uid = wire.peer_uid(sock)
+            if uid not in (0, os.geteuid()):
+                problem = f"the agent at {path} runs as uid {uid}, not root"
+        except OSError as exc:
+            problem = f"no agent answers at {path} ({exc.strerror or exc})"
+    if problem:
+        report.warn(f"{problem}: fetches run in process (start the agent: docs/agent.md)")
+    else:
+        report.ok(f"an agent running as root listens at {path}; fetches go to it")
 
 
 def _observers(config: Config, report: Report) -> None:

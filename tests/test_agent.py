@@ -359,3 +359,20 @@ def test_an_agent_of_another_build_is_not_used_and_an_upgraded_one_stops(
         old.stop()
     assert "agent-not-used" in log.read_text()
     assert len(old.answered()) == 1
+
+
+def test_check_says_whether_fetches_reach_the_agent(
+    nomad: NomadClient, moto_endpoint: str, sock: Path, tmp_path: Path
+) -> None:
+    from nomad import run_plugin
+
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock))
+    absent = run_plugin(nomad.executable("aws"), ["check"], {}).stdout.decode()
+    assert f"WARNING  cannot check the agent socket {sock}" in absent and "fetches run in process" in absent
+    running = AgentProcess(nomad.executable("aws"))
+    try:
+        running.wait_for("listening")
+        present = run_plugin(nomad.executable("aws"), ["check"], {}).stdout.decode()
+    finally:
+        assert running.stop() == 0
+    assert f"ok       an agent running as root listens at {sock}; fetches go to it" in present
