@@ -212,7 +212,7 @@ class _Double:
     ``body`` None, closes the connection without a word (HTTP spoken to a
     TLS port, a proxy dropping the request)."""
 
-    def __init__(self, body: bytes | None) -> None:
+    def __init__(self, body: bytes | None, status: int = 200) -> None:
         import socket
         import threading
 
@@ -231,7 +231,7 @@ class _Double:
                     conn.recv(65536)
                     if body is not None:
                         conn.sendall(
-                            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\n"
+                            f"HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\n".encode()
                             + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                             + body
                         )
@@ -243,19 +243,23 @@ class _Double:
 
 
 @pytest.mark.parametrize(
-    ("body", "needle"),
+    ("body", "status", "needle"),
     [
-        (b"{}", "is not an AWS answer"),
-        (b'{"Parameter": {}, "Parameters": [{}]}', "is not an AWS answer"),
-        (None, "cannot reach the AWS endpoint"),
+        (b"{}", 200, "is not an AWS answer"),
+        (b'{"Parameter": {}, "Parameters": [{}]}', 200, "is not an AWS answer"),
+        (None, 200, "cannot reach the AWS endpoint"),
+        (b'{"__type": "InternalFailure", "message": "boom"}', 500, "the endpoint failed with HTTP 500"),
     ],
 )
 @pytest.mark.parametrize("path", ["x", "aws-ssm:/x", "aws-ssm:/x/"])
-def test_an_endpoint_that_is_not_aws(nomad: NomadClient, body: bytes | None, needle: str, path: str) -> None:
-    """They were internal errors (KeyError, AttributeError on a missing answer)."""
+def test_an_endpoint_that_is_not_aws(
+    nomad: NomadClient, body: bytes | None, status: int, needle: str, path: str
+) -> None:
+    """They were internal errors (KeyError, AttributeError on a missing answer),
+    and a 5xx said "check the reference"."""
     from conftest import write_config
 
-    double = _Double(body)
+    double = _Double(body, status)
     try:
         config = (
             f'[aws]\nendpoint_url = "{double.url}"\naccess_key_id = "t"\nsecret_access_key = "t"\n'

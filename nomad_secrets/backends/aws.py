@@ -277,6 +277,13 @@ def store_error(
             return errors.Throttled(
                 reference, label, f"throttled ({said})", "retry later, or fetch fewer secrets at once"
             )
+        if isinstance(status, int) and status >= 500:  # the service, or whatever stands in front of it
+            return errors.Unreachable(
+                reference,
+                label,
+                f"the endpoint failed with HTTP {status} ({said})",
+                "retry; if it lasts, check aws.endpoint_url and any proxy in between",
+            )
         return StoreError(reference, label, f"failed ({said})", "check the reference and its options")
     if isinstance(exc, bx.ParamValidationError):  # botocore checks names and options first
         return StoreError(
