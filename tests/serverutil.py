@@ -155,12 +155,15 @@ class Answer:
 
 @dataclass
 class Server:
-    """``nomad-secrets serve --config <config>`` on 127.0.0.1:<port>."""
+    """``nomad-secrets serve --config <config>`` on 127.0.0.1:<port>: this
+    checkout's, or ``program`` (another installation's ``nomad-secrets``,
+    run from the config's directory)."""
 
     config: Path
     port: int
     extra_args: tuple[str, ...] = ()
     ca_file: Path | None = None
+    program: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
@@ -170,12 +173,13 @@ class Server:
         return "https" if self.ca_file else "http"
 
     def start(self, timeout: float = 20.0) -> Server:
+        command = [self.program] if self.program else [sys.executable, "-m", "nomad_secrets"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nomad_secrets", "serve", "--config", str(self.config), *self.extra_args],
+            [*command, "serve", "--config", str(self.config), *self.extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
-            cwd=ROOT,
+            cwd=self.config.parent if self.program else ROOT,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
         )
         for stream, lines in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
@@ -192,11 +196,16 @@ class Server:
                 time.sleep(0.05)
         raise RuntimeError(f"the server did not start: {''.join(self.stderr)}")
 
-    def connection(self, timeout: float = 15.0) -> http.client.HTTPConnection:
+    def connection(self, timeout: float = 15.0, source: str | None = None) -> http.client.HTTPConnection:
+        """A connection to the server, from ``source`` (another address of
+        127.0.0.0/8: another peer) when given."""
+        address = None if source is None else (source, 0)
         if self.ca_file is None:
-            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout, source_address=address)
         context = ssl.create_default_context(cafile=str(self.ca_file))
-        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=context)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.port, timeout=timeout, context=context, source_address=address
+        )
 
     def request(
         self,

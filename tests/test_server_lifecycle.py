@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import aws_config, put_secret
-from netutil import RecordingProxy
+from netutil import HangingServer, RecordingProxy
 from pki import make_pki
 from serverutil import ROOT, Server, secret_body, server_config, write_secret
 
@@ -227,3 +227,73 @@ def test_a_store_the_server_cannot_read_is_said_at_start_and_per_request(
 def test_the_plugin_executable_does_not_serve(artifact: Path) -> None:
     ran = subprocess.run([str(artifact), "serve"], capture_output=True, text=True, env={}, timeout=30)
     assert ran.returncode == 2 and "serve runs from the installed package" in ran.stderr
+
+
+def test_a_busy_port_is_said_before_anything_is_announced(tmp_path: Path, moto_endpoint: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config, _ = drone_config(tmp_path, moto_endpoint, port=port)
+        ran = run_serve("--config", str(config))
+    assert ran.returncode == 3  # docs/ci.md: cannot listen
+    assert f"cannot listen on 127.0.0.1:{port}: the address is in use" in ran.stderr
+    assert "http://" not in ran.stderr  # no "serving on" before the failure
+    assert "Traceback" not in ran.stderr
+
+
+def test_plain_http_off_loopback_is_warned_at_check_and_at_start(tmp_path: Path, moto_endpoint: str) -> None:
+    config, port = drone_config(tmp_path, moto_endpoint)
+    quiet = run_serve("--config", str(config), "--check")
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr  # 127.0.0.1 is loopback
+    # 192.0.2.1 (TEST-NET-1, for documentation) is no address of this host:
+    # the server cannot listen there, so nothing is ever reachable or sent.
+    write_secret(config, config.read_text().replace('listen = "127.0.0.1:', 'listen = "192.0.2.1:'))
+    warning = f"warning: server.plain_http = true on 192.0.2.1:{port}, which is not a loopback address"
+    checked = run_serve("--config", str(config), "--check")
+    assert checked.returncode == 0 and "would serve" in checked.stdout  # warned, not refused
+    assert warning in checked.stderr and "clear text" in checked.stderr
+    started = run_serve("--config", str(config))
+    assert warning in started.stderr
+    assert started.returncode == 3
+    assert f"cannot listen on 192.0.2.1:{port}: 192.0.2.1 is not an address of this host" in started.stderr
+
+
+@pytest.mark.parametrize("listen", ["[::1]", "localhost", "127.0.0.2"])
+def test_plain_http_on_loopback_is_not_warned(tmp_path: Path, moto_endpoint: str, listen: str) -> None:
+    config, _ = drone_config(tmp_path, moto_endpoint)
+    write_secret(config, config.read_text().replace('listen = "127.0.0.1', f'listen = "{listen}'))
+    checked = run_serve("--config", str(config), "--check")
+    assert checked.returncode == 0 and checked.stderr == ""
+
+
+def test_a_store_too_slow_gets_504_naming_the_servers_setting(tmp_path: Path) -> None:
+    with HangingServer() as hanging:
+        config, port = drone_config(tmp_path, hanging.url, "request_seconds = 1\n")
+        with Server(config, port) as running:
+            answer = running.drone_secret(SECRET, secret_body("aws-sm:ci/lifecycle/one", "v"))
+    assert answer.status == 504
+    message = answer.body.decode()
+    assert "'aws-sm:ci/lifecycle/one' (AWS Secrets Manager)" in message
+    assert "no answer within the server's 1 s deadline" in message
+    assert "server.request_seconds" in message
+    assert "plugin" not in message
+
+
+def test_a_secret_file_readable_by_everyone_is_refused(tmp_path: Path, moto_endpoint: str) -> None:
+    pki = make_pki(tmp_path)
+    key = tmp_path / "server_key.pem"
+    config, _ = drone_config(tmp_path, moto_endpoint, tls=(tmp_path / "server.pem", key))
+    secret = tmp_path / "drone-secret"
+    for path, name in ((secret, "drone.secret_file"), (key, "server.tls_key")):
+        for mode in (0o644, 0o604):
+            path.chmod(mode)
+            refused = run_serve("--config", str(config), "--check")
+            assert refused.returncode == 2
+            assert f"the file of {name} ({path}) is readable by everyone (mode {mode:04o})" in refused.stderr
+            assert f"chmod o-r {path}" in refused.stderr
+        path.chmod(0o640)  # a group the operator chose (Debian's ssl-cert): allowed
+        accepted = run_serve("--config", str(config), "--check")
+        assert accepted.returncode == 0, accepted.stderr
+        path.chmod(0o600)
+    assert pki.server_ca.exists()

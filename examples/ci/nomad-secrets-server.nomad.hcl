@@ -6,10 +6,11 @@
 # Before the first run:
 #
 # 1. Install the server on every node that may run it (the exec driver
-#    sees /usr, where it lives; Python 3.10+):
+#    sees /usr, where it lives; Python 3.10+), from the release's wheel (it
+#    is not on PyPI; docs/ci.md has the other ways):
 #
 #      python3 -m venv /usr/local/lib/nomad-secrets
-#      /usr/local/lib/nomad-secrets/bin/pip install 'nomad-secrets[server]'
+#      /usr/local/lib/nomad-secrets/bin/pip install './nomad_secrets-X.Y.Z-py3-none-any.whl[server]'
 #
 # 2. Put the TLS certificate and key, and the shared secrets, in the job's
 #    Nomad variable (only this job may read nomad/jobs/<its name>):

@@ -24,5 +24,6 @@ Modules, one job each:
   (with ``oidc``): the doors;
 - ``app``: the HTTP application (Starlette): routes, limits, access log;
 - ``http11``: uvicorn's HTTP/1.1 protocol with a deadline on headers;
+- ``listen``: the listening sockets, bound first, shared out per peer;
 - ``main``: the process: uvicorn, TLS, signals, graceful shutdown.
 """

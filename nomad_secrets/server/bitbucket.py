@@ -89,7 +89,7 @@ class Bitbucket:
                         f"select one field for {ref.name} with #field in [[bitbucket.rule]]",
                     )
         except PluginError as exc:
-            return failure(exc, **log)
+            return failure(exc, request.deadline, **log)
         return json_answer({str(ref.name): values[str(ref.name)] for ref in refs}, names=len(refs), **log)
 
     def references(self, step: dict[str, str]) -> list[Reference]:

@@ -100,7 +100,7 @@ class DroneSecret:
         try:
             data = self.find(asked, request)
         except PluginError as exc:
-            return failure(exc, **log)
+            return failure(exc, request.deadline, **log)
         body = json.dumps({"name": asked.name, "data": data, "pull": True, "fork": True}).encode()
         if request.header("accept-encoding") == "aesgcm":
             return Outgoing(

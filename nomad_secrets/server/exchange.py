@@ -79,10 +79,19 @@ _STATUS: tuple[tuple[type[PluginError], int, str], ...] = (
 )
 
 
-def failure(exc: PluginError, **log: LogValue) -> Outgoing:
+def failure(exc: PluginError, deadline: Deadline, **log: LogValue) -> Outgoing:
     """The answer to a failure of the shared path (policy, stores, shaping):
     its status, and its message, which names the reference and the store
-    and says what to check (errors.py: never a value)."""
+    and says what to check (errors.py: never a value). A store too slow is
+    said in the server's words: the shared path's message names the
+    plugin's deadline, but here the request's deadline applies."""
+    if isinstance(exc, TimedOut):
+        exc = TimedOut(
+            exc.reference,
+            exc.store,
+            f"no answer within the server's {deadline.seconds:g} s deadline",
+            "check that the store is reachable from the server; the operator sets server.request_seconds",
+        )
     for kind, status, outcome in _STATUS:
         if isinstance(exc, kind):
             return text(status, exc.message, outcome, **log)

@@ -9,13 +9,21 @@ runs as a Nomad task (Nomad makes a task's directories 0777; the task's
 isolation guards them). ``--check`` stops there and says what would be
 served.
 
-Then uvicorn serves the app (app.py) on ``server.listen``, with TLS from
+What is allowed but risky (plain HTTP off loopback) is a warning on
+stderr, with ``--check`` too.
+
+Then it binds ``server.listen`` (listen.py) before it says it serves, and
+uvicorn serves the app (app.py) there, with TLS from
 ``server.tls_cert``/``tls_key``, HTTP/1.1 with a deadline on headers
-(http11.py), at most ``server.max_connections`` connections (503 past
-that). SIGTERM (and SIGINT) stop it gracefully: it stops accepting, closes
-idle connections, lets in-flight requests finish for up to
-``server.shutdown_seconds``, then exits 0. Errors go to stderr, the access
-log to stdout, one JSON line per request.
+(http11.py), at most ``server.max_connections_per_peer`` connections from
+one address (closed at once past that) and ``server.max_connections`` in
+all (503 past that). SIGTERM (and SIGINT) stop it gracefully: it stops
+accepting, closes idle connections, lets in-flight requests finish for up
+to ``server.shutdown_seconds``, then exits 0. Errors go to stderr, the
+access log to stdout, one JSON line per request.
+
+Exit status (docs/ci.md): 0 stopped (SIGTERM, SIGINT), 2 the config, its
+files or the server extra, 3 cannot listen on ``server.listen``.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from nomad_secrets.server import settings as settings_module
 from nomad_secrets.server.settings import Keys, Settings
 
 NEEDS = ("starlette", "uvicorn", "jwt", "cryptography")
+STOPPED, BAD_CONFIG, CANNOT_LISTEN = 0, 2, 3
 
 
 def main(argv: list[str]) -> int:
@@ -51,16 +60,19 @@ def main(argv: list[str]) -> int:
     missing = [name for name in NEEDS if importlib.util.find_spec(name) is None]
     if missing:
         print(
-            f"nomad-secrets serve needs {', '.join(missing)}: install the server extra,"
-            " pip install 'nomad-secrets[server]' (docs/ci.md)",
+            f"nomad-secrets serve needs {', '.join(missing)}: install nomad-secrets with the server"
+            " extra from the release's wheel or a source checkout, e.g."
+            " pip install './nomad-secrets[server]' (docs/ci.md; it is not on PyPI)",
             file=sys.stderr,
         )
-        return 2
+        return BAD_CONFIG
     try:
         settings, keys = settings_module.load(args.config, nomad_task=args.nomad_task)
     except PluginError as exc:
         print(f"nomad-secrets serve: {exc.message}", file=sys.stderr)
-        return 2
+        return BAD_CONFIG
+    for warning in settings_module.warnings(settings):
+        print(f"nomad-secrets serve: warning: {warning}", file=sys.stderr)
     if args.check:
         print(f"{args.config}: would serve {', '.join(_routes(settings))} on {_url(settings)}")
         return 0
@@ -75,17 +87,25 @@ def run(settings: Settings, keys: Keys) -> int:
     from nomad_secrets.server.drone_admission import DroneAdmission
     from nomad_secrets.server.drone_secret import DroneSecret
     from nomad_secrets.server.http11 import with_header_deadline
+    from nomad_secrets.server.listen import CannotListen, bind
     from nomad_secrets.server.stores import ServerStores
 
     server = settings.server
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
+        sockets = bind(server.host, server.port, server.max_connections_per_peer)
+    except CannotListen as exc:
+        print(f"nomad-secrets serve: {exc}", file=sys.stderr)
+        return CANNOT_LISTEN
+    try:
         pool = ServerStores(
             settings.config, server.request_seconds, server.store
         )  # the main thread: botocore
     except PluginError as exc:
+        for sock in sockets:
+            sock.close()
         print(f"nomad-secrets serve: {exc.message}", file=sys.stderr)
-        return 2
+        return BAD_CONFIG
     for problem in pool.problems():
         print(f"nomad-secrets serve: warning: {problem}", file=sys.stderr)
     doors: list[Door] = []
@@ -108,8 +128,6 @@ def run(settings: Settings, keys: Keys) -> int:
     app = build_app(doors, server, shutdown, sys.stdout)
     config = uvicorn.Config(
         app,
-        host=server.host,
-        port=server.port,
         ssl_certfile=server.tls_cert,
         ssl_keyfile=server.tls_key,
         http=with_header_deadline(server.header_seconds),
@@ -138,8 +156,8 @@ def run(settings: Settings, keys: Keys) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn_server.run()
-    return 0 if uvicorn_server.started else 1
+    uvicorn_server.run(sockets=sockets)
+    return STOPPED if uvicorn_server.started else 1
 
 
 def _routes(settings: Settings) -> list[str]:

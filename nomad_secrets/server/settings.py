@@ -20,6 +20,8 @@ docs/ci.md explains every key.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -61,6 +63,7 @@ class ServerSettings:
     header_seconds: float = 10.0  # to send a request's headers
     max_body_bytes: int = 256 * 1024
     max_connections: int = 1024  # past this, 503
+    max_connections_per_peer: int = 64  # from one address; past this, closed at once
     max_concurrent_reads: int = 64  # requests reading stores at once; others wait
     shutdown_seconds: float = 30.0  # SIGTERM: in-flight requests finish within this
     clock_skew_seconds: float = 300.0  # a signed request's Date, either way
@@ -152,7 +155,12 @@ def load(path: str, *, nomad_task: bool = False) -> tuple[Settings, Keys]:
     server = settings.server
     if server.tls_key:
         config_module._check_trust(server.tls_key, "file of server.tls_key", ancestors=ancestors)
+        _private(server.tls_key, "server.tls_key")
         _readable(server.tls_cert or "", "server.tls_cert", path)
+    vault = settings.config.vault
+    for key in ("token_file", "secret_id_file", "client_key"):  # trusted by config.load_file
+        if getattr(vault, key):
+            _private(getattr(vault, key), f"vault.{key}")
     keys = Keys()
     if settings.drone is not None:
         keys = replace(keys, drone=_secret(settings.drone.secret_file, "drone.secret_file", ancestors))
@@ -224,6 +232,7 @@ def _server(table: dict[str, Any], path: str) -> ServerSettings:
         ("header_seconds", 0.1, 300),
         ("max_body_bytes", 1024, 16 * 1024 * 1024),
         ("max_connections", 1, 100_000),
+        ("max_connections_per_peer", 1, 100_000),
         ("max_concurrent_reads", 1, 1024),
         ("shutdown_seconds", 0, 3600),
         ("clock_skew_seconds", 1, 3600),
@@ -436,9 +445,10 @@ def _build_with_lists(
 
 
 def _secret(path: str, key: str, ancestors: bool, minimum: int = MIN_SECRET_BYTES) -> bytes:
-    """A shared secret from its file (trusted like every secret file), the
-    trailing newline dropped."""
+    """A shared secret from its file (trusted like every secret file, and
+    private), the trailing newline dropped."""
     config_module._check_trust(path, f"file of {key}", ancestors=ancestors)
+    _private(path, key)
     try:
         with open(path, "rb") as f:
             secret = f.read(MAX_SECRET_BYTES + 1).rstrip(b"\r\n")
@@ -452,6 +462,48 @@ def _secret(path: str, key: str, ancestors: bool, minimum: int = MIN_SECRET_BYTE
             f" {minimum} (e.g. openssl rand -hex 16 > {path})"
         )
     return secret
+
+
+def _private(path: str, key: str) -> None:
+    """A file that holds a secret must not be readable by everyone: any
+    user of the host (or of a task's directories, which Nomad makes 0777)
+    could take the secret and sign requests or read the stores as the
+    server. A group read bit is the operator's choice (Debian's ssl-cert
+    group for TLS keys), so it is allowed. The file already passed the trust
+    rules (not a symlink), so its mode is its own."""
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError as exc:
+        raise ConfigError(f"cannot check the file of {key} ({path}): {exc.strerror}") from None
+    if mode & 0o004:
+        raise ConfigError(
+            f"refusing to run: the file of {key} ({path}) is readable by everyone (mode {mode:04o}), and"
+            f" it holds a secret; chmod o-r {path} (600, or 640 for a group you choose)"
+        )
+
+
+def warnings(settings: Settings) -> list[str]:
+    """What is allowed but risky, for ``serve`` and ``serve --check`` to say."""
+    server = settings.server
+    found = []
+    if server.plain_http and not _loopback(server.host):
+        found.append(
+            f"server.plain_http = true on {server.listen}, which is not a loopback address: Drone's"
+            " signed requests, Bitbucket's OIDC tokens and the secrets in the answers cross the network"
+            " in clear text, for anyone on the path to read (a token can be replayed until it expires);"
+            " keep plain HTTP only behind a TLS proxy on this host or a private link to it, or set"
+            " server.tls_cert and server.tls_key (docs/ci.md)"
+        )
+    return found
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: where it leads is not known here
+        return False
 
 
 def _readable(path: str, key: str, config_path: str) -> None:
