@@ -99,7 +99,8 @@ def operator_command(operation: str, argv: list[str], environ: dict[str, str]) -
             from nomad_secrets.server.main import main as serve
         except ModuleNotFoundError:  # the plugin's executable carries no server
             print(
-                "serve runs from the installed package: pip install 'nomad-secrets[server]' (docs/ci.md)",
+                "serve is not part of this executable: it runs from the Python package with the server"
+                " extra, installed from a release's wheel or a checkout (docs/ci.md, Install and run)",
                 file=sys.stderr,
             )
             return 2
