@@ -557,11 +557,15 @@ class Bench:
         lib = next((self.tmp / "cache").glob("*/lib"))
         script = self.tmp / "phases.py"
         script.write_text(PHASES_SCRIPT)
+        # A fetch that stops at its config (an unknown key): the bootstrap,
+        # cli, config and the error answer's modules, and no more.
+        stops = self.plugin("aws-stops", self.aws_config() + "[no-such-section]\n")
+        stops_argv, stops_env = self.fetch_cmd(stops, "bench/0")
         rounds = max(5, self.args.runs // 2)
         samples: dict[str, list[float]] = {}
         for _ in range(rounds):
             start = cpu_ms([self.interpreter, "-I", "-S", "-c", "pass"], {})
-            stopped = cpu_ms([str(plugin), "no-such-operation"], {"CPI_OPERATION": "fetch"})
+            stopped = cpu_ms(stops_argv, stops_env)
             total = cpu_ms(argv, env)
             inner = subprocess.run(
                 [self.interpreter, "-I", "-S", str(script), str(lib), str(plugin)],
@@ -572,8 +576,12 @@ class Bench:
             steps = json.loads(inner.stdout)
             rows = {
                 "interpreter start and exit": start,
-                # That run also imported cli and protocol, which the steps count.
-                "zipapp and bootstrap": stopped - start - steps["cli and protocol"],
+                # That run also did what these steps count.
+                "zipapp and bootstrap": stopped
+                - start
+                - steps["cli and protocol"]
+                - steps["config: import and load"]
+                - steps["fetch modules (ours)"],
                 **steps,
             }
             rows["the rest (threads, answer, exit)"] = total - sum(rows.values())
