@@ -184,26 +184,14 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
 
 def _agent(path: str, report: Report) -> None:
     """Whether fetches will reach the node agent (docs/agent.md)."""
-    import socket
+    from nomad_secrets.agent.client import connect
 
-    from nomad_secrets.agent import wire
-    from nomad_secrets.trust import untrusted_socket
-
-    problem = untrusted_socket(path, "agent socket")
-    if problem is None:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(wire.ACK_SECONDS)
-                sock.connect(path)
-                uid = wire.peer_uid(sock)
-            if uid not in (0, os.geteuid()):
-                problem = f"the agent at {path} runs as uid {uid}, not root"
-        except OSError as exc:
-            problem = f"no agent answers at {path} ({exc.strerror or exc})"
-    if problem:
-        report.warn(f"{problem}: fetches run in process (start the agent: docs/agent.md)")
-    else:
-        report.ok(f"an agent running as root listens at {path}; fetches go to it")
+    connected = connect(path)
+    if isinstance(connected, str):
+        report.warn(f"{connected}: fetches run in process (start the agent: docs/agent.md)")
+        return
+    connected.close()
+    report.ok(f"an agent running as root listens at {path}; fetches go to it")
 
 
 def _observers(config: Config, report: Report) -> None:

@@ -12,10 +12,12 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_process import AgentProcess, socket_path
 from conftest import ROOT, aws_config, doc_block, put_secret, write_config
 from netutil import HangingServer
 from nomad import NomadClient
@@ -245,29 +247,11 @@ def test_a_fetch_the_node_agent_serves_is_recorded_once(
 ) -> None:
     """With [agent], the agent fetches and records; the plugin that
     forwarded records nothing of its own."""
-    import uuid
-
-    from agent_process import AgentProcess
-
     put_secret(secretsmanager, "audit/agent", "v")
     audit_file = tmp_path / "audit.jsonl"
-    top = Path("/tmp") / f"ns-audit-{uuid.uuid4().hex[:8]}"  # a socket path stays short
-    top.mkdir(mode=0o755)
-    try:
-        audited(nomad.plugin_dir, moto_endpoint, devlog.path, audit_file)
-        config = nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
-        write_config(nomad.plugin_dir, config.read_text() + f'[agent]\nsocket = "{top / "agent.sock"}"\n')
-        agent = AgentProcess(nomad.executable("aws"))
-        try:
-            agent.wait_for("listening")
-            assert nomad.fetch("aws", "audit/agent", job_id="web").result == {"value": "v"}
-            agent.wait_for("answered provider='aws' namespace='default' job='web' outcome='ok'")
-        finally:
-            assert agent.stop() == 0
-    finally:
-        for child in top.iterdir():
-            child.unlink()
-        top.rmdir()
+    with _agent(nomad, moto_endpoint, devlog, audit_file) as agent:
+        assert nomad.fetch("aws", "audit/agent", job_id="web").result == {"value": "v"}
+        agent.wait_for("answered provider='aws' namespace='default' job='web' outcome='ok'")
     (record,) = [json.loads(line) for line in audit_file.read_text().splitlines()]
     assert (record["references"], record["outcome"], record["pid"]) == (["audit/agent"], "ok", agent.proc.pid)
     assert len(devlog.received()) == 1
@@ -279,29 +263,28 @@ def test_the_agent_says_in_its_journal_when_it_cannot_write_the_record(
     """The agent's stderr is its journal: an audit file it may not write
     (a planted one here; a read-only path under the shipped unit's
     ProtectSystem=strict in production) is said there, not lost."""
-    import uuid
-
-    from agent_process import AgentProcess
-
     put_secret(secretsmanager, "audit/agent-ro", "v")
     audit_file = tmp_path / "audit.jsonl"
     audit_file.write_text("")
     os.chown(audit_file, 65534, 65534)  # not root's: refused by the trust rules
-    top = Path("/tmp") / f"ns-audit-{uuid.uuid4().hex[:8]}"
-    top.mkdir(mode=0o755)
-    try:
+    with _agent(nomad, moto_endpoint, devlog, audit_file) as agent:
+        assert nomad.fetch("aws", "audit/agent-ro", job_id="web").result == {"value": "v"}
+        agent.wait_for(f"observe-skipped reason='the audit file {audit_file} is owned by uid 65534")
+    assert audit_file.read_text() == ""
+
+
+@contextmanager
+def _agent(
+    nomad: NomadClient, moto_endpoint: str, devlog: DevLog, audit_file: Path
+) -> Iterator[AgentProcess]:
+    """The node agent serving the audited plugin (syslog and ``audit_file``)."""
+    with socket_path() as sock:
         audited(nomad.plugin_dir, moto_endpoint, devlog.path, audit_file)
         config = nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
-        write_config(nomad.plugin_dir, config.read_text() + f'[agent]\nsocket = "{top / "agent.sock"}"\n')
+        write_config(nomad.plugin_dir, config.read_text() + f'[agent]\nsocket = "{sock}"\n')
         agent = AgentProcess(nomad.executable("aws"))
         try:
             agent.wait_for("listening")
-            assert nomad.fetch("aws", "audit/agent-ro", job_id="web").result == {"value": "v"}
-            agent.wait_for(f"observe-skipped reason='the audit file {audit_file} is owned by uid 65534")
+            yield agent
         finally:
             assert agent.stop() == 0
-    finally:
-        for child in top.iterdir():
-            child.unlink()
-        top.rmdir()
-    assert audit_file.read_text() == ""

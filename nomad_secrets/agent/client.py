@@ -31,9 +31,6 @@ def forward(
 ) -> Forwarded:
     """Ask the agent at ``socket_path`` to fetch ``path``; wait at most
     ``seconds`` for its answer, which may be at most ``limit`` bytes."""
-    problem = untrusted_socket(socket_path, "agent socket")
-    if problem:
-        return Forwarded(None, problem)
     request = json.dumps(
         {
             "executable": executable,
@@ -44,12 +41,10 @@ def forward(
         }
     ).encode("utf-8", "surrogateescape")
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(wire.ACK_SECONDS)
-            sock.connect(socket_path)
-            uid = wire.peer_uid(sock)
-            if uid not in (0, os.geteuid()):
-                return Forwarded(None, f"the agent at {socket_path} runs as uid {uid}, not root")
+        connected = connect(socket_path)
+        if isinstance(connected, str):
+            return Forwarded(None, connected)
+        with connected as sock:
             sock.sendall(wire.frame(request, wire.MAGIC))
             if wire.read_exactly(sock, len(wire.ACK)) != wire.ACK:
                 return Forwarded(None, "the agent refused the request")
@@ -64,6 +59,27 @@ def forward(
     if problem:
         return Forwarded(None, f"the agent's answer {problem}")
     return Forwarded(answer)
+
+
+def connect(socket_path: str) -> socket.socket | str:
+    """A connection to the agent, or why there is none: the socket fails
+    the trust rules, nobody listens, or the agent is not root's (or ours).
+    ``check`` asks the same."""
+    problem = untrusted_socket(socket_path, "agent socket")
+    if problem:
+        return problem
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(wire.ACK_SECONDS)
+        sock.connect(socket_path)
+        uid = wire.peer_uid(sock)
+    except OSError as exc:
+        sock.close()
+        return f"no agent answers at {socket_path} ({exc.strerror or exc})"
+    if uid not in (0, os.geteuid()):
+        sock.close()
+        return f"the agent at {socket_path} runs as uid {uid}, not root"
+    return sock
 
 
 def _not_an_answer(answer: bytes) -> str | None:
