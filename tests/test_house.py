@@ -74,3 +74,10 @@ def test_bootstrap_is_the_ground_floor() -> None:
     assert [name for name, deps in edges.items() if "nomad_secrets.bootstrap" in deps] == []
     assert edges["nomad_secrets.trust"] == set()
     assert edges["nomad_secrets.cache"] - {"nomad_secrets"} == {"nomad_secrets.trust"}  # in the zip too
+
+
+def test_no_module_stands_beside_a_package_of_its_name() -> None:
+    """A package wins the import, so such a module is dead code that ships
+    in the executable (the old backends/vault.py once came back that way)."""
+    shadowed = [p for p in PACKAGE.rglob("*.py") if (p.parent / p.stem / "__init__.py").is_file()]
+    assert shadowed == []
