@@ -376,3 +376,12 @@ def test_check_says_whether_fetches_reach_the_agent(
     finally:
         assert running.stop() == 0
     assert f"ok       an agent running as root listens at {sock}; fetches go to it" in present
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), True, "8", None])
+def test_a_request_with_no_usable_time_is_refused(seconds: object) -> None:
+    from nomad_secrets.agent.server import valid_request
+
+    request = {"executable": "/p/secrets/aws", "path": "x", "environ": {}, "seconds": 4.0}
+    assert valid_request(request)
+    assert not valid_request({**request, "seconds": seconds})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pwd
 import signal
@@ -107,6 +108,7 @@ def valid_request(request: object) -> bool:
         and isinstance(request.get("path"), str)
         and isinstance(request.get("seconds"), (int, float))
         and not isinstance(request.get("seconds"), bool)
+        and math.isfinite(request["seconds"])  # json.loads takes NaN and Infinity
         and isinstance(environ, dict)
         and all(isinstance(k, str) and isinstance(v, str) for k, v in environ.items())
     )
