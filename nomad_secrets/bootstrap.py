@@ -61,7 +61,7 @@ def unpacked(archive: str, build_id: str, cache_root: str) -> str:
     for _ in range(3):  # a prune may take the directory between the look and the lock
         made = False
         if not os.path.isdir(entry):
-            with _one_unpacker(cache_root, trust.untrusted):
+            with _one_unpacker(cache_root, trust.untrusted, cache.process_age()):
                 if not os.path.isdir(entry):  # another run may have unpacked it meanwhile
                     made = _unpack(archive, cache_root, entry, trust.untrusted, cache)
         problem = trust.untrusted(cache_root, "cache directory") or trust.untrusted(entry, "cache directory")
@@ -78,9 +78,13 @@ def unpacked(archive: str, build_id: str, cache_root: str) -> str:
 
 
 UNPACK_LOCK = ".unpack.lock"
-# Then unpack anyway: a stuck holder must not stop every fetch. Longer than
-# an unpack on a busy node takes; Nomad's SIGTERM ends the wait before this
-# on clients that stop plugins at 10 s.
+# A fetch waits for another run's unpack until this age of its own (the
+# default deadline, 8 s, less a margin; the config is not read yet), then
+# answers while Nomad still reads the answer (at its timeout, 10 s on
+# 1.11.0 to 1.11.3, the user sees only "signal: terminated").
+FETCH_WAIT_UNTIL_AGE = 7.5
+# Other commands (check, install) then unpack anyway: a stuck holder must
+# not stop them.
 UNPACK_WAIT_SECONDS = 30.0
 
 
@@ -88,12 +92,13 @@ class _one_unpacker:
     """Many runs of a new build at once (a burst of task starts on a fresh
     node, or after an upgrade) unpack it once: the others wait on a lock,
     sleeping, then find it done, instead of each unpacking and compiling
-    the same code on the same cores. Best effort: after
-    UNPACK_WAIT_SECONDS, or if the lock cannot be had, it goes on alone
-    (the rename into place is atomic either way)."""
+    the same code on the same cores. A fetch that has waited until
+    FETCH_WAIT_UNTIL_AGE answers that (CacheError); anything else goes on
+    alone after UNPACK_WAIT_SECONDS, as everything does if the lock cannot
+    be had (the rename into place is atomic either way)."""
 
-    def __init__(self, cache_root: str, untrusted: Callable[[str, str], str | None]) -> None:
-        self.cache_root, self.untrusted, self.fd = cache_root, untrusted, -1
+    def __init__(self, cache_root: str, untrusted: Callable[[str, str], str | None], age: float) -> None:
+        self.cache_root, self.untrusted, self.age, self.fd = cache_root, untrusted, age, -1
 
     def __enter__(self) -> None:
         import fcntl
@@ -110,13 +115,23 @@ class _one_unpacker:
             return
         finally:
             os.umask(old_umask)
-        end = time.monotonic() + UNPACK_WAIT_SECONDS
+        fetch = _operation() == "fetch"
+        start = time.monotonic()
+        end = start + (max(FETCH_WAIT_UNTIL_AGE - self.age, 0.0) if fetch else UNPACK_WAIT_SECONDS)
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except OSError:
                 if time.monotonic() > end:
+                    if fetch:
+                        os.close(self.fd)
+                        raise CacheError(
+                            f"another run has been unpacking this build into {self.cache_root} for the"
+                            f" {time.monotonic() - start:.1f} s this fetch waited (many first fetches at"
+                            " once on a busy node): the next fetch finds it done; `nomad-secrets"
+                            " install` unpacks a new build before tasks start (docs/upgrading.md)"
+                        ) from None
                     return
                 time.sleep(0.02)
 

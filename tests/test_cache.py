@@ -227,7 +227,7 @@ def test_a_burst_of_first_fetches_unpacks_once(node: Node) -> None:
     fcntl.flock(lock, fcntl.LOCK_EX)
     with ThreadPoolExecutor(20) as pool:
         futures = [pool.submit(node.plugins["new"].fetch, "aws", "cache/db") for _ in range(20)]
-        time.sleep(1.0)  # well under the 5 s the waiters give the lock
+        time.sleep(1.0)  # well under the 7.5 s a fetch waits for the lock
         waiting = [name for name in os.listdir(node.cache) if name != UNPACK_LOCK]
         running = sum(not f.done() for f in futures)
         os.close(lock)

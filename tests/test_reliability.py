@@ -92,6 +92,24 @@ def test_sigterm_while_waiting_for_the_unpacker_gets_an_answer(node: Node) -> No
     assert node.leftovers() == []
 
 
+def test_a_fetch_waits_for_the_unpacker_until_nomad_can_still_read_its_answer(node: Node) -> None:
+    """The unpacking run never finishes (stuck on a dead disk): a fetch
+    waiting for it answers before Nomad's 10 s, which the user then sees,
+    instead of unpacking again on a busy node or being killed."""
+    node.cache.mkdir(mode=0o700, exist_ok=True)
+    lock = os.open(node.cache / UNPACK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        fetched = node.fetch()
+    finally:
+        os.close(lock)
+    assert not fetched.run.terminated
+    assert str(fetched.plugin_error).startswith(
+        f"nomad-secrets cannot start: another run has been unpacking this build into {node.cache} for the"
+    )
+    assert node.leftovers() == [] and not any(cache_module.ENTRY.match(n) for n in os.listdir(node.cache))
+
+
 @pytest.mark.parametrize("after", [0.05, 0.1, 0.15, 0.2, 0.3, 0.45])
 def test_sigterm_while_unpacking_leaves_nothing_behind(node: Node, after: float) -> None:
     """SIGTERM at some moment of a first fetch: the answer is the secret or
