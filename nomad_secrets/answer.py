@@ -68,6 +68,9 @@ def observer_for(
 def error_answer(exc: BaseException, start: float) -> bytes:
     """Our own message, or for anything else its type only: an exception's
     text could quote a secret."""
+    from nomad_secrets.limits import exhausted
+
+    exc = exhausted(exc, "answering the fetch") or exc  # a limit of the process, reported as something else
     if isinstance(exc, PluginError):
         debuglog.log("failed", error=type(exc).__name__, message=exc.message, ms=_ms(start))
         return protocol.encode_error(exc.message)
