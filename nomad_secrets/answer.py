@@ -6,7 +6,7 @@ agent sends it back for the plugin to print, so both say the same."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from nomad_secrets import debuglog, protocol
 from nomad_secrets.config import Config
@@ -29,9 +29,11 @@ def fetch_answer(
     *,
     pool: StorePool | None = None,
     observer: Observer | None = None,
+    heal: Callable[[str], None] | None = None,
 ) -> bytes:
     """Fetch and encode; never raises. The operator's audit record and
-    metrics (``observer``, made here unless given) see how it ended."""
+    metrics (``observer``, made here unless given) see how it ended;
+    ``heal`` (error_answer) may start the run again."""
     start = deadline.start
     observer = observer or observer_for(config, provider, path, environ, start)
     debuglog.log(
@@ -46,7 +48,7 @@ def fetch_answer(
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
         if observer is not None:
             observer.finish(exc.kind if isinstance(exc, PluginError) else "internal")
-        return error_answer(exc, start)
+        return error_answer(exc, start, heal)
     debuglog.log("fetched", provider=provider, keys=len(result), ms=_ms(start))
     if observer is not None:
         observer.finish(None)
@@ -65,9 +67,14 @@ def observer_for(
     return Observer(config, provider, path, environ, start)
 
 
-def error_answer(exc: BaseException, start: float) -> bytes:
+def error_answer(exc: BaseException, start: float, heal: Callable[[str], None] | None = None) -> bytes:
     """Our own message, or for anything else its type only: an exception's
-    text could quote a secret."""
+    text could quote a secret. An exception that is not ours may come from
+    the unpack directory, damaged since it was made: its manifest says
+    (cache.damage, read only here, on the way out). ``heal`` (the plugin's,
+    not the agent's) moves it aside and may start the run again. A limit
+    of the process (file descriptors, memory) comes first: it is named,
+    and never taken for damage."""
     from nomad_secrets.limits import exhausted
 
     exc = exhausted(exc, "answering the fetch") or exc  # a limit of the process, reported as something else
@@ -75,16 +82,24 @@ def error_answer(exc: BaseException, start: float) -> bytes:
         debuglog.log("failed", error=type(exc).__name__, message=exc.message, ms=_ms(start))
         return protocol.encode_error(exc.message)
     debuglog.log("failed", error=type(exc).__name__, message=None, ms=_ms(start))
-    if isinstance(exc, ImportError) or type(exc).__name__ in ("UnknownServiceError", "DataNotFoundError"):
-        # Our code or botocore's data missing: the unpack cache was damaged after it was made.
-        import os
+    import nomad_secrets
+    from nomad_secrets import cache
 
-        import nomad_secrets
-
-        unpacked = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(nomad_secrets.__file__))))
+    entry = cache.entry_of(nomad_secrets.__file__)
+    damage = cache.damage(entry) if entry else None
+    if entry and (damage or isinstance(exc, ImportError)):
+        debuglog.log("damaged", directory=entry, damage=damage)
+        if heal is None:
+            return protocol.encode_error(
+                f"nomad-secrets cannot run: its unpacked files in {entry} are damaged"
+                f" ({damage or type(exc).__name__}); the operator removes that directory (and"
+                " restarts the node agent), and the next fetch unpacks it again"
+            )
+        heal(entry)  # returns when it does not start the run again
         return protocol.encode_error(
-            f"nomad-secrets cannot run: its unpacked files in {unpacked} are damaged ({type(exc).__name__});"
-            " the operator removes that directory, and the next fetch unpacks it again"
+            f"nomad-secrets cannot run: its unpacked files in {entry} were damaged"
+            f" ({damage or type(exc).__name__}); they have been moved aside, and the next fetch"
+            " unpacks them again"
         )
     import traceback
 

@@ -27,10 +27,20 @@ import sys
 TYPE_CHECKING = False  # not typing's: importing typing costs fingerprint ~9 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any, NoReturn
 
 
 class CacheError(Exception):
     pass
+
+
+class Stopped(BaseException):
+    """Nomad's SIGTERM, before the plugin's own answer to it is in place:
+    raised where the run is, so that an unpack on its way cleans up."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped
 
 
 def unpacked(archive: str, build_id: str, cache_root: str) -> str:
@@ -53,7 +63,7 @@ def unpacked(archive: str, build_id: str, cache_root: str) -> str:
         if not os.path.isdir(entry):
             with _one_unpacker(cache_root, trust.untrusted):
                 if not os.path.isdir(entry):  # another run may have unpacked it meanwhile
-                    made = _unpack(archive, cache_root, entry, trust.untrusted, cache.HELD_MARK)
+                    made = _unpack(archive, cache_root, entry, trust.untrusted, cache)
         problem = trust.untrusted(cache_root, "cache directory") or trust.untrusted(entry, "cache directory")
         if problem and os.path.lexists(entry):  # else: pruned since; look again
             raise CacheError(problem)
@@ -68,7 +78,10 @@ def unpacked(archive: str, build_id: str, cache_root: str) -> str:
 
 
 UNPACK_LOCK = ".unpack.lock"
-UNPACK_WAIT_SECONDS = 5.0  # then unpack anyway: a stuck holder must not stop every fetch
+# Then unpack anyway: a stuck holder must not stop every fetch. Longer than
+# an unpack on a busy node takes; Nomad's SIGTERM ends the wait before this
+# on clients that stop plugins at 10 s.
+UNPACK_WAIT_SECONDS = 30.0
 
 
 class _one_unpacker:
@@ -113,11 +126,14 @@ class _one_unpacker:
 
 
 def _unpack(
-    archive: str, cache_root: str, entry: str, untrusted: Callable[[str, str], str | None], mark: str
+    archive: str, cache_root: str, entry: str, untrusted: Callable[[str, str], str | None], cache: Any
 ) -> bool:
     """Unpack into ``entry``; True when this process's rename published it.
-    ``mark``: the file that says runs of this build hold it (cache.py)."""
+    ``cache``: the cache module (its marks, its manifest). Whatever ends
+    it (an error, a full disk, Nomad's SIGTERM), the temporary directory
+    goes; a SIGKILL's is locked by no one, and ``cache.prune`` takes it."""
     import errno
+    import fcntl
     import io
     import shutil
     import tempfile
@@ -130,13 +146,16 @@ def _unpack(
         if problem:
             raise CacheError(problem)
         tmp = tempfile.mkdtemp(prefix=".unpack-", dir=cache_root)
+        held = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            fcntl.flock(held, fcntl.LOCK_SH)  # ours while we live (cache.prune)
             with zipfile.ZipFile(archive) as outer:
                 lib = io.BytesIO(outer.read("lib.zip"))  # a zip in the zip: see scripts/build
             with zipfile.ZipFile(lib) as inner:
                 inner.extractall(tmp)
             _compile(os.path.join(tmp, "lib"))
-            with open(os.path.join(tmp, mark), "w") as f:
+            cache.write_manifest(tmp)
+            with open(os.path.join(tmp, cache.HELD_MARK), "w") as f:
                 f.write("runs of this build hold a shared flock on this directory while they run\n")
             os.rename(tmp, entry)
             return True
@@ -147,6 +166,11 @@ def _unpack(
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) or os.path.isdir(entry):
                 return False
             raise
+        except BaseException:  # a compile that failed, Nomad's SIGTERM
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            os.close(held)
     except OSError as exc:
         raise CacheError(f"cannot unpack into the cache directory {cache_root}: {exc.strerror}") from None
     finally:
@@ -168,11 +192,21 @@ def _compile(lib: str) -> None:
         raise CacheError(f"cannot compile the unpacked code in {lib}")
 
 
-def _answer_error(message: str) -> None:
+def _answer_error(message: str) -> NoReturn:
+    """Nomad's answer (an error object, exit 0) for fetch; a line on stderr
+    and exit 1 for the commands people and their tools run (check, install),
+    which must not look like success."""
     import json
 
-    os.write(1, json.dumps({"result": {}, "error": message}).encode() + b"\n")
-    os._exit(0)
+    if _operation() == "fetch" or not _operation():
+        os.write(1, json.dumps({"result": {}, "error": message}).encode() + b"\n")
+        os._exit(0)
+    os.write(2, message.encode() + b"\n")
+    os._exit(1)
+
+
+def _operation() -> str:
+    return sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CPI_OPERATION", "")
 
 
 MIN_PYTHON = (3, 10)
@@ -201,7 +235,7 @@ def _versioned(loader: object) -> str:
 
 def main(loader: object) -> None:
     get_data = loader.get_data  # type: ignore[attr-defined]  # zipimporter
-    operation = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CPI_OPERATION", "")
+    operation = _operation()
     if sys.version_info < MIN_PYTHON:
         found = ".".join(str(n) for n in sys.version_info[:3])
         message = (
@@ -215,25 +249,64 @@ def main(loader: object) -> None:
     if operation == "fingerprint":
         os.write(1, get_data("fingerprint.json"))
         os._exit(0)
+    if operation == "fetch":
+        # Nomad's SIGTERM gets an answer from here on: a first fetch of a
+        # new build spends its first second unpacking (cli.py answers it
+        # once it runs). _signal: the signal module's import costs ~3 ms.
+        import _signal  # type: ignore[import-not-found]
+
+        _signal.signal(_signal.SIGTERM, _stop)
+    environ = dict(os.environ)  # as Nomad gave it, for a run started again
+    again = environ.pop("NOMAD_SECRETS_UNPACKED_AGAIN", None) is not None  # cache.AGAIN; cli.py drops it
     archive = _versioned(loader)
     loader = sys.path_importer_cache.get(archive, loader)
     build_id, cache_dir = loader.get_data("build-info").decode().split("\n")[:2]  # type: ignore[attr-defined]
     try:
         lib = unpacked(archive, build_id, cache_dir)
+        sys.path.insert(0, lib)
+        sys.dont_write_bytecode = True  # everything is compiled; the cache stays as published
+        try:
+            from nomad_secrets.cli import run
+        except Exception as exc:  # noqa: BLE001 - the unpacked files, damaged since it was made
+            _damaged(os.path.dirname(lib), exc, environ, again)
+    except Stopped:
+        _answer_error(_stopped_message(cache_dir))
     except CacheError as exc:
         _answer_error(f"nomad-secrets cannot start: {exc}")
     except Exception as exc:  # noqa: BLE001 - Nomad must get an answer
         _answer_error(f"nomad-secrets cannot start: {type(exc).__name__} while unpacking")
-    sys.path.insert(0, lib)
-    sys.dont_write_bytecode = True  # everything is compiled; the cache stays as published
-    try:
-        from nomad_secrets.cli import run
-    except ImportError as exc:  # the unpacked files, damaged since (a cleanup job, a full disk)
-        _answer_error(
-            f"nomad-secrets cannot start: the unpacked code in {os.path.dirname(lib)} is damaged"
-            f" ({type(exc).__name__}); remove that directory, and the next fetch unpacks it again"
-        )
     run()
+
+
+def _damaged(entry: str, exc: Exception, environ: dict[str, str], again: bool) -> NoReturn:
+    """A cache directory that no longer imports (a cleanup job, a full disk,
+    a bad block): moved aside, and this run started again to unpack afresh,
+    when it is early enough and not already the second try."""
+    cache = _cache_module()
+    what = cache.damage(entry) or type(exc).__name__
+    cache.heal(entry, environ, cache.process_age(), again)
+    _answer_error(
+        f"nomad-secrets cannot start: its unpacked code in {entry} was damaged ({what});"
+        " it has been moved aside, and the next fetch unpacks it again"
+    )
+
+
+def _cache_module() -> Any:
+    try:  # the source tree, the installed package, and the executable once unpacked
+        from nomad_secrets import cache
+    except ImportError:  # the executable before: scripts/build stores it beside __main__.py
+        import nomad_secrets_cache as cache  # type: ignore[no-redef]
+    return cache
+
+
+def _stopped_message(cache_dir: str) -> str:
+    cache = _cache_module()
+    where = cache_dir or cache.default_cache_dir()
+    return (
+        f"stopped by Nomad (SIGTERM) while nomad-secrets unpacked a new build into {where}, after"
+        f" {cache.process_age():.1f} s: the first fetches after an install or upgrade do this once;"
+        " `nomad-secrets install` (or `check`) unpacks it before tasks start (docs/upgrading.md)"
+    )
 
 
 if __name__ == "__main__":

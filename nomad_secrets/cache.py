@@ -34,14 +34,24 @@ except ImportError:  # the executable's bootstrap: scripts/build stores trust.py
 
 ROOT_CACHE = "/var/cache/nomad-secrets"
 HELD_MARK = ".held-while-in-use"  # written into each directory before it is published
+MANIFEST = ".manifest"  # every file's size and CRC-32, written before it is published
 ENTRY = re.compile(r"[0-9a-f]{24}-[A-Za-z0-9_.-]+\Z")  # <build id>-<sys.implementation.cache_tag>
 # A fetch prunes only directories older than this (by their own time): two
 # builds in use on one node (two plugin dirs) then unpack each other's at
 # most once an hour, not at every fetch. install prunes at any age.
 FETCH_PRUNE_MIN_AGE = 3600.0
-STALE_UNPACK_AGE = 3600.0  # a ".unpack-*" this old is a crashed unpack's
+# A ".unpack-*" no run holds (its unpacker locks it from its first
+# moment) and this old is a killed unpack's.
+STALE_UNPACK_AGE = 60.0
 
 _held: list[int] = []  # descriptors kept open (and locked) until exit
+
+# Set in the environment of a run started again after its unpack directory
+# was found damaged and moved aside (``heal``): that run does not try again.
+AGAIN = "NOMAD_SECRETS_UNPACKED_AGAIN"
+# Started again only this early in a run: a fresh unpack takes about a
+# second on an idle node, and Nomad's clock counts from the first start.
+HEAL_BEFORE_SECONDS = 4.0
 
 
 def default_cache_dir() -> str:
@@ -93,7 +103,7 @@ def prune(cache_root: str, keep_build: str, min_age: float = 0.0) -> tuple[list[
                 removed.append(name)
             continue
         if name.startswith(".unpack-"):
-            if _age(path, now) > STALE_UNPACK_AGE and _remove(cache_root, path, name, kept):
+            if _age(path, now) > STALE_UNPACK_AGE and _remove_unheld(cache_root, path, name, kept):
                 removed.append(name)
             continue
         if not ENTRY.match(name) or name.startswith(keep_build + "-"):
@@ -156,3 +166,98 @@ def _age(path: str, now: float) -> float:
         return now - os.lstat(path).st_mtime
     except OSError:
         return 0.0
+
+
+def write_manifest(entry: str) -> None:
+    """Record every file under ``entry`` (size and CRC-32) for ``damage``:
+    cheap to write once per unpack (about 10 ms), read only when something
+    has already failed, and by ``check``."""
+    import zlib
+
+    lines = []
+    for path in _files(entry):
+        with open(os.path.join(entry, path), "rb") as f:
+            data = f.read()
+        lines.append(f"{len(data)} {zlib.crc32(data):08x} {path}\n")
+    with open(os.path.join(entry, MANIFEST), "w") as f:
+        f.writelines(lines)
+
+
+def damage(entry: str) -> str | None:
+    """What is wrong with the files of an unpack directory, or None: a file
+    missing, cut short or changed since it was unpacked (a cleanup job, a
+    full disk, a bad block). A directory without a manifest was never
+    finished by this protocol."""
+    import zlib
+
+    try:
+        with open(os.path.join(entry, MANIFEST)) as f:
+            manifest = f.read().splitlines()
+    except OSError as exc:
+        return f"its manifest {MANIFEST} cannot be read ({exc.strerror})"
+    for line in manifest:
+        try:
+            size, crc, path = line.split(" ", 2)
+            int(size)
+        except ValueError:
+            return f"its manifest {MANIFEST} is damaged"
+        try:
+            with open(os.path.join(entry, path), "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            return f"{path}: {exc.strerror}"
+        if len(data) != int(size):
+            return f"{path} has {len(data)} bytes, not {size}"
+        if f"{zlib.crc32(data):08x}" != crc:
+            return f"{path} has changed since it was unpacked"
+    return None
+
+
+def entry_of(module_file: str) -> str | None:
+    """The unpack directory a module of ours was imported from
+    (``<entry>/lib/nomad_secrets/x.py``), or None outside the executable."""
+    entry = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(module_file))))
+    return entry if os.path.lexists(os.path.join(entry, HELD_MARK)) else None
+
+
+def heal(entry: str, environ: dict[str, str], age: float, again: bool) -> None:
+    """Move a damaged unpack directory aside, then, unless this run is
+    already a second try or late, start it again in place (``execve``: same
+    process, same arguments, same environment, Nomad's clock still running),
+    and that run unpacks afresh. Returns only when it does not start again;
+    the next fetch unpacks then. ``environ``: the environment Nomad gave;
+    ``again``: this run is the second try (AGAIN was in its environment)."""
+    cache_root = os.path.dirname(entry)
+    aside = os.path.join(cache_root, f".prune-{os.path.basename(entry)}-{os.getpid()}")
+    try:
+        os.rename(entry, aside)
+    except OSError:
+        pass  # already moved by another run, or not ours to move: unpack looks again
+    else:
+        _remove(cache_root, aside, aside, [])
+    if again or age > HEAL_BEFORE_SECONDS:
+        return
+    try:
+        os.execve(sys.executable, sys.orig_argv, {**environ, AGAIN: "1"})  # noqa: S606 - ourselves, as Nomad ran us
+    except OSError:
+        return
+
+
+def process_age() -> float:
+    """Seconds since this process started (exec keeps the start): Nomad's
+    timeout counts from there, and on a node starting many tasks at once
+    the interpreter's own start can take seconds."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, since boot
+        return min(max(time.clock_gettime(time.CLOCK_BOOTTIME) - started, 0.0), 60.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _files(entry: str) -> list[str]:
+    out: list[str] = []
+    for folder, _, names in os.walk(os.path.join(entry, "lib")):
+        out.extend(os.path.relpath(os.path.join(folder, name), entry) for name in names)
+    return sorted(out)

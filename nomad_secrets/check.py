@@ -24,9 +24,9 @@ from typing import Any
 
 from nomad_secrets import config as config_module
 from nomad_secrets.backends import STORE_LABELS
-from nomad_secrets.config import AwsSettings, Config, Provider, VaultSettings
+from nomad_secrets.config import AwsSettings, Config, Provider, VaultSettings, require_policy
 from nomad_secrets.deadline import Deadline
-from nomad_secrets.errors import PluginError
+from nomad_secrets.errors import ConfigError, PluginError
 from nomad_secrets.policy import everyone_reads_everything, template_ambiguity
 from nomad_secrets.request import Identity, JobOptions
 from nomad_secrets.trust import untrusted, untrusted_ancestors, untrusted_log
@@ -245,13 +245,18 @@ def _unpacked(executable: str, report: Report) -> None:
         report.ok(f"unpack directory {entry}: not made yet (the first fetch makes it)")
         return
     missing = [n for n in names if not os.path.isfile(os.path.join(entry, n))]
-    if missing:
+    damage = (
+        f"{len(missing)} of {len(names)} files are missing (such as {missing[0]})"
+        if missing
+        else cache.damage(entry)
+    )
+    if damage:
         report.problem(
-            f"the unpack directory {entry} is damaged: {len(missing)} of {len(names)} files are missing"
-            f" (such as {missing[0]}); remove it, and the next fetch unpacks it again"
+            f"the unpack directory {entry} is damaged: {damage}; remove it, and the next fetch"
+            " unpacks it again (a fetch that meets the damage moves it aside itself)"
         )
     else:
-        report.ok(f"unpack directory {entry}: all {len(names)} files")
+        report.ok(f"unpack directory {entry}: all {len(names)} files as unpacked")
 
 
 def _owner_mode(path: str) -> str:
@@ -399,9 +404,14 @@ def _probe_vault(settings: VaultSettings, names: list[str], report: Report) -> N
 
 def _policy(config: Config, report: Report) -> None:
     if config.policy is None:
+        try:
+            require_policy(config)
+        except ConfigError as exc:
+            report.problem(exc.message)
+            return
         report.warn(
-            "no [[policy]] in the config: every job may read everything this node's credentials"
-            " can read; add rules (docs/policy.md)"
+            "no config file, so no [[policy]]: every job may read everything this node's"
+            " credentials can read; write a config with rules (docs/policy.md)"
         )
         return
     for number, rule in enumerate(config.policy, start=1):

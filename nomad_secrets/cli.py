@@ -17,6 +17,7 @@ from nomad_secrets import protocol
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ms, and a forwarded fetch needs none
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
 
     from nomad_secrets.config import Config
@@ -51,17 +52,21 @@ HELP_FLAGS = ("--help", "-h", "--version", "-V")
 
 
 def run() -> NoReturn:
-    start = time.monotonic() - _age()
     argv = list(sys.argv)
     operation = argv[1] if len(argv) > 1 else os.environ.get("CPI_OPERATION", "")
     if operation == "fingerprint":
         from nomad_secrets._version import GO_VERSION
 
         protocol.answer(protocol.fingerprint_line(GO_VERSION))
+    from nomad_secrets import cache
+
+    start = time.monotonic() - cache.process_age()  # the deadline counts from Nomad's start of us
     # The environment is the job's input, not configuration: take it out of
     # os.environ before any library can read it (proxies, CA bundles, AWS_*).
     environ = dict(os.environ)
     os.environ.clear()
+    # Ours, set on a run started again after a damaged cache (cache.heal).
+    again = environ.pop(cache.AGAIN, None) is not None
     if operation in OPERATOR_COMMANDS or operation in HELP_FLAGS:
         sys.exit(operator_command(operation, argv, environ))
     if operation != "fetch" and os.isatty(1):
@@ -69,7 +74,7 @@ def run() -> NoReturn:
         sys.exit(by_hand(operation, argv[0]))
     protocol.guard_stdio()
     if operation == "fetch":
-        plugin_fetch(argv, environ, start)
+        plugin_fetch(argv, environ, start, again)
     from nomad_secrets.config import provider_name
 
     protocol.answer_error(
@@ -144,21 +149,7 @@ def _did_you_mean(operation: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close and close[0] != operation else ""
 
 
-def _age() -> float:
-    """Seconds since Nomad started this process: the deadline counts from
-    there, not from here. On a node starting many tasks at once, the
-    interpreter's own start can take seconds, and Nomad's timeout counts
-    them (a burst of 100 otherwise answered "in time" after Nomad's kill)."""
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, since boot
-        return min(max(time.clock_gettime(time.CLOCK_BOOTTIME) - started, 0.0), 60.0)
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoReturn:
+def plugin_fetch(argv: list[str], environ: dict[str, str], start: float, again: bool) -> NoReturn:
     from nomad_secrets import config as config_module
     from nomad_secrets import debuglog
     from nomad_secrets.deadline import DEFAULT_SECONDS, Deadline
@@ -182,24 +173,47 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float) -> NoRe
         from nomad_secrets.answer import fetch_answer, observer_for
         from nomad_secrets.config import provider_name
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
-        protocol.answer(_error_answer(exc, start))
+        protocol.answer(_error_answer(exc, start, _healer(environ, again)))
 
     name = provider_name(executable)
     observer = observer_for(config, name, argv[2], environ, start)
     if observer is not None:  # Nomad's SIGTERM is a fetch's end too: record it
         protocol.on_sigterm_answer(SIGTERM_MESSAGE, before=lambda: observer.finish("terminated"))
-    protocol.answer(fetch_answer(argv[2], environ, name, config, deadline, observer=observer))
+    answer = fetch_answer(
+        argv[2], environ, name, config, deadline, observer=observer, heal=_healer(environ, again)
+    )
+    protocol.answer(answer)
 
 
-def _error_answer(exc: BaseException, start: float) -> bytes:
+def _healer(environ: dict[str, str], again: bool) -> Callable[[str], None]:
+    """Move a damaged unpack directory aside and start this run again in
+    place (cache.heal), with Nomad's stdout and environment."""
+
+    def heal(entry: str) -> None:
+        from nomad_secrets import cache
+
+        protocol.restore_stdout()
+        cache.heal(entry, environ, cache.process_age(), again)
+
+    return heal
+
+
+def _error_answer(exc: BaseException, start: float, heal: Callable[[str], None]) -> bytes:
     try:
         from nomad_secrets.answer import error_answer
-    except BaseException:  # noqa: BLE001 - our own modules damaged: answer.py names the cause
+    except BaseException:  # noqa: BLE001 - our own modules damaged, answer.py among them
+        from nomad_secrets import cache
+
+        entry = cache.entry_of(__file__)
+        if entry is not None:
+            heal(entry)  # returns when it does not start the run again
         return protocol.encode_error(
-            f"nomad-secrets cannot run: its unpacked files are damaged ({type(exc).__name__}); the"
-            " operator runs check, which names the directory to remove"
+            f"nomad-secrets cannot run: its unpacked files in {entry} were damaged"
+            f" ({type(exc).__name__}); they have been moved aside, and the next fetch unpacks them again"
+            if entry is not None
+            else f"nomad-secrets cannot run: its files are damaged ({type(exc).__name__}); reinstall it"
         )
-    return error_answer(exc, start)
+    return error_answer(exc, start, heal)
 
 
 SIGTERM_MESSAGE = (

@@ -165,7 +165,9 @@ class Config:
     aws: AwsSettings = field(default_factory=AwsSettings)
     vault: VaultSettings = field(default_factory=VaultSettings)
     providers: dict[str, Provider] = field(default_factory=dict)
-    policy: tuple[Rule, ...] | None = None  # None: no [[policy]], every job reads all
+    # None: no [[policy]]. With no config file, every job reads all (built-in
+    # defaults); in a config file, nothing (require_policy says why).
+    policy: tuple[Rule, ...] | None = None
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
@@ -227,6 +229,24 @@ def load(executable: str, *, cache: dict[tuple[str, bytes], Config] | None = Non
     return load_file(path, cache=cache, strict=False)
 
 
+OPEN_POLICY = '[[policy]]\nallow = ["*:**"]'
+
+
+def require_policy(config: Config) -> None:
+    """A config file without ``[[policy]]`` reads nothing for anyone.
+
+    A file cut short (a rewrite in place caught midway, a copy that ran out
+    of disk) usually loses its end, where the rules are: read as "no policy,
+    every job reads everything", the cut would grant more than the whole
+    file does. So allowing everything must be written out as a rule."""
+    if config.path is not None and config.policy is None:
+        raise ConfigError(
+            f"the config file {config.path} has no [[policy]], so no job may read anything:"
+            " add rules for who reads what (docs/policy.md); to let every job read everything"
+            ' this node\'s credentials can read, say so with a rule: [[policy]] allow = ["*:**"]'
+        )
+
+
 def check_files(config: Config, vault: VaultSettings) -> None:
     """Raise the trust problem of a secret file ``vault`` uses, if any."""
     for key in SECRET_FILE_KEYS:
@@ -236,7 +256,6 @@ def check_files(config: Config, vault: VaultSettings) -> None:
 
 
 SECRET_FILE_KEYS = ("token_file", "secret_id_file", "client_key")
-EMPTY_RETRIES, EMPTY_RETRY_SECONDS = 5, 0.05  # an empty config: being written, most likely
 
 
 def load_file(
@@ -253,8 +272,8 @@ def load_file(
     _check_trust(path, "config file", ancestors=ancestors)
     text = _settled_read(path)
     if not text.strip():
-        # An empty file is a file being written far more often than a
-        # wish for no policy: it must not switch the policy off.
+        # Emptied in place and left so (a writer that died, `: > file`):
+        # it must not read as "no config", every job reading everything.
         raise ConfigError(
             f"the config file {path} is empty: write the new config to a temporary file and rename it"
             " into place (or remove the file for built-in defaults)"
@@ -282,24 +301,102 @@ def load_file(
     return replace(config, unusable_files=unusable) if unusable else config
 
 
+WRITER_WAIT_SECONDS = 2.0  # a config still open for writing after this: refused
+WRITER_POLL_SECONDS = 0.02
+
+
 def _settled_read(path: str) -> bytes:
-    """The file's bytes. An empty file is read again a few times: ``cp`` and
-    most tools truncate a file, then write it, and a fetch in between must
-    neither take the empty file for "no config, no policy" nor fail a task
-    for a write that ends a moment later. Renaming a new file into place is
-    the way that never shows a reader anything half-written."""
+    """The file's bytes, read while no process has it open for writing.
+
+    ``cp``, ``cat >`` and most tools rewrite a file in place: truncate, then
+    write, then close. A read in between sees part of the new file (an
+    empty file is waited for too, then refused by load_file). A read
+    lease (fcntl F_SETLEASE) is granted only while no process has the file
+    open for writing, and a writer's open waits while we hold it: the bytes
+    are the whole of a finished write. Where leases are not to be had (NFS,
+    a thread with SIGIO not ignored) the file's size and mtime must not
+    change across the read. Either way a file cut short by a writer that
+    died keeps its cut: ``require_policy`` and the rule order check make
+    sure such a cut never grants more (docs/configuration.md)."""
+    import fcntl
+    import stat
     import time
 
-    for attempt in range(EMPTY_RETRIES + 1):
+    give_up = time.monotonic() + WRITER_WAIT_SECONDS
+    while True:
         try:
-            with open(path, "rb") as f:
-                text = f.read()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
-        if text.strip() or attempt == EMPTY_RETRIES:
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                # A FIFO would block the read until Nomad's SIGTERM.
+                raise ConfigError(f"the config file {path} is not a regular file; write a file there")
+            leased = _ignoring_lease_breaks() and _lease(fd, fcntl.F_RDLCK)
+            if leased is None:  # a writer has it open: wait for its close
+                text = None
+            else:
+                try:
+                    text = _read_all(fd, path)
+                    after = os.fstat(fd)
+                finally:
+                    if leased:
+                        _lease(fd, fcntl.F_UNLCK)
+                if not leased and (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+                    text = None  # changed under the read
+        finally:
+            os.close(fd)
+        late = time.monotonic() > give_up
+        # Empty: most likely truncated by one write and about to be filled
+        # by the next (`: > f; cat new > f`); load_file refuses it if it stays.
+        if text is not None and (text.strip() or late):
             return text
-        time.sleep(EMPTY_RETRY_SECONDS)
-    return text
+        if late:
+            raise ConfigError(
+                f"the config file {path} stayed open for writing for {WRITER_WAIT_SECONDS:g} s"
+                f" (`fuser -v {path}` shows the process): write the new config to a temporary"
+                " file in the same directory and rename it into place"
+            )
+        time.sleep(WRITER_POLL_SECONDS)
+
+
+def _read_all(fd: int, path: str) -> bytes:
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+    return b"".join(chunks)
+
+
+def _lease(fd: int, kind: int) -> bool | None:
+    """True: the lease is ours (or let go); None: a process has the file open
+    for writing; False: no lease on this file system, or not ours to take."""
+    import errno
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, kind)
+    except OSError as exc:
+        return None if exc.errno == errno.EAGAIN else False
+    return True
+
+
+def _ignoring_lease_breaks() -> bool:
+    """A writer opening the file while we hold the lease sends us SIGIO, whose
+    default is to end the process: leases are for processes that ignore it
+    (the executable and the agent do, from their start)."""
+    import signal
+    import threading
+
+    if signal.getsignal(signal.SIGIO) == signal.SIG_IGN:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
+    return True
 
 
 def _check_trust(path: str, what: str, *, ancestors: bool = True) -> None:
@@ -440,6 +537,13 @@ def _policy(rules: Any, path: str) -> tuple[Rule, ...] | None:
         if not isinstance(table, dict):
             raise ConfigError(f"{where} in {path} must be a table")
         _reject_unknown(table, {"namespace", "job", "allow"}, where, path)
+        if list(table)[-1:] != ["allow"] and "allow" in table:
+            # A file cut after allow and before namespace or job would read as
+            # a rule for every namespace or job (require_policy says more).
+            raise ConfigError(
+                f"{where} in {path}: write allow last, after namespace and job, so that a file"
+                " cut short never reads as a wider rule"
+            )
         allow = table.get("allow")
         if not isinstance(allow, list) or not all(isinstance(p, str) and p for p in allow):
             raise ConfigError(f"{where}.allow in {path} must be a list of patterns such as 'aws-sm:app/*'")

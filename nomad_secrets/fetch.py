@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from nomad_secrets import debuglog, limits, policy
 from nomad_secrets.backends import STORE_LABELS, Backend, open_backend, read_scope
-from nomad_secrets.config import Config, check_files
+from nomad_secrets.config import Config, check_files, require_policy
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import PluginError, RequestError, TimedOut
 from nomad_secrets.identity import check_workload_token
@@ -48,6 +48,7 @@ def fetch(
     caller = policy.nomad_caller(identity.namespace, identity.job_id)
     provider = config.provider(provider_name)
     stores = [ref.scheme or provider.store for ref in refs]
+    require_policy(config)
     check_policy(refs, stores, caller, config.policy, deadline)
     if "vault" in stores:
         check_files(config, provider.vault)

@@ -35,6 +35,7 @@ import filecmp
 import os
 import re
 import shutil
+import tempfile
 import zipfile
 from collections.abc import Callable
 
@@ -63,10 +64,11 @@ deadline_seconds = 8                 # Nomad 1.11.0-1.11.3 kill plugins at 10 s
 # [providers.openbao]                # what the executable named openbao reads
 # store = "vault"
 
-# Which jobs may read what (docs/policy.md). Without [[policy]], every job
-# may read everything this node's credentials can read.
-# [[policy]]
-# allow = ["aws-sm:nomad/{namespace}/{job}/**"]
+# Which jobs may read what (docs/policy.md): the first rule whose namespace
+# and job match decides. With no [[policy]] at all no job reads anything;
+# every job reading everything is a rule too: allow = ["*:**"].
+[[policy]]
+allow = ["aws-sm:nomad/{namespace}/{job}/**"]
 """
 
 
@@ -132,11 +134,10 @@ def install(
     if os.path.lexists(config) or os.path.lexists(SYSTEM_CONFIG):
         write(f"kept the existing config ({config if os.path.lexists(config) else SYSTEM_CONFIG})")
     else:
-        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(EXAMPLE_CONFIG)
+        _create_whole(config, EXAMPLE_CONFIG)
         first = os.path.join(secrets, names[0])
         write(f"wrote an example config {config} (0600): edit it, then run {first} check")
+    _unpack_for_tasks(target, write)
     prune_cache(source, write)
     write("")
     write("In the Nomad client's agent config (the default is <data_dir>/common_plugins):")
@@ -179,6 +180,42 @@ def _place(source: str, plugin_dir: str, target: str) -> None:
             and os.path.isfile(path)
         ):
             os.remove(path)
+
+
+def _create_whole(path: str, text: str) -> None:
+    """Write ``path`` only if it does not exist, and never half: a fetch that
+    reads the config at this moment sees no file or the whole file (the
+    temporary file is linked into place, which fails if one is there)."""
+    fd, tmp = tempfile.mkstemp(prefix=".nomad-secrets-", suffix=".toml", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+def _unpack_for_tasks(target: str, write: Callable[[str], None]) -> None:
+    """Run the installed file once, as Nomad will (its shebang's interpreter,
+    its cache directory), so that the first task on the node does not pay
+    for unpacking a new build, nor a burst of first tasks wait on it."""
+    import subprocess
+
+    try:
+        run = subprocess.run(
+            [target, "version"], capture_output=True, text=True, timeout=UNPACK_TIMEOUT_SECONDS, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InstallError(f"{target} did not run: {exc}") from None
+    if run.returncode != 0:
+        said = (run.stderr or run.stdout).strip().splitlines()
+        raise InstallError(f"{target} cannot unpack its code: {said[-1] if said else run.returncode}")
+    write(f"unpacked {target} for its interpreter ({run.stdout.strip()})")
+
+
+UNPACK_TIMEOUT_SECONDS = 120
 
 
 def prune_cache(source: str, write: Callable[[str], None]) -> None:

@@ -19,6 +19,7 @@ The comparison tools (boto3, hvac, awscli) live in their own virtualenv,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -54,10 +55,12 @@ CASES = (
     "size",
     "phases",
     "burst",
+    "cold-burst",
     "burst-vault",
     "server-load",
 )
 BURSTS = (25, 50, 100)
+COLD_BURST = 30  # first fetches at once on an empty cache (issue #15)
 LOAD_CLIENTS = 32  # concurrent clients of the server-load case
 LOAD_SECONDS = 60.0  # each side of it stops here, whatever its count
 
@@ -603,6 +606,44 @@ class Bench:
             {"result": {"user": "u", "password": "pw0"}},
             self.moto.pid,
         )
+
+    def case_cold_burst(self) -> None:
+        """COLD_BURST first fetches at once on an empty cache (a burst of task
+        starts right after an install or upgrade that skipped `install`'s
+        unpack), each stopped by SIGTERM at Nomad's 10 s as Nomad does: wall
+        time to the last answer, the answers that are the secret, and what
+        is left in the cache directory."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from nomad import nomad_env, run_plugin
+
+        plugin = self.plugin("aws-cold", self.aws_config() + '[providers.aws-cold]\nstore = "aws-sm"\n')
+        env = nomad_env("fetch", {"AWS_REGION": REGION}, "bench", "default")
+        argv = ["fetch", "bench/0"]
+        expected = {"result": {"user": "u", "password": "pw0"}}
+        rows: dict[str, list[float]] = {"wall ms": [], "right answers": [], "stopped by SIGTERM": []}
+        rows.update({"unpack dirs left": [], "cache MB": []})
+        cache = self.tmp / "cache"
+        for _ in range(1 if self.args.quick else 3):
+            shutil.rmtree(cache, ignore_errors=True)
+            subprocess.run(["sync"], check=False)
+            start = time.perf_counter()
+            with ThreadPoolExecutor(COLD_BURST) as pool:
+                runs = list(pool.map(lambda _: run_plugin(plugin, argv, env, 10.0), range(COLD_BURST)))
+            rows["wall ms"].append((time.perf_counter() - start) * 1000)
+            right = 0
+            for run in runs:
+                with contextlib.suppress(ValueError):
+                    right += json.loads(run.stdout) == expected and run.returncode == 0
+            rows["right answers"].append(float(right))
+            rows["stopped by SIGTERM"].append(float(sum(run.terminated for run in runs)))
+            rows["unpack dirs left"].append(float(sum(n.startswith(".unpack-") for n in os.listdir(cache))))
+            size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+            rows["cache MB"].append(size / 1e6)
+            print(
+                f"bench: cold burst of {COLD_BURST}: {right} right, {rows['wall ms'][-1]:.0f} ms", flush=True
+            )
+        self.record(f"cold burst {COLD_BURST}", rows)
 
     def case_burst_vault(self) -> None:
         """The burst against the real OpenBao server with AppRole auth: in

@@ -169,6 +169,8 @@ def demo(artifact: Path, tmp: Path, decoder: gocheck.GoDecoder | None, step: Ite
         plugin_dir = tmp / "common_plugins"
         config = (
             f'[aws]\nendpoint_url = "{endpoint}"\naccess_key_id = "testing"\nsecret_access_key = "testing"\n'
+            "\n[[policy]]                # which jobs read what: without rules, none reads anything\n"
+            'allow = ["aws-sm:my-aws-*"]\n'
         )
         install_plugin(artifact, plugin_dir, ["aws"], config)
         print(
@@ -204,7 +206,7 @@ def demo(artifact: Path, tmp: Path, decoder: gocheck.GoDecoder | None, step: Ite
         for key, value in result.items():
             print(f"  ${{secret.my_secret.{key}}} = {value}")
 
-        missing = run_plugin(plugin, ["fetch", "no-such-secret"], env)
+        missing = run_plugin(plugin, ["fetch", "my-aws-secret-that-is-not-there"], env)
         _, error = outcome(missing.stdout, decoder)
         print(f"\n== {next(step)}. a job asking for a missing secret sees, in `nomad alloc status`:")
         print(f'  provider "aws" for secret "my_secret" response contained error: "{error}"')

@@ -19,7 +19,7 @@ from typing import Any
 import gocheck
 import pytest
 from gocheck import GoDecoder
-from nomad import NomadClient, install_plugin
+from nomad import NomadClient, install_plugin, with_policy
 
 pytest_plugins = ["openbao"]  # the real OpenBao server's fixtures (tests/openbao.py)
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,6 +253,6 @@ def doc_block(doc: Path, marker: str, language: str = "toml") -> str:
 
 def write_config(plugin_dir: Path, text: str) -> Path:
     path = plugin_dir / "secrets" / "nomad-secrets.toml"
-    path.write_text(text)
+    path.write_text(with_policy(text))
     path.chmod(0o600)
     return path

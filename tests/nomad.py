@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nomad_secrets.config import OPEN_POLICY
+
 DEFAULT_TIMEOUT = 10.0  # Nomad 1.11.0 to 1.11.3
 KILL_AFTER = 2.0
 
@@ -191,6 +193,13 @@ def _exit_message(run: PluginRun) -> str:
     return f"exit status {run.returncode}"
 
 
+def with_policy(config: str) -> str:
+    """The config as the tests write it: one without a ``[[policy]]`` lets
+    every job read everything, said as a rule (the plugin reads nothing for
+    a config file without one). Tests of that write their file themselves."""
+    return config if "[[policy]]" in config else f"{config}\n{OPEN_POLICY}\n"
+
+
 def install_plugin(artifact: Path, plugin_dir: Path, names: list[str], config: str | None) -> None:
     """Lay out ``<plugin_dir>/secrets/`` as an operator would: the executable
     once, a symlink per provider name, the config beside them (0600)."""
@@ -203,5 +212,5 @@ def install_plugin(artifact: Path, plugin_dir: Path, names: list[str], config: s
         link.symlink_to(artifact)
     if config is not None:
         path = secrets / "nomad-secrets.toml"
-        path.write_text(config)
+        path.write_text(with_policy(config))
         os.chmod(path, 0o600)

@@ -31,7 +31,7 @@ import urllib3
 from backend_contract import CANARY
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt_issuer import Issuer, new_issuer
-from nomad import Fetched, NomadClient
+from nomad import Fetched, NomadClient, with_policy
 from pki import Pki, make_pki
 
 MARKER = "openbao"
@@ -367,7 +367,8 @@ class Vault:
             vault["token_file"] = self.file("token", token or self.bao.plugin_token)
         keys = "".join(f"{key} = {toml(value)}\n" for key, value in vault.items())
         path = self.nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
-        path.write_text(f'[vault]\n{keys}[providers.{PROVIDER}]\nstore = "vault"\n{extra}{self.sections}')
+        text = f'[vault]\n{keys}[providers.{PROVIDER}]\nstore = "vault"\n{extra}{self.sections}'
+        path.write_text(with_policy(text))
         path.chmod(0o600)
 
     def approle(self, **vault: Any) -> None:

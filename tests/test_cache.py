@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import aws_config, build_artifact, put_secret
 from netutil import HangingServer
-from nomad import NomadClient, install_plugin
+from nomad import NomadClient, install_plugin, with_policy
 
 from nomad_secrets import cache as cache_module
 
@@ -96,7 +96,7 @@ def test_a_running_fetch_keeps_its_directory(node: Node) -> None:
     with HangingServer() as hanging:
         stuck_dir = node.plugins["old"].plugin_dir
         (stuck_dir / "secrets" / "nomad-secrets.toml").write_text(
-            aws_config(hanging.url) + "[plugin]\ndeadline_seconds = 60\n"
+            with_policy(aws_config(hanging.url) + "[plugin]\ndeadline_seconds = 60\n")
         )
         stuck = NomadClient(stuck_dir, node.decoder, timeout=30)
         thread = threading.Thread(target=lambda: result.append(stuck.fetch("aws", "cache/db")))

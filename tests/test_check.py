@@ -22,14 +22,22 @@ def check(plugin_dir: Path, name: str = "aws") -> tuple[int, str]:
     return proc.returncode, proc.stdout
 
 
-def test_all_well_with_a_warning_for_no_policy(plugin_dir: Path, artifact: Path) -> None:
+def test_all_well_with_a_warning_for_a_rule_that_opens_everything(plugin_dir: Path, artifact: Path) -> None:
     (plugin_dir / "secrets" / "aws-ssm").symlink_to(artifact)
-    code, out = check(plugin_dir)
+    code, out = check(plugin_dir)  # the tests' config: allow = ["*:**"]
     assert code == 0, out
     assert "aws -> AWS Secrets Manager (built-in name)" in out
     assert "aws-ssm -> AWS SSM Parameter Store (built-in name)" in out
     assert "static keys from the config are arn:aws:" in out  # sts:GetCallerIdentity answered
-    assert "WARNING  no [[policy]]" in out and "result: OK" in out
+    assert "WARNING  a rule for every namespace and job allows a whole store" in out and "result: OK" in out
+
+
+def test_a_config_file_without_policy_is_a_problem(plugin_dir: Path, moto_endpoint: str) -> None:
+    config = plugin_dir / "secrets" / "nomad-secrets.toml"
+    config.write_text(aws_config(moto_endpoint))  # not write_config, which adds a rule
+    code, out = check(plugin_dir)
+    assert code == 1, out
+    assert f"PROBLEM  the config file {config} has no [[policy]], so no job may read anything" in out
 
 
 def test_policy_is_printed(plugin_dir: Path, moto_endpoint: str) -> None:

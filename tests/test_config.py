@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ from conftest import aws_config, write_config
 from nomad import NomadClient
 
 from nomad_secrets import config
-from nomad_secrets.errors import ConfigError
+from nomad_secrets.errors import ConfigError, PolicyDenied
 
 
 def test_no_file_means_builtin_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,3 +103,144 @@ def test_a_config_written_while_a_fetch_reads_it_is_read_whole(
     message = nomad.fetch("aws", "prod/db", {"AWS_REGION": "us-east-2"}, job_id="web").plugin_error or ""
     writer.join()
     assert "the operator's policy does not let namespace 'default', job 'web'" in message
+
+
+# --- a config caught mid-write (issue #15) -----------------------------------------------------------
+
+PROBES = [
+    (namespace, job, store, name)
+    for namespace in ("default", "payments", "ops")
+    for job in ("web", "billing", "backup/periodic-1")
+    for store, name in (
+        ("aws-sm", "nomad/default/web/db"),
+        ("aws-sm", "nomad/payments/billing/key"),
+        ("vault", "secret/payments/x"),
+        ("aws-ssm", "/shared/x"),
+    )
+]
+WHOLE_FILES = [
+    # docs/policy.md's shape: a narrow rule first, then a wide one.
+    '[plugin]\ndeadline_seconds = 8\n[[policy]]\nnamespace = "payments"\njob = "billing"\n'
+    'allow = ["vault:secret/payments/**"]\n\n[[policy]]\nallow = ["aws-sm:nomad/{namespace}/{job}/**"]\n',
+    # the reviewer's: one rule at the very end, for one job.
+    '[aws]\nregion = "us-east-2"\njob_region = false\n\n'
+    '[[policy]]\njob = "billing"\nallow = ["aws-ssm:/shared/**"]\n',
+    # every rule spread over lines, a list over lines.
+    '[[policy]]\nnamespace = "ops"\njob = "web"\nallow = [\n  "aws-sm:nomad/**",\n  "vault:secret/**",\n]\n',
+]
+
+
+def _granted(text: str) -> set[tuple[str, str, str, str]] | None:
+    """What a config (possibly cut) lets jobs read; None when it is refused."""
+    from nomad_secrets import policy
+
+    try:
+        loaded = config.parse(text.encode(), "f")
+        config.require_policy(replace_path(loaded))
+    except ConfigError:
+        return None
+    granted = set()
+    for probe in PROBES:
+        namespace, job, store, name = probe
+        try:
+            policy.check(loaded.policy, policy.nomad_caller(namespace, job), store, name, name)
+        except PolicyDenied:
+            continue
+        granted.add(probe)
+    return granted
+
+
+def replace_path(loaded: config.Config) -> config.Config:
+    from dataclasses import replace
+
+    return replace(loaded, path="f")
+
+
+@pytest.mark.parametrize("whole", WHOLE_FILES)
+def test_no_cut_of_a_config_grants_more_than_the_whole_file(whole: str) -> None:
+    """A read at any moment of a rewrite in place sees a prefix of the new
+    file: every prefix, byte by byte, is refused or grants no more than the
+    whole file (a cut before [[policy]] read as "no policy" granted all)."""
+    full = _granted(whole)
+    assert full  # the whole file grants something, so the check means something
+    for end in range(len(whole)):
+        cut = _granted(whole[:end])
+        assert cut is None or cut <= full, (whole[:end], cut - full)
+
+
+def test_allow_is_written_after_namespace_and_job() -> None:
+    """Cut after allow, a rule written allow-first reads as a rule for every
+    job: such a rule is refused whole."""
+    with pytest.raises(ConfigError, match=r"policy #1 in f: write allow last, after namespace and job"):
+        config.parse(b'[[policy]]\nallow = ["aws-sm:x/**"]\njob = "web"\n', "f")
+
+
+def test_a_config_file_without_policy_reads_nothing(nomad: NomadClient, moto_endpoint: str) -> None:
+    path = nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
+    path.write_text(aws_config(moto_endpoint))  # written here: write_config would add a rule
+    fetched = nomad.fetch("aws", "prod/db")
+    assert fetched.plugin_error == (
+        f"the config file {path} has no [[policy]], so no job may read anything: add rules for who"
+        " reads what (docs/policy.md); to let every job read everything this node's credentials can"
+        ' read, say so with a rule: [[policy]] allow = ["*:**"]'
+    )
+
+
+def test_a_config_rewritten_in_place_never_grants_more(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: object
+) -> None:
+    """The reviewer's race: the file rewritten in place, over and over (as cp
+    does: truncate, write part, write the rest), while 20 fetches run. The
+    whole file denies job web; no fetch may read the secret. On today's main
+    8 of 20 did."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import put_secret
+
+    put_secret(secretsmanager, "midwrite/db", "granted")
+    text = aws_config(moto_endpoint, '[[policy]]\njob = "billing"\nallow = ["aws-sm:**"]\n').encode()
+    path = write_config(nomad.plugin_dir, text.decode())
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            with open(path, "r+b") as f:
+                f.truncate(0)
+                f.write(text[: len(text) // 2])
+                f.flush()
+                time.sleep(0.002)
+                f.write(text[len(text) // 2 :])
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            fetched = list(pool.map(lambda _: nomad.fetch("aws", "midwrite/db", job_id="web"), range(20)))
+    finally:
+        stop.set()
+        writer.join()
+    assert [f.result for f in fetched if f.result] == []
+    for f in fetched:
+        message = f.plugin_error or ""
+        assert "policy matches namespace 'default', job 'web'" in message or "open for writing" in message, f
+
+
+def test_a_fifo_as_the_config_is_refused_at_once(nomad: NomadClient) -> None:
+    """A FIFO blocked the read until Nomad's SIGTERM, and the answer blamed the store."""
+    path = nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
+    path.unlink(missing_ok=True)
+    os.mkfifo(path, 0o600)
+    fetched = nomad.fetch("aws", "prod/db")
+    assert not fetched.run.terminated
+    assert fetched.plugin_error == f"the config file {path} is not a regular file; write a file there"
+
+
+def test_a_config_held_open_for_writing_is_refused(nomad: NomadClient, moto_endpoint: str) -> None:
+    path = write_config(nomad.plugin_dir, aws_config(moto_endpoint))
+    with open(path, "a"):
+        fetched = nomad.fetch("aws", "prod/db")
+    assert fetched.plugin_error == (
+        f"the config file {path} stayed open for writing for 2 s (`fuser -v {path}` shows the"
+        " process): write the new config to a temporary file in the same directory and rename it into place"
+    )

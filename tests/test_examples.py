@@ -54,6 +54,8 @@ def test_config_examples_parse_and_validate(where: str, text: str) -> None:
     parsed = config.parse(text.encode(), where)
     for name in parsed.providers:
         assert parsed.provider(name).store in config.STORES
+    if where.endswith(".toml"):  # a whole file, not a block of docs: it must say who reads what
+        config.require_policy(parsed)
 
 
 def test_there_are_examples_of_each_kind() -> None:

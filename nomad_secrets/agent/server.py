@@ -259,6 +259,9 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Config reads in the request threads take a read lease (config.py),
+    # whose break is a SIGIO: its default would end the agent.
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
     log("listening", on=where, config=config.path)
     try:
         server.serve_forever(poll_interval=0.5)

@@ -1,0 +1,271 @@
+"""An operator's bad day with the unpack cache (issue #15): the first fetch
+of a new build stopped by Nomad's SIGTERM, a cache damaged after it was
+made, a disk too small to compile into, abandoned temporary directories,
+and `install`/`check` when the cache cannot be unpacked. Each through the
+built executable as Nomad runs it, with the build's own ``--cache-dir``."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import aws_config, build_artifact, put_secret
+from nomad import NomadClient, install_plugin, nomad_env, run_plugin
+
+from nomad_secrets import cache as cache_module
+from nomad_secrets.bootstrap import UNPACK_LOCK
+
+
+class Node:
+    """A fresh node: one build, its own empty cache directory, installed."""
+
+    def __init__(self, top: Path, moto_endpoint: str, decoder: Any, cache: Path | None = None) -> None:
+        self.cache = cache or top / "cache"
+        self.exe = build_artifact(top / "dist" / "nomad-secrets", self.cache)
+        self.plugins = top / "plugins"
+        install_plugin(self.exe, self.plugins, ["aws"], aws_config(moto_endpoint))
+        self.nomad = NomadClient(self.plugins, decoder)
+
+    def entry(self) -> Path:
+        (entry,) = [p for p in self.cache.iterdir() if cache_module.ENTRY.match(p.name)]
+        return entry
+
+    def leftovers(self) -> list[str]:
+        if not self.cache.exists():  # stopped before it made the cache directory
+            return []
+        return sorted(n for n in os.listdir(self.cache) if n.startswith((".unpack-", ".prune-")))
+
+    def fetch(self, **kwargs: Any) -> Any:
+        return self.nomad.fetch("aws", "reliability/db", **kwargs)
+
+    def sigterm_at(self, seconds: float) -> Any:
+        """A fetch that Nomad stops (SIGTERM) after ``seconds``, as it is."""
+        env = nomad_env("fetch", {}, "web", "default")
+        return run_plugin(self.nomad.executable("aws"), ["fetch", "reliability/db"], env, seconds)
+
+
+@pytest.fixture
+def node(tmp_path: Path, moto_endpoint: str, decoder: Any, secretsmanager: Any) -> Node:
+    put_secret(secretsmanager, "reliability/db", "v")
+    return Node(tmp_path, moto_endpoint, decoder)
+
+
+def answer(run: Any) -> dict[str, Any]:
+    assert run.returncode == 0 and run.stderr == b"", run
+    parsed: dict[str, Any] = json.loads(run.stdout)
+    return parsed
+
+
+# --- the first fetch of a new build ----------------------------------------------------------------
+
+
+def test_sigterm_while_waiting_for_the_unpacker_gets_an_answer(node: Node) -> None:
+    """Another run holds the unpack lock (a burst right after an upgrade):
+    Nomad's SIGTERM finds this one waiting and it answers at once, naming
+    the cache and what to do. On today's main it died with empty stdout."""
+    node.cache.mkdir(mode=0o700, exist_ok=True)
+    lock = os.open(node.cache / UNPACK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        run = run_plugin(
+            node.nomad.executable("aws"),
+            ["fetch", "reliability/db"],
+            nomad_env("fetch", {}, "web", "default"),
+            1.0,
+        )
+    finally:
+        os.close(lock)
+    assert run.terminated and run.seconds_after_term is not None and run.seconds_after_term < 1.0
+    error = answer(run)["error"]
+    assert error.startswith("stopped by Nomad (SIGTERM) while nomad-secrets unpacked a new build into")
+    assert str(node.cache) in error and "install" in error
+    assert node.leftovers() == []
+
+
+@pytest.mark.parametrize("after", [0.05, 0.1, 0.15, 0.2, 0.3, 0.45])
+def test_sigterm_while_unpacking_leaves_nothing_behind(node: Node, after: float) -> None:
+    """SIGTERM at some moment of a first fetch: the answer is the secret or
+    the SIGTERM message, never empty; no temporary directory is left, and the
+    next fetch works."""
+    run = run_plugin(
+        node.nomad.executable("aws"),
+        ["fetch", "reliability/db"],
+        nomad_env("fetch", {}, "web", "default"),
+        after,
+    )
+    said = answer(run)
+    assert said == {"result": {"value": "v"}} or said["error"].startswith("stopped by Nomad (SIGTERM)"), said
+    assert node.leftovers() == []
+    assert node.fetch().result == {"value": "v"}
+
+
+def test_install_unpacks_for_the_interpreter_of_the_shebang(node: Node) -> None:
+    """After `install`, the build is unpacked where Nomad's runs will look
+    (the shebang's interpreter, the build's cache): the first fetch unpacks
+    nothing."""
+    shutil.rmtree(node.cache, ignore_errors=True)
+    installed = subprocess.run(
+        [str(node.exe), "install", "--common-plugin-dir", str(node.plugins), "--force"],
+        capture_output=True,
+        text=True,
+        env={},
+        timeout=120,
+    )
+    assert installed.returncode == 0, installed
+    assert "unpacked " in installed.stdout
+    entry = node.entry()
+    made = entry.stat().st_ino, entry.stat().st_mtime_ns
+    assert node.fetch().result == {"value": "v"}
+    assert (node.entry().stat().st_ino, node.entry().stat().st_mtime_ns) == made
+
+
+def test_abandoned_unpack_directories_are_removed(node: Node) -> None:
+    """A `.unpack-*` of a killed run (no lock on it) goes at the next prune;
+    one a live unpacker holds stays, however old."""
+    assert node.fetch().ok
+    dead = node.cache / ".unpack-killed"
+    live = node.cache / ".unpack-working"
+    for folder in (dead, live):
+        (folder / "lib").mkdir(parents=True, mode=0o700)
+        (folder / "lib" / "x.py").write_text("x = 1\n")
+        os.chmod(folder, 0o700)
+        old = time.time() - 2 * cache_module.STALE_UNPACK_AGE
+        os.utime(folder, (old, old))
+    held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_SH)
+    try:
+        removed, kept = cache_module.prune(str(node.cache), "none")
+    finally:
+        os.close(held)
+    assert ".unpack-killed" in removed and not dead.exists()
+    assert live.exists() and any(k.startswith(".unpack-working: in use") for k in kept)
+
+
+# --- a damaged cache -----------------------------------------------------------------------------
+
+
+def _cut(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return len(data) // 2, len(data)
+
+
+def _pyc(entry: Path, module: str) -> Path:
+    """``lib/botocore/endpoint`` -> its .pyc for the interpreter of the entry."""
+    folder, name = module.rsplit("/", 1)
+    tag = entry.name.split("-", 1)[1]  # <build id>-<cache tag>
+    return entry / folder / "__pycache__" / f"{name}.{tag}.pyc"
+
+
+DATA_FILE = "sdk-default-configuration.json"
+DAMAGE: dict[str, Callable[[Path], object]] = {
+    "our module's .pyc cut short": lambda e: _cut(_pyc(e, "lib/nomad_secrets/cli")),
+    "botocore's .pyc cut short": lambda e: _cut(_pyc(e, "lib/botocore/endpoint")),
+    "a botocore data file garbled": lambda e: (
+        e / "lib/botocore/data/sdk-default-configuration.json"
+    ).write_text("{"),
+    "an empty build directory": lambda e: shutil.rmtree(e / "lib"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_cache_heals_within_the_fetch(node: Node, damage: str) -> None:
+    """Damage after the unpack (a cleanup job, a full disk, a bad block): the
+    fetch moves the directory aside, unpacks afresh and answers. On today's
+    main: a traceback and exit 1, or "internal error", on every fetch."""
+    assert node.fetch().ok
+    DAMAGE[damage](node.entry())
+    assert cache_module.damage(str(node.entry())) is not None
+    fetched = node.fetch()
+    assert fetched.result == {"value": "v"}, fetched
+    assert cache_module.damage(str(node.entry())) is None
+    assert node.leftovers() == []
+
+
+def test_damage_on_the_second_try_is_named(node: Node) -> None:
+    """A run that is already the second try (or too late to unpack again)
+    answers with what it found and where, and moves the directory aside for
+    the next fetch."""
+    assert node.fetch().ok
+    entry = node.entry()
+    pyc = _pyc(entry, "lib/botocore/endpoint")
+    now, was = _cut(pyc)
+    fetched = node.fetch(env_block={cache_module.AGAIN: "1"})
+    assert fetched.plugin_error == (
+        f"nomad-secrets cannot run: its unpacked files in {entry} were damaged"
+        f" ({pyc.relative_to(entry)} has {now} bytes, not {was});"
+        " they have been moved aside, and the next fetch unpacks them again"
+    )
+    assert not entry.exists()
+    assert node.fetch().result == {"value": "v"}
+
+
+def test_check_names_damage(node: Node) -> None:
+    assert node.fetch().ok
+    entry = node.entry()
+    DAMAGE["botocore's .pyc cut short"](entry)
+    # check runs from the same directory (the same interpreter, the same build).
+    proc = subprocess.run(
+        [str(node.nomad.executable("aws")), "check"], capture_output=True, text=True, env={}, timeout=60
+    )
+    assert proc.returncode == 1, proc
+    assert f"the unpack directory {entry} is damaged: lib/botocore/__pycache__/endpoint" in proc.stdout
+
+
+# --- a disk too small, a cache that cannot be used -------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs that holds the unpacked sources but not their compiled code."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mounts a tmpfs)")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_compile_that_runs_out_of_disk_leaves_nothing(
+    tmp_path: Path, small_disk: Path, moto_endpoint: str, decoder: Any, secretsmanager: Any
+) -> None:
+    """On today's main the 6 MB temporary directory stayed, and every later
+    fetch failed with "No space left on device"."""
+    put_secret(secretsmanager, "reliability/db", "v")
+    probe = build_artifact(tmp_path / "probe" / "nomad-secrets", tmp_path / "probe-cache")
+    with zipfile.ZipFile(probe) as outer, zipfile.ZipFile(BytesIO(outer.read("lib.zip"))) as inner:
+        sources = sum(info.file_size for info in inner.infolist())
+    size = sources + 512 * 1024  # room for the sources, not for 2 MB of .pyc
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(small_disk)], check=True
+    )
+    node = Node(tmp_path / "n", moto_endpoint, decoder, cache=small_disk / "cache")
+    fetched = node.fetch()
+    assert fetched.plugin_error is not None and fetched.plugin_error.startswith("nomad-secrets cannot start:")
+    assert str(small_disk / "cache") in fetched.plugin_error
+    assert node.leftovers() == []
+    usage = shutil.disk_usage(small_disk)
+    assert usage.used < 64 * 1024, usage  # the temporary directory is gone, not left to fill the disk
+
+
+def test_check_and_install_fail_when_the_cache_cannot_be_unpacked(node: Node) -> None:
+    """A cache directory others may write to is refused (trust rules): fetch
+    answers with an error object; check and install, for people and their
+    tools, exit 1 and say why on stderr (today's main exited 0)."""
+    node.cache.mkdir(exist_ok=True)
+    os.chmod(node.cache, 0o777)
+    assert "cache directory" in str(node.fetch().plugin_error)
+    for argv in (["check"], ["install", "--common-plugin-dir", str(node.plugins), "--force"]):
+        proc = subprocess.run([str(node.exe), *argv], capture_output=True, text=True, env={}, timeout=60)
+        assert proc.returncode == 1, (argv, proc)
+        assert proc.stdout == "" and "cache directory" in proc.stderr, (argv, proc)
