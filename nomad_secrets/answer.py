@@ -72,7 +72,12 @@ def error_answer(exc: BaseException, start: float, heal: Callable[[str], None] |
     text could quote a secret. An exception that is not ours may come from
     the unpack directory, damaged since it was made: its manifest says
     (cache.damage, read only here, on the way out). ``heal`` (the plugin's,
-    not the agent's) moves it aside and may start the run again."""
+    not the agent's) moves it aside and may start the run again. A limit
+    of the process (file descriptors, memory) comes first: it is named,
+    and never taken for damage."""
+    from nomad_secrets.limits import exhausted
+
+    exc = exhausted(exc, "answering the fetch") or exc  # a limit of the process, reported as something else
     if isinstance(exc, PluginError):
         debuglog.log("failed", error=type(exc).__name__, message=exc.message, ms=_ms(start))
         return protocol.encode_error(exc.message)

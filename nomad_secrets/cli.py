@@ -165,6 +165,8 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float, again: 
         config = config_module.load(executable)
         if config.plugin.debug_log:
             debuglog.enable(config.plugin.debug_log)  # a log that fails the trust rules is left off
+        if protocol.discard_note:
+            debuglog.log("no-dev-null", reason=protocol.discard_note)
         deadline = Deadline(config.plugin.deadline_seconds or DEFAULT_SECONDS, start=start)
         if config.agent.socket:
             _ask_agent(config, os.path.abspath(executable), argv[2], environ, deadline)

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from nomad_secrets import debuglog, policy
+from nomad_secrets import debuglog, limits, policy
 from nomad_secrets.backends import STORE_LABELS, Backend, open_backend, read_scope
 from nomad_secrets.config import Config, check_files, require_policy
 from nomad_secrets.deadline import Deadline
@@ -69,6 +69,12 @@ def fetch(
 
     try:
         return resolve(refs, stores, backend_for, deadline, config.plugin.max_output_bytes)
+    except BaseException as exc:
+        # A library reports a limit as something else ("cannot connect"): say which limit.
+        limit = limits.exhausted(exc)
+        if limit is None:
+            raise
+        raise limit from None
     finally:
         for backend in backends.values():
             backend.close()
@@ -104,16 +110,28 @@ def resolve(
     """
     backends = {store: backend_for(store) for store in dict.fromkeys(stores)}
     done: queue.SimpleQueue[tuple[int, dict[str, str] | BaseException]] = queue.SimpleQueue()
-
-    def read(index: int) -> None:
-        ref, store = refs[index], stores[index]
-        try:
-            done.put((index, shape(ref, backends[store].read(ref), STORE_LABELS[store])))
-        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-            done.put((index, exc))
-
+    pending: queue.SimpleQueue[int] = queue.SimpleQueue()
     for index in range(len(refs)):
-        threading.Thread(target=read, args=(index,), daemon=True, name=f"ref-{index}").start()
+        pending.put(index)
+    failed = threading.Event()
+
+    def read_pending() -> None:
+        while not failed.is_set() and not deadline.expired():
+            try:
+                index = pending.get_nowait()
+            except queue.Empty:
+                return
+            ref, store = refs[index], stores[index]
+            try:
+                done.put((index, shape(ref, backends[store].read(ref), STORE_LABELS[store])))
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                failed.set()  # fail closed: no reader starts another reference
+                done.put((index, exc))
+
+    readers = start_readers(read_pending, reader_count(len(refs)))
+    if readers == 0:  # no thread could start (memory, or the threads limit): read in turn, here
+        debuglog.log("reading-in-turn", references=len(refs))
+        read_pending()
     results: dict[int, dict[str, str]] = {}
     size = 0
     while len(results) < len(refs):
@@ -130,6 +148,31 @@ def resolve(
             raise _too_large(refs[index], max_output_bytes)
         results[index] = outcome
     return merge([(refs[i], results[i]) for i in range(len(refs))])
+
+
+def reader_count(references: int) -> int:
+    """Readers to start: one a reference, as many as the file descriptor
+    limit leaves room for (each holds a connection while it reads)."""
+    free = limits.descriptors_free()
+    if free is None:
+        return references
+    room = free - limits.SPARE_DESCRIPTORS
+    if room < 1:
+        raise limits.out_of_descriptors("starting to read the secrets")
+    return min(references, room)
+
+
+def start_readers(target: Callable[[], None], count: int) -> int:
+    """Start up to ``count`` threads running ``target``; how many started.
+    A thread that cannot start (its stack is more than the memory limit
+    leaves, or the threads limit is reached) leaves the work to the others."""
+    for started in range(count):
+        try:
+            threading.Thread(target=target, daemon=True, name=f"reader-{started}").start()
+        except RuntimeError:
+            debuglog.log("reader-not-started", started=started, wanted=count)
+            return started
+    return count
 
 
 def encoded_size(values: Mapping[str, str]) -> int:

@@ -10,14 +10,16 @@ What Nomad requires (../shared/NOMAD_CONTRACT.md, from Nomad's source):
 - nothing on stderr after exit 0: the client logs it through a nil logger.
 
 So ``guard_stdio`` keeps a private duplicate of the real stdout and points
-fds 1 and 2 at /dev/null (or the operator's debug log), before any library
-can print; ``answer`` writes the one object to the private fd with SIGTERM
-blocked and leaves through ``os._exit(0)``, which skips atexit hooks and
-interpreter teardown, where warnings and finalizers would print.
+fds 1 and 2 at /dev/null (or the operator's debug log; a memory file where
+/dev/null cannot be opened), before any library can print; ``answer``
+writes the one object to the private fd with SIGTERM blocked and leaves
+through ``os._exit(0)``, which skips atexit hooks and interpreter
+teardown, where warnings and finalizers would print.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 _out_fd: int | None = None
+# Why /dev/null could not be used, for the debug log once it is open.
+discard_note: str | None = None
 
 
 def fingerprint_line(go_version: str) -> bytes:
@@ -42,20 +46,67 @@ def guard_stdio() -> None:
 
     Once the config is read, ``debuglog.enable`` may point fd 2 at the
     operator's debug log instead, so that a library's warning is kept for
-    the operator and never reaches Nomad.
+    the operator and never reaches Nomad. It opens one file descriptor for
+    good (the copy of stdout): when not even that is left, the answer says
+    so on fd 1 itself.
     """
-    global _out_fd
+    global _out_fd, discard_note
     if _out_fd is not None:
         return
-    _out_fd = os.dup(1)
-    os.set_inheritable(_out_fd, False)
-    null = os.open(os.devnull, os.O_RDWR)
+    try:  # what an answer needs, loaded while a module can still be opened
+        import json  # noqa: F401 - for encode_error
+
+        import nomad_secrets.limits  # noqa: F401 - for _answer_exhausted
+    except OSError:
+        os.write(1, NO_DESCRIPTORS_TO_START)
+        os._exit(0)
+    try:
+        out_fd = os.dup(1)
+    except OSError as exc:
+        _answer_exhausted(exc, "starting")
+        os._exit(1)  # fd 1 is not open: there is no one to answer
+    os.set_inheritable(out_fd, False)
+    _out_fd = out_fd
+    try:
+        discard = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        _answer_exhausted(exc, "starting")
+        # No usable /dev/null (a mount namespace without it, a directory
+        # bound over it): what libraries write is kept in memory instead,
+        # and goes when the process does. Nothing the fetch needs is lost.
+        discard_note = f"{os.devnull}: {exc.strerror}"
+        try:
+            discard = os.memfd_create("nomad-secrets-discard", os.MFD_CLOEXEC)
+        except OSError as memfd_exc:
+            _answer_exhausted(memfd_exc, "starting")
+            answer_error(
+                f"nomad-secrets cannot start: {os.devnull} cannot be opened ({exc.strerror}) and no"
+                f" memory file can stand in for it ({memfd_exc.strerror}); the operator restores"
+                f" {os.devnull} (a character device, 1:3, mode 0666) in the Nomad client's mount namespace"
+            )
     for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
+        os.dup2(discard, fd)
+    os.close(discard)
     # Python-level writers too: their buffers would otherwise flush at exit.
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives for the process
+    # On fds 1 and 2 as they now are: no more descriptors, no second open.
+    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives for the process
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - ditto
+
+
+# Out of file descriptors before a module could be loaded: nothing else is left to say it.
+NO_DESCRIPTORS_TO_START = (
+    b'{"result": {}, "error": "nomad-secrets ran out of file descriptors while starting (RLIMIT_NOFILE,'
+    b" the Nomad client's own limit): the operator raises LimitNOFILE in the Nomad client's systemd"
+    b' unit, or ulimit -n where it starts, and restarts it"}\n'
+)
+
+
+def _answer_exhausted(exc: OSError, doing: str) -> None:
+    """Answer now when ``exc`` is a file descriptor limit; else return."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        from nomad_secrets.limits import out_of_descriptors
+
+        answer_error(out_of_descriptors(doing, exc.errno))
 
 
 def encode_result(result: Mapping[str, str]) -> bytes:

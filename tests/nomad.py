@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,10 @@ def run_plugin(
     env: dict[str, str],
     timeout: float = DEFAULT_TIMEOUT,
     kill_after: float = KILL_AFTER,
+    node: Callable[[], None] | None = None,
 ) -> PluginRun:
+    """``node``: runs in the child before the exec, to give the plugin the
+    node it is tested on (resource limits, a mount namespace)."""
     start = time.monotonic()
     proc = subprocess.Popen(
         [str(executable), *argv],
@@ -93,6 +97,7 @@ def run_plugin(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd="/",
+        preexec_fn=node,
     )
     terminated = False
     term_at: float | None = None
@@ -151,12 +156,14 @@ class NomadClient:
         job_id: str | None = "example",
         namespace: str | None = "default",
         timeout: float | None = None,
+        node: Callable[[], None] | None = None,
     ) -> Fetched:
         run = run_plugin(
             self.executable(name),
             ["fetch", path],
             nomad_env("fetch", env_block, job_id, namespace),
             timeout or self.timeout,
+            node=node,
         )
         self._check(run)
         if run.returncode != 0 or run.terminated:

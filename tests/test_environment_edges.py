@@ -1,0 +1,199 @@
+"""The node as it may really be, made real for the executable run as Nomad
+runs it: a mount namespace without /dev/null, the Nomad client's resource
+limits (RLIMIT_NOFILE, RLIMIT_AS, RLIMIT_STACK) inherited by the plugin, a
+debug log whose directory is gone. Each one gets an answer that names the
+limit and who can raise it, or a fetch that still succeeds; never a
+traceback, a silent exit 1, or "cannot connect" for a socket the process
+could not make. The stores are real: moto's server and OpenBao.
+
+The limits and the namespace are set in the child between fork and exec
+(``node``), with every function resolved in the parent: the test process
+has threads (moto's server), and a child of a threaded parent must not
+load anything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import resource
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import aws_config, put_secret, write_config
+from nomad import Fetched, NomadClient
+from openbao import Vault, unique
+
+MiB = 1 << 20
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_unshare = _libc.unshare
+_mount = _libc.mount
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+CLONE_NEWNS = 0x00020000
+MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
+
+
+def limited(**limits: int) -> Callable[[], None]:
+    """A child that runs under these soft and hard limits (resource.RLIMIT_<NAME>)."""
+    pairs = [(getattr(resource, f"RLIMIT_{name.upper()}"), value) for name, value in limits.items()]
+
+    def node() -> None:
+        for which, value in pairs:
+            resource.setrlimit(which, (value, value))
+
+    return node
+
+
+def mount_namespace(
+    *mounts: tuple[bytes, bytes, bytes, int], then: list[bytes] | None = None
+) -> Callable[[], None]:
+    """A child in its own mount namespace (private: nothing reaches the
+    host's), with ``mounts`` (source, target, type, flags) made in it, then
+    the directories ``then`` created."""
+    needs_root()
+
+    def node() -> None:
+        if _unshare(CLONE_NEWNS) != 0 or _mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+            os._exit(90)
+        for source, target, kind, flags in mounts:
+            if _mount(source, target, kind, flags, None) != 0:
+                os._exit(91)
+        for directory in then or []:
+            os.mkdir(directory)
+
+    return node
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a mount namespace of its own (scripts/test runs the suite as root)")
+
+
+def answered(fetched: Fetched) -> Fetched:
+    """Exit 0 and one JSON object: the harness already refused stderr and tracebacks."""
+    assert fetched.run.returncode == 0 and not fetched.run.terminated, fetched
+    return fetched
+
+
+def debug_logged(nomad: NomadClient, config: str, log: Path) -> None:
+    write_config(nomad.plugin_dir, config + f'[plugin]\ndebug_log = "{log}"\n')
+
+
+# -- no /dev/null ------------------------------------------------------------------------
+
+
+EMPTY_DEV = (b"none", b"/dev", b"tmpfs", 0)
+
+
+@pytest.mark.parametrize("dev", ["tmpfs-over-dev", "empty-dir-over-dev", "dev-null-a-directory"])
+def test_no_dev_null_still_answers(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path, dev: str
+) -> None:
+    """Nomad's client opened its own /dev/null for the plugin's stdin; in
+    the plugin's view there is none, or a directory: the fetch needs none,
+    and says so in the debug log only."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    if dev == "tmpfs-over-dev":
+        node = mount_namespace(EMPTY_DEV)
+    elif dev == "empty-dir-over-dev":
+        node = mount_namespace((str(empty).encode(), b"/dev", b"", MS_BIND))
+    else:
+        node = mount_namespace(EMPTY_DEV, then=[b"/dev/null"])
+    log = tmp_path / "debug.log"
+    debug_logged(nomad, aws_config(moto_endpoint), log)
+    put_secret(secretsmanager, "edge-no-dev-null", "v")
+    fetched = answered(nomad.fetch("aws", "edge-no-dev-null", node=node))
+    assert fetched.ok and fetched.result == {"value": "v"}, fetched
+    assert "no-dev-null" in log.read_text(), log.read_text()
+    assert os.path.exists("/dev/null") and not os.listdir(empty)  # the host's view is untouched
+
+
+# -- file descriptors --------------------------------------------------------------------
+
+FD_ERROR = ("ran out of file descriptors", "RLIMIT_NOFILE", "LimitNOFILE")
+
+
+def _vault_refs(vault: Vault, count: int) -> tuple[str, dict[str, str]]:
+    expected: dict[str, str] = {}
+    lines: list[str] = []
+    for i in range(count):
+        name = unique("fd")
+        vault.server.put_kv("secret", name, {"v": f"value-{i}"})
+        lines.append(f"k{i} = vault:secret/{name}")
+        expected[f"k{i}_v"] = f"value-{i}"
+    return "\n".join(lines), expected
+
+
+@pytest.mark.parametrize("nofile", [5, 6])
+def test_too_few_file_descriptors_is_named(vault: Vault, nofile: int) -> None:
+    """Below what one read needs (5: not even the copy of stdout and
+    /dev/null; 6: no room for a connection), the answer names the limit
+    and the Nomad client's LimitNOFILE: not exit 1, not "cannot connect"."""
+    path, _ = _vault_refs(vault, 3)
+    message = vault.error(path, node=limited(nofile=nofile))
+    for words in FD_ERROR:
+        assert words in message, message
+    assert f"is {nofile}" in message, message
+    assert "cannot connect" not in message
+
+
+@pytest.mark.parametrize("nofile", [7, 8])
+def test_more_references_than_file_descriptors_are_read_in_turn(vault: Vault, nofile: int) -> None:
+    """20 references under a limit with room for one or two connections at
+    once: as many readers as fit, and every value, where a thread and a
+    socket for each reference ran out ("cannot connect to Vault")."""
+    path, expected = _vault_refs(vault, 20)
+    fetched = answered(vault.fetch(path, node=limited(nofile=nofile)))
+    assert fetched.ok and fetched.result == expected, fetched.plugin_error
+
+
+# -- memory and threads ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("stack_mib", "as_mib"), [(512, 400), (64, 300)])
+def test_threads_that_cannot_start_leave_the_reads_to_fewer(
+    vault: Vault, tmp_path: Path, stack_mib: int, as_mib: int
+) -> None:
+    """Each thread reserves RLIMIT_STACK of address space: under RLIMIT_AS
+    none (512/400 MiB) or only some (64/300 MiB) of ten can start. The
+    references are read by those that did, or in turn by the main thread."""
+    log = tmp_path / "debug.log"
+    vault.sections = f'[plugin]\ndebug_log = "{log}"\n'
+    vault.configure()
+    path, expected = _vault_refs(vault, 10)
+    fetched = answered(vault.fetch(path, node=limited(stack=stack_mib * MiB, **{"as": as_mib * MiB})))
+    assert fetched.ok and fetched.result == expected, fetched.plugin_error
+    logged = log.read_text()
+    assert "reader-not-started" in logged, logged
+    if stack_mib == 512:
+        assert "reading-in-turn" in logged, logged
+
+
+def test_out_of_memory_is_named(nomad: NomadClient, secretsmanager: Any) -> None:
+    """An address space too small for botocore: the answer says memory ran
+    out and which limit to raise, not "internal error (MemoryError)"."""
+    put_secret(secretsmanager, "edge-memory", "v")
+    fetched = answered(nomad.fetch("aws", "edge-memory", node=limited(**{"as": 28 * MiB})))
+    message = str(fetched.plugin_error)
+    assert not fetched.ok and "ran out of memory" in message and "LimitAS" in message, fetched
+    assert "28 MiB" in message, message
+
+
+# -- the debug log -----------------------------------------------------------------------
+
+
+def test_debug_log_in_a_missing_directory_is_left_off(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """The operator's log directory is gone (a cleanup, a volume not
+    mounted): the job did nothing wrong, the fetch answers."""
+    log = tmp_path / "gone" / "debug.log"
+    debug_logged(nomad, aws_config(moto_endpoint), log)
+    put_secret(secretsmanager, "edge-log-dir", "v")
+    fetched = answered(nomad.fetch("aws", "edge-log-dir"))
+    assert fetched.ok and fetched.result == {"value": "v"}, fetched
+    assert not log.parent.exists()
