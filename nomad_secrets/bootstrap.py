@@ -211,13 +211,29 @@ def _answer_error(message: str) -> NoReturn:
     """Nomad's answer (an error object, exit 0) for fetch; a line on stderr
     and exit 1 for the commands people and their tools run (check, install),
     which must not look like success."""
-    import json
-
     if _operation() == "fetch" or not _operation():
-        os.write(1, json.dumps({"result": {}, "error": message}).encode() + b"\n")
+        os.write(1, b'{"result": {}, "error": ' + _json_string(message) + b"}\n")
         os._exit(0)
     os.write(2, message.encode() + b"\n")
     os._exit(1)
+
+
+def _json_string(text: str) -> bytes:
+    """``text`` as a JSON string, ASCII only, without importing json: out of
+    file descriptors, not even that import works."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif code > 0xFFFF:  # a surrogate pair, as JSON writes it
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return ('"' + "".join(out) + '"').encode()
 
 
 def _operation() -> str:
@@ -283,6 +299,13 @@ def main(loader: object) -> None:
         try:
             from nomad_secrets.cli import run
         except Exception as exc:  # noqa: BLE001 - the unpacked files, damaged since it was made
+            limit = _out_of(exc)
+            if limit:  # not damage: the cache must stay where it is
+                _answer_error(
+                    f"nomad-secrets ran out of {limit} while it started: the limits (RLIMIT_NOFILE,"
+                    " RLIMIT_AS) of the process that started it apply; for a fetch, the Nomad client's:"
+                    " LimitNOFILE, LimitAS or MemoryMax in its systemd unit (docs/troubleshooting.md)"
+                )
             _damaged(os.path.dirname(lib), exc, environ, again)
     except Stopped:
         _answer_error(_stopped_message(cache_dir))
@@ -290,7 +313,14 @@ def main(loader: object) -> None:
         _answer_error(f"nomad-secrets cannot start: {exc}")
     except Exception as exc:  # noqa: BLE001 - Nomad must get an answer
         _answer_error(f"nomad-secrets cannot start: {type(exc).__name__} while unpacking")
-    run()
+    try:
+        run()
+    except Stopped:  # between here and cli.py's own answer to SIGTERM
+        protocol = sys.modules.get("nomad_secrets.protocol")
+        message = "stopped by Nomad (SIGTERM) while nomad-secrets started; Nomad's plugin timeout passed"
+        if protocol is not None:
+            protocol.answer_error(message)  # stdout may be guarded by now: its own way out
+        _answer_error(message)
 
 
 def _damaged(entry: str, exc: Exception, environ: dict[str, str], again: bool) -> NoReturn:
@@ -304,6 +334,22 @@ def _damaged(entry: str, exc: Exception, environ: dict[str, str], again: bool) -
         f"nomad-secrets cannot start: its unpacked code in {entry} was damaged ({what});"
         " it has been moved aside, and the next fetch unpacks it again"
     )
+
+
+def _out_of(exc: BaseException | None) -> str:
+    """ "file descriptors" or "memory" when that is what ``exc`` (or its
+    cause) ran into, else "": a limit of the process, not a damaged cache."""
+    import errno
+
+    for _ in range(8):
+        if exc is None:
+            break
+        if isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM:
+            return "memory"
+        if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
+            return "file descriptors"
+        exc = exc.__cause__ or exc.__context__
+    return ""
 
 
 def _cache_module() -> Any:

@@ -141,6 +141,27 @@ def test_too_few_file_descriptors_is_named(vault: Vault, nofile: int) -> None:
     assert "cannot connect" not in message
 
 
+def test_too_few_file_descriptors_to_start_leave_the_cache_alone(vault: Vault, artifact: Path) -> None:
+    """4: the bootstrap cannot even import the plugin's code (the import
+    lists the unpacked directory). It answers, without json (that import
+    fails too), and does not take the failure for a damaged cache."""
+    import zipfile
+
+    from nomad_secrets import cache
+
+    path, expected = _vault_refs(vault, 2)
+    first = answered(vault.fetch(path))
+    assert first.result == expected, first.plugin_error  # unpacked
+    build_id, cache_dir = zipfile.ZipFile(artifact).read("build-info").decode().split("\n")[:2]
+    entry = Path(cache_dir or cache.default_cache_dir()) / cache.entry_name(build_id)
+    made = entry.stat().st_ino
+    message = vault.error(path, node=limited(nofile=4))
+    for words in FD_ERROR:
+        assert words in message, message
+    assert "while it started" in message and "damaged" not in message
+    assert entry.stat().st_ino == made
+
+
 @pytest.mark.parametrize("nofile", [7, 8])
 def test_more_references_than_file_descriptors_are_read_in_turn(vault: Vault, nofile: int) -> None:
     """20 references under a limit with room for one or two connections at
