@@ -12,7 +12,8 @@ broken server):
   ``framing``: "length" (a Content-Length, ``length`` if given: it may lie),
   "chunked", or "close" (neither: the end is the close).
 
-It counts the bytes it sent (``sent``), so a test sees where the reader stopped.
+It counts the connections it accepted (``connections``: one per attempt)
+and the bytes it sent (``sent``), so a test sees where the reader stopped.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class NotAws:
     ) -> None:
         self.body, self.status, self.stream, self.framing = body, status, stream, framing
         self.length = len(body or b"") + stream if length is None else length
-        self.sent = 0
+        self.sent = self.connections = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -48,6 +49,7 @@ class NotAws:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
