@@ -63,11 +63,11 @@ def open_backend(
     if store == "aws-sm":
         from nomad_secrets.backends.aws_sm import SecretsManager
 
-        return SecretsManager(provider.aws, options, deadline, identity)
+        return SecretsManager(provider.aws, options, deadline, identity, provider)
     if store == "aws-ssm":
         from nomad_secrets.backends.aws_ssm import ParameterStore
 
-        return ParameterStore(provider.aws, options, deadline, identity)
+        return ParameterStore(provider.aws, options, deadline, identity, provider)
     from nomad_secrets.backends.vault import Vault
 
     return Vault(provider.vault, options, deadline)

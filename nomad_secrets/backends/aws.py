@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from nomad_secrets import errors
-from nomad_secrets.config import AwsSettings
+from nomad_secrets.config import AwsSettings, Provider
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import ConfigError, PluginError, RequestError, StoreError
 from nomad_secrets.reference import MAX_REFERENCES
@@ -35,9 +36,14 @@ class AwsStore:
     service = ""  # botocore's name: "secretsmanager", "ssm"
 
     def __init__(
-        self, settings: AwsSettings, options: JobOptions, deadline: Deadline, identity: Identity
+        self,
+        settings: AwsSettings,
+        options: JobOptions,
+        deadline: Deadline,
+        identity: Identity,
+        provider: Provider | None = None,
     ) -> None:
-        self.client = make_client(self.service, settings, options, deadline, identity)
+        self.client = make_client(self.service, settings, options, deadline, identity, provider)
         # For messages: where a read looked, and who chose that region.
         self.region = str(self.client.meta.region_name)
         self.region_source = "the job's AWS_REGION" if options.region else "aws.region in the config"
@@ -69,13 +75,21 @@ def region_for(settings: AwsSettings, options: JobOptions) -> str | None:
 
 
 def make_client(
-    service: str, settings: AwsSettings, options: JobOptions, deadline: Deadline, identity: Identity
+    service: str,
+    settings: AwsSettings,
+    options: JobOptions,
+    deadline: Deadline,
+    identity: Identity,
+    provider: Provider | None = None,
 ) -> Any:
+    """A botocore client for ``service``; ``provider``, when the settings are
+    a provider's, names its section in a message about its keys."""
     import botocore.config
     import botocore.exceptions
     import botocore.session
 
     from nomad_secrets._version import __version__
+    from nomad_secrets.backends.aws_http import bound_answers
 
     region = region_for(settings, options)
     config = botocore.config.Config(
@@ -92,7 +106,7 @@ def make_client(
     session = botocore.session.Session()
     credentials: dict[str, str] = {}
     if settings.web_identity_role_arn:
-        credentials = _web_identity(session, config, settings, options, identity, deadline)
+        credentials = _web_identity(session, config, settings, options, identity, deadline, provider)
     elif settings.access_key_id or settings.secret_access_key:
         if not (settings.access_key_id and settings.secret_access_key):
             raise ConfigError("aws.access_key_id and aws.secret_access_key go together; set both or neither")
@@ -103,8 +117,8 @@ def make_client(
         if settings.session_token:
             credentials["aws_session_token"] = settings.session_token
     try:
-        return session.create_client(
-            service, config=config, endpoint_url=_endpoint(settings, service), **credentials
+        client = session.create_client(
+            service, config=config, endpoint_url=_endpoint(settings, service, provider), **credentials
         )
     except botocore.exceptions.NoRegionError:
         raise RequestError(
@@ -112,10 +126,50 @@ def make_client(
         ) from None
     except botocore.exceptions.InvalidRegionError:
         raise RequestError(f"the AWS region {region!r} is not a region name (such as us-east-2)") from None
+    bound_answers(client)
+    return client
 
 
-def _endpoint(settings: AwsSettings, service: str) -> str | None:
-    return settings.endpoint_urls.get(service, settings.endpoint_url)
+def _endpoint(settings: AwsSettings, service: str, provider: Provider | None) -> str | None:
+    """The endpoint for ``service``, checked before botocore sees it: botocore
+    raises ValueError on some bad URLs (an unclosed [, a port past 65535) and
+    sends to others (ftp://) only to fail there."""
+    key = f"endpoint_urls.{service}" if service in settings.endpoint_urls else "endpoint_url"
+    url = settings.endpoint_urls.get(service, settings.endpoint_url)
+    problem = None if url is None else _endpoint_problem(url)
+    if problem is None:
+        return url
+    section = "aws"
+    if provider is not None and key.split(".")[0] in provider.own_keys:
+        section = f"providers.{provider.name}"
+    # The value is not repeated: the job author sees this message, and a URL may hold a password.
+    raise ConfigError(
+        f"{section}.{key} in the config {problem}; write https:// or http://, a host name or"
+        " address (IPv6 in [ ]) and, if needed, a port and a path, such as"
+        f" https://{service}.us-east-2.amazonaws.com or http://127.0.0.1:4566"
+    )
+
+
+def _endpoint_problem(url: str) -> str | None:
+    from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a [ without its ], or no IPv6 address inside [ ]
+        return "is not a URL (check the [ ] around an IPv6 address)"
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        port = 0
+    if parts.scheme not in ("http", "https"):
+        return "must start with https:// or http://"
+    if port == 0:
+        return "has a port that is not a number from 1 to 65535"
+    if parts.query or parts.fragment:
+        return "has a query (?) or a fragment (#)"
+    if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+        return "has no host name or address that botocore accepts"
+    return None
 
 
 def _web_identity(
@@ -125,6 +179,7 @@ def _web_identity(
     options: JobOptions,
     identity: Identity,
     deadline: Deadline,
+    provider: Provider | None,
 ) -> dict[str, str]:
     """Credentials for the job's own role, from its workload identity token.
 
@@ -135,6 +190,8 @@ def _web_identity(
     """
     import botocore
     import botocore.exceptions
+
+    from nomad_secrets.backends.aws_http import bound_answers
 
     if not options.workload_token or identity.namespace is None or identity.job_id is None:
         raise RequestError(
@@ -155,7 +212,8 @@ def _web_identity(
             retries={"mode": "standard", "total_max_attempts": 1},
         )
     )
-    sts = session.create_client("sts", config=unsigned, endpoint_url=_endpoint(settings, "sts"))
+    sts = session.create_client("sts", config=unsigned, endpoint_url=_endpoint(settings, "sts", provider))
+    bound_answers(sts)
     try:
         answer = sts.assume_role_with_web_identity(
             RoleArn=role_arn, RoleSessionName=session_name, WebIdentityToken=options.workload_token
@@ -188,7 +246,9 @@ def not_an_aws_answer(reference: str, label: str) -> StoreError:
 
 def aws_errors() -> tuple[type[Exception], ...]:
     """What a botocore call raises: its own tree, and the response parser's
-    error, which sits outside it (an HTML error page where XML was due)."""
+    errors, which sit outside it: ResponseParserError (an HTML error page
+    where XML was due), and UnicodeDecodeError (the JSON parser decodes the
+    body as UTF-8 before anything else: a binary answer)."""
     import botocore.exceptions
     import botocore.parsers
 
@@ -196,6 +256,7 @@ def aws_errors() -> tuple[type[Exception], ...]:
         botocore.exceptions.ClientError,
         botocore.exceptions.BotoCoreError,
         botocore.parsers.ResponseParserError,
+        UnicodeDecodeError,
     )
 
 
@@ -232,6 +293,8 @@ def store_error(
     import botocore.exceptions as bx
     import botocore.parsers
 
+    from nomad_secrets.backends.aws_http import AnswerTooLarge
+
     if region and region not in known_regions():
         fix = (
             "set AWS_REGION in the secret block's env to an AWS region, such as us-east-2"
@@ -243,8 +306,15 @@ def store_error(
             f" (botocore {botocore.__version__} knows every region up to its release); {fix}"
         )
     where = f" in {region}" if region else ""
-    if isinstance(exc, botocore.parsers.ResponseParserError):
+    if isinstance(exc, (botocore.parsers.ResponseParserError, UnicodeDecodeError)):
         return not_an_aws_answer(reference, label)
+    if isinstance(exc, AnswerTooLarge):
+        return StoreError(
+            reference,
+            label,
+            f"the endpoint's answer is larger than {exc.kwargs['limit']} bytes, more than any AWS answer",
+            "check aws.endpoint_url and any proxy in between",
+        )
     if isinstance(exc, bx.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         message = str(exc.response.get("Error", {}).get("Message", ""))
