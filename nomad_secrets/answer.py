@@ -29,7 +29,7 @@ def fetch_answer(
     *,
     pool: StorePool | None = None,
     observer: Observer | None = None,
-    heal: Callable[[str], None] | None = None,
+    heal: Callable[[str], bool] | None = None,
 ) -> bytes:
     """Fetch and encode; never raises. The operator's audit record and
     metrics (``observer``, made here unless given) see how it ended;
@@ -67,7 +67,7 @@ def observer_for(
     return Observer(config, provider, path, environ, start)
 
 
-def error_answer(exc: BaseException, start: float, heal: Callable[[str], None] | None = None) -> bytes:
+def error_answer(exc: BaseException, start: float, heal: Callable[[str], bool] | None = None) -> bytes:
     """Our own message, or for anything else its type only: an exception's
     text could quote a secret. An exception that is not ours may come from
     the unpack directory, damaged since it was made: its manifest says
@@ -87,19 +87,10 @@ def error_answer(exc: BaseException, start: float, heal: Callable[[str], None] |
 
     entry = cache.entry_of(nomad_secrets.__file__)
     damage = cache.damage(entry) if entry else None
-    if entry and (damage or isinstance(exc, ImportError)):
+    if entry and damage:
         debuglog.log("damaged", directory=entry, damage=damage)
-        if heal is None:
-            return protocol.encode_error(
-                f"nomad-secrets cannot run: its unpacked files in {entry} are damaged"
-                f" ({damage or type(exc).__name__}); the operator removes that directory (and"
-                " restarts the node agent), and the next fetch unpacks it again"
-            )
-        heal(entry)  # returns when it does not start the run again
         return protocol.encode_error(
-            f"nomad-secrets cannot run: its unpacked files in {entry} were damaged"
-            f" ({damage or type(exc).__name__}); they have been moved aside, and the next fetch"
-            " unpacks them again"
+            cache.damaged_message(entry, damage, None if heal is None else heal(entry))
         )
     import traceback
 

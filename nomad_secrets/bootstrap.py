@@ -43,6 +43,9 @@ def _stop(signum: int, frame: object) -> None:
     raise Stopped
 
 
+_phase = ["started"]  # what the bootstrap was doing, for the SIGTERM message
+
+
 def unpacked(archive: str, build_id: str, cache_root: str) -> str:
     """The directory to import from, unpacking the archive's lib/ if needed,
     held in use until this process exits. ``cache_root`` "" is the default."""
@@ -73,7 +76,7 @@ def unpacked(archive: str, build_id: str, cache_root: str) -> str:
 
                 with contextlib.suppress(OSError):  # the next new build tries again
                     cache.prune(cache_root, build_id, cache.FETCH_PRUNE_MIN_AGE)
-            return os.path.join(entry, "lib")
+            return cache.import_path(entry)
     raise CacheError(f"the cache directory {entry} was removed three times while this run started")
 
 
@@ -116,6 +119,7 @@ class _one_unpacker:
         finally:
             os.umask(old_umask)
         fetch = _operation() == "fetch"
+        _phase[0] = "waited for another run to unpack a new build into"
         start = time.monotonic()
         end = start + (max(FETCH_WAIT_UNTIL_AGE - self.age, 0.0) if fetch else UNPACK_WAIT_SECONDS)
         while True:
@@ -160,6 +164,7 @@ def _unpack(
         problem = untrusted(cache_root, "cache directory")  # before writing into it
         if problem:
             raise CacheError(problem)
+        _phase[0] = "unpacked a new build into"
         tmp = tempfile.mkdtemp(prefix=".unpack-", dir=cache_root)
         held = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -168,7 +173,7 @@ def _unpack(
                 lib = io.BytesIO(outer.read("lib.zip"))  # a zip in the zip: see scripts/build
             with zipfile.ZipFile(lib) as inner:
                 inner.extractall(tmp)
-            _compile(os.path.join(tmp, "lib"))
+            _compile(os.path.join(tmp, "lib"), cache_root)
             cache.write_manifest(tmp)
             with open(os.path.join(tmp, cache.HELD_MARK), "w") as f:
                 f.write("runs of this build hold a shared flock on this directory while they run\n")
@@ -192,7 +197,7 @@ def _unpack(
         os.umask(old_umask)
 
 
-def _compile(lib: str) -> None:
+def _compile(lib: str, cache_root: str) -> None:
     """Byte-compile everything for this interpreter before the directory is
     published: the cache never changes after the rename. Unchecked-hash
     .pyc files are trusted without comparing source times (the sources sit
@@ -204,7 +209,12 @@ def _compile(lib: str) -> None:
         lib, quiet=2, workers=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
     )
     if not ok:
-        raise CacheError(f"cannot compile the unpacked code in {lib}")
+        try:
+            disk = os.statvfs(cache_root)
+            free = f": {disk.f_bavail * disk.f_frsize / 1e6:.1f} MB free on its disk (a build needs about 8)"
+        except OSError:
+            free = ""
+        raise CacheError(f"cannot compile the unpacked code into the cache directory {cache_root}{free}")
 
 
 def _answer_error(message: str) -> NoReturn:
@@ -288,7 +298,7 @@ def main(loader: object) -> None:
 
         _signal.signal(_signal.SIGTERM, _stop)
     environ = dict(os.environ)  # as Nomad gave it, for a run started again
-    again = environ.pop("NOMAD_SECRETS_UNPACKED_AGAIN", None) is not None  # cache.AGAIN; cli.py drops it
+    again = _cache_module().started_again(environ)  # cli.py takes the mark out of os.environ
     archive = _versioned(loader)
     loader = sys.path_importer_cache.get(archive, loader)
     build_id, cache_dir = loader.get_data("build-info").decode().split("\n")[:2]  # type: ignore[attr-defined]
@@ -299,14 +309,7 @@ def main(loader: object) -> None:
         try:
             from nomad_secrets.cli import run
         except Exception as exc:  # noqa: BLE001 - the unpacked files, damaged since it was made
-            limit = _out_of(exc)
-            if limit:  # not damage: the cache must stay where it is
-                _answer_error(
-                    f"nomad-secrets ran out of {limit} while it started: the limits (RLIMIT_NOFILE,"
-                    " RLIMIT_AS) of the process that started it apply; for a fetch, the Nomad client's:"
-                    " LimitNOFILE, LimitAS or MemoryMax in its systemd unit (docs/troubleshooting.md)"
-                )
-            _damaged(os.path.dirname(lib), exc, environ, again)
+            _failed(lib, exc, environ, again)
     except Stopped:
         _answer_error(_stopped_message(cache_dir))
     except CacheError as exc:
@@ -315,6 +318,8 @@ def main(loader: object) -> None:
         _answer_error(f"nomad-secrets cannot start: {type(exc).__name__} while unpacking")
     try:
         run()
+    except Exception as exc:  # noqa: BLE001 - our code failed before it could answer
+        _failed(lib, exc, environ, again)
     except Stopped:  # between here and cli.py's own answer to SIGTERM
         protocol = sys.modules.get("nomad_secrets.protocol")
         message = "stopped by Nomad (SIGTERM) while nomad-secrets started; Nomad's plugin timeout passed"
@@ -323,17 +328,29 @@ def main(loader: object) -> None:
         _answer_error(message)
 
 
-def _damaged(entry: str, exc: Exception, environ: dict[str, str], again: bool) -> NoReturn:
-    """A cache directory that no longer imports (a cleanup job, a full disk,
-    a bad block): moved aside, and this run started again to unpack afresh,
-    when it is early enough and not already the second try."""
+def _failed(lib: str, exc: Exception, environ: dict[str, str], again: bool) -> NoReturn:
+    """Our own code failed to start: a limit of the process (the cache stays
+    as it is), or a cache directory damaged since it was made (a cleanup
+    job, a full disk, a bad block), which is moved aside, and this run
+    started again to unpack afresh, when it is early enough and not already
+    the second try."""
+    limit = _out_of(exc)
+    if limit:
+        _answer_error(
+            f"nomad-secrets ran out of {limit} while it started: the limits (RLIMIT_NOFILE,"
+            " RLIMIT_AS) of the process that started it apply; for a fetch, the Nomad client's:"
+            " LimitNOFILE, LimitAS or MemoryMax in its systemd unit (docs/troubleshooting.md)"
+        )
     cache = _cache_module()
-    what = cache.damage(entry) or type(exc).__name__
-    cache.heal(entry, environ, cache.process_age(), again)
-    _answer_error(
-        f"nomad-secrets cannot start: its unpacked code in {entry} was damaged ({what});"
-        " it has been moved aside, and the next fetch unpacks it again"
-    )
+    entry = os.path.realpath(os.path.dirname(lib))
+    what = cache.damage(entry)
+    if not what:  # nothing to heal: ours to hear of
+        _answer_error(
+            f"nomad-secrets cannot start: {type(exc).__name__} while it started, with its unpacked code"
+            f" in {entry} as unpacked; please report it"
+        )
+    moved = cache.heal(entry, environ, cache.process_age(), again)
+    _answer_error(cache.damaged_message(entry, what, moved))
 
 
 def _out_of(exc: BaseException | None) -> str:
@@ -363,8 +380,14 @@ def _cache_module() -> Any:
 def _stopped_message(cache_dir: str) -> str:
     cache = _cache_module()
     where = cache_dir or cache.default_cache_dir()
+    if _phase[0] == "started":
+        return (
+            f"stopped by Nomad (SIGTERM) while nomad-secrets started, after {cache.process_age():.1f} s:"
+            " Nomad's plugin timeout passed; a node starting many tasks at once may need the node"
+            " agent (docs/agent.md)"
+        )
     return (
-        f"stopped by Nomad (SIGTERM) while nomad-secrets unpacked a new build into {where}, after"
+        f"stopped by Nomad (SIGTERM) while nomad-secrets {_phase[0]} {where}, after"
         f" {cache.process_age():.1f} s: the first fetches after an install or upgrade do this once;"
         " `nomad-secrets install` (or `check`) unpacks it before tasks start (docs/upgrading.md)"
     )

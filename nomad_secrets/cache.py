@@ -21,6 +21,7 @@ this file beside the zip's ``__main__.py``, like trust.py.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -46,9 +47,21 @@ STALE_UNPACK_AGE = 60.0
 
 _held: list[int] = []  # descriptors kept open (and locked) until exit
 
-# Set in the environment of a run started again after its unpack directory
-# was found damaged and moved aside (``heal``): that run does not try again.
-AGAIN = "NOMAD_SECRETS_UNPACKED_AGAIN"
+# Set (to the pid) in the environment of a run started again after its
+# unpack directory was found damaged and moved aside (``heal``): that run
+# does not try again. Any other value is the job's, and refused as such.
+AGAIN = "_NOMAD_SECRETS_STARTED_AGAIN"  # not NOMAD_*, which a job option check lets by
+
+
+def started_again(environ: dict[str, str]) -> bool:
+    """Whether this run is ``heal``'s second try; takes its mark out of
+    ``environ`` (a job's own value stays, for the job options' check)."""
+    if environ.get(AGAIN) == str(os.getpid()):
+        del environ[AGAIN]
+        return True
+    return False
+
+
 # Started again only this early in a run: a fresh unpack takes about a
 # second on an idle node, and Nomad's clock counts from the first start.
 HEAL_BEFORE_SECONDS = 4.0
@@ -87,6 +100,15 @@ def hold(entry: str) -> bool:
     return True
 
 
+def import_path(entry: str) -> str:
+    """Where a run imports from once it holds ``entry``: the directory by its
+    descriptor (``/proc/self/fd/N/lib``), which no rename can take from
+    under the run (another run moving a damaged copy aside, a prune); the
+    path itself where /proc is not mounted."""
+    via = f"/proc/self/fd/{_held[-1]}/lib" if _held else ""
+    return via if via and os.path.isdir(via) else os.path.join(entry, "lib")
+
+
 def prune(cache_root: str, keep_build: str, min_age: float = 0.0) -> tuple[list[str], list[str]]:
     """Remove the directories of builds other than ``keep_build`` that no
     process holds; the names removed, and the ones kept with the reason.
@@ -98,8 +120,8 @@ def prune(cache_root: str, keep_build: str, min_age: float = 0.0) -> tuple[list[
     now = time.time()
     for name in sorted(os.listdir(cache_root)):
         path = os.path.join(cache_root, name)
-        if name.startswith(".prune-"):  # renamed by a pruner that stopped midway: nobody's
-            if _remove(cache_root, path, name, kept):
+        if name.startswith(".prune-"):  # moved aside (heal), or a pruner stopped midway
+            if _remove_unheld(cache_root, path, name, kept, rename=False):
                 removed.append(name)
             continue
         if name.startswith(".unpack-"):
@@ -122,7 +144,7 @@ def prune(cache_root: str, keep_build: str, min_age: float = 0.0) -> tuple[list[
     return removed, kept
 
 
-def _remove_unheld(cache_root: str, path: str, name: str, kept: list[str]) -> bool:
+def _remove_unheld(cache_root: str, path: str, name: str, kept: list[str], rename: bool = True) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -134,9 +156,10 @@ def _remove_unheld(cache_root: str, path: str, name: str, kept: list[str]) -> bo
         except OSError:
             kept.append(f"{name}: in use by a running fetch")
             return False
-        trash = os.path.join(cache_root, f".prune-{name}-{os.getpid()}")
+        trash = os.path.join(cache_root, f".prune-{name}-{os.getpid()}") if rename else path
         try:
-            os.rename(path, trash)  # under the lock: no fetch takes it from here on
+            if rename:
+                os.rename(path, trash)  # under the lock: no fetch takes it from here on
         except OSError as exc:
             kept.append(f"{name}: {exc.strerror}")
             return False
@@ -219,32 +242,57 @@ def damage(entry: str) -> str | None:
 
 def entry_of(module_file: str) -> str | None:
     """The unpack directory a module of ours was imported from
-    (``<entry>/lib/nomad_secrets/x.py``), or None outside the executable."""
-    entry = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(module_file))))
-    return entry if os.path.lexists(os.path.join(entry, HELD_MARK)) else None
+    (``<entry>/lib/nomad_secrets/x.py``, through ``/proc/self/fd/N``: its
+    name now, ``.prune-<entry>-<pid>`` once another run moved it aside), or
+    None outside the executable."""
+    entry = os.path.realpath(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(module_file)))))
+    name = os.path.basename(entry)
+    if ENTRY.match(name) or (name.startswith(".prune-") and ENTRY.match(name[7:].rsplit("-", 1)[0])):
+        return entry  # by its name: a cleaner may have taken its marks
+    return None
 
 
-def heal(entry: str, environ: dict[str, str], age: float, again: bool) -> None:
+def heal(entry: str, environ: dict[str, str], age: float, again: bool) -> bool:
     """Move a damaged unpack directory aside, then, unless this run is
     already a second try or late, start it again in place (``execve``: same
     process, same arguments, same environment, Nomad's clock still running),
-    and that run unpacks afresh. Returns only when it does not start again;
-    the next fetch unpacks then. ``environ``: the environment Nomad gave;
+    and that run unpacks afresh. Returns only when it does not start again
+    (whether the directory was moved aside: the next fetch unpacks then).
+    A directory another run moved aside already is left where it is. ``environ``: the environment Nomad gave;
     ``again``: this run is the second try (AGAIN was in its environment)."""
     cache_root = os.path.dirname(entry)
     aside = os.path.join(cache_root, f".prune-{os.path.basename(entry)}-{os.getpid()}")
-    try:
-        os.rename(entry, aside)
-    except OSError:
-        pass  # already moved by another run, or not ours to move: unpack looks again
-    else:
-        _remove(cache_root, aside, aside, [])
+    # Only moved: runs that hold it import through their descriptor
+    # (import_path) and finish; prune removes it once none holds it. An
+    # OSError: moved by another run already, or not ours to move.
+    moved = not ENTRY.match(os.path.basename(entry))  # moved aside by another run
+    if not moved:
+        with contextlib.suppress(OSError):
+            os.rename(entry, aside)
+            moved = True
     if again or age > HEAL_BEFORE_SECONDS:
-        return
+        return moved
+    # The mark is this process's pid (execve keeps it): a job's env block
+    # cannot say "already tried" for a run it does not know the pid of.
+    marked = {**environ, AGAIN: str(os.getpid())}
     try:
-        os.execve(sys.executable, sys.orig_argv, {**environ, AGAIN: "1"})  # noqa: S606 - ourselves, as Nomad ran us
+        os.execve(sys.executable, sys.orig_argv, marked)  # noqa: S606 - ourselves, as Nomad ran us
     except OSError:
-        return
+        return moved
+
+
+def damaged_message(entry: str, what: str, moved: bool | None) -> str:
+    """What a run says of a damaged unpack directory; ``moved`` None: a
+    long-lived process (the agent), which moves nothing."""
+    said = f"nomad-secrets cannot run: its unpacked files in {entry} were damaged ({what}); "
+    if moved is None:
+        return said + "the operator removes that directory and restarts the node agent"
+    if moved:
+        return said + "they have been moved aside, and the next fetch unpacks them again"
+    return (
+        said
+        + "they could not be moved aside: the operator removes them, and the next fetch unpacks them again"
+    )
 
 
 def process_age() -> float:

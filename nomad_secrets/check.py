@@ -362,7 +362,9 @@ def _probe_aws(settings: AwsSettings, names: list[str], report: Report) -> None:
 
     credentials = "static keys from the config" if settings.access_key_id else "the node's default chain"
     try:
-        options = JobOptions(region=settings.region or "us-east-1")
+        # The probe's region is not a job's: with aws.region set (and pinned by
+        # job_region = false), it is the config's own.
+        options = JobOptions(region=None if settings.region or not settings.job_region else "us-east-1")
         sts = make_client("sts", settings, options, Deadline(PROBE_SECONDS), Identity(None, None))
         arn = sts.get_caller_identity()["Arn"]
     except PluginError as exc:

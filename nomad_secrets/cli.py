@@ -66,7 +66,7 @@ def run() -> NoReturn:
     environ = dict(os.environ)
     os.environ.clear()
     # Ours, set on a run started again after a damaged cache (cache.heal).
-    again = environ.pop(cache.AGAIN, None) is not None
+    again = cache.started_again(environ)
     if operation in OPERATOR_COMMANDS or operation in HELP_FLAGS:
         sys.exit(operator_command(operation, argv, environ))
     if operation != "fetch" and os.isatty(1):
@@ -185,34 +185,32 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float, again: 
     protocol.answer(answer)
 
 
-def _healer(environ: dict[str, str], again: bool) -> Callable[[str], None]:
+def _healer(environ: dict[str, str], again: bool) -> Callable[[str], bool]:
     """Move a damaged unpack directory aside and start this run again in
     place (cache.heal), with Nomad's stdout and environment."""
 
-    def heal(entry: str) -> None:
+    def heal(entry: str) -> bool:
         from nomad_secrets import cache
 
         protocol.restore_stdout()
-        cache.heal(entry, environ, cache.process_age(), again)
+        return cache.heal(entry, environ, cache.process_age(), again)
 
     return heal
 
 
-def _error_answer(exc: BaseException, start: float, heal: Callable[[str], None]) -> bytes:
+def _error_answer(exc: BaseException, start: float, heal: Callable[[str], bool]) -> bytes:
     try:
         from nomad_secrets.answer import error_answer
     except BaseException:  # noqa: BLE001 - our own modules damaged, answer.py among them
         from nomad_secrets import cache
 
         entry = cache.entry_of(__file__)
-        if entry is not None:
-            heal(entry)  # returns when it does not start the run again
-        return protocol.encode_error(
-            f"nomad-secrets cannot run: its unpacked files in {entry} were damaged"
-            f" ({type(exc).__name__}); they have been moved aside, and the next fetch unpacks them again"
-            if entry is not None
-            else f"nomad-secrets cannot run: its files are damaged ({type(exc).__name__}); reinstall it"
-        )
+        damage = cache.damage(entry) if entry is not None else None
+        if entry is None or damage is None:
+            return protocol.encode_error(
+                f"nomad-secrets cannot run: {type(exc).__name__} while it started; please report it"
+            )
+        return protocol.encode_error(cache.damaged_message(entry, damage, heal(entry)))
     return error_answer(exc, start, heal)
 
 

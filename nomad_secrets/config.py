@@ -26,7 +26,9 @@ names the key and the file, so that a typo is seen, not ignored.
 from __future__ import annotations
 
 import os
+import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
@@ -200,10 +202,45 @@ def find_config(executable: str) -> str | None:
     the plugin directory is where the operator put the name.
     """
     beside = os.path.join(os.path.dirname(os.path.abspath(executable)), CONFIG_FILE_NAME)
-    for candidate in (beside, SYSTEM_CONFIG):
-        if os.path.lexists(candidate):
-            return candidate
-    return None
+    candidates = (beside, SYSTEM_CONFIG)
+    import time
+
+    give_up = time.monotonic() + ABSENT_WAIT_SECONDS
+    while True:
+        for candidate in candidates:
+            if os.path.lexists(candidate):
+                return candidate
+        # None there. A deploy that removes the file, then writes the new
+        # one (`install -m`, `rm; cp`) shows a moment without it, which must
+        # not read as "no config, every job reads everything": while the
+        # directories changed a moment ago, look again.
+        if not _changed_within(candidates, ABSENT_QUIET_SECONDS):
+            return None
+        if time.monotonic() > give_up:
+            raise ConfigError(
+                f"no config file in {os.path.dirname(beside)}, whose entries kept changing for"
+                f" {ABSENT_WAIT_SECONDS:g} s: deploy the config by renaming a new file into place"
+                " (docs/configuration.md)"
+            )
+        time.sleep(ABSENT_POLL_SECONDS)
+
+
+# A config directory changed less than ABSENT_QUIET_SECONDS ago, with no
+# config in it: being redeployed; looked at again for up to ABSENT_WAIT_SECONDS.
+ABSENT_QUIET_SECONDS, ABSENT_WAIT_SECONDS, ABSENT_POLL_SECONDS = 0.25, 1.0, 0.02
+
+
+def _changed_within(candidates: tuple[str, ...], seconds: float) -> bool:
+    import time
+
+    for candidate in candidates:
+        try:
+            changed = os.stat(os.path.dirname(candidate)).st_mtime
+        except OSError:
+            continue
+        if time.time() - changed < seconds:
+            return True
+    return False
 
 
 def provider_name(executable: str) -> str:
@@ -448,6 +485,8 @@ def parse(text: bytes, path: str) -> Config:
         raise ConfigError(
             f"agent.socket in {path} must be an absolute path, such as /run/nomad-secrets/agent.sock"
         )
+    if "policy" in data:
+        _policy_last(text.decode("utf-8"), path, tomllib.loads)
     return Config(
         agent=agent,
         policy=_policy(data.get("policy"), path),
@@ -524,6 +563,31 @@ def _check_vault(vault: VaultSettings, where: str, path: str) -> None:
     for mount, version in vault.kv_mounts.items():
         if version not in (1, 2):
             raise ConfigError(f"{where}.kv_mounts.{mount} in {path} is {version}; KV versions are 1 and 2")
+
+
+_POLICY_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*policy[ \t]*\]\]", re.M)
+
+
+def _policy_last(text: str, path: str, loads: Callable[[str], dict[str, Any]]) -> None:
+    """The rules come last in the file, after every other section: a file
+    cut short (a writer that died, a full disk, appends caught between two
+    writes) then loses rules, which grants less, and never a setting such
+    as a provider's own credentials or web_identity_role_arn, which could
+    grant more. With require_policy and allow last in each rule, no prefix
+    of the file grants more than the whole file (docs/configuration.md)."""
+    first = _POLICY_HEADER.search(text)
+    after = None
+    if first is not None:
+        try:
+            after = sorted(set(loads(text[first.start() :])) - {"policy"})
+        except ValueError:  # the header was inside a string: say it the plain way
+            after = ["?"]
+    if first is None or after:
+        raise ConfigError(
+            f"in {path}, write the [[policy]] rules at the end of the file, after every other section"
+            + (f" ([{after[0]}] comes after a rule)" if after and after != ["?"] else "")
+            + ": a file cut short must lose rules, never settings"
+        )
 
 
 def _policy(rules: Any, path: str) -> tuple[Rule, ...] | None:

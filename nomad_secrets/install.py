@@ -158,7 +158,9 @@ def _place(source: str, plugin_dir: str, target: str) -> None:
     with zipfile.ZipFile(source) as zf:
         build_id = zf.read("build-info").decode().split("\n")[0]
     versioned = os.path.join(plugin_dir, f"{EXECUTABLE_NAME}.{build_id}")
-    if not os.path.isfile(versioned):
+    # Written again only when its bytes are not the build's: a `cp` over the
+    # symlink wrote another build into it (a reviewer's upgrade by hand).
+    if not (os.path.isfile(versioned) and filecmp.cmp(source, versioned, shallow=False)):
         tmp = versioned + ".tmp"
         shutil.copyfile(source, tmp)
         os.chmod(tmp, 0o755)  # noqa: S103 - an executable others may run, not write

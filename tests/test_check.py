@@ -182,3 +182,12 @@ def test_the_readme_json_check_with_jq(plugin_dir: Path) -> None:
         f"{aws} check --format json | {jq} -e '{line.group(1)}'", shell=True, env={}, capture_output=True
     )
     assert broken.returncode == 1 and broken.stdout == b"false\n"
+
+
+def test_a_pinned_region_is_probed_with_the_config_region(plugin_dir: Path, moto_endpoint: str) -> None:
+    """job_region = false: check's probe is not a job, and must not be
+    refused as one setting AWS_REGION (it was, so check always failed)."""
+    write_config(plugin_dir, aws_config(moto_endpoint, "job_region = false\n"))
+    code, out = check(plugin_dir)
+    assert code == 0, out
+    assert "pins the AWS region" not in out

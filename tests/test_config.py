@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import aws_config, write_config
+from conftest import aws_config, put_secret, write_config
 from nomad import NomadClient
 
 from nomad_secrets import config
@@ -119,6 +121,9 @@ PROBES = [
     )
 ]
 WHOLE_FILES = [
+    # the reviewers': settings whose loss would grant more, then the rules.
+    '[aws]\nregion = "us-east-2"\njob_region = false\n\n[providers.aws]\nstore = "aws-sm"\n'
+    'web_identity_role_arn = "arn:aws:iam::1:role/nomad/{namespace}@{job}"\n\n[[policy]]\nallow = ["*:**"]\n',
     # docs/policy.md's shape: a narrow rule first, then a wide one.
     '[plugin]\ndeadline_seconds = 8\n[[policy]]\nnamespace = "payments"\njob = "billing"\n'
     'allow = ["vault:secret/payments/**"]\n\n[[policy]]\nallow = ["aws-sm:nomad/{namespace}/{job}/**"]\n',
@@ -130,8 +135,9 @@ WHOLE_FILES = [
 ]
 
 
-def _granted(text: str) -> set[tuple[str, str, str, str]] | None:
-    """What a config (possibly cut) lets jobs read; None when it is refused."""
+def _granted(text: str) -> tuple[set[tuple[str, str, str, str]], config.Config] | None:
+    """What a config (possibly cut) lets jobs read, and the settings they
+    read with; None when it is refused."""
     from nomad_secrets import policy
 
     try:
@@ -147,7 +153,7 @@ def _granted(text: str) -> set[tuple[str, str, str, str]] | None:
         except PolicyDenied:
             continue
         granted.add(probe)
-    return granted
+    return granted, replace_path(loaded)
 
 
 def replace_path(loaded: config.Config) -> config.Config:
@@ -161,11 +167,33 @@ def test_no_cut_of_a_config_grants_more_than_the_whole_file(whole: str) -> None:
     """A read at any moment of a rewrite in place sees a prefix of the new
     file: every prefix, byte by byte, is refused or grants no more than the
     whole file (a cut before [[policy]] read as "no policy" granted all)."""
-    full = _granted(whole)
-    assert full  # the whole file grants something, so the check means something
+    from dataclasses import replace
+
+    whole_read = _granted(whole)
+    assert whole_read and whole_read[0]  # the whole file grants something: the check means something
+    full, settings = whole_read
     for end in range(len(whole)):
         cut = _granted(whole[:end])
-        assert cut is None or cut <= full, (whole[:end], cut - full)
+        if cut is None:
+            continue
+        assert cut[0] <= full, (whole[:end], cut[0] - full)
+        # and whatever it grants is read with the whole file's settings
+        assert replace(cut[1], policy=None) == replace(settings, policy=None), whole[:end]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[[policy]]\nallow = ["*:**"]\n[aws]\nregion = "us-east-2"\n',
+        '[[policy]]\nallow = ["*:**"]\n[providers.x]\nstore = "aws-sm"\n',
+        'policy = [{ allow = ["*:**"] }]\n[aws]\nregion = "us-east-2"\n',
+    ],
+)
+def test_rules_come_last(text: str) -> None:
+    """A setting after the rules would be lost first by a cut, and its loss
+    can grant more (a provider's own credentials, web_identity_role_arn)."""
+    with pytest.raises(ConfigError, match=r"write the \[\[policy\]\] rules at the end of the file"):
+        config.parse(text.encode(), "f")
 
 
 def test_allow_is_written_after_namespace_and_job() -> None:
@@ -186,6 +214,37 @@ def test_a_config_file_without_policy_reads_nothing(nomad: NomadClient, moto_end
     )
 
 
+DENIED_TO_WEB = '[[policy]]\njob = "billing"\nallow = ["aws-sm:**"]\n'
+
+
+def _fetches_while(
+    nomad: NomadClient, endpoint: str, name: str, write: Callable[[Path, bytes], None], count: int
+) -> tuple[Path, list[Any]]:
+    """``count`` fetches by job web of a secret the whole config denies it,
+    while ``write`` deploys that same config again and again."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    text = aws_config(endpoint, DENIED_TO_WEB).encode()
+    path = write_config(nomad.plugin_dir, text.decode())
+    stop = threading.Event()
+
+    def deploy() -> None:
+        while not stop.is_set():
+            write(path, text)
+
+    writer = threading.Thread(target=deploy)
+    writer.start()
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            fetched = list(pool.map(lambda _: nomad.fetch("aws", name, job_id="web"), range(count)))
+    finally:
+        stop.set()
+        writer.join()
+    assert [f.result for f in fetched if f.result] == []
+    return path, fetched
+
+
 def test_a_config_rewritten_in_place_never_grants_more(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: object
 ) -> None:
@@ -193,37 +252,41 @@ def test_a_config_rewritten_in_place_never_grants_more(
     does: truncate, write part, write the rest), while 20 fetches run. The
     whole file denies job web; no fetch may read the secret. On today's main
     8 of 20 did."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
 
-    from conftest import put_secret
+    def rewrite(path: Path, text: bytes) -> None:
+        with open(path, "r+b") as f:
+            f.truncate(0)
+            f.write(text[: len(text) // 2])
+            f.flush()
+            time.sleep(0.002)
+            f.write(text[len(text) // 2 :])
 
     put_secret(secretsmanager, "midwrite/db", "granted")
-    text = aws_config(moto_endpoint, '[[policy]]\njob = "billing"\nallow = ["aws-sm:**"]\n').encode()
-    path = write_config(nomad.plugin_dir, text.decode())
-    stop = threading.Event()
-
-    def rewrite() -> None:
-        while not stop.is_set():
-            with open(path, "r+b") as f:
-                f.truncate(0)
-                f.write(text[: len(text) // 2])
-                f.flush()
-                time.sleep(0.002)
-                f.write(text[len(text) // 2 :])
-
-    writer = threading.Thread(target=rewrite)
-    writer.start()
-    try:
-        with ThreadPoolExecutor(10) as pool:
-            fetched = list(pool.map(lambda _: nomad.fetch("aws", "midwrite/db", job_id="web"), range(20)))
-    finally:
-        stop.set()
-        writer.join()
-    assert [f.result for f in fetched if f.result] == []
+    _, fetched = _fetches_while(nomad, moto_endpoint, "midwrite/db", rewrite, 20)
     for f in fetched:
         message = f.plugin_error or ""
         assert "policy matches namespace 'default', job 'web'" in message or "open for writing" in message, f
+
+
+def test_a_config_deployed_by_remove_and_create_never_grants_more(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: object
+) -> None:
+    """`install -m` and `rm; cp` remove the file, then create the new one: a
+    fetch in between found no config, which means built-in defaults, every
+    job reading everything (a reviewer: 40 of 90 got past the policy)."""
+
+    def redeploy(path: Path, text: bytes) -> None:
+        path.unlink()
+        time.sleep(0.005)  # the next process (cp) starting
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, text)
+        os.close(fd)
+
+    put_secret(secretsmanager, "redeploy/db", "granted")
+    path, fetched = _fetches_while(nomad, moto_endpoint, "redeploy/db", redeploy, 30)
+    for f in fetched:  # the policy's answer, or a refusal of the file caught between the two
+        message = f.plugin_error or ""
+        assert "policy matches namespace 'default', job 'web'" in message or str(path.parent) in message, f
 
 
 def test_a_fifo_as_the_config_is_refused_at_once(nomad: NomadClient) -> None:

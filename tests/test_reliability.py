@@ -88,7 +88,9 @@ def test_sigterm_while_waiting_for_the_unpacker_gets_an_answer(node: Node) -> No
         os.close(lock)
     assert run.terminated and run.seconds_after_term is not None and run.seconds_after_term < 1.0
     error = answer(run)["error"]
-    assert error.startswith("stopped by Nomad (SIGTERM) while nomad-secrets unpacked a new build into")
+    assert error.startswith(
+        "stopped by Nomad (SIGTERM) while nomad-secrets waited for another run to unpack a new build into"
+    )
     assert str(node.cache) in error and "install" in error
     assert node.leftovers() == []
 
@@ -219,15 +221,15 @@ def test_a_damaged_cache_heals_within_the_fetch(node: Node, damage: str) -> None
     assert node.leftovers() == []
 
 
-def test_damage_on_the_second_try_is_named(node: Node) -> None:
-    """A run that is already the second try (or too late to unpack again)
-    answers with what it found and where, and moves the directory aside for
-    the next fetch."""
+def test_damage_found_late_is_named(node: Node) -> None:
+    """A run too late to unpack again (started 4.5 s before, as on a node
+    starting many tasks at once) answers with what it found and where, and
+    moves the directory aside for the next fetch."""
     assert node.fetch().ok
     entry = node.entry()
     pyc = _pyc(entry, "lib/botocore/endpoint")
     now, was = _cut(pyc)
-    fetched = node.fetch(env_block={cache_module.AGAIN: "1"})
+    fetched = node.fetch(node=lambda: time.sleep(cache_module.HEAL_BEFORE_SECONDS + 0.5))
     assert fetched.plugin_error == (
         f"nomad-secrets cannot run: its unpacked files in {entry} were damaged"
         f" ({pyc.relative_to(entry)} has {now} bytes, not {was});"
@@ -237,16 +239,46 @@ def test_damage_on_the_second_try_is_named(node: Node) -> None:
     assert node.fetch().result == {"value": "v"}
 
 
+def test_a_job_cannot_say_the_run_was_started_again(node: Node) -> None:
+    """The mark of a second try is the run's own pid: a job's env block
+    naming it is refused like any other unknown option, and a damaged
+    directory is still healed."""
+    assert node.fetch().ok
+    fetched = node.fetch(env_block={cache_module.AGAIN: "1"})
+    assert cache_module.AGAIN in str(fetched.plugin_error) and fetched.result == {}
+    DAMAGE["botocore's .pyc cut short"](node.entry())
+    assert node.fetch().result == {"value": "v"}
+
+
+def test_a_heal_does_not_break_the_fetches_running_beside_it(node: Node) -> None:
+    """One run finds a module damaged and moves the directory aside while
+    others of the same build are running: they import through the directory
+    they hold (/proc/self/fd/N), so every one of them answers right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert node.fetch().ok
+    entry = node.entry()
+    with ThreadPoolExecutor(12) as pool:
+        running = [pool.submit(node.fetch) for _ in range(10)]
+        time.sleep(0.05)
+        DAMAGE["botocore's .pyc cut short"](entry)
+        healing = [pool.submit(node.fetch) for _ in range(2)]
+        answers = [f.result() for f in running + healing]
+    assert [a.result for a in answers] == [{"value": "v"}] * 12, [a.plugin_error for a in answers]
+    assert cache_module.damage(str(node.entry())) is None
+
+
 def test_check_names_damage(node: Node) -> None:
     assert node.fetch().ok
     entry = node.entry()
-    DAMAGE["botocore's .pyc cut short"](entry)
-    # check runs from the same directory (the same interpreter, the same build).
+    (model,) = entry.glob("lib/botocore/data/secretsmanager/*/service-2.json*")  # check reads STS only
+    model.write_bytes(b"{")
     proc = subprocess.run(
         [str(node.nomad.executable("aws")), "check"], capture_output=True, text=True, env={}, timeout=60
     )
     assert proc.returncode == 1, proc
-    assert f"the unpack directory {entry} is damaged: lib/botocore/__pycache__/endpoint" in proc.stdout
+    damaged = f"{model.relative_to(entry)} has 1 bytes"
+    assert f"the unpack directory {entry} is damaged: {damaged}" in proc.stdout, proc.stdout
 
 
 # --- a disk too small, a cache that cannot be used -------------------------------------------------
@@ -278,8 +310,14 @@ def test_a_compile_that_runs_out_of_disk_leaves_nothing(
     )
     node = Node(tmp_path / "n", moto_endpoint, decoder, cache=small_disk / "cache")
     fetched = node.fetch()
-    assert fetched.plugin_error is not None and fetched.plugin_error.startswith("nomad-secrets cannot start:")
-    assert str(small_disk / "cache") in fetched.plugin_error
+    cache = small_disk / "cache"
+    said = str(fetched.plugin_error)
+    assert said.startswith(
+        (
+            f"nomad-secrets cannot start: cannot compile the unpacked code into the cache directory {cache}:",
+            f"nomad-secrets cannot start: cannot unpack into the cache directory {cache}: No space left",
+        )
+    ), said
     assert node.leftovers() == []
     usage = shutil.disk_usage(small_disk)
     assert usage.used < 64 * 1024, usage  # the temporary directory is gone, not left to fill the disk
@@ -296,3 +334,28 @@ def test_check_and_install_fail_when_the_cache_cannot_be_unpacked(node: Node) ->
         proc = subprocess.run([str(node.exe), *argv], capture_output=True, text=True, env={}, timeout=60)
         assert proc.returncode == 1, (argv, proc)
         assert proc.stdout == "" and "cache directory" in proc.stderr, (argv, proc)
+
+
+def test_install_rewrites_a_build_file_that_cp_wrote_over(node: Node, tmp_path: Path) -> None:
+    """`cp new nomad-secrets` follows the symlink into the versioned file of
+    the old build; install of that build then said "installed" and left the
+    other build's bytes in it (a reviewer's rollback that silently failed)."""
+    other = build_artifact(tmp_path / "other" / "nomad-secrets", node.cache, "--version", "0.9.0")
+    top = tmp_path / "installed"
+
+    def install() -> None:
+        proc = subprocess.run(
+            [str(node.exe), "install", "--common-plugin-dir", str(top), "--force"],
+            capture_output=True,
+            text=True,
+            env={},
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc
+
+    install()
+    versioned = Path(os.path.realpath(top / "nomad-secrets"))
+    shutil.copyfile(other, top / "nomad-secrets")  # what cp does: through the symlink
+    assert versioned.read_bytes() == other.read_bytes()
+    install()
+    assert Path(os.path.realpath(top / "nomad-secrets")).read_bytes() == node.exe.read_bytes()

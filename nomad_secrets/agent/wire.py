@@ -59,7 +59,8 @@ def build_name() -> str:
 
     import nomad_secrets
 
-    return os.path.dirname(os.path.dirname(os.path.abspath(nomad_secrets.__file__)))
+    # realpath: the executable imports through /proc/self/fd/N (cache.import_path).
+    return os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(nomad_secrets.__file__))))
 
 
 def peer_uid(sock: socket.socket) -> int:
