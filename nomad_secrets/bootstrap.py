@@ -222,10 +222,26 @@ def _answer_error(message: str) -> NoReturn:
     and exit 1 for the commands people and their tools run (check, install),
     which must not look like success."""
     if _operation() == "fetch" or not _operation():
-        os.write(1, b'{"result": {}, "error": ' + _json_string(message) + b"}\n")
+        os.write(_answer_fd(), b'{"result": {}, "error": ' + _json_string(message) + b"}\n")
         os._exit(0)
     os.write(2, message.encode() + b"\n")
     os._exit(1)
+
+
+def _answer_fd() -> int:
+    """Nomad's stdout: fd 1, or once cli.py guards it, protocol.py's copy."""
+    protocol = sys.modules.get("nomad_secrets.protocol")
+    fd = getattr(protocol, "_out_fd", None)
+    return fd if isinstance(fd, int) else 1
+
+
+# Written as it is when even an answer cannot be made: no memory left to
+# format one (the limit is in the message cli.py makes when it can).
+_OUT_OF_MEMORY = (
+    b'{"result": {}, "error": "nomad-secrets ran out of memory: the limits (RLIMIT_AS) of the process'
+    b" that started it apply; for a fetch, the Nomad client's: LimitAS or MemoryMax in its systemd"
+    b' unit (docs/troubleshooting.md)"}\n'
+)
 
 
 def _json_string(text: str) -> bytes:
@@ -317,9 +333,15 @@ def main(loader: object) -> None:
     except Exception as exc:  # noqa: BLE001 - Nomad must get an answer
         _answer_error(f"nomad-secrets cannot start: {type(exc).__name__} while unpacking")
     try:
-        run()
-    except Exception as exc:  # noqa: BLE001 - our code failed before it could answer
-        _failed(lib, exc, environ, again)
+        try:
+            run()
+        except Exception as exc:  # noqa: BLE001 - our code failed before it could answer
+            _failed(lib, exc, environ, again)
+    except MemoryError:  # in run, and again in its answer: the one answer that needs nothing
+        if _operation() == "fetch":
+            os.write(_answer_fd(), _OUT_OF_MEMORY)
+            os._exit(0)
+        raise
     except Stopped:  # between here and cli.py's own answer to SIGTERM
         protocol = sys.modules.get("nomad_secrets.protocol")
         message = "stopped by Nomad (SIGTERM) while nomad-secrets started; Nomad's plugin timeout passed"

@@ -68,12 +68,15 @@ def devlog(tmp_path: Path) -> Iterator[DevLog]:
     log.sock.close()
 
 
-def audited(plugin_dir: Path, moto_endpoint: str, devlog_path: Path, audit_file: Path) -> None:
-    """The docs' [audit] example, pointed at the stand-in socket and a test file."""
+def audited(
+    plugin_dir: Path, moto_endpoint: str, devlog_path: Path, audit_file: Path, extra: str = ""
+) -> None:
+    """The docs' [audit] example, pointed at the stand-in socket and a test
+    file (and ``extra`` sections)."""
     block = doc_block(DOC, "[audit]\nsyslog = true")
     block = block.replace("/var/log/nomad-secrets/audit.jsonl", str(audit_file))
     block = block.replace("syslog = true", f'syslog = true\nsyslog_socket = "{devlog_path}"')
-    write_config(plugin_dir, aws_config(moto_endpoint) + block)
+    write_config(plugin_dir, aws_config(moto_endpoint) + block + extra)
 
 
 def test_a_record_per_fetch_to_syslog_and_the_file(
@@ -181,12 +184,7 @@ def test_nomads_sigterm_is_recorded(
 ) -> None:
     audit_file = tmp_path / "audit.jsonl"
     with HangingServer() as hanging:
-        audited(nomad.plugin_dir, hanging.url, devlog.path, audit_file)
-        write_config(
-            nomad.plugin_dir,
-            (nomad.plugin_dir / "secrets" / "nomad-secrets.toml").read_text()
-            + "[plugin]\ndeadline_seconds = 60\n",
-        )
+        audited(nomad.plugin_dir, hanging.url, devlog.path, audit_file, "[plugin]\ndeadline_seconds = 60\n")
         fetched = NomadClient(nomad.plugin_dir, nomad.decoder, timeout=1.5).fetch("aws", "stuck/secret")
     assert fetched.run.terminated and fetched.run.returncode == 0
     (record,) = [json.loads(line) for line in audit_file.read_text().splitlines()]
@@ -279,9 +277,7 @@ def _agent(
 ) -> Iterator[AgentProcess]:
     """The node agent serving the audited plugin (syslog and ``audit_file``)."""
     with socket_path() as sock:
-        audited(nomad.plugin_dir, moto_endpoint, devlog.path, audit_file)
-        config = nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
-        write_config(nomad.plugin_dir, config.read_text() + f'[agent]\nsocket = "{sock}"\n')
+        audited(nomad.plugin_dir, moto_endpoint, devlog.path, audit_file, f'[agent]\nsocket = "{sock}"\n')
         agent = AgentProcess(nomad.executable("aws"))
         try:
             agent.wait_for("listening")

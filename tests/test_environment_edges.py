@@ -204,6 +204,18 @@ def test_out_of_memory_is_named(nomad: NomadClient, secretsmanager: Any) -> None
     assert "28 MiB" in message, message
 
 
+def test_every_address_space_limit_gets_an_answer(nomad: NomadClient, secretsmanager: Any) -> None:
+    """Memory can run out anywhere, our own error handling included: from
+    the smallest limit the interpreter starts under to one that reads, every
+    fetch exits 0 with one JSON object (at 28 MiB one said "MemoryError" on
+    a guarded stderr and exited 1, once)."""
+    put_secret(secretsmanager, "edge-memory-sweep", "v")
+    for mib in range(16, 44, 2):
+        fetched = answered(nomad.fetch("aws", "edge-memory-sweep", node=limited(**{"as": mib * MiB})))
+        said = str(fetched.plugin_error)
+        assert fetched.result == {"value": "v"} or "ran out of memory" in said, (mib, fetched)
+
+
 # -- the debug log -----------------------------------------------------------------------
 
 
