@@ -167,7 +167,13 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
     report.start("stores")
     for settings, names in _distinct_settings(providers):
         if isinstance(settings, AwsSettings):
-            _probe_aws(settings, names, report)
+            # A provider that sets its own endpoint: a message about it names its section.
+            own = [
+                p
+                for p in providers
+                if p.name in names and {"endpoint_url", "endpoint_urls"} & set(p.own_keys)
+            ]
+            _probe_aws(settings, names, report, own[0] if own else None)
         else:
             _probe_vault(settings, names, report)
     if not providers:
@@ -346,7 +352,7 @@ def _distinct_settings(providers: list[Provider]) -> list[tuple[AwsSettings | Va
     return out
 
 
-def _probe_aws(settings: AwsSettings, names: list[str], report: Report) -> None:
+def _probe_aws(settings: AwsSettings, names: list[str], report: Report, provider: Provider | None) -> None:
     where = f"region {settings.region or '(job sets AWS_REGION)'}, endpoint {settings.endpoint_url or 'AWS'}"
     used_by = f"AWS for {', '.join(names)}"
     if settings.web_identity_role_arn:
@@ -365,7 +371,7 @@ def _probe_aws(settings: AwsSettings, names: list[str], report: Report) -> None:
         # The probe's region is not a job's: with aws.region set (and pinned by
         # job_region = false), it is the config's own.
         options = JobOptions(region=None if settings.region or not settings.job_region else "us-east-1")
-        sts = make_client("sts", settings, options, Deadline(PROBE_SECONDS), Identity(None, None))
+        sts = make_client("sts", settings, options, Deadline(PROBE_SECONDS), Identity(None, None), provider)
         arn = sts.get_caller_identity()["Arn"]
     except PluginError as exc:
         report.problem(f"{used_by} ({where}, {credentials}): {exc.message}")

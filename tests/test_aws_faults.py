@@ -200,6 +200,18 @@ def test_the_key_named_is_the_one_used(
     )
 
 
+def test_check_names_a_providers_own_bad_endpoint_url(
+    plugin_dir: Path, artifact: Path, moto_endpoint: str
+) -> None:
+    """A provider's own endpoint_url is named as its own, as fetch names it."""
+    (plugin_dir / "secrets" / "team").symlink_to(artifact)
+    own = '[providers.team]\nstore = "aws-sm"\nendpoint_url = "http://[::1"\n'
+    write_config(plugin_dir, aws_config(moto_endpoint, own))
+    code, out = check(plugin_dir)
+    assert code == 1
+    assert "providers.team.endpoint_url in the config is not a URL" in out, out
+
+
 def test_check_names_a_bad_endpoint_url(plugin_dir: Path) -> None:
     """check used to end in a traceback (ValueError) at the store probe."""
     write_config(plugin_dir, aws_config("http://[::1"))
