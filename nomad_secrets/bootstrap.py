@@ -120,7 +120,7 @@ class _one_unpacker:
             os.umask(old_umask)
         fetch = _operation() == "fetch"
         _phase[0] = "waited for another run to unpack a new build into"
-        start = time.monotonic()
+        start, said = time.monotonic(), False
         end = start + (max(FETCH_WAIT_UNTIL_AGE - self.age, 0.0) if fetch else UNPACK_WAIT_SECONDS)
         while True:
             try:
@@ -137,6 +137,12 @@ class _one_unpacker:
                             " install` unpacks a new build before tasks start (docs/upgrading.md)"
                         ) from None
                     return
+                if not fetch and not said and time.monotonic() - start > 1.0:  # a person waits: say so
+                    said = True
+                    os.write(
+                        2,
+                        f"waiting for another run unpacking into {self.cache_root} (at most 30 s)\n".encode(),
+                    )
                 time.sleep(0.02)
 
     def __exit__(self, *exc: object) -> None:
