@@ -85,8 +85,8 @@ def error_answer(exc: BaseException, start: float, heal: Callable[[str], bool] |
     import nomad_secrets
     from nomad_secrets import cache
 
-    entry = cache.entry_of(nomad_secrets.__file__)
-    damage = cache.damage(entry) if entry else None
+    entry = cache.entry_of(nomad_secrets.__file__)  # its name, for the message and the move
+    damage = cache.damage(cache.held_entry(nomad_secrets.__file__)) if entry else None  # what we import
     if entry and damage:
         debuglog.log("damaged", directory=entry, damage=damage)
         return protocol.encode_error(

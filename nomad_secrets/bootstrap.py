@@ -198,6 +198,9 @@ def _unpack(
         finally:
             os.close(held)
     except OSError as exc:
+        limit = _out_of(exc)
+        if limit:
+            raise CacheError(_ran_out(limit, f"unpacked into the cache directory {cache_root}")) from None
         raise CacheError(f"cannot unpack into the cache directory {cache_root}: {exc.strerror}") from None
     finally:
         os.umask(old_umask)
@@ -364,11 +367,7 @@ def _failed(lib: str, exc: Exception, environ: dict[str, str], again: bool) -> N
     the second try."""
     limit = _out_of(exc)
     if limit:
-        _answer_error(
-            f"nomad-secrets ran out of {limit} while it started: the limits (RLIMIT_NOFILE,"
-            " RLIMIT_AS) of the process that started it apply; for a fetch, the Nomad client's:"
-            " LimitNOFILE, LimitAS or MemoryMax in its systemd unit (docs/troubleshooting.md)"
-        )
+        _answer_error(f"nomad-secrets {_ran_out(limit, 'started')}")
     cache = _cache_module()
     entry = os.path.realpath(os.path.dirname(lib))
     what = cache.damage(entry)
@@ -379,6 +378,14 @@ def _failed(lib: str, exc: Exception, environ: dict[str, str], again: bool) -> N
         )
     moved = cache.heal(entry, environ, cache.process_age(), again)
     _answer_error(cache.damaged_message(entry, what, moved))
+
+
+def _ran_out(limit: str, doing: str) -> str:
+    return (
+        f"ran out of {limit} while it {doing}: the limits (RLIMIT_NOFILE, RLIMIT_AS) of the process"
+        " that started it apply; for a fetch, the Nomad client's: LimitNOFILE, LimitAS or MemoryMax in"
+        " its systemd unit (docs/troubleshooting.md)"
+    )
 
 
 def _out_of(exc: BaseException | None) -> str:

@@ -240,12 +240,20 @@ def damage(entry: str) -> str | None:
     return None
 
 
+def held_entry(module_file: str) -> str:
+    """The directory a module of ours was imported from, as this run reaches
+    it (``/proc/self/fd/N`` for the executable: what it holds, whatever
+    its name now, or whether it has been removed)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(module_file))))
+
+
 def entry_of(module_file: str) -> str | None:
     """The unpack directory a module of ours was imported from
     (``<entry>/lib/nomad_secrets/x.py``, through ``/proc/self/fd/N``: its
     name now, ``.prune-<entry>-<pid>`` once another run moved it aside), or
     None outside the executable."""
-    entry = os.path.realpath(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(module_file)))))
+    entry = os.path.realpath(held_entry(module_file))
+    entry = entry.removesuffix(" (deleted)")  # /proc's name for a directory removed since
     name = os.path.basename(entry)
     if ENTRY.match(name) or (name.startswith(".prune-") and ENTRY.match(name[7:].rsplit("-", 1)[0])):
         return entry  # by its name: a cleaner may have taken its marks
@@ -275,6 +283,11 @@ def heal(entry: str, environ: dict[str, str], age: float, again: bool) -> bool:
     # The mark is this process's pid (execve keeps it): a job's env block
     # cannot say "already tried" for a run it does not know the pid of.
     marked = {**environ, AGAIN: str(os.getpid())}
+    # Nomad's stdout back on fd 1 for the new run: once protocol.py guards
+    # it, fd 1 is /dev/null and the real one its private copy.
+    guarded = getattr(sys.modules.get("nomad_secrets.protocol"), "_out_fd", None)
+    if isinstance(guarded, int):
+        os.dup2(guarded, 1)
     try:
         os.execve(sys.executable, sys.orig_argv, marked)  # noqa: S606 - ourselves, as Nomad ran us
     except OSError:

@@ -150,14 +150,14 @@ def _did_you_mean(operation: str) -> str:
 
 
 def plugin_fetch(argv: list[str], environ: dict[str, str], start: float, again: bool) -> NoReturn:
-    from nomad_secrets import config as config_module
-    from nomad_secrets import debuglog
-    from nomad_secrets.deadline import DEFAULT_SECONDS, Deadline
-    from nomad_secrets.errors import PluginError
-
     protocol.on_sigterm_answer(SIGTERM_MESSAGE)
     executable = argv[0]
-    try:
+    try:  # the imports too: a damaged file among them gets an answer (and a heal)
+        from nomad_secrets import config as config_module
+        from nomad_secrets import debuglog
+        from nomad_secrets.deadline import DEFAULT_SECONDS, Deadline
+        from nomad_secrets.errors import PluginError
+
         if len(argv) < 3:
             raise PluginError("no secret path: Nomad runs `fetch <path>`; set path in the secret block")
         if len(argv) > 3:
@@ -187,12 +187,11 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float, again: 
 
 def _healer(environ: dict[str, str], again: bool) -> Callable[[str], bool]:
     """Move a damaged unpack directory aside and start this run again in
-    place (cache.heal), with Nomad's stdout and environment."""
+    place (cache.heal), with Nomad's environment."""
 
     def heal(entry: str) -> bool:
         from nomad_secrets import cache
 
-        protocol.restore_stdout()
         return cache.heal(entry, environ, cache.process_age(), again)
 
     return heal

@@ -202,45 +202,50 @@ def find_config(executable: str) -> str | None:
     the plugin directory is where the operator put the name.
     """
     beside = os.path.join(os.path.dirname(os.path.abspath(executable)), CONFIG_FILE_NAME)
-    candidates = (beside, SYSTEM_CONFIG)
     import time
 
     give_up = time.monotonic() + ABSENT_WAIT_SECONDS
+    first_seen: dict[str, int] = {}
     while True:
-        for candidate in candidates:
+        for candidate in (beside, SYSTEM_CONFIG):
             if os.path.lexists(candidate):
                 return candidate
-        # None there. A deploy that removes the file, then writes the new
-        # one (`install -m`, `rm; cp`) shows a moment without it, which must
-        # not read as "no config, every job reads everything": while the
-        # directories changed a moment ago, look again.
-        if not _changed_within(candidates, ABSENT_QUIET_SECONDS):
+            # Missing. A deploy that removes the file, then writes the new
+            # one (`install -m`, `rm; cp`) shows a moment without it, which
+            # must read neither as "no config" (every job reads everything)
+            # nor as the next place's config: while its directory is
+            # changing, wait here.
+            if _being_redeployed(os.path.dirname(candidate), first_seen):
+                break
+        else:
             return None
         if time.monotonic() > give_up:
             raise ConfigError(
-                f"no config file in {os.path.dirname(beside)}, whose entries kept changing for"
-                f" {ABSENT_WAIT_SECONDS:g} s: deploy the config by renaming a new file into place"
-                " (docs/configuration.md)"
+                f"no config file at {candidate}, and entries of {os.path.dirname(candidate)} kept being"
+                f" created or removed for {ABSENT_WAIT_SECONDS:g} s: deploy the config by renaming a new"
+                " file into place (docs/configuration.md), and keep other programs' files out of that"
+                " directory"
             )
         time.sleep(ABSENT_POLL_SECONDS)
 
 
-# A config directory changed less than ABSENT_QUIET_SECONDS ago, with no
-# config in it: being redeployed; looked at again for up to ABSENT_WAIT_SECONDS.
+# A config directory whose entries changed less than ABSENT_QUIET_SECONDS
+# ago, or change while a fetch looks, with no config in it: being
+# redeployed; looked at again for up to ABSENT_WAIT_SECONDS.
 ABSENT_QUIET_SECONDS, ABSENT_WAIT_SECONDS, ABSENT_POLL_SECONDS = 0.25, 1.0, 0.02
 
 
-def _changed_within(candidates: tuple[str, ...], seconds: float) -> bool:
+def _being_redeployed(directory: str, first_seen: dict[str, int]) -> bool:
     import time
 
-    for candidate in candidates:
-        try:
-            changed = os.stat(os.path.dirname(candidate)).st_mtime
-        except OSError:
-            continue
-        if time.time() - changed < seconds:
-            return True
-    return False
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return False
+    if first_seen.setdefault(directory, st.st_mtime_ns) != st.st_mtime_ns:
+        return True  # changed while we look
+    age = time.time() - st.st_mtime
+    return 0 <= age < ABSENT_QUIET_SECONDS  # a time in the future (a clock stepped back) is no sign
 
 
 def provider_name(executable: str) -> str:
@@ -263,7 +268,15 @@ def load(executable: str, *, cache: dict[tuple[str, bytes], Config] | None = Non
     path = find_config(executable)
     if path is None:
         return Config()
-    return load_file(path, cache=cache, strict=False)
+    try:
+        return load_file(path, cache=cache, strict=False)
+    except ConfigError:
+        if os.path.lexists(path):
+            raise
+    # Gone between the look and the read (a deploy that removes, then
+    # writes): look once more, waiting for it as find_config does.
+    path = find_config(executable)
+    return Config() if path is None else load_file(path, cache=cache, strict=False)
 
 
 OPEN_POLICY = '[[policy]]\nallow = ["*:**"]'
@@ -565,6 +578,18 @@ def _check_vault(vault: VaultSettings, where: str, path: str) -> None:
             raise ConfigError(f"{where}.kv_mounts.{mount} in {path} is {version}; KV versions are 1 and 2")
 
 
+def allow_last(table: dict[str, Any], where: str, path: str) -> None:
+    """A rule's allow comes after the keys that narrow it: a file cut just
+    after allow would otherwise read as a rule for every namespace or job
+    (or repo, branch...)."""
+    if "allow" in table and list(table)[-1] != "allow":
+        narrowing = " and ".join(key for key in table if key != "allow")
+        raise ConfigError(
+            f"{where} in {path}: write allow last, after {narrowing}, so that a file cut short never"
+            " reads as a wider rule"
+        )
+
+
 _POLICY_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*policy[ \t]*\]\]", re.M)
 
 
@@ -601,13 +626,7 @@ def _policy(rules: Any, path: str) -> tuple[Rule, ...] | None:
         if not isinstance(table, dict):
             raise ConfigError(f"{where} in {path} must be a table")
         _reject_unknown(table, {"namespace", "job", "allow"}, where, path)
-        if list(table)[-1:] != ["allow"] and "allow" in table:
-            # A file cut after allow and before namespace or job would read as
-            # a rule for every namespace or job (require_policy says more).
-            raise ConfigError(
-                f"{where} in {path}: write allow last, after namespace and job, so that a file"
-                " cut short never reads as a wider rule"
-            )
+        allow_last(table, where, path)
         allow = table.get("allow")
         if not isinstance(allow, list) or not all(isinstance(p, str) and p for p in allow):
             raise ConfigError(f"{where}.allow in {path} must be a list of patterns such as 'aws-sm:app/*'")

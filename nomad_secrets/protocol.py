@@ -135,13 +135,6 @@ def answer(payload: bytes) -> NoReturn:
     os._exit(0)
 
 
-def restore_stdout() -> None:
-    """Give fd 1 back its first use, Nomad's pipe (before an exec of
-    ourselves: the new run answers there)."""
-    if _out_fd is not None:
-        os.dup2(_out_fd, 1)
-
-
 def answer_error(error: PluginError | str) -> NoReturn:
     message = error.message if isinstance(error, PluginError) else error
     answer(encode_error(message))

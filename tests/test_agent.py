@@ -385,3 +385,36 @@ def test_a_request_with_no_usable_time_is_refused(seconds: object) -> None:
     request = {"executable": "/p/secrets/aws", "path": "x", "environ": {}, "seconds": 4.0}
     assert valid_request(request)
     assert not valid_request({**request, "seconds": seconds})
+
+
+def test_an_agent_whose_code_is_damaged_steps_aside(
+    tmp_path: Path, decoder: Any, moto_endpoint: str, ssm: Any, sock: Path
+) -> None:
+    """The agent met damage in its own unpacked code (a module it had not
+    imported yet): it did answer every fetch with "remove the directory and
+    restart the agent". Now it answers none and stops; the plugin fetches in
+    process, which moves the directory aside and unpacks afresh."""
+    from conftest import build_artifact
+    from nomad import install_plugin
+    from test_reliability import _cut, _pyc
+
+    from nomad_secrets import cache
+
+    exe = build_artifact(tmp_path / "dist" / "nomad-secrets", tmp_path / "cache")
+    plugins = tmp_path / "common_plugins"
+    install_plugin(exe, plugins, ["aws-ssm"], agent_config(moto_endpoint, sock))
+    ssm.put_parameter(Name="/agent/damaged", Value="v", Type="String", Overwrite=True)
+    nomad = NomadClient(plugins, decoder)
+    agent = AgentProcess(nomad.executable("aws-ssm"))
+    try:
+        agent.wait_for("listening")
+        (entry,) = [p for p in (tmp_path / "cache").iterdir() if cache.ENTRY.match(p.name)]
+        _cut(_pyc(entry, "lib/nomad_secrets/backends/aws_ssm"))  # the agent has not imported it yet
+        assert nomad.fetch("aws-ssm", "/agent/damaged", REGION_ENV).result == {"value": "v"}
+        agent.wait_for("stopping reason='its unpacked code is damaged; the next fetch heals it'")
+        assert agent.proc.wait(timeout=15) == 0
+    finally:
+        agent.stop()
+    assert agent.answered() == []
+    (fresh,) = [p for p in (tmp_path / "cache").iterdir() if cache.ENTRY.match(p.name)]
+    assert cache.damage(str(fresh)) is None

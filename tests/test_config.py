@@ -199,7 +199,7 @@ def test_rules_come_last(text: str) -> None:
 def test_allow_is_written_after_namespace_and_job() -> None:
     """Cut after allow, a rule written allow-first reads as a rule for every
     job: such a rule is refused whole."""
-    with pytest.raises(ConfigError, match=r"policy #1 in f: write allow last, after namespace and job"):
+    with pytest.raises(ConfigError, match=r"policy #1 in f: write allow last, after job, so that"):
         config.parse(b'[[policy]]\nallow = ["aws-sm:x/**"]\njob = "web"\n', "f")
 
 
@@ -281,12 +281,54 @@ def test_a_config_deployed_by_remove_and_create_never_grants_more(
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, text)
         os.close(fd)
+        time.sleep(0.03)  # until the next deploy
 
     put_secret(secretsmanager, "redeploy/db", "granted")
-    path, fetched = _fetches_while(nomad, moto_endpoint, "redeploy/db", redeploy, 30)
-    for f in fetched:  # the policy's answer, or a refusal of the file caught between the two
-        message = f.plugin_error or ""
-        assert "policy matches namespace 'default', job 'web'" in message or str(path.parent) in message, f
+    _, fetched = _fetches_while(nomad, moto_endpoint, "redeploy/db", redeploy, 30)
+    for f in fetched:  # every one read the whole file, whatever moment it looked
+        assert "policy matches namespace 'default', job 'web'" in str(f.plugin_error), f
+
+
+def test_a_config_being_redeployed_is_waited_for_not_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Missing beside the plugin while its directory just changed: the
+    system config is not read in its place (a reviewer read a leftover
+    /etc/nomad-secrets/config.toml that allowed everything, 18 of 30)."""
+    import threading
+
+    system = tmp_path / "etc.toml"
+    system.write_text('[[policy]]\nallow = ["*:**"]\n')
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(system))
+    plugin = tmp_path / "secrets"
+    plugin.mkdir()
+    beside = plugin / config.CONFIG_FILE_NAME
+    (plugin / "x").touch()  # the directory changes now
+    later = threading.Timer(0.1, lambda: beside.write_text("x = 1\n"))
+    later.start()
+    try:
+        assert config.find_config(str(plugin / "aws")) == str(beside)
+    finally:
+        later.join()
+
+
+def test_a_quiet_or_future_dated_directory_is_not_waited_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No config, a directory that changed long ago or whose time is ahead
+    of the clock (stepped back, rsync from a machine ahead): built-in
+    defaults at once, not a second's wait and a refusal."""
+    etc, plugin = tmp_path / "etc", tmp_path / "secrets"
+    for folder in (etc, plugin):
+        folder.mkdir()
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(etc / "absent.toml"))
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    for when in (time.time() - 60, time.time() + 3600):
+        for folder in (etc, plugin):
+            os.utime(folder, (when, when))
+        assert config.find_config(str(plugin / "aws")) is None
+    assert waits == []
 
 
 def test_a_fifo_as_the_config_is_refused_at_once(nomad: NomadClient) -> None:

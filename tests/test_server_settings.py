@@ -75,6 +75,11 @@ def settings(text: str) -> Settings:
             "bitbucket.rule #1.secrets.A in t.toml: the reference 'x#' has an empty #selector",
         ),
         (SERVER + DRONE + '[vault]\nauth_method = "jwt"\n', "logs in with a Nomad job's token"),
+        (
+            SERVER
+            + '[drone]\nsecret_file = "/s"\n[[drone.policy]]\nallow = ["aws-sm:ci/**"]\nrepo = "acme/prod"\n',
+            "drone.policy #1 in t.toml: write allow last, after repo, so that a file cut short",
+        ),
         (SERVER + DRONE + '[aws]\nweb_identity_role_arn = "arn:x"\n', "needs a Nomad job's token"),
     ],
 )

@@ -65,6 +65,9 @@ class Agent:
         # What it was started as: install swaps this name to a new build.
         self.executable, self.started_as = executable, os.path.realpath(executable)
         self.stopping = threading.Event()
+        # Its own unpacked code damaged: it answers no more (the plugin then
+        # fetches in process, and heals the cache), and stops.
+        self.damaged = threading.Event()
         self._parsed: dict[tuple[str, bytes], Config] = {}
         self._lock = threading.Lock()
 
@@ -78,15 +81,27 @@ class Agent:
         try:
             config = config_module.load(executable, cache=self._parsed)
         except BaseException as exc:  # noqa: BLE001 - the plugin must get an answer
-            return error_answer(exc, start)
+            return error_answer(exc, start, self._damaged)
         seconds = min(float(request["seconds"]), config.plugin.deadline_seconds)
         # The plugin's deadline, as its messages name it (plugin.deadline_seconds),
         # ending before the share the plugin gave the agent ends.
         deadline = Deadline(config.plugin.deadline_seconds, start=start)
         deadline.at = start + max(seconds - ANSWER_SECONDS, 0.0)
         return fetch_answer(
-            path, request["environ"], provider_name(executable), config, deadline, pool=self.pool
+            path,
+            request["environ"],
+            provider_name(executable),
+            config,
+            deadline,
+            pool=self.pool,
+            heal=self._damaged,
         )
+
+    def _damaged(self, entry: str) -> bool:
+        """error_answer's heal, for the agent: moves nothing (a fetch in
+        process does, once this agent is out of the way)."""
+        self.damaged.set()
+        return False
 
 
 def _uid(user: str) -> int:
@@ -159,6 +174,13 @@ class _Handler(socketserver.BaseRequestHandler):
         with contextlib.suppress(OSError):
             sock.sendall(wire.ACK)
             payload = agent.answer(request)
+            if agent.damaged.is_set():
+                # No answer: the plugin fetches in process, and heals the cache.
+                if not agent.stopping.is_set():
+                    agent.stopping.set()
+                    log("stopping", reason="its unpacked code is damaged; the next fetch heals it")
+                    threading.Thread(target=self.server.shutdown, daemon=True).start()
+                return
             sock.settimeout(SEND_SECONDS)
             sock.sendall(wire.frame(payload))
             environ = request["environ"]

@@ -411,6 +411,8 @@ def _globs(table: dict[str, Any], names: tuple[str, ...], where: str, path: str)
 def _array(value: Any, where: str, path: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise ConfigError(f"{where} in {path} must be an array of tables: write [[{where}]]")
+    for number, table in enumerate(value, start=1):  # as written, before defaults are filled in
+        config_module.allow_last(table, f"{where} #{number}", path)
     return [dict(t) for t in value]
 
 
