@@ -322,10 +322,10 @@ def main(loader: object) -> None:
         import _signal  # type: ignore[import-not-found]
 
         _signal.signal(_signal.SIGTERM, _stop)
+    archive = _versioned(loader)  # before anything else is read from the zip
+    loader = sys.path_importer_cache.get(archive, loader)
     environ = dict(os.environ)  # as Nomad gave it, for a run started again
     again = _cache_module().started_again(environ)  # cli.py takes the mark out of os.environ
-    archive = _versioned(loader)
-    loader = sys.path_importer_cache.get(archive, loader)
     build_id, cache_dir = loader.get_data("build-info").decode().split("\n")[:2]  # type: ignore[attr-defined]
     try:
         lib = unpacked(archive, build_id, cache_dir)

@@ -182,7 +182,7 @@ class NomadClient:
         if run.returncode == 0 and run.stderr:
             raise ContractViolation(f"stderr on exit 0 (panics Nomad's client): {run.stderr[:500]!r}")
         if b"Traceback (most recent call last)" in run.stdout + run.stderr:
-            raise ContractViolation(f"a traceback reached Nomad: {run.stdout[:500]!r}")
+            raise ContractViolation(f"a traceback reached Nomad: {run.stdout[:500]!r} {run.stderr[-1500:]!r}")
 
 
 def _exit_message(run: PluginRun) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import ROOT, aws_config, write_config
-from nomad import NomadClient
+from nomad import ContractViolation, NomadClient
 
 from nomad_secrets import config
 
@@ -175,9 +175,14 @@ def test_each_build_is_its_own_file_and_the_name_a_symlink_swapped_at_install(
     stop = threading.Event()
     fetched: list[Any] = []
 
+    broke: list[str] = []
+
     def fetch_on() -> None:
         while not stop.is_set():
-            fetched.append(nomad.fetch("aws", "upgrade-race", {"AWS_REGION": "us-east-2"}))
+            try:
+                fetched.append(nomad.fetch("aws", "upgrade-race", {"AWS_REGION": "us-east-2"}))
+            except ContractViolation as exc:  # a traceback, stderr on exit 0: the test's failure too
+                broke.append(str(exc)[-1500:])
 
     threads = [threading.Thread(target=fetch_on) for _ in range(3)]
     for thread in threads:
@@ -192,4 +197,4 @@ def test_each_build_is_its_own_file_and_the_name_a_symlink_swapped_at_install(
     failed = [
         (f.error, f.run.stdout[:200], f.run.stderr[:200]) for f in fetched if f.result != {"value": "v"}
     ]
-    assert fetched and not failed, failed
+    assert fetched and not failed and not broke, (failed, broke)
