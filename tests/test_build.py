@@ -21,7 +21,7 @@ from nomad import NomadClient, install_plugin, nomad_env, run_plugin
 
 from nomad_secrets import cache as cache_module
 from nomad_secrets._version import GO_VERSION
-from nomad_secrets.bootstrap import UNPACK_LOCK
+from nomad_secrets.launch import UNPACK_LOCK
 
 
 def test_same_source_and_lock_give_the_same_bytes(artifact: Path, tmp_path: Path) -> None:
@@ -43,6 +43,7 @@ def test_contents_are_pure_python_with_botocore_data_pruned(artifact: Path) -> N
             "fingerprint.json",
             "lib.zip",
             "nomad_secrets_cache.py",
+            "nomad_secrets_launch.py",
             "nomad_secrets_trust.py",
         ]
         assert zf.read("fingerprint.json") == b'{"type": "secrets", "version": "%s"}\n' % GO_VERSION.encode()

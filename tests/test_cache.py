@@ -220,7 +220,7 @@ def test_a_burst_of_first_fetches_unpacks_once(node: Node) -> None:
     directory appears and every fetch gets the secret."""
     import fcntl
 
-    from nomad_secrets.bootstrap import UNPACK_LOCK
+    from nomad_secrets.launch import UNPACK_LOCK
 
     node.cache.mkdir(mode=0o700, exist_ok=True)
     lock = os.open(node.cache / UNPACK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)

@@ -19,7 +19,7 @@ import pytest
 from conftest import aws_config, build_artifact
 from nomad import NomadClient, install_plugin, nomad_env, run_plugin
 
-from nomad_secrets.bootstrap import UNPACK_LOCK
+from nomad_secrets.launch import UNPACK_LOCK
 
 PATTERNS = [
     "/usr/bin/python3.[0-9]*",

@@ -24,7 +24,7 @@ from conftest import aws_config, build_artifact, put_secret
 from nomad import NomadClient, install_plugin, nomad_env, run_plugin
 
 from nomad_secrets import cache as cache_module
-from nomad_secrets.bootstrap import UNPACK_LOCK
+from nomad_secrets.launch import UNPACK_LOCK
 
 
 class Node:

@@ -1,0 +1,381 @@
+"""Everything the executable does after fingerprint, before the plugin's
+code runs: unpack the zip's ``lib.zip`` once into
+``<cache>/<build id>-<interpreter tag>/`` (compiled for the running
+interpreter), hold it, and import the plugin from there; answer Nomad when
+that cannot be done (SIGTERM, a cache that is not private, a full disk, a
+damaged directory, a process out of memory or descriptors).
+
+``scripts/build`` stores this file beside the zip's ``__main__.py`` (the
+bootstrap) as ``nomad_secrets_launch.py``, so that fingerprint never
+compiles it. Standard library only.
+
+The unpack is atomic (a private temporary directory renamed into place), so
+many plugins starting at once on a fresh node are safe: one rename wins and
+the others use its result. The cache runs as root's code, so it is used only
+when the running user (or root) owns it and no one else can write to it.
+Each run holds its directory in use until it exits, and a run that unpacked
+a new build removes other builds' directories that no run holds
+(cache.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False  # not typing's: importing typing costs fingerprint ~9 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, NoReturn
+
+
+class CacheError(Exception):
+    pass
+
+
+_phase = ["started"]  # what this run was doing, for the SIGTERM message
+
+
+def unpacked(archive: str, build_id: str, cache_root: str) -> str:
+    """The directory to import from, unpacking the archive's lib/ if needed,
+    held in use until this process exits. ``cache_root`` "" is the default."""
+    # Imported here, not at the top: fingerprint must not pay for them.
+    try:  # the source tree and the installed package
+        from nomad_secrets import cache, trust
+    except ImportError:  # the executable: scripts/build stores both beside __main__.py
+        import nomad_secrets_cache as cache  # type: ignore[import-not-found,no-redef]
+        import nomad_secrets_trust as trust  # type: ignore[import-not-found,no-redef]
+
+    cache_root = cache_root or cache.default_cache_dir()
+    entry = os.path.join(cache_root, cache.entry_name(build_id))
+    problem = trust.untrusted_ancestors(cache_root)  # before anything is written there
+    if problem:
+        raise CacheError(problem)
+    for _ in range(3):  # a prune may take the directory between the look and the lock
+        made = False
+        if not os.path.isdir(entry):
+            with _one_unpacker(cache_root, trust.untrusted, cache.process_age()):
+                if not os.path.isdir(entry):  # another run may have unpacked it meanwhile
+                    made = _unpack(archive, cache_root, entry, trust.untrusted, cache)
+        problem = trust.untrusted(cache_root, "cache directory") or trust.untrusted(entry, "cache directory")
+        if problem and os.path.lexists(entry):  # else: pruned since; look again
+            raise CacheError(problem)
+        if not problem and cache.hold(entry):
+            if made:  # a new build on this node: the old ones' directories may go
+                import contextlib
+
+                with contextlib.suppress(OSError):  # the next new build tries again
+                    cache.prune(cache_root, build_id, cache.FETCH_PRUNE_MIN_AGE)
+            return cache.import_path(entry)
+    raise CacheError(f"the cache directory {entry} was removed three times while this run started")
+
+
+UNPACK_LOCK = ".unpack.lock"
+# A fetch waits for another run's unpack until this age of its own (the
+# default deadline, 8 s, less a margin; the config is not read yet), then
+# answers while Nomad still reads the answer (at its timeout, 10 s on
+# 1.11.0 to 1.11.3, the user sees only "signal: terminated").
+FETCH_WAIT_UNTIL_AGE = 7.5
+# Other commands (check, install) then unpack anyway: a stuck holder must
+# not stop them.
+UNPACK_WAIT_SECONDS = 30.0
+
+
+class _one_unpacker:
+    """Many runs of a new build at once (a burst of task starts on a fresh
+    node, or after an upgrade) unpack it once: the others wait on a lock,
+    sleeping, then find it done, instead of each unpacking and compiling
+    the same code on the same cores. A fetch that has waited until
+    FETCH_WAIT_UNTIL_AGE answers that (CacheError); anything else goes on
+    alone after UNPACK_WAIT_SECONDS, as everything does if the lock cannot
+    be had (the rename into place is atomic either way)."""
+
+    def __init__(self, cache_root: str, untrusted: Callable[[str, str], str | None], age: float) -> None:
+        self.cache_root, self.untrusted, self.age, self.fd = cache_root, untrusted, age, -1
+
+    def __enter__(self) -> None:
+        import fcntl
+        import time
+
+        old_umask = os.umask(0o077)
+        try:
+            os.makedirs(self.cache_root, mode=0o700, exist_ok=True)
+            if self.untrusted(self.cache_root, "cache directory"):
+                return  # _unpack refuses it, saying why
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            self.fd = os.open(os.path.join(self.cache_root, UNPACK_LOCK), flags, 0o600)
+        except OSError:
+            return
+        finally:
+            os.umask(old_umask)
+        fetch = _operation() == "fetch"
+        _phase[0] = "waited for another run to unpack a new build into"
+        start, said = time.monotonic(), False
+        end = start + (max(FETCH_WAIT_UNTIL_AGE - self.age, 0.0) if fetch else UNPACK_WAIT_SECONDS)
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError:
+                if time.monotonic() > end:
+                    if fetch:
+                        os.close(self.fd)
+                        raise CacheError(
+                            f"another run has been unpacking this build into {self.cache_root} for the"
+                            f" {time.monotonic() - start:.1f} s this fetch waited (many first fetches at"
+                            " once on a busy node): the next fetch finds it done; `nomad-secrets"
+                            " install` unpacks a new build before tasks start (docs/upgrading.md)"
+                        ) from None
+                    return
+                if not fetch and not said and time.monotonic() - start > 1.0:  # a person waits: say so
+                    said = True
+                    os.write(
+                        2,
+                        f"waiting for another run unpacking into {self.cache_root} (at most 30 s)\n".encode(),
+                    )
+                time.sleep(0.02)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the lock
+
+
+def _unpack(
+    archive: str, cache_root: str, entry: str, untrusted: Callable[[str, str], str | None], cache: Any
+) -> bool:
+    """Unpack into ``entry``; True when this process's rename published it.
+    ``cache``: the cache module (its marks, its manifest). Whatever ends
+    it (an error, a full disk, Nomad's SIGTERM), the temporary directory
+    goes; a SIGKILL's is locked by no one, and ``cache.prune`` takes it."""
+    import errno
+    import fcntl
+    import io
+    import shutil
+    import tempfile
+    import zipfile
+
+    old_umask = os.umask(0o077)
+    try:
+        os.makedirs(cache_root, mode=0o700, exist_ok=True)
+        problem = untrusted(cache_root, "cache directory")  # before writing into it
+        if problem:
+            raise CacheError(problem)
+        _phase[0] = "unpacked a new build into"
+        tmp = tempfile.mkdtemp(prefix=".unpack-", dir=cache_root)
+        held = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(held, fcntl.LOCK_SH)  # ours while we live (cache.prune)
+            with zipfile.ZipFile(archive) as outer:
+                lib = io.BytesIO(outer.read("lib.zip"))  # a zip in the zip: see scripts/build
+            with zipfile.ZipFile(lib) as inner:
+                inner.extractall(tmp)
+            _compile(os.path.join(tmp, "lib"), cache_root)
+            cache.write_manifest(tmp)
+            with open(os.path.join(tmp, cache.HELD_MARK), "w") as f:
+                f.write("runs of this build hold a shared flock on this directory while they run\n")
+            os.rename(tmp, entry)
+            return True
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            # Lost a race: another run published it first (a prune may even
+            # have taken it again since); the caller looks again.
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) or os.path.isdir(entry):
+                return False
+            raise
+        except BaseException:  # a compile that failed, Nomad's SIGTERM
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            os.close(held)
+    except OSError as exc:
+        limit = _out_of(exc)
+        if limit:
+            raise CacheError(_ran_out(limit, f"unpacked into the cache directory {cache_root}")) from None
+        raise CacheError(f"cannot unpack into the cache directory {cache_root}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+
+
+def _compile(lib: str, cache_root: str) -> None:
+    """Byte-compile everything for this interpreter before the directory is
+    published: the cache never changes after the rename. Unchecked-hash
+    .pyc files are trusted without comparing source times (the sources sit
+    beside them, written in the same moment, by us)."""
+    import compileall
+    import py_compile
+
+    ok = compileall.compile_dir(
+        lib, quiet=2, workers=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+    )
+    if not ok:
+        try:
+            disk = os.statvfs(cache_root)
+            free = f": {disk.f_bavail * disk.f_frsize / 1e6:.1f} MB free on its disk (a build needs about 8)"
+        except OSError:
+            free = ""
+        raise CacheError(f"cannot compile the unpacked code into the cache directory {cache_root}{free}")
+
+
+def _answer_error(message: str) -> NoReturn:
+    """Nomad's answer (an error object, exit 0) for fetch; a line on stderr
+    and exit 1 for the commands people and their tools run (check, install),
+    which must not look like success."""
+    if _operation() == "fetch" or not _operation():
+        os.write(_answer_fd(), b'{"result": {}, "error": ' + _json_string(message) + b"}\n")
+        os._exit(0)
+    os.write(2, message.encode() + b"\n")
+    os._exit(1)
+
+
+def _answer_fd() -> int:
+    """Nomad's stdout: fd 1, or once cli.py guards it, protocol.py's copy."""
+    protocol = sys.modules.get("nomad_secrets.protocol")
+    fd = getattr(protocol, "_out_fd", None)
+    return fd if isinstance(fd, int) else 1
+
+
+# Written as it is when even an answer cannot be made: no memory left to
+# format one (the limit is in the message cli.py makes when it can).
+_OUT_OF_MEMORY = (
+    b'{"result": {}, "error": "nomad-secrets ran out of memory: the limits (RLIMIT_AS) of the process'
+    b" that started it apply; for a fetch, the Nomad client's: LimitAS or MemoryMax in its systemd"
+    b' unit (docs/troubleshooting.md)"}\n'
+)
+
+
+def _json_string(text: str) -> bytes:
+    """``text`` as a JSON string, ASCII only, without importing json: out of
+    file descriptors, not even that import works."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif code > 0xFFFF:  # a surrogate pair, as JSON writes it
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return ('"' + "".join(out) + '"').encode()
+
+
+def _operation() -> str:
+    return sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CPI_OPERATION", "")
+
+
+def start(archive: str, loader: object, stopped: type[BaseException]) -> None:
+    """Unpack (or find) this build, then run the plugin from it. ``stopped``:
+    what the bootstrap's SIGTERM handler raises, for a fetch."""
+    environ = dict(os.environ)  # as Nomad gave it, for a run started again
+    again = _cache_module().started_again(environ)  # cli.py takes the mark out of os.environ
+    build_id, cache_dir = loader.get_data("build-info").decode().split("\n")[:2]  # type: ignore[attr-defined]
+    try:
+        lib = unpacked(archive, build_id, cache_dir)
+        sys.path.insert(0, lib)
+        sys.dont_write_bytecode = True  # everything is compiled; the cache stays as published
+        try:
+            from nomad_secrets.cli import run
+        except Exception as exc:  # noqa: BLE001 - the unpacked files, damaged since it was made
+            _failed(lib, exc, environ, again)
+    except stopped:
+        _answer_error(_stopped_message(cache_dir))
+    except CacheError as exc:
+        _answer_error(f"nomad-secrets cannot start: {exc}")
+    except Exception as exc:  # noqa: BLE001 - Nomad must get an answer
+        _answer_error(f"nomad-secrets cannot start: {type(exc).__name__} while unpacking")
+    try:
+        try:
+            run()
+        except Exception as exc:  # noqa: BLE001 - our code failed before it could answer
+            _failed(lib, exc, environ, again)
+    except MemoryError:  # in run, and again in its answer: the one answer that needs nothing
+        if _operation() == "fetch":
+            os.write(_answer_fd(), _OUT_OF_MEMORY)
+            os._exit(0)
+        raise
+    except stopped:  # between here and cli.py's own answer to SIGTERM
+        protocol = sys.modules.get("nomad_secrets.protocol")
+        message = "stopped by Nomad (SIGTERM) while nomad-secrets started; Nomad's plugin timeout passed"
+        if protocol is not None:
+            protocol.answer_error(message)  # stdout may be guarded by now: its own way out
+        _answer_error(message)
+
+
+def _failed(lib: str, exc: Exception, environ: dict[str, str], again: bool) -> NoReturn:
+    """Our own code failed to start: a limit of the process (the cache stays
+    as it is), or a cache directory damaged since it was made (a cleanup
+    job, a full disk, a bad block), which is moved aside, and this run
+    started again to unpack afresh, when it is early enough and not already
+    the second try."""
+    limit = _out_of(exc)
+    if limit:
+        _answer_error(f"nomad-secrets {_ran_out(limit, 'started')}")
+    cache = _cache_module()
+    entry = os.path.realpath(os.path.dirname(lib))
+    what = cache.damage(entry)
+    if not what:  # nothing to heal: ours to hear of
+        _answer_error(
+            f"nomad-secrets cannot start: {type(exc).__name__} while it started, with its unpacked code"
+            f" in {entry} as unpacked; please report it"
+        )
+    moved = cache.heal(entry, environ, cache.process_age(), again)
+    _answer_error(cache.damaged_message(entry, what, moved))
+
+
+def _ran_out(limit: str, doing: str) -> str:
+    try:  # the limit's value, when there is room left to import resource
+        import resource
+
+        which = resource.RLIMIT_AS if limit == "memory" else resource.RLIMIT_NOFILE
+        soft = resource.getrlimit(which)[0]
+        if soft != resource.RLIM_INFINITY:
+            limit += f" (its limit: {soft >> 20} MiB)" if limit == "memory" else f" (its limit: {soft})"
+    except Exception:  # noqa: BLE001, S110 - the answer matters more than the number
+        pass
+    return (
+        f"ran out of {limit} while it {doing}: the limits (RLIMIT_NOFILE, RLIMIT_AS) of the process"
+        " that started it apply; for a fetch, the Nomad client's: LimitNOFILE, LimitAS or MemoryMax in"
+        " its systemd unit (docs/troubleshooting.md)"
+    )
+
+
+def _out_of(exc: BaseException | None) -> str:
+    """ "file descriptors" or "memory" when that is what ``exc`` (or its
+    cause) ran into, else "": a limit of the process, not a damaged cache."""
+    import errno
+
+    for _ in range(8):
+        if exc is None:
+            break
+        if isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM:
+            return "memory"
+        if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
+            return "file descriptors"
+        exc = exc.__cause__ or exc.__context__
+    return ""
+
+
+def _cache_module() -> Any:
+    try:  # the source tree, the installed package, and the executable once unpacked
+        from nomad_secrets import cache
+    except ImportError:  # the executable before: scripts/build stores it beside __main__.py
+        import nomad_secrets_cache as cache  # type: ignore[no-redef]
+    return cache
+
+
+def _stopped_message(cache_dir: str) -> str:
+    cache = _cache_module()
+    where = cache_dir or cache.default_cache_dir()
+    if _phase[0] == "started":
+        return (
+            f"stopped by Nomad (SIGTERM) while nomad-secrets started, after {cache.process_age():.1f} s:"
+            " Nomad's plugin timeout passed; a node starting many tasks at once may need the node"
+            " agent (docs/agent.md)"
+        )
+    return (
+        f"stopped by Nomad (SIGTERM) while nomad-secrets {_phase[0]} {where}, after"
+        f" {cache.process_age():.1f} s: the first fetches after an install or upgrade do this once;"
+        " `nomad-secrets install` (or `check`) unpacks it before tasks start (docs/upgrading.md)"
+    )
