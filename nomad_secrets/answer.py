@@ -85,9 +85,9 @@ def error_answer(exc: BaseException, start: float, heal: Callable[[str], bool] |
     import nomad_secrets
     from nomad_secrets import cache
 
-    entry = cache.entry_of(nomad_secrets.__file__)  # its name, for the message and the move
-    damage = cache.damage(cache.held_entry(nomad_secrets.__file__)) if entry else None  # what we import
-    if entry and damage:
+    found = cache.damaged(cache.held_by(nomad_secrets.__file__))
+    if found is not None:
+        entry, damage = found
         debuglog.log("damaged", directory=entry, damage=damage)
         return protocol.encode_error(
             cache.damaged_message(entry, damage, None if heal is None else heal(entry))

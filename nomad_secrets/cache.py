@@ -240,24 +240,24 @@ def damage(entry: str) -> str | None:
     return None
 
 
-def held_entry(module_file: str) -> str:
-    """The directory a module of ours was imported from, as this run reaches
-    it (``/proc/self/fd/N`` for the executable: what it holds, whatever
-    its name now, or whether it has been removed)."""
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(module_file))))
-
-
-def entry_of(module_file: str) -> str | None:
-    """The unpack directory a module of ours was imported from
-    (``<entry>/lib/nomad_secrets/x.py``, through ``/proc/self/fd/N``: its
-    name now, ``.prune-<entry>-<pid>`` once another run moved it aside), or
-    None outside the executable."""
-    entry = os.path.realpath(held_entry(module_file))
-    entry = entry.removesuffix(" (deleted)")  # /proc's name for a directory removed since
+def damaged(held: str) -> tuple[str, str] | None:
+    """(its name now, what is wrong) for the unpack directory this run
+    imports from, when its manifest shows damage; None outside the
+    executable, or when nothing is wrong. ``held``: the directory as this
+    run reaches it (``/proc/self/fd/N``, import_path): what it really
+    imports, whatever its name now. The name is what a message shows and
+    heal moves: ``.prune-<entry>-<pid>`` once another run moved it aside."""
+    entry = os.path.realpath(held).removesuffix(" (deleted)")  # /proc's name for one removed since
     name = os.path.basename(entry)
-    if ENTRY.match(name) or (name.startswith(".prune-") and ENTRY.match(name[7:].rsplit("-", 1)[0])):
-        return entry  # by its name: a cleaner may have taken its marks
-    return None
+    if not (ENTRY.match(name) or (name.startswith(".prune-") and ENTRY.match(name[7:].rsplit("-", 1)[0]))):
+        return None  # by its name, not its marks: a cleaner may have taken those
+    what = damage(held)
+    return (entry, what) if what else None
+
+
+def held_by(module_file: str) -> str:
+    """The unpack directory a module of ours (``<dir>/lib/nomad_secrets/x.py``) came from."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(module_file))))
 
 
 def heal(entry: str, environ: dict[str, str], age: float, again: bool) -> bool:

@@ -203,12 +203,12 @@ def _error_answer(exc: BaseException, start: float, heal: Callable[[str], bool])
     except BaseException:  # noqa: BLE001 - our own modules damaged, answer.py among them
         from nomad_secrets import cache
 
-        entry = cache.entry_of(__file__)
-        damage = cache.damage(entry) if entry is not None else None
-        if entry is None or damage is None:
+        found = cache.damaged(cache.held_by(__file__))
+        if found is None:
             return protocol.encode_error(
                 f"nomad-secrets cannot run: {type(exc).__name__} while it started; please report it"
             )
+        entry, damage = found
         return protocol.encode_error(cache.damaged_message(entry, damage, heal(entry)))
     return error_answer(exc, start, heal)
 

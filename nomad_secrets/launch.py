@@ -313,13 +313,13 @@ def _failed(lib: str, exc: Exception, environ: dict[str, str], again: bool) -> N
     if limit:
         _answer_error(f"nomad-secrets {_ran_out(limit, 'started')}")
     cache = _cache_module()
-    entry = os.path.realpath(os.path.dirname(lib))
-    what = cache.damage(entry)
-    if not what:  # nothing to heal: ours to hear of
+    found = cache.damaged(os.path.dirname(lib))
+    if found is None:  # nothing to heal: ours to hear of
         _answer_error(
             f"nomad-secrets cannot start: {type(exc).__name__} while it started, with its unpacked code"
-            f" in {entry} as unpacked; please report it"
+            f" in {os.path.realpath(os.path.dirname(lib))} as unpacked; please report it"
         )
+    entry, what = found
     moved = cache.heal(entry, environ, cache.process_age(), again)
     _answer_error(cache.damaged_message(entry, what, moved))
 
