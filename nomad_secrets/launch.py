@@ -169,7 +169,7 @@ def _unpack(
                 lib = io.BytesIO(outer.read("lib.zip"))  # a zip in the zip: see scripts/build
             with zipfile.ZipFile(lib) as inner:
                 inner.extractall(tmp)
-            _compile(os.path.join(tmp, "lib"), cache_root)
+            _compile(os.path.join(tmp, "lib"))
             cache.write_manifest(tmp)
             with open(os.path.join(tmp, cache.HELD_MARK), "w") as f:
                 f.write("runs of this build hold a shared flock on this directory while they run\n")
@@ -191,29 +191,51 @@ def _unpack(
         limit = _out_of(exc)
         if limit:
             raise CacheError(_ran_out(limit, f"unpacked into the cache directory {cache_root}")) from None
-        raise CacheError(f"cannot unpack into the cache directory {cache_root}: {exc.strerror}") from None
+        free = _free_space(exc, cache_root)
+        raise CacheError(
+            f"cannot unpack into the cache directory {cache_root}: {exc.strerror}{free}"
+        ) from None
     finally:
         os.umask(old_umask)
 
 
-def _compile(lib: str, cache_root: str) -> None:
+def _compile(lib: str) -> None:
     """Byte-compile everything for this interpreter before the directory is
     published: the cache never changes after the rename. Unchecked-hash
     .pyc files are trusted without comparing source times (the sources sit
-    beside them, written in the same moment, by us)."""
-    import compileall
+    beside them, written in the same moment, by us). Not compileall: it
+    swallows the cause (a full disk, no memory left) and says only "failed"."""
     import py_compile
 
-    ok = compileall.compile_dir(
-        lib, quiet=2, workers=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
-    )
-    if not ok:
-        try:
-            disk = os.statvfs(cache_root)
-            free = f": {disk.f_bavail * disk.f_frsize / 1e6:.1f} MB free on its disk (a build needs about 8)"
-        except OSError:
-            free = ""
-        raise CacheError(f"cannot compile the unpacked code into the cache directory {cache_root}{free}")
+    for root, dirs, files in os.walk(lib):
+        dirs.sort()
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            source = os.path.join(root, name)
+            try:
+                py_compile.compile(
+                    source, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+                )
+            except py_compile.PyCompileError as exc:  # compiling failed; writing the .pyc raises OSError
+                if exc.exc_type_name == "MemoryError":
+                    raise MemoryError from None
+                raise CacheError(
+                    f"cannot compile {os.path.relpath(source, lib)} of the unpacked build"
+                    f" ({exc.exc_type_name}): the executable is damaged; install the build again"
+                ) from None
+
+
+def _free_space(exc: OSError, cache_root: str) -> str:
+    import errno
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    try:
+        disk = os.statvfs(cache_root)
+    except OSError:
+        return ""
+    return f" ({disk.f_bavail * disk.f_frsize / 1e6:.1f} MB free on its disk; a build needs about 8)"
 
 
 def _answer_error(message: str) -> NoReturn:
@@ -235,12 +257,22 @@ def _answer_fd() -> int:
 
 
 # Written as it is when even an answer cannot be made: no memory left to
-# format one (the limit is in the message cli.py makes when it can).
+# format one. start() makes it again with the limit's value while it still can.
 _OUT_OF_MEMORY = (
     b'{"result": {}, "error": "nomad-secrets ran out of memory: the limits (RLIMIT_AS) of the process'
     b" that started it apply; for a fetch, the Nomad client's: LimitAS or MemoryMax in its systemd"
     b' unit (docs/troubleshooting.md)"}\n'
 )
+
+
+def _out_of_memory_answer() -> bytes:
+    """The answer for a fetch that runs out of memory anywhere, made before
+    it does: formatting the message then may itself fail."""
+    try:
+        limit = _limit_value("memory")
+        return _OUT_OF_MEMORY.replace(b"of memory:", b"of memory" + limit.encode() + b":", 1)
+    except MemoryError:
+        return _OUT_OF_MEMORY
 
 
 def _json_string(text: str) -> bytes:
@@ -268,6 +300,40 @@ def _operation() -> str:
 def start(archive: str, loader: object, stopped: type[BaseException]) -> None:
     """Unpack (or find) this build, then run the plugin from it. ``stopped``:
     what the bootstrap's SIGTERM handler raises, for a fetch."""
+    out_of_memory = _out_of_memory_answer()
+    if _operation() == "fetch":
+        _refuse_a_small_address_space()
+    try:
+        _start(archive, loader, stopped)
+    except MemoryError:  # anywhere, our answers to it included: the one answer that needs nothing
+        if _operation() == "fetch":
+            os.write(_answer_fd(), out_of_memory)
+            os._exit(0)
+        raise
+
+
+# A fetch needs about 40 MiB of address space (botocore, TLS, the answer).
+# Near any limit, CPython itself may crash where our code cannot answer:
+# with its 16 spare MemoryErrors in use, _PyErr_NoMemory recurses until
+# the stack overflows (SIGSEGV, seen in cores at 26 and 37 MiB), or it
+# aborts. No Nomad client starts under such a limit (Go's runtime needs
+# hundreds of MiB of address space), so under this one a fetch is not tried.
+MIN_ADDRESS_SPACE = 64 << 20
+
+
+def _refuse_a_small_address_space() -> None:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY and soft < MIN_ADDRESS_SPACE:
+        _answer_error(
+            f"nomad-secrets cannot start: its address space limit (RLIMIT_AS) is {soft >> 20} MiB, under the"
+            f" {MIN_ADDRESS_SPACE >> 20} MiB a fetch needs; it is the Nomad client's: raise LimitAS in its"
+            " systemd unit, or ulimit -v where it starts (docs/troubleshooting.md)"
+        )
+
+
+def _start(archive: str, loader: object, stopped: type[BaseException]) -> None:
     environ = dict(os.environ)  # as Nomad gave it, for a run started again
     again = _cache_module().started_again(environ)  # cli.py takes the mark out of os.environ
     build_id, cache_dir = loader.get_data("build-info").decode().split("\n")[:2]  # type: ignore[attr-defined]
@@ -283,18 +349,16 @@ def start(archive: str, loader: object, stopped: type[BaseException]) -> None:
         _answer_error(_stopped_message(cache_dir))
     except CacheError as exc:
         _answer_error(f"nomad-secrets cannot start: {exc}")
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - Nomad must get an answer
         _answer_error(f"nomad-secrets cannot start: {type(exc).__name__} while unpacking")
     try:
-        try:
-            run()
-        except Exception as exc:  # noqa: BLE001 - our code failed before it could answer
-            _failed(lib, exc, environ, again)
-    except MemoryError:  # in run, and again in its answer: the one answer that needs nothing
-        if _operation() == "fetch":
-            os.write(_answer_fd(), _OUT_OF_MEMORY)
-            os._exit(0)
+        run()
+    except MemoryError:
         raise
+    except Exception as exc:  # noqa: BLE001 - our code failed before it could answer
+        _failed(lib, exc, environ, again)
     except stopped:  # between here and cli.py's own answer to SIGTERM
         protocol = sys.modules.get("nomad_secrets.protocol")
         message = "stopped by Nomad (SIGTERM) while nomad-secrets started; Nomad's plugin timeout passed"
@@ -325,20 +389,28 @@ def _failed(lib: str, exc: Exception, environ: dict[str, str], again: bool) -> N
 
 
 def _ran_out(limit: str, doing: str) -> str:
+    return (
+        f"ran out of {limit}{_limit_value(limit)} while it {doing}: the limits (RLIMIT_NOFILE, RLIMIT_AS)"
+        " of the process that started it apply; for a fetch, the Nomad client's: LimitNOFILE, LimitAS"
+        " or MemoryMax in its systemd unit (docs/troubleshooting.md)"
+    )
+
+
+def _limit_value(limit: str) -> str:
+    """ " (its limit: 28 MiB)" for "memory", " (its limit: 64)" for "file
+    descriptors", or "" when unlimited or unknown."""
     try:  # the limit's value, when there is room left to import resource
         import resource
 
         which = resource.RLIMIT_AS if limit == "memory" else resource.RLIMIT_NOFILE
         soft = resource.getrlimit(which)[0]
-        if soft != resource.RLIM_INFINITY:
-            limit += f" (its limit: {soft >> 20} MiB)" if limit == "memory" else f" (its limit: {soft})"
-    except Exception:  # noqa: BLE001, S110 - the answer matters more than the number
-        pass
-    return (
-        f"ran out of {limit} while it {doing}: the limits (RLIMIT_NOFILE, RLIMIT_AS) of the process"
-        " that started it apply; for a fetch, the Nomad client's: LimitNOFILE, LimitAS or MemoryMax in"
-        " its systemd unit (docs/troubleshooting.md)"
-    )
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - the answer matters more than the number
+        return ""
+    if soft == resource.RLIM_INFINITY:
+        return ""
+    return f" (its limit: {soft >> 20} MiB)" if limit == "memory" else f" (its limit: {soft})"
 
 
 def _out_of(exc: BaseException | None) -> str:

@@ -17,6 +17,7 @@ Read from hashicorp/nomad client/commonplugins/{secrets_plugin,commonplugins}.go
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -77,6 +78,18 @@ def nomad_env(
         if namespace is not None:
             env["NOMAD_NAMESPACE"] = namespace
     return env
+
+
+def limited(**limits: int) -> Callable[[], None]:
+    """A ``node`` for run_plugin: the child runs under these soft and hard
+    limits (resource.RLIMIT_<NAME>), as under a Nomad client's."""
+    pairs = [(getattr(resource, f"RLIMIT_{name.upper()}"), value) for name, value in limits.items()]
+
+    def node() -> None:
+        for which, value in pairs:
+            resource.setrlimit(which, (value, value))
+
+    return node
 
 
 def run_plugin(

@@ -17,15 +17,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import resource
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import aws_config, put_secret, write_config
-from nomad import Fetched, NomadClient
+from nomad import Fetched, NomadClient, limited
 from openbao import Vault, unique
+
+from nomad_secrets.launch import MIN_ADDRESS_SPACE
 
 MiB = 1 << 20
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -34,17 +35,6 @@ _mount = _libc.mount
 _mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
-
-
-def limited(**limits: int) -> Callable[[], None]:
-    """A child that runs under these soft and hard limits (resource.RLIMIT_<NAME>)."""
-    pairs = [(getattr(resource, f"RLIMIT_{name.upper()}"), value) for name, value in limits.items()]
-
-    def node() -> None:
-        for which, value in pairs:
-            resource.setrlimit(which, (value, value))
-
-    return node
 
 
 def mount_namespace(
@@ -194,26 +184,57 @@ def test_threads_that_cannot_start_leave_the_reads_to_fewer(
         assert "reading-in-turn" in logged, logged
 
 
-def test_out_of_memory_is_named(nomad: NomadClient, secretsmanager: Any) -> None:
-    """An address space too small for botocore: the answer says memory ran
-    out and which limit to raise, not "internal error (MemoryError)"."""
-    put_secret(secretsmanager, "edge-memory", "v")
-    fetched = answered(nomad.fetch("aws", "edge-memory", node=limited(**{"as": 28 * MiB})))
-    message = str(fetched.plugin_error)
-    assert not fetched.ok and "ran out of memory" in message and "LimitAS" in message, fetched
-    assert "28 MiB" in message, message
+def floor_refusal(mib: int) -> str:
+    return (
+        f"nomad-secrets cannot start: its address space limit (RLIMIT_AS) is {mib} MiB, under the"
+        f" {MIN_ADDRESS_SPACE >> 20} MiB a fetch needs; it is the Nomad client's: raise LimitAS in its"
+        " systemd unit, or ulimit -v where it starts (docs/troubleshooting.md)"
+    )
 
 
 def test_every_address_space_limit_gets_an_answer(nomad: NomadClient, secretsmanager: Any) -> None:
-    """Memory can run out anywhere, our own error handling included: from
-    the smallest limit the interpreter starts under to one that reads, every
-    fetch exits 0 with one JSON object (at 28 MiB one said "MemoryError" on
-    a guarded stderr and exited 1, once)."""
+    """From the smallest limit the interpreter starts under: below the floor
+    (MIN_ADDRESS_SPACE) one answer that names the limit and the Nomad
+    client's setting, from it on the value. Before the floor, some limits
+    crashed the interpreter itself (SIGSEGV: CPython's _PyErr_NoMemory
+    recursing once its spare MemoryErrors were used, or an abort: 7 of 30
+    runs at 26 and 37 MiB), at 28 MiB one fetch said "MemoryError" on a guarded
+    stderr and exited 1, and in CI one answered without the limit's value."""
     put_secret(secretsmanager, "edge-memory-sweep", "v")
-    for mib in range(16, 44, 2):
-        fetched = answered(nomad.fetch("aws", "edge-memory-sweep", node=limited(**{"as": mib * MiB})))
-        said = str(fetched.plugin_error)
-        assert fetched.result == {"value": "v"} or "ran out of memory" in said, (mib, fetched)
+    assert answered(
+        nomad.fetch("aws", "edge-memory-sweep")
+    ).ok  # unpacked: test_reliability has the first fetch
+    for _ in range(2):
+        for mib in range(16, 82, 1):
+            fetched = answered(nomad.fetch("aws", "edge-memory-sweep", node=limited(**{"as": mib * MiB})))
+            if mib < MIN_ADDRESS_SPACE >> 20:
+                assert fetched.plugin_error == floor_refusal(mib), (mib, fetched)
+            else:
+                assert fetched.ok and fetched.result == {"value": "v"}, (mib, fetched)
+
+
+def test_out_of_memory_while_reading_is_named(vault: Vault) -> None:
+    """Above the floor, values too large for the address space (three of
+    3.5 MiB, the operator's max_output_bytes raised to let them through):
+    the answer says memory ran out, the limit and the settings to change,
+    and nothing of what was read. Unlimited, the same fetch reads them."""
+    vault.sections = "[plugin]\nmax_output_bytes = 33554432\n"
+    vault.configure()
+    lines, expected = [], {}
+    for i in range(3):
+        name = unique("large")
+        value = chr(ord("a") + i) * (7 * MiB // 2)
+        vault.server.put_kv("secret", name, {"v": value})
+        lines.append(f"k{i} = vault:secret/{name}")
+        expected[f"k{i}_v"] = value
+    path = "\n".join(lines)
+    fetched = answered(vault.fetch(path, node=limited(**{"as": 64 * MiB})))
+    said = str(fetched.plugin_error)
+    assert fetched.result == {} and said.startswith("nomad-secrets ran out of memory while "), said
+    assert "(its address space limit: 64 MiB)" in said and "LimitAS" in said, said
+    assert "aaaa" not in fetched.run.stdout.decode(), "a value in the answer"
+    fetched = answered(vault.fetch(path))
+    assert fetched.ok and fetched.result == expected
 
 
 # -- the debug log -----------------------------------------------------------------------

@@ -21,10 +21,12 @@ from typing import Any
 
 import pytest
 from conftest import aws_config, build_artifact, put_secret
-from nomad import NomadClient, install_plugin, nomad_env, run_plugin
+from nomad import NomadClient, install_plugin, limited, nomad_env, run_plugin
 
 from nomad_secrets import cache as cache_module
-from nomad_secrets.launch import UNPACK_LOCK
+from nomad_secrets.launch import MIN_ADDRESS_SPACE, UNPACK_LOCK
+
+MiB = 1 << 20
 
 
 class Node:
@@ -37,8 +39,13 @@ class Node:
         install_plugin(self.exe, self.plugins, ["aws"], aws_config(moto_endpoint))
         self.nomad = NomadClient(self.plugins, decoder)
 
+    def entries(self) -> list[Path]:
+        if not self.cache.exists():
+            return []
+        return [p for p in self.cache.iterdir() if cache_module.ENTRY.match(p.name)]
+
     def entry(self) -> Path:
-        (entry,) = [p for p in self.cache.iterdir() if cache_module.ENTRY.match(p.name)]
+        (entry,) = self.entries()
         return entry
 
     def leftovers(self) -> list[str]:
@@ -110,7 +117,7 @@ def test_a_fetch_waits_for_the_unpacker_until_nomad_can_still_read_its_answer(no
     assert str(fetched.plugin_error).startswith(
         f"nomad-secrets cannot start: another run has been unpacking this build into {node.cache} for the"
     )
-    assert node.leftovers() == [] and not any(cache_module.ENTRY.match(n) for n in os.listdir(node.cache))
+    assert node.leftovers() == [] and node.entries() == []
 
 
 @pytest.mark.parametrize("after", [0.0, 0.05, 0.1, 0.2, 0.3, 0.45])
@@ -314,15 +321,31 @@ def test_a_compile_that_runs_out_of_disk_leaves_nothing(
     fetched = node.fetch()
     cache = small_disk / "cache"
     said = str(fetched.plugin_error)
-    assert said.startswith(
-        (
-            f"nomad-secrets cannot start: cannot compile the unpacked code into the cache directory {cache}:",
-            f"nomad-secrets cannot start: cannot unpack into the cache directory {cache}: No space left",
-        )
-    ), said
+    unpacking = f"nomad-secrets cannot start: cannot unpack into the cache directory {cache}"
+    assert said.startswith(f"{unpacking}: No space left on device ("), said
+    assert "MB free on its disk; a build needs about 8)" in said, said
     assert node.leftovers() == []
     usage = shutil.disk_usage(small_disk)
     assert usage.used < 64 * 1024, usage  # the temporary directory is gone, not left to fill the disk
+
+
+def test_a_first_fetch_under_a_small_address_space(node: Node) -> None:
+    """The first fetch of a new build under an address space limit (the
+    Nomad client's LimitAS): below the floor it is answered before anything
+    is written; at the floor it unpacks, compiles and reads. Before, under
+    a small limit the compile step said "cannot compile ...: N MB free on
+    its disk", naming a disk that was not full."""
+    shutil.rmtree(node.cache, ignore_errors=True)  # this is the first fetch of the build
+    for mib in range(16, MIN_ADDRESS_SPACE >> 20, 4):
+        fetched = node.fetch(node=limited(**{"as": mib * MiB}))
+        said = str(fetched.plugin_error)
+        assert said.startswith(
+            f"nomad-secrets cannot start: its address space limit (RLIMIT_AS) is {mib} MiB"
+        ), said
+        assert not node.cache.exists()
+    fetched = node.fetch(node=limited(**{"as": MIN_ADDRESS_SPACE}))
+    assert fetched.ok and fetched.result == {"value": "v"}, fetched
+    assert node.entry().is_dir() and node.leftovers() == []
 
 
 def test_check_and_install_fail_when_the_cache_cannot_be_unpacked(node: Node) -> None:
