@@ -202,6 +202,25 @@ class OpenBao:
 
     def mount(self, path: str, kind: str, namespace: str | None = None, **options: Any) -> None:
         self.api("POST", f"sys/mounts/{path}", {"type": kind, **options}, namespace=namespace)
+        if kind == "kv" and (options.get("options") or {}).get("version") == "2":
+            self._until_upgraded(path, namespace)
+
+    def _until_upgraded(self, mount: str, namespace: str | None) -> None:
+        """A new KV v2 mount answers HTTP 400 "Upgrading from non-versioned
+        to versioned data" for a moment after it is made (a write 1 ms later
+        failed a CI run): wait, at most 10 s, until a read of its data path
+        gets any other answer (404 here: nothing is written yet)."""
+        end = time.monotonic() + 10
+        while True:
+            try:
+                self.api("GET", f"{mount}/data/upgraded", namespace=namespace)
+                return
+            except ApiError as exc:
+                if "Upgrading" not in str(exc):
+                    return
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.02)
 
     def enable_auth(self, path: str, kind: str) -> str:
         """Enable an auth method; its accessor (for templated policies)."""

@@ -6,9 +6,12 @@ rest through."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import hvac
 import pytest
+from nomad import Fetched
 from openbao import Vault, unique
 from vault_faults import Fault, FaultProxy
 
@@ -108,3 +111,87 @@ def test_credentials_quoted_back_are_blanked(vault: Vault) -> None:
         message = vault.error("vault:secret/app")
     assert "(Vault said: bad <redacted> for <redacted>)" in message
     assert secret_id not in message and vault.bao.role_id not in message
+
+
+# --- a KV mount's upgrade to version 2 ------------------------------------------------------
+
+UPGRADING = {
+    "errors": [
+        "Upgrading from non-versioned to versioned data. This backend will be unavailable for a brief"
+        " period and will resume service shortly."
+    ]
+}
+
+
+def data_reads(proxy: FaultProxy) -> list[int]:
+    return [seen.status for seen in proxy.seen if "/data/" in seen.path]
+
+
+def test_a_kv_mount_tuned_to_version_2_is_read_once_its_upgrade_ends(vault: Vault) -> None:
+    """`bao secrets tune -version=2` on a KV v1 mount of 2,000 keys: the real
+    server answers HTTP 400 "Upgrading from non-versioned to versioned
+    data" for about 0.2 s while it moves them. The proxy holds the fetch's
+    first request until the tune is done, so its read meets that window:
+    the fetch waits it out and reads the value (before: "Vault refused the
+    read ...; check the reference")."""
+    server, mount = vault.server, unique("tuned")
+    server.mount(mount, "kv", options={"version": "1"})
+    for i in range(2000):
+        server.api("POST", f"{mount}/k{i}", {"v": str(i)})
+    tuned = threading.Event()
+    with FaultProxy(server.address, Fault(f"sys/internal/ui/mounts/{mount}/", hold=tuned)) as proxy:
+        vault.configure(address=proxy.url, token=server.root)
+        fetching = Fetching(vault, f"vault:{mount}/k7")
+        until = time.monotonic() + 30
+        while not proxy.seen and time.monotonic() < until:  # the preflight, held
+            time.sleep(0.01)
+        server.api("POST", f"sys/mounts/{mount}/tune", {"options": {"version": "2"}})
+        tuned.set()
+        fetched = fetching.result()
+    assert fetched.result == {"v": "7"}, fetched
+    statuses = data_reads(proxy)
+    assert statuses[0] == 400 and statuses[-1] == 200, statuses
+
+
+def test_an_upgrade_longer_than_the_deadline_is_named(vault: Vault) -> None:
+    """Still upgrading when the deadline comes (a mount of many keys): the
+    answer says so and when to try again, before Nomad's timeout; the pause
+    between tries grows (0.1, 0.2, 0.4 s). Another 400 is not tried again."""
+    upgrading = Fault("secret/data/", 400, json.dumps(UPGRADING).encode())
+    with FaultProxy(vault.server.address, upgrading) as proxy:
+        vault.configure("[plugin]\ndeadline_seconds = 2\n", address=proxy.url)
+        fetched = vault.fetch("vault:secret/app", timeout=6)
+    message = str(fetched.plugin_error)
+    assert not fetched.run.terminated and fetched.result == {}, fetched
+    assert "the KV mount of secret/data/app is being upgraded to version 2" in message, message
+    assert "start the task again in a moment" in message, message
+    assert data_reads(proxy) == [400] * 4
+    with FaultProxy(vault.server.address, answer(400, {"errors": ["bad request"]})) as proxy:
+        vault.configure(address=proxy.url)
+        assert "Vault refused the read (Vault said: bad request)" in vault.error("vault:secret/app")
+    assert data_reads(proxy) == [400]
+
+
+def test_a_short_upgrade_window_is_waited_out(vault: Vault) -> None:
+    name = unique()
+    vault.server.put_kv("secret", name, {"k": "v"})
+    upgrading = Fault("secret/data/", 400, json.dumps(UPGRADING).encode(), times=3)
+    with FaultProxy(vault.server.address, upgrading) as proxy:
+        vault.configure(address=proxy.url)
+        fetched = vault.fetch(f"vault:secret/{name}")
+    assert fetched.result == {"k": "v"}, fetched
+    assert data_reads(proxy) == [400, 400, 400, 200]
+
+
+class Fetching:
+    """A fetch run in a thread, for a test that changes the server meanwhile."""
+
+    def __init__(self, vault: Vault, path: str) -> None:
+        self._fetched: list[Fetched] = []
+        self._thread = threading.Thread(target=lambda: self._fetched.append(vault.fetch(path)))
+        self._thread.start()
+
+    def result(self) -> Fetched:
+        self._thread.join(30)
+        assert self._fetched, "the fetch did not end"
+        return self._fetched[0]

@@ -13,7 +13,12 @@ that:
 - a malformed answer (HTML, JSON of the wrong shape), an oversized one, a
   redirect, a status Vault does not use;
 - an error text quoting the credentials sent (no Vault or OpenBao version
-  does; a buggy proxy or plugin could, so the plugin blanks them anyway).
+  does; a buggy proxy or plugin could, so the plugin blanks them anyway);
+- a request held until the test has changed the server (``hold``), so that
+  the next one meets a state the real server keeps only for a moment: a KV
+  mount's upgrade window, 0.1 s for 1,000 keys.
+
+A fault with ``times`` answers that many requests, then passes the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class Fault:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
     hang: bool = False  # accept the request, never answer
+    times: int | None = None  # answer this many matching requests, then pass them through
+    hold: threading.Event | None = None  # pass the request through once this is set (at most 10 s)
 
 
 @dataclass
@@ -41,6 +48,7 @@ class Seen:
     method: str
     path: str
     headers: dict[str, str]
+    status: int = 0  # what the client was answered
 
 
 class _Server(ThreadingHTTPServer):
@@ -55,6 +63,7 @@ class FaultProxy:
         self.faults = list(faults)
         self.seen: list[Seen] = []
         self.released = threading.Event()
+        self._lock = threading.Lock()
         proxy, upstream = self, urlsplit(target)
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,10 +71,12 @@ class FaultProxy:
 
             def answer(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                proxy.seen.append(
-                    Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
-                )
-                fault = next((f for f in proxy.faults if self.path.startswith("/v1/" + f.path)), None)
+                seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+                proxy.seen.append(seen)
+                fault = proxy.match(self.path)
+                if fault is not None and fault.hold is not None:
+                    fault.hold.wait(10)
+                    fault = None
                 if fault is not None and fault.hang:
                     proxy.released.wait()
                     return
@@ -81,6 +92,7 @@ class FaultProxy:
                         upstream_answer.read(),
                     )
                     conn.close()
+                seen.status = status
                 self.send_response(status)
                 for key, value in headers:
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -96,6 +108,15 @@ class FaultProxy:
 
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def match(self, path: str) -> Fault | None:
+        with self._lock:
+            fault = next((f for f in self.faults if path.startswith("/v1/" + f.path)), None)
+            if fault is not None and fault.times is not None:
+                if fault.times <= 0:
+                    return None
+                fault.times -= 1
+            return fault
 
     def paths(self) -> list[str]:
         return [f"{s.method} {s.path.split('?')[0].removeprefix('/v1/')}" for s in self.seen]

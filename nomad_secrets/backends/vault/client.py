@@ -3,8 +3,8 @@
 One ``PoolManager`` serves every thread, and in a long-lived process every
 fetch (``with_deadline`` gives a fetch its own view, sharing the connections
 and the credentials to blank out); its retries are off (``call`` retries a
-429 itself, within the deadline) and every call's timeout is what is left of
-the fetch's deadline. TLS verification is always on (``CERT_REQUIRED``),
+429 and a KV mount's upgrade window itself, within the deadline) and every
+call's timeout is what is left of the fetch's deadline. TLS verification is always on (``CERT_REQUIRED``),
 trusting ``vault.ca_cert`` or else the system's trust store (as the vault
 CLI does; the environment variables that could point OpenSSL elsewhere are
 gone before this runs); the client certificate comes from the config too.
@@ -49,6 +49,16 @@ THROTTLE_MARGIN = 0.5  # retry only if this much deadline is left after the paus
 UI_MOUNTS = "sys/internal/ui/mounts"
 # Go's net/http answers plain HTTP on a TLS listener so, in Vault and OpenBao alike.
 PLAIN_HTTP_TO_TLS = b"Client sent an HTTP request to an HTTPS server"
+# A KV mount made or tuned to version 2 answers HTTP 400 with one of these
+# until it has moved its keys (a moment; longer for many keys). A mount
+# being upgraded serves again by itself: retried, with a short pause that
+# grows, for as long as the deadline allows.
+KV_UPGRADING = (
+    b"Upgrading from non-versioned to versioned data",
+    b"to upgrade from non-versioned to versioned",
+)
+UPGRADE_PAUSE = 0.1  # seconds before the first retry, doubled after
+UPGRADE_PAUSE_MAX = 1.0
 _ADDRESS = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?\Z")
 _MULTIERROR_ITEM = re.compile(r"^\s*\*\s*(.+)$", re.MULTILINE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -105,7 +115,8 @@ class Client:
         payload: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
     ) -> Answer:
-        """One API call: (status, JSON object or None), retrying a 429.
+        """One API call: (status, JSON object or None), retrying a 429 and a
+        KV mount's upgrade window (KV_UPGRADING) while the deadline allows.
 
         Transport failures, 429 (after retries), 5xx, redirects and a 2xx
         that is not a JSON object raise here; every other status is the
@@ -121,20 +132,24 @@ class Client:
         if payload is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(payload).encode("utf-8")
-        attempt = 0
+        attempt = upgrading = 0
         while True:
             if self.deadline.expired():
                 raise self.timed_out(ref)
             status, retry_after, content_type, raw = self._send(ref, method, url, headers, data)
-            if status != 429 or attempt >= THROTTLE_RETRIES:
+            if status == 429 and attempt < THROTTLE_RETRIES:
+                # A floor under Retry-After: OpenBao sends "0" while its quota is
+                # still spent, and three tries back to back would all fail.
+                pause = max(retry_after or 0.0, THROTTLE_BACKOFF * 2**attempt)
+                attempt += 1
+            elif kv_upgrading(status, raw):
+                pause = min(UPGRADE_PAUSE * 2**upgrading, UPGRADE_PAUSE_MAX)
+                upgrading += 1
+            else:
                 break
-            # A floor under Retry-After: OpenBao sends "0" while its quota is
-            # still spent, and three tries back to back would all fail.
-            pause = max(retry_after or 0.0, THROTTLE_BACKOFF * 2**attempt)
             if pause + THROTTLE_MARGIN > self.deadline.remaining():
                 break
             time.sleep(pause)
-            attempt += 1
         body = _json_object(raw)
         if status == 400 and body is None and raw.startswith(PLAIN_HTTP_TO_TLS):
             raise Unreachable(
@@ -142,6 +157,15 @@ class Client:
                 LABEL,
                 f"Vault at {self.base} answered plain HTTP with HTTP 400",
                 "this address speaks TLS: use https:// in vault.address (and vault.ca_cert for its CA)",
+            )
+        if kv_upgrading(status, raw):
+            raise StoreError(
+                ref.text,
+                LABEL,
+                f"the KV mount of {api_path} is being upgraded to version 2 and serves nothing until it"
+                f" is done{self.said(body)}",
+                "start the task again in a moment: the upgrade moves every key of the mount, and takes"
+                " longer the more keys it holds",
             )
         if status == 429:
             raise Throttled(
@@ -335,6 +359,11 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+def kv_upgrading(status: int, raw: bytes) -> bool:
+    """Vault's answer while a KV mount is being upgraded to version 2."""
+    return status == 400 and any(text in raw for text in KV_UPGRADING)
 
 
 def _retry_after(value: str | None) -> float | None:
