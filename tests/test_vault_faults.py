@@ -156,7 +156,8 @@ def test_a_kv_mount_tuned_to_version_2_is_read_once_its_upgrade_ends(vault: Vaul
 def test_an_upgrade_longer_than_the_deadline_is_named(vault: Vault) -> None:
     """Still upgrading when the deadline comes (a mount of many keys): the
     answer says so and when to try again, before Nomad's timeout; the pause
-    between tries grows (0.1, 0.2, 0.4 s). Another 400 is not tried again."""
+    between tries grows (0.1, 0.2, 0.4 s). Another 400 is not tried again,
+    nor one whose error only quotes Vault's text."""
     upgrading = Fault("secret/data/", 400, json.dumps(UPGRADING).encode())
     with FaultProxy(vault.server.address, upgrading) as proxy:
         vault.configure("[plugin]\ndeadline_seconds = 2\n", address=proxy.url)
@@ -166,10 +167,12 @@ def test_an_upgrade_longer_than_the_deadline_is_named(vault: Vault) -> None:
     assert "the KV mount of secret/data/app is being upgraded to version 2" in message, message
     assert "start the task again in a moment" in message, message
     assert data_reads(proxy) == [400] * 4
-    with FaultProxy(vault.server.address, answer(400, {"errors": ["bad request"]})) as proxy:
-        vault.configure(address=proxy.url)
-        assert "Vault refused the read (Vault said: bad request)" in vault.error("vault:secret/app")
-    assert data_reads(proxy) == [400]
+    quoted = f"no handler for route '{UPGRADING['errors'][0]}'"  # a path the job wrote, quoted back
+    for other in ("bad request", quoted):
+        with FaultProxy(vault.server.address, answer(400, {"errors": [other]})) as proxy:
+            vault.configure(address=proxy.url)
+            assert "Vault refused the read (Vault said: " in vault.error("vault:secret/app")
+        assert data_reads(proxy) == [400], other
 
 
 def test_a_short_upgrade_window_is_waited_out(vault: Vault) -> None:

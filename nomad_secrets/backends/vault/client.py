@@ -53,9 +53,13 @@ PLAIN_HTTP_TO_TLS = b"Client sent an HTTP request to an HTTPS server"
 # until it has moved its keys (a moment; longer for many keys). A mount
 # being upgraded serves again by itself: retried, with a short pause that
 # grows, for as long as the deadline allows.
+# Matched whole, as one of the answer's ``errors``: an error that quotes a
+# path the job wrote must not pass for one of these.
 KV_UPGRADING = (
-    b"Upgrading from non-versioned to versioned data",
-    b"to upgrade from non-versioned to versioned",
+    "Upgrading from non-versioned to versioned data. This backend will be unavailable for a brief period"
+    " and will resume service shortly.",
+    "Waiting for the primary to upgrade from non-versioned to versioned data. This backend will be"
+    " unavailable for a brief period and will resume service when the primary is finished.",
 )
 UPGRADE_PAUSE = 0.1  # seconds before the first retry, doubled after
 UPGRADE_PAUSE_MAX = 1.0
@@ -363,7 +367,10 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
 
 def kv_upgrading(status: int, raw: bytes) -> bool:
     """Vault's answer while a KV mount is being upgraded to version 2."""
-    return status == 400 and any(text in raw for text in KV_UPGRADING)
+    if status != 400 or b"from non-versioned to versioned data" not in raw:
+        return False
+    errors = (_json_object(raw) or {}).get("errors")
+    return isinstance(errors, list) and any(error in KV_UPGRADING for error in errors)
 
 
 def _retry_after(value: str | None) -> float | None:
