@@ -175,6 +175,23 @@ def test_an_upgrade_longer_than_the_deadline_is_named(vault: Vault) -> None:
         assert data_reads(proxy) == [400], other
 
 
+def test_references_to_a_mount_in_its_window_poll_it_once(vault: Vault) -> None:
+    """Twenty references to one mount that stays in its upgrade window: one
+    read polls it, the others wait for that one and read once more when it
+    ends, at most two reads each (the hostile review: 64 references, each
+    polling on its own, sent 577 requests in a 5.5 s window)."""
+    paths = "\n".join(f"k{i} = vault:secret/app{i}" for i in range(20))
+    upgrading = Fault("secret/data/", 400, json.dumps(UPGRADING).encode())
+    with FaultProxy(vault.server.address, upgrading) as proxy:
+        vault.configure("[plugin]\ndeadline_seconds = 2\n", address=proxy.url)
+        fetched = vault.fetch(paths, timeout=6)
+    assert "is being upgraded to version 2" in str(fetched.plugin_error), fetched
+    reads = [seen.path.split("/")[-1] for seen in proxy.seen if "/data/" in seen.path]
+    polled = max(reads.count(f"app{i}") for i in range(20))
+    assert sorted(set(reads)) == sorted(f"app{i}" for i in range(20)) and polled == 4, reads
+    assert len(reads) <= 2 * 20 + polled, reads
+
+
 def test_a_short_upgrade_window_is_waited_out(vault: Vault) -> None:
     name = unique()
     vault.server.put_kv("secret", name, {"k": "v"})
