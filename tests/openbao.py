@@ -203,9 +203,9 @@ class OpenBao:
     def mount(self, path: str, kind: str, namespace: str | None = None, **options: Any) -> None:
         self.api("POST", f"sys/mounts/{path}", {"type": kind, **options}, namespace=namespace)
         if kind == "kv" and (options.get("options") or {}).get("version") == "2":
-            self._until_upgraded(path, namespace)
+            self.until_upgraded(path, namespace)
 
-    def _until_upgraded(self, mount: str, namespace: str | None) -> None:
+    def until_upgraded(self, mount: str, namespace: str | None) -> None:
         """A new KV v2 mount answers HTTP 400 "Upgrading from non-versioned
         to versioned data" for a moment after it is made (a write 1 ms later
         failed a CI run): wait, at most 10 s, until a read of its data path

@@ -191,6 +191,25 @@ def test_a_mount_that_was_missing_is_found_once_made(vault: Vault, agent: Agent)
     assert seen == [f"read sys/internal/ui/mounts/{mount}/app", f"read {mount}/data/app"]
 
 
+def test_a_mount_tuned_to_version_2_is_read_as_such(vault: Vault, agent: Agent) -> None:
+    """The agent keeps a preflight's answer for a minute. A KV v1 mount
+    tuned to v2 meanwhile (`bao secrets tune -version=2`): Vault's warning
+    that a v2 mount was read as v1 makes it ask again and read once more
+    (the review of issue #15: "not found ... Invalid path for a versioned
+    K/V secrets engine" for up to 60 s)."""
+    server, mount = vault.server, unique("kv")
+    vault.configure(token=server.root)
+    server.mount(mount, "kv", options={"version": "1"})
+    server.put_kv(mount, "a", {"k": "1"})
+    server.put_kv(mount, "b", {"k": "2"})
+    assert agent.fetch(f"vault:{mount}/a").result == {"k": "1"}
+    server.api("POST", f"sys/mounts/{mount}/tune", {"options": {"version": "2"}})
+    server.until_upgraded(mount, None)
+    fetched, seen = agent.seen(f"vault:{mount}/b")
+    assert fetched.result == {"k": "2"}, fetched
+    assert seen == [f"read {mount}/b", f"read sys/internal/ui/mounts/{mount}/b", f"read {mount}/data/b"]
+
+
 # --- the operator's token: rotated, revoked, renewed, revoked at stop ---------------------------
 
 

@@ -31,8 +31,15 @@ SYSTEM_TYPES = frozenset(
     {"system", "token", "identity", "cubbyhole", "ns_system", "ns_token", "ns_identity", "ns_cubbyhole"}
 )
 MOUNT_TTL = 60.0  # seconds a preflight's answer is kept; an operator may remount
+# Vault's warning when a KV v2 mount is read as v1: the mount was tuned to v2
+# since its preflight (``bao secrets tune -version=2``), or kv_mounts is wrong.
+READ_AS_V1 = "Invalid path for a versioned K/V secrets engine."
 MAX_LOCKS = 256
 _VERSION = re.compile(r"[1-9][0-9]{0,9}\Z")
+
+
+class ReadAsV1(NotFound):
+    """A KV v2 mount read as version 1 (READ_AS_V1)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,16 @@ class Mounts:
             return found
         finally:
             lock.release()
+
+    def forget(self, mount: Mount) -> bool:
+        """Drop a preflight's answer that Vault contradicts; False for a
+        configured mount (the operator's word) or one not kept."""
+        with self._state:
+            kept = self._found.get(mount.path)
+            if kept is None or kept[0] != mount:
+                return False
+            del self._found[mount.path]
+            return True
 
     def _lookup(self, locator: str) -> Mount | None:
         now = time.monotonic()
@@ -200,9 +217,10 @@ class Reader:
             return data
         if status == 404:  # its warnings say what is wrong, such as a KV v2 mount read as v1
             pinned = f" (version {version})" if version is not None else ""
-            raise NotFound(
-                ref.text, LABEL, f"not found at {api_path}{pinned}{said}", "check the mount and path"
-            )
+            warnings = body.get("warnings") if body else None
+            as_v1 = isinstance(warnings, list) and any(str(w).startswith(READ_AS_V1) for w in warnings)
+            kind = ReadAsV1 if as_v1 else NotFound
+            raise kind(ref.text, LABEL, f"not found at {api_path}{pinned}{said}", "check the mount and path")
         if status == 403:
             self.auth.check_alive(ref, token)
             raise AccessDenied(

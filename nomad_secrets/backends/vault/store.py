@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nomad_secrets.backends.vault.auth import Auth, Login
 from nomad_secrets.backends.vault.client import LABEL, Client
-from nomad_secrets.backends.vault.kv import Mounts, Reader, check_locator, version_option
+from nomad_secrets.backends.vault.kv import Mounts, ReadAsV1, Reader, check_locator, version_option
 from nomad_secrets.config import VaultSettings
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import AccessDenied, RequestError
@@ -51,7 +51,9 @@ class Vault:
                 raise
         return self._read(ref, locator, version, self.auth.token(ref))
 
-    def _read(self, ref: Reference, locator: str, version: str | None, token: str) -> Raw:
+    def _read(
+        self, ref: Reference, locator: str, version: str | None, token: str, *, again: bool = True
+    ) -> Raw:
         mount = self.mounts.holding(ref, locator, token, self.auth)
         rest = locator[len(mount.path) + 1 :]
         if not rest:
@@ -66,7 +68,14 @@ class Vault:
             )
         if mount.kv_version == 2:
             return self.reader.kv2(ref, token, mount, rest, version)
-        return self.reader.data(ref, token, locator)
+        try:
+            return self.reader.data(ref, token, locator)
+        except ReadAsV1:
+            # Tuned to v2 since the preflight a long-lived process kept
+            # (the node agent): ask again, and read once more.
+            if not (again and self.mounts.forget(mount)):
+                raise
+        return self._read(ref, locator, version, token, again=False)
 
     def probe(self) -> None:
         """For ``nomad-secrets check``: prove the credentials work, reading no secret.
