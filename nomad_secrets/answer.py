@@ -13,6 +13,8 @@ from nomad_secrets.config import Config
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import PluginError
 from nomad_secrets.fetch import fetch
+from nomad_secrets.limits import Exhausted
+from nomad_secrets.limits import exhausted as limit_of
 from nomad_secrets.pool import StorePool
 
 TYPE_CHECKING = False  # not typing's (see cli.py)
@@ -30,10 +32,11 @@ def fetch_answer(
     pool: StorePool | None = None,
     observer: Observer | None = None,
     heal: Callable[[str], bool] | None = None,
+    exhausted: Callable[[Exhausted], None] | None = None,
 ) -> bytes:
-    """Fetch and encode; never raises. The operator's audit record and
-    metrics (``observer``, made here unless given) see how it ended;
-    ``heal`` (error_answer) may start the run again."""
+    """Fetch and encode; never raises but MemoryError. The operator's audit
+    record and metrics (``observer``, made here unless given) see how it
+    ended; ``heal`` and ``exhausted``: see error_answer."""
     start = deadline.start
     observer = observer or observer_for(config, provider, path, environ, start)
     debuglog.log(
@@ -48,7 +51,7 @@ def fetch_answer(
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
         if observer is not None:
             observer.finish(exc.kind if isinstance(exc, PluginError) else "internal")
-        return error_answer(exc, start, heal)
+        return error_answer(exc, start, heal, exhausted)
     debuglog.log("fetched", provider=provider, keys=len(result), ms=_ms(start))
     if observer is not None:
         observer.finish(None)
@@ -67,17 +70,23 @@ def observer_for(
     return Observer(config, provider, path, environ, start)
 
 
-def error_answer(exc: BaseException, start: float, heal: Callable[[str], bool] | None = None) -> bytes:
+def error_answer(
+    exc: BaseException,
+    start: float,
+    heal: Callable[[str], bool] | None = None,
+    exhausted: Callable[[Exhausted], None] | None = None,
+) -> bytes:
     """Our own message, or for anything else its type only: an exception's
     text could quote a secret. An exception that is not ours may come from
     the unpack directory, damaged since it was made: its manifest says
     (cache.damage, read only here, on the way out). ``heal`` (the plugin's,
     not the agent's) moves it aside and may start the run again. A limit
     of the process (file descriptors, memory) comes first: it is named,
-    and never taken for damage."""
-    from nomad_secrets.limits import exhausted
-
-    exc = exhausted(exc, "answering the fetch") or exc  # a limit of the process, reported as something else
+    never taken for damage, and told to ``exhausted`` (the agent's: its
+    own limits, not the plugin's)."""
+    exc = limit_of(exc, "answering the fetch") or exc  # a limit of the process, reported as something else
+    if isinstance(exc, Exhausted) and exhausted is not None:
+        exhausted(exc)
     if isinstance(exc, PluginError):
         debuglog.log("failed", error=type(exc).__name__, message=exc.message, ms=_ms(start))
         return protocol.encode_error(exc.message)

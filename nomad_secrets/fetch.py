@@ -80,6 +80,10 @@ def fetch(
             backend.close()
 
 
+# How often the wait for the readers looks for one that died without a word.
+CRASH_CHECK_SECONDS = 0.25
+
+
 def check_policy(
     refs: list[Reference],
     stores: list[str],
@@ -114,19 +118,26 @@ def resolve(
     for index in range(len(refs)):
         pending.put(index)
     failed = threading.Event()
+    # A reader's failure that not even a queue item could carry (memory ran
+    # out in its handler): set without allocating, found by the wait below.
+    crashed: list[BaseException | None] = [None]
 
     def read_pending() -> None:
-        while not failed.is_set() and not deadline.expired():
-            try:
-                index = pending.get_nowait()
-            except queue.Empty:
-                return
-            ref, store = refs[index], stores[index]
-            try:
-                done.put((index, shape(ref, backends[store].read(ref), STORE_LABELS[store])))
-            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-                failed.set()  # fail closed: no reader starts another reference
-                done.put((index, exc))
+        try:
+            while not failed.is_set() and not deadline.expired():
+                try:
+                    index = pending.get_nowait()
+                except queue.Empty:
+                    return
+                ref, store = refs[index], stores[index]
+                try:
+                    done.put((index, shape(ref, backends[store].read(ref), STORE_LABELS[store])))
+                except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                    failed.set()  # fail closed: no reader starts another reference
+                    done.put((index, exc))
+        except BaseException as exc:  # noqa: BLE001 - a thread that died silently held the fetch to its deadline
+            crashed[0] = exc
+            failed.set()
 
     readers = start_readers(read_pending, reader_count(len(refs)))
     if readers == 0:  # no thread could start (memory, or the threads limit): read in turn, here
@@ -136,8 +147,12 @@ def resolve(
     size = 0
     while len(results) < len(refs):
         try:
-            index, outcome = done.get(timeout=max(deadline.remaining(), 0))
+            index, outcome = done.get(timeout=min(max(deadline.remaining(), 0), CRASH_CHECK_SECONDS))
         except queue.Empty:
+            if crashed[0] is not None:
+                raise crashed[0] from None
+            if not deadline.expired():
+                continue
             first = min(i for i in range(len(refs)) if i not in results)
             raise _timed_out(refs[first], stores[first], deadline) from None
         if isinstance(outcome, BaseException):

@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,13 +18,15 @@ from pathlib import Path
 class AgentProcess:
     """``<plugin> agent``, started as an operator (or systemd) would."""
 
-    def __init__(self, executable: Path, *args: str) -> None:
+    def __init__(self, executable: Path, *args: str, node: Callable[[], None] | None = None) -> None:
+        """``node``: run in the child before the exec (tests/nomad.py limited)."""
         self.proc = subprocess.Popen(
             [str(executable), "agent", *args],
             env={},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=node,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 from agent_process import AgentProcess, socket_path
 from conftest import aws_config, interpreter, put_secret, write_config
-from nomad import NomadClient, nomad_env
+from nomad import NomadClient, limited, nomad_env
 
 REGION_ENV = {"AWS_REGION": "us-east-2"}
+MiB = 1 << 20
 
 
 def agent_config(endpoint: str, sock: Path, log: Path | None = None, extra: str = "") -> str:
@@ -385,6 +386,48 @@ def test_a_request_with_no_usable_time_is_refused(seconds: object) -> None:
     request = {"executable": "/p/secrets/aws", "path": "x", "environ": {}, "seconds": 4.0}
     assert valid_request(request)
     assert not valid_request({**request, "seconds": seconds})
+
+
+def test_an_agent_out_of_memory_steps_aside(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, sock: Path, tmp_path: Path
+) -> None:
+    """The agent under its own unit's LimitAS (96 MiB) and a block of 64
+    secrets of 60 KB: it answers nothing, says why and stops (systemd starts
+    it again), and the plugin reads them in process. Before (the operator
+    review of issue #15): its readers died of MemoryError in silence and the
+    answer was "no answer within the deadline", or "ran out of memory" for a
+    fetch the plugin could make; one agent hung in its SIGTERM handler."""
+    value = "m" * 60_000
+    lines, expected = [], {}
+    for i in range(64):
+        put_secret(secretsmanager, f"agent-memory/{i}", value)
+        lines.append(f"k{i} = aws-sm:agent-memory/{i}")
+        expected[f"k{i}"] = value
+    config = agent_config(moto_endpoint, sock, tmp_path / "debug.log") + "max_output_bytes = 16777216\n"
+    write_config(nomad.plugin_dir, config)
+    agent = AgentProcess(nomad.executable("aws"), node=limited(**{"as": 96 * MiB}))
+    agent.wait_for("listening")
+    fetched = nomad.fetch("aws", "\n".join(lines), REGION_ENV)
+    assert fetched.ok and fetched.result == expected, fetched.plugin_error
+    assert agent.proc.wait(timeout=10) == 0
+    agent.stop()
+    reason = (
+        "it ran out of memory under its own limits (LimitAS or MemoryMax in the agent's unit); the plugin"
+        " fetches in process, and systemd starts the agent again"
+    )
+    assert [line for line in agent.lines if line.startswith("stopping")] == [f"stopping reason={reason!r}"]
+    assert agent.lines[-1] == "stopped" and not [x for x in agent.lines if "Exception" in x], agent.lines
+    assert "agent-not-used" in (tmp_path / "debug.log").read_text()
+
+
+def test_an_agent_under_the_address_space_floor_does_not_start(nomad: NomadClient, sock: Path) -> None:
+    agent = AgentProcess(nomad.executable("aws"), node=limited(**{"as": 48 * MiB}))
+    assert agent.proc.wait(timeout=10) == 2
+    agent.stop()
+    assert agent.lines == [
+        "nomad-secrets agent: its address space limit (RLIMIT_AS) is 48 MiB, under the 64 MiB it needs: raise"
+        " LimitAS in the agent's systemd unit (the plugin fetches in process meanwhile)"
+    ]
 
 
 def test_an_agent_whose_code_is_damaged_steps_aside(

@@ -35,6 +35,7 @@ from nomad_secrets.answer import error_answer, fetch_answer
 from nomad_secrets.config import Config, provider_name
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import ConfigError, PluginError
+from nomad_secrets.limits import Exhausted
 from nomad_secrets.pool import StorePool
 
 USAGE = """usage: nomad-secrets agent [--config FILE]
@@ -47,6 +48,17 @@ SEND_SECONDS = 5.0  # to send the answer: the plugin is waiting for it
 # A fetch here ends this much before the plugin stops waiting, so that a
 # timeout's answer still reaches it (else it fetches in process, again).
 ANSWER_SECONDS = 0.25
+
+
+# Why it stops when a limit of its own runs out: the plugin can still fetch.
+OUT_OF_MEMORY = (
+    "it ran out of memory under its own limits (LimitAS or MemoryMax in the agent's unit); the plugin"
+    " fetches in process, and systemd starts the agent again"
+)
+OUT_OF_DESCRIPTORS = (
+    "it ran out of file descriptors under its own limits (LimitNOFILE in the agent's unit); the plugin"
+    " fetches in process, and systemd starts the agent again"
+)
 
 
 # Requests served at once; the others wait for a slot (within the plugin's
@@ -64,10 +76,14 @@ class Agent:
         self.build = wire.build_name()
         # What it was started as: install swaps this name to a new build.
         self.executable, self.started_as = executable, os.path.realpath(executable)
-        self.stopping = threading.Event()
-        # Its own unpacked code damaged: it answers no more (the plugin then
-        # fetches in process, and heals the cache), and stops.
-        self.damaged = threading.Event()
+        # Why it steps aside: it answers no more (the plugin then fetches in
+        # process) and stops. Its own unpacked code damaged (the fetch in
+        # process heals the cache), or its own memory gone (systemd starts
+        # it again). Set by plain assignment: the SIGTERM handler sets
+        # stop_asked too, and must take no lock (it may interrupt a thread
+        # that holds one: an agent out of memory hung in its handler).
+        self.stepped_aside = ""
+        self.stop_asked = False
         self._parsed: dict[tuple[str, bytes], Config] = {}
         self._lock = threading.Lock()
 
@@ -81,7 +97,7 @@ class Agent:
         try:
             config = config_module.load(executable, cache=self._parsed)
         except BaseException as exc:  # noqa: BLE001 - the plugin must get an answer
-            return error_answer(exc, start, self._damaged)
+            return error_answer(exc, start, self._damaged, self._exhausted)
         seconds = min(float(request["seconds"]), config.plugin.deadline_seconds)
         # The plugin's deadline, as its messages name it (plugin.deadline_seconds),
         # ending before the share the plugin gave the agent ends.
@@ -95,13 +111,26 @@ class Agent:
             deadline,
             pool=self.pool,
             heal=self._damaged,
+            exhausted=self._exhausted,
         )
 
     def _damaged(self, entry: str) -> bool:
         """error_answer's heal, for the agent: moves nothing (a fetch in
         process does, once this agent is out of the way)."""
-        self.damaged.set()
+        self.step_aside("its unpacked code is damaged; the next fetch heals it")
         return False
+
+    def _exhausted(self, limit: Exhausted) -> None:
+        """error_answer's word that a limit of this process ran out: the
+        agent's own (its unit's LimitAS, MemoryMax, LimitNOFILE), not the
+        plugin's, which fetches in process instead."""
+        self.step_aside(OUT_OF_MEMORY if " of memory " in limit.message else OUT_OF_DESCRIPTORS)
+
+    def step_aside(self, reason: str) -> None:
+        if not self.stepped_aside:
+            self.stepped_aside = reason
+            log("stopping", reason=reason)
+        self.stop_asked = True
 
 
 def _uid(user: str) -> int:
@@ -133,6 +162,13 @@ class _Handler(socketserver.BaseRequestHandler):
     server: _Server
 
     def handle(self) -> None:
+        try:
+            self._handle()
+        except MemoryError:  # no answer: the plugin fetches in process
+            with contextlib.suppress(MemoryError):
+                self.server.agent.step_aside(OUT_OF_MEMORY)
+
+    def _handle(self) -> None:
         sock: socket.socket = self.request
         agent = self.server.agent
         uid = wire.peer_uid(sock)
@@ -154,10 +190,8 @@ class _Handler(socketserver.BaseRequestHandler):
             # Another build's plugin: it fetches in process (no acknowledgement).
             # If this agent's own executable was upgraded, it stops, and
             # systemd's socket starts the installed build on the next fetch.
-            if agent.upgraded() and not agent.stopping.is_set():
-                agent.stopping.set()
-                log("stopping", reason="the executable is another build now", mine=agent.build)
-                threading.Thread(target=self.server.shutdown, daemon=True).start()
+            if agent.upgraded():
+                agent.step_aside("the executable is another build now")
             else:
                 log("refused", build=request.get("build"), mine=agent.build)
             return
@@ -174,12 +208,7 @@ class _Handler(socketserver.BaseRequestHandler):
         with contextlib.suppress(OSError):
             sock.sendall(wire.ACK)
             payload = agent.answer(request)
-            if agent.damaged.is_set():
-                # No answer: the plugin fetches in process, and heals the cache.
-                if not agent.stopping.is_set():
-                    agent.stopping.set()
-                    log("stopping", reason="its unpacked code is damaged; the next fetch heals it")
-                    threading.Thread(target=self.server.shutdown, daemon=True).start()
+            if agent.stepped_aside:  # no answer: the plugin fetches in process
                 return
             sock.settimeout(SEND_SECONDS)
             sock.sendall(wire.frame(payload))
@@ -208,6 +237,22 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.socket.close()
         self.socket = sock
         self.agent = agent
+
+    def service_actions(self) -> None:
+        """serve_forever calls this at least every poll interval: a stop
+        asked for (SIGTERM, a step aside) ends it here, in its own thread."""
+        if self.agent.stop_asked:
+            raise _Stop
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """One line, not a traceback: a thread that cannot start (address
+        space), a request that failed outside its handler."""
+        with contextlib.suppress(MemoryError):
+            log("request-failed", error=type(sys.exc_info()[1]).__name__)
+
+
+class _Stop(Exception):
+    pass
 
 
 def listening_socket(
@@ -249,6 +294,22 @@ def _answering(path: str) -> bool:
     return True
 
 
+def _small_address_space() -> str:
+    """Why not to start under this address space limit, or "": the plugin's
+    floor (launch.MIN_ADDRESS_SPACE) and its reason hold here too."""
+    import resource
+
+    from nomad_secrets.launch import MIN_ADDRESS_SPACE
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY or soft >= MIN_ADDRESS_SPACE:
+        return ""
+    return (
+        f"its address space limit (RLIMIT_AS) is {soft >> 20} MiB, under the {MIN_ADDRESS_SPACE >> 20} MiB"
+        " it needs: raise LimitAS in the agent's systemd unit (the plugin fetches in process meanwhile)"
+    )
+
+
 def log(event: str, **fields: object) -> None:
     parts = [event, *(f"{k}={v!r}" for k, v in fields.items())]
     with contextlib.suppress(OSError):
@@ -260,6 +321,10 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(USAGE)
         return 0
+    small = _small_address_space()
+    if small:
+        print(f"nomad-secrets agent: {small}", file=sys.stderr)
+        return 2
     if not argv or (len(argv) == 2 and argv[0] == "--config"):
         try:
             config = config_module.load_file(argv[1]) if argv else config_module.load(executable)
@@ -277,7 +342,7 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
     server = _Server(agent, sock)
 
     def stop(signum: int, frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        agent.stop_asked = True  # no lock, no thread: see Agent.stepped_aside
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -286,7 +351,8 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
     signal.signal(signal.SIGIO, signal.SIG_IGN)
     log("listening", on=where, config=config.path)
     try:
-        server.serve_forever(poll_interval=0.5)
+        with contextlib.suppress(_Stop):
+            server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()  # joins the requests in flight
         agent.pool.close()  # revokes the Vault logins' tokens
