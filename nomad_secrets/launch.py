@@ -155,6 +155,7 @@ def _unpack(
     import zipfile
 
     old_umask = os.umask(0o077)
+    need = (0, 0)  # bytes and inodes this build takes unpacked, once lib.zip is read
     try:
         os.makedirs(cache_root, mode=0o700, exist_ok=True)
         problem = untrusted(cache_root, "cache directory")  # before writing into it
@@ -168,6 +169,10 @@ def _unpack(
             with zipfile.ZipFile(archive) as outer:
                 lib = io.BytesIO(outer.read("lib.zip"))  # a zip in the zip: see scripts/build
             with zipfile.ZipFile(lib) as inner:
+                need = room_needed(inner.infolist())
+                free = _free(cache_root)
+                if free[0] < need[0] or free[1] < need[1]:  # at once, not after writing (for each waiter too)
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 inner.extractall(tmp)
             _compile(os.path.join(tmp, "lib"))
             cache.write_manifest(tmp)
@@ -191,9 +196,9 @@ def _unpack(
         limit = _out_of(exc)
         if limit:
             raise CacheError(_ran_out(limit, f"unpacked into the cache directory {cache_root}")) from None
-        free = _free_space(exc, cache_root)
+        room = _free_space(exc, cache_root, need)
         raise CacheError(
-            f"cannot unpack into the cache directory {cache_root}: {exc.strerror}{free}"
+            f"cannot unpack into the cache directory {cache_root}: {exc.strerror}{room}"
         ) from None
     finally:
         os.umask(old_umask)
@@ -226,16 +231,48 @@ def _compile(lib: str) -> None:
                 ) from None
 
 
-def _free_space(exc: OSError, cache_root: str) -> str:
+# The disk an unpacked build takes for each byte of its sources: the
+# sources, their compiled code and the filesystem's blocks (2.33 for this
+# build on tmpfs), with a margin.
+UNPACKED_PER_SOURCE_BYTE = 2.5
+
+
+def room_needed(infos: list[Any]) -> tuple[int, int]:
+    """Bytes and inodes the unpacked build takes: its files, their
+    directories, a .pyc and a __pycache__ for the sources, the manifest,
+    the mark and the directory itself."""
+    names = [info.filename for info in infos if not info.filename.endswith("/")]
+    sources = [name for name in names if name.endswith(".py")]
+    directories = {os.path.dirname(name) for name in names} - {""}
+    for name in list(directories):
+        while name := os.path.dirname(name):
+            directories.add(name)
+    caches = {os.path.dirname(name) for name in sources}
+    size = int(sum(info.file_size for info in infos) * UNPACKED_PER_SOURCE_BYTE)
+    return size, len(names) + len(sources) + len(directories) + len(caches) + 3
+
+
+def _free(path: str) -> tuple[float, float]:
+    """Bytes and inodes free to an unprivileged writer, or infinite when unknown."""
+    try:
+        disk = os.statvfs(path)
+    except OSError:
+        return float("inf"), float("inf")  # the unpack finds out
+    return float(disk.f_bavail * disk.f_frsize), float(disk.f_favail)
+
+
+def _free_space(exc: OSError, cache_root: str, need: tuple[int, int]) -> str:
     import errno
 
     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
         return ""
-    try:
-        disk = os.statvfs(cache_root)
-    except OSError:
-        return ""
-    return f" ({disk.f_bavail * disk.f_frsize / 1e6:.1f} MB free on its disk; a build needs about 8)"
+    size, inodes = _free(cache_root)
+    needs = f"this build needs about {(need[0] or 9e6) / 1e6:.1f} MB"
+    if size == float("inf"):
+        return f" ({needs})"
+    if need[1] and inodes < need[1]:
+        return f" ({inodes:.0f} inodes free on its disk; this build needs {need[1]} for its files)"
+    return f" ({size / 1e6:.1f} MB free on its disk; {needs})"
 
 
 def _answer_error(message: str) -> NoReturn:
@@ -259,20 +296,21 @@ def _answer_fd() -> int:
 # Written as it is when even an answer cannot be made: no memory left to
 # format one. start() makes it again with the limit's value while it still can.
 _OUT_OF_MEMORY = (
-    b'{"result": {}, "error": "nomad-secrets ran out of memory: the limits (RLIMIT_AS) of the process'
-    b" that started it apply; for a fetch, the Nomad client's: LimitAS or MemoryMax in its systemd"
-    b' unit (docs/troubleshooting.md)"}\n'
+    b"nomad-secrets ran out of memory: the limits (RLIMIT_AS) of the process that started it apply;"
+    b" for a fetch, the Nomad client's: LimitAS or MemoryMax in its systemd unit (docs/troubleshooting.md)"
 )
 
 
-def _out_of_memory_answer() -> bytes:
-    """The answer for a fetch that runs out of memory anywhere, made before
-    it does: formatting the message then may itself fail."""
+def _out_of_memory_answers() -> tuple[bytes, bytes]:
+    """What to write when memory runs out anywhere, made before it does
+    (formatting a message then may itself fail): Nomad's answer for a
+    fetch, and one line on stderr for the commands people run."""
+    message = _OUT_OF_MEMORY
     try:
-        limit = _limit_value("memory")
-        return _OUT_OF_MEMORY.replace(b"of memory:", b"of memory" + limit.encode() + b":", 1)
+        message = message.replace(b"of memory:", b"of memory" + _limit_value("memory").encode() + b":", 1)
+        return b'{"result": {}, "error": "' + message + b'"}\n', message + b"\n"
     except MemoryError:
-        return _OUT_OF_MEMORY
+        return b'{"result": {}, "error": "' + _OUT_OF_MEMORY + b'"}\n', _OUT_OF_MEMORY + b"\n"
 
 
 def _json_string(text: str) -> bytes:
@@ -300,16 +338,17 @@ def _operation() -> str:
 def start(archive: str, loader: object, stopped: type[BaseException]) -> None:
     """Unpack (or find) this build, then run the plugin from it. ``stopped``:
     what the bootstrap's SIGTERM handler raises, for a fetch."""
-    out_of_memory = _out_of_memory_answer()
+    answer, line = _out_of_memory_answers()
     if _operation() == "fetch":
         _refuse_a_small_address_space()
     try:
         _start(archive, loader, stopped)
     except MemoryError:  # anywhere, our answers to it included: the one answer that needs nothing
         if _operation() == "fetch":
-            os.write(_answer_fd(), out_of_memory)
+            os.write(_answer_fd(), answer)
             os._exit(0)
-        raise
+        os.write(2, line)  # check, install: not a traceback
+        os._exit(1)
 
 
 # A fetch needs about 40 MiB of address space (botocore, TLS, the answer).
@@ -397,8 +436,9 @@ def _ran_out(limit: str, doing: str) -> str:
 
 
 def _limit_value(limit: str) -> str:
-    """ " (its limit: 28 MiB)" for "memory", " (its limit: 64)" for "file
-    descriptors", or "" when unlimited or unknown."""
+    """ " (its address space limit: 28 MiB)" for "memory", " (its limit
+    (RLIMIT_NOFILE) is 64)" for "file descriptors", or "" when unlimited or
+    unknown: limits.py's words, which docs/troubleshooting.md lists."""
     try:  # the limit's value, when there is room left to import resource
         import resource
 
@@ -410,7 +450,9 @@ def _limit_value(limit: str) -> str:
         return ""
     if soft == resource.RLIM_INFINITY:
         return ""
-    return f" (its limit: {soft >> 20} MiB)" if limit == "memory" else f" (its limit: {soft})"
+    if limit == "memory":
+        return f" (its address space limit: {soft >> 20} MiB)"
+    return f" (its limit (RLIMIT_NOFILE) is {soft})"
 
 
 def _out_of(exc: BaseException | None) -> str:

@@ -5,6 +5,7 @@ rest through."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -155,18 +156,25 @@ def test_a_kv_mount_tuned_to_version_2_is_read_once_its_upgrade_ends(vault: Vaul
 
 def test_an_upgrade_longer_than_the_deadline_is_named(vault: Vault) -> None:
     """Still upgrading when the deadline comes (a mount of many keys): the
-    answer says so and when to try again, before Nomad's timeout; the pause
+    answer says so and when to try again, before the deadline; the pause
     between tries grows (0.1, 0.2, 0.4 s). Another 400 is not tried again,
     nor one whose error only quotes Vault's text."""
     upgrading = Fault("secret/data/", 400, json.dumps(UPGRADING).encode())
     with FaultProxy(vault.server.address, upgrading) as proxy:
         vault.configure("[plugin]\ndeadline_seconds = 2\n", address=proxy.url)
+        started = time.monotonic()
         fetched = vault.fetch("vault:secret/app", timeout=6)
     message = str(fetched.plugin_error)
-    assert not fetched.run.terminated and fetched.result == {}, fetched
+    assert not fetched.run.terminated and fetched.result == {} and fetched.run.seconds < 2, fetched
     assert "the KV mount of secret/data/app is being upgraded to version 2" in message, message
     assert "start the task again in a moment" in message, message
-    assert data_reads(proxy) == [400] * 4
+    reads = [seen for seen in proxy.seen if "/data/" in seen.path]
+    assert {seen.status for seen in reads} == {400} and len(reads) >= 4, reads
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(reads)]
+    assert all(gap >= least for gap, least in zip(gaps, (0.1, 0.2, 0.4), strict=False)), gaps
+    # The last pause is cut to what the deadline leaves (the operator
+    # review: it gave up 0.6 s early, the doubled pause no longer fitting).
+    assert reads[-1].at - started > 1.25, [seen.at - started for seen in reads]
     quoted = f"no handler for route '{UPGRADING['errors'][0]}'"  # a path the job wrote, quoted back
     for other in ("bad request", quoted):
         with FaultProxy(vault.server.address, answer(400, {"errors": [other]})) as proxy:
@@ -188,7 +196,7 @@ def test_references_to_a_mount_in_its_window_poll_it_once(vault: Vault) -> None:
     assert "is being upgraded to version 2" in str(fetched.plugin_error), fetched
     reads = [seen.path.split("/")[-1] for seen in proxy.seen if "/data/" in seen.path]
     polled = max(reads.count(f"app{i}") for i in range(20))
-    assert sorted(set(reads)) == sorted(f"app{i}" for i in range(20)) and polled == 4, reads
+    assert sorted(set(reads)) == sorted(f"app{i}" for i in range(20)) and 4 <= polled <= 6, reads
     assert len(reads) <= 2 * 20 + polled, reads
 
 

@@ -229,8 +229,14 @@ class Client:
                             window.release()
                             continue
                         polling = window
+                    # The last pause ends where the deadline leaves just room for the read.
                     pause = min(UPGRADE_PAUSE * 2**pauses, UPGRADE_PAUSE_MAX)
+                    pause = min(pause, self.deadline.remaining() - THROTTLE_MARGIN)
                     pauses += 1
+                    if pause <= 0:
+                        break
+                    time.sleep(pause)
+                    continue
                 else:
                     break
                 if pause + THROTTLE_MARGIN > self.deadline.remaining():
