@@ -339,8 +339,8 @@ def start(archive: str, loader: object, stopped: type[BaseException]) -> None:
     """Unpack (or find) this build, then run the plugin from it. ``stopped``:
     what the bootstrap's SIGTERM handler raises, for a fetch."""
     answer, line = _out_of_memory_answers()
-    if _operation() == "fetch":
-        _refuse_a_small_address_space()
+    if _operation() in ("fetch", "agent"):
+        _refuse_a_small_address_space(_operation())
     try:
         _start(archive, loader, stopped)
     except MemoryError:  # anywhere, our answers to it included: the one answer that needs nothing
@@ -360,16 +360,27 @@ def start(archive: str, loader: object, stopped: type[BaseException]) -> None:
 MIN_ADDRESS_SPACE = 64 << 20
 
 
-def _refuse_a_small_address_space() -> None:
+def _refuse_a_small_address_space(operation: str) -> None:
+    """For a fetch, Nomad's answer; for the node agent (its own unit's
+    limit, and its thread per request), a line on stderr and exit 2."""
     import resource
 
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if soft != resource.RLIM_INFINITY and soft < MIN_ADDRESS_SPACE:
-        _answer_error(
-            f"nomad-secrets cannot start: its address space limit (RLIMIT_AS) is {soft >> 20} MiB, under the"
-            f" {MIN_ADDRESS_SPACE >> 20} MiB a fetch needs; it is the Nomad client's: raise LimitAS in its"
-            " systemd unit, or ulimit -v where it starts (docs/troubleshooting.md)"
+    if soft == resource.RLIM_INFINITY or soft >= MIN_ADDRESS_SPACE:
+        return
+    if operation == "agent":
+        os.write(
+            2,
+            f"nomad-secrets agent: its address space limit (RLIMIT_AS) is {soft >> 20} MiB, under the"
+            f" {MIN_ADDRESS_SPACE >> 20} MiB it needs: raise LimitAS in the agent's systemd unit (the plugin"
+            " fetches in process meanwhile)\n".encode(),
         )
+        os._exit(2)
+    _answer_error(
+        f"nomad-secrets cannot start: its address space limit (RLIMIT_AS) is {soft >> 20} MiB, under the"
+        f" {MIN_ADDRESS_SPACE >> 20} MiB a fetch needs; it is the Nomad client's: raise LimitAS in its"
+        " systemd unit, or ulimit -v where it starts (docs/troubleshooting.md)"
+    )
 
 
 def _start(archive: str, loader: object, stopped: type[BaseException]) -> None:

@@ -294,22 +294,6 @@ def _answering(path: str) -> bool:
     return True
 
 
-def _small_address_space() -> str:
-    """Why not to start under this address space limit, or "": the plugin's
-    floor (launch.MIN_ADDRESS_SPACE) and its reason hold here too."""
-    import resource
-
-    from nomad_secrets.launch import MIN_ADDRESS_SPACE
-
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if soft == resource.RLIM_INFINITY or soft >= MIN_ADDRESS_SPACE:
-        return ""
-    return (
-        f"its address space limit (RLIMIT_AS) is {soft >> 20} MiB, under the {MIN_ADDRESS_SPACE >> 20} MiB"
-        " it needs: raise LimitAS in the agent's systemd unit (the plugin fetches in process meanwhile)"
-    )
-
-
 def log(event: str, **fields: object) -> None:
     parts = [event, *(f"{k}={v!r}" for k, v in fields.items())]
     with contextlib.suppress(OSError):
@@ -321,10 +305,6 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(USAGE)
         return 0
-    small = _small_address_space()
-    if small:
-        print(f"nomad-secrets agent: {small}", file=sys.stderr)
-        return 2
     if not argv or (len(argv) == 2 and argv[0] == "--config"):
         try:
             config = config_module.load_file(argv[1]) if argv else config_module.load(executable)
