@@ -231,10 +231,11 @@ def _compile(lib: str) -> None:
                 ) from None
 
 
-# The disk an unpacked build takes for each byte of its sources: the
-# sources, their compiled code and the filesystem's blocks (2.33 for this
-# build on tmpfs), with a margin.
-UNPACKED_PER_SOURCE_BYTE = 2.5
+# The disk an unpacked build takes for each byte of its sources, at the
+# least: the sources and their compiled code (2.28 to 2.33 for this build on
+# tmpfs, with its 4 KiB pages). Less room than that is refused before any
+# write; a guess short of the truth ends in ENOSPC, which cleans up too.
+UNPACKED_PER_SOURCE_BYTE = 2.2
 
 
 def room_needed(infos: list[Any]) -> tuple[int, int]:
@@ -253,12 +254,17 @@ def room_needed(infos: list[Any]) -> tuple[int, int]:
 
 
 def _free(path: str) -> tuple[float, float]:
-    """Bytes and inodes free to an unprivileged writer, or infinite when unknown."""
+    """Bytes and inodes this process may still use there (root: the
+    filesystem's reserve too), infinite where the filesystem does not say:
+    btrfs and an unlimited tmpfs report no inodes, or no blocks."""
     try:
         disk = os.statvfs(path)
     except OSError:
         return float("inf"), float("inf")  # the unpack finds out
-    return float(disk.f_bavail * disk.f_frsize), float(disk.f_favail)
+    root = os.geteuid() == 0
+    size = (disk.f_bfree if root else disk.f_bavail) * disk.f_frsize if disk.f_blocks else float("inf")
+    inodes = (disk.f_ffree if root else disk.f_favail) if disk.f_files else float("inf")
+    return float(size), float(inodes)
 
 
 def _free_space(exc: OSError, cache_root: str, need: tuple[int, int]) -> str:
@@ -267,7 +273,7 @@ def _free_space(exc: OSError, cache_root: str, need: tuple[int, int]) -> str:
     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
         return ""
     size, inodes = _free(cache_root)
-    needs = f"this build needs about {(need[0] or 9e6) / 1e6:.1f} MB"
+    needs = f"this build needs at least {(need[0] or 8e6) / 1e6:.1f} MB"
     if size == float("inf"):
         return f" ({needs})"
     if need[1] and inodes < need[1]:

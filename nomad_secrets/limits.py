@@ -21,6 +21,9 @@ from nomad_secrets.errors import PluginError
 # File descriptors a fetch may open briefly while its readers hold their
 # connections (an import, a CA bundle, a token file): one at a time.
 SPARE_DESCRIPTORS = 1
+# OpenSSL's words when its allocation fails (ERR_R_MALLOC_FAILURE), which
+# Python raises as ssl.SSLError, not MemoryError.
+_OPENSSL_OUT_OF_MEMORY = "malloc failure"
 
 
 class Exhausted(PluginError):
@@ -82,6 +85,8 @@ def exhausted(exc: BaseException, doing: str = "reading the secrets") -> Exhaust
             return out_of_descriptors(doing, current.errno)
         if isinstance(current, MemoryError) or getattr(current, "errno", None) == errno.ENOMEM:
             return out_of_memory(doing)
+        if type(current).__name__ == "SSLError" and _OPENSSL_OUT_OF_MEMORY in str(current).lower():
+            return out_of_memory(doing)  # OpenSSL's own allocation (botocore's client, a handshake)
         # urllib3 keeps the cause of a failed connection as ``reason``
         reason = getattr(current, "reason", None)
         todo += [current.__cause__, current.__context__]

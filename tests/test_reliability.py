@@ -328,7 +328,7 @@ def test_a_disk_too_small_for_the_build_is_named_at_once(
     )
     node = Node(tmp_path / "n", moto_endpoint, decoder, cache=small_disk / "cache")
     room = (
-        r"\(\d+\.\d MB free on its disk; this build needs about \d+\.\d MB\)"
+        r"\(\d+\.\d MB free on its disk; this build needs at least \d+\.\d MB\)"
         if short_of == "bytes"
         else rf"\({inodes - 1} inodes free on its disk; this build needs {inodes} for its files\)"
     )
@@ -347,6 +347,23 @@ def test_a_disk_too_small_for_the_build_is_named_at_once(
         assert fetched.run.seconds < 5, fetched.run
     assert len(fetches) == 10 and node.leftovers() == [] and node.entries() == []
     assert shutil.disk_usage(small_disk).used < 64 * 1024  # nothing left to fill the disk
+
+
+def test_a_disk_that_reports_no_limits_is_unpacked_into(
+    tmp_path: Path, small_disk: Path, moto_endpoint: str, decoder: Any, secretsmanager: Any
+) -> None:
+    """A tmpfs without limits (size=0, nr_inodes=0) reports no blocks and no
+    inodes, as btrfs reports no inodes: not "0 free" (the operator review
+    of issue #15: every first fetch was refused)."""
+    put_secret(secretsmanager, "reliability/db", "v")
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=0,nr_inodes=0,mode=0700", "tmpfs", str(small_disk)], check=True
+    )
+    assert os.statvfs(small_disk).f_files == 0 and os.statvfs(small_disk).f_blocks == 0
+    node = Node(tmp_path / "n", moto_endpoint, decoder, cache=small_disk / "cache")
+    fetched = node.fetch()
+    assert fetched.ok and fetched.result == {"value": "v"}, fetched.plugin_error
+    assert node.entry().is_dir() and node.leftovers() == []
 
 
 def test_a_first_fetch_under_a_small_address_space(node: Node) -> None:

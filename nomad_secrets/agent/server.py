@@ -16,6 +16,7 @@ SIGTERM stops accepting and lets the requests in flight finish.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import json
 import math
@@ -52,13 +53,27 @@ ANSWER_SECONDS = 0.25
 
 # Why it stops when a limit of its own runs out: the plugin can still fetch.
 OUT_OF_MEMORY = (
-    "it ran out of memory under its own limits (LimitAS or MemoryMax in the agent's unit); the plugin"
-    " fetches in process, and systemd starts the agent again"
+    "it ran out of memory under its own address space limit (LimitAS in the agent's unit); the plugin"
+    " fetches in process, and systemd's socket starts the agent again at the next fetch"
 )
+# A shortage of descriptors passes with the requests that hold them: the
+# one request is not answered (the plugin fetches it in process), and the
+# agent serves on; stopping would let one job's burst stop it at will.
 OUT_OF_DESCRIPTORS = (
-    "it ran out of file descriptors under its own limits (LimitNOFILE in the agent's unit); the plugin"
-    " fetches in process, and systemd starts the agent again"
+    "it ran out of file descriptors under its own limit (LimitNOFILE in the agent's unit) for this request;"
+    " the plugin fetches it in process"
 )
+
+
+# After a stop is asked for, the requests in flight get this long to
+# finish (each within its own deadline) before the process ends anyway
+# (the example unit's TimeoutStopSec is 15): out of memory, a thread can
+# die before it runs, and a wait for it would never end (the operator
+# review of issue #15).
+STOP_SECONDS = 12.0
+# Each thread's stack: 8 MiB by default (RLIMIT_STACK), reserved from the
+# address space; 33 request threads and their readers need far less.
+THREAD_STACK = 1 << 20
 
 
 # Requests served at once; the others wait for a slot (within the plugin's
@@ -86,12 +101,20 @@ class Agent:
         self.stop_asked = False
         self._parsed: dict[tuple[str, bytes], Config] = {}
         self._lock = threading.Lock()
+        self._request = threading.local()  # .short: this request ran out of descriptors
 
     def upgraded(self) -> bool:
         """True once the executable it was started as is another build now."""
         return os.path.realpath(self.executable) != self.started_as
 
-    def answer(self, request: dict[str, Any]) -> bytes:
+    def answer(self, request: dict[str, Any]) -> bytes | None:
+        """The answer to send, or None: not this agent's to give (the plugin
+        then fetches in process)."""
+        self._request.short = False
+        payload = self._answer(request)
+        return None if self.stepped_aside or self._request.short else payload
+
+    def _answer(self, request: dict[str, Any]) -> bytes:
         start = time.monotonic()
         executable, path = request["executable"], request["path"]
         try:
@@ -122,9 +145,13 @@ class Agent:
 
     def _exhausted(self, limit: Exhausted) -> None:
         """error_answer's word that a limit of this process ran out: the
-        agent's own (its unit's LimitAS, MemoryMax, LimitNOFILE), not the
-        plugin's, which fetches in process instead."""
-        self.step_aside(OUT_OF_MEMORY if " of memory " in limit.message else OUT_OF_DESCRIPTORS)
+        agent's own (its unit's LimitAS, LimitNOFILE), not the plugin's,
+        which fetches in process instead."""
+        if " of memory " in limit.message:
+            self.step_aside(OUT_OF_MEMORY)
+        else:
+            self._request.short = True
+            log("not-answered", reason=OUT_OF_DESCRIPTORS)
 
     def step_aside(self, reason: str) -> None:
         if not self.stepped_aside:
@@ -208,7 +235,7 @@ class _Handler(socketserver.BaseRequestHandler):
         with contextlib.suppress(OSError):
             sock.sendall(wire.ACK)
             payload = agent.answer(request)
-            if agent.stepped_aside:  # no answer: the plugin fetches in process
+            if payload is None:  # no answer: the plugin fetches in process
                 return
             sock.settimeout(SEND_SECONDS)
             sock.sendall(wire.frame(payload))
@@ -229,14 +256,46 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = False  # SIGTERM: finish what is in flight
-    block_on_close = True
-
     def __init__(self, agent: Agent, sock: socket.socket) -> None:
         super().__init__("", _Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.agent = agent
+        self._in_flight = 0
+        self._settled = threading.Condition()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, as ThreadingMixIn's, started without
+        waiting for it to run (threading.Thread.start waits, for ever if the
+        thread dies first); one that cannot start (no address space left)
+        is the plugin's to fetch in process."""
+        with self._settled:
+            self._in_flight += 1
+        try:
+            _thread.start_new_thread(self._serve, (request, client_address))
+        except RuntimeError:
+            self._done()
+            log("busy", reason="no thread could start for the request")
+            self.shutdown_request(request)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._settled:
+            self._in_flight -= 1
+            self._settled.notify_all()
+
+    def server_close(self) -> None:
+        """Stop listening, then let the requests in flight finish, for at
+        most STOP_SECONDS."""
+        socketserver.UnixStreamServer.server_close(self)
+        with self._settled:
+            if not self._settled.wait_for(lambda: self._in_flight <= 0, timeout=STOP_SECONDS):
+                log("stopped-waiting", requests=self._in_flight, seconds=STOP_SECONDS)
 
     def service_actions(self) -> None:
         """serve_forever calls this at least every poll interval: a stop
@@ -294,6 +353,18 @@ def _answering(path: str) -> bool:
     return True
 
 
+def _raise_descriptor_limit() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one, as Go does for Nomad
+    itself: systemd's default soft limit, 1024, is what 32 requests of 64
+    references each would run past (a job's burst did, in review)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def log(event: str, **fields: object) -> None:
     parts = [event, *(f"{k}={v!r}" for k, v in fields.items())]
     with contextlib.suppress(OSError):
@@ -316,6 +387,7 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
     else:
         print(USAGE, file=sys.stderr)
         return 2
+    _raise_descriptor_limit()
     from nomad_secrets import debuglog
 
     debuglog.warnings_to_stderr = True  # an audit record not written is said in the journal
@@ -326,6 +398,7 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    threading.stack_size(THREAD_STACK)
     # Config reads in the request threads take a read lease (config.py),
     # whose break is a SIGIO: its default would end the agent.
     signal.signal(signal.SIGIO, signal.SIG_IGN)
@@ -335,6 +408,9 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
             server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()  # joins the requests in flight
-        agent.pool.close()  # revokes the Vault logins' tokens
+        try:
+            agent.pool.close()  # revokes the Vault logins' tokens
+        except Exception as exc:  # noqa: BLE001 - best effort: their TTL ends them
+            log("close-failed", error=type(exc).__name__)
         log("stopped")
     return 0
