@@ -278,6 +278,8 @@ def _free_space(exc: OSError, cache_root: str, need: tuple[int, int]) -> str:
         return f" ({needs})"
     if need[1] and inodes < need[1]:
         return f" ({inodes:.0f} inodes free on its disk; this build needs {need[1]} for its files)"
+    if need[0] and size >= need[0]:  # the estimate passed, the writes did not fit
+        return f" ({size / 1e6:.1f} MB free on its disk; this build needs more than that)"
     return f" ({size / 1e6:.1f} MB free on its disk; {needs})"
 
 

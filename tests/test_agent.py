@@ -394,7 +394,7 @@ def test_a_request_with_no_usable_time_is_refused(seconds: object) -> None:
 def test_an_agent_out_of_memory_steps_aside(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, sock: Path, tmp_path: Path
 ) -> None:
-    """The agent under its own unit's LimitAS (72 MiB) and a block of four
+    """The agent under its own unit's LimitAS (72 MiB) and a block of eight
     secrets of 3 MiB: it answers nothing, says why and stops (systemd starts
     it again), and the plugin reads them in process. Before (the operator
     review of issue #15): its readers died of MemoryError in silence and the
@@ -402,7 +402,7 @@ def test_an_agent_out_of_memory_steps_aside(
     fetch the plugin could make; one agent hung in its SIGTERM handler."""
     value = "m" * (3 << 20)  # moto keeps more than Secrets Manager's 64 KiB; the plugin reads 4 MiB
     lines, expected = [], {}
-    for i in range(4):
+    for i in range(8):
         put_secret(secretsmanager, f"agent-memory/{i}", value)
         lines.append(f"k{i} = aws-sm:agent-memory/{i}")
         expected[f"k{i}"] = value

@@ -76,6 +76,10 @@ STOP_SECONDS = 12.0
 THREAD_STACK = 1 << 20
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+MALLOC_ARENAS = 2
+
+
 # Requests served at once; the others wait for a slot (within the plugin's
 # wait for an acknowledgement), so that one job's flood of many-reference
 # fetches cannot run the agent out of threads for every other job.
@@ -353,6 +357,20 @@ def _answering(path: str) -> bool:
     return True
 
 
+def _few_malloc_arenas() -> None:
+    """glibc gives threads malloc arenas of their own, up to 8 per core,
+    each reserving 64 MiB of address space: under the unit's LimitAS a
+    thread stalled making one while it held the GIL, so that not even
+    SIGTERM's handler ran (gdb, in review). Its threads mostly wait on the
+    stores: MALLOC_ARENAS serve them. Not glibc: nothing to do."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):
+        pass
+
+
 def _raise_descriptor_limit() -> None:
     """The soft RLIMIT_NOFILE up to the hard one, as Go does for Nomad
     itself: systemd's default soft limit, 1024, is what 32 requests of 64
@@ -363,6 +381,11 @@ def _raise_descriptor_limit() -> None:
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _log_quietly(event: str, kind: type[BaseException]) -> None:
+    with contextlib.suppress(BaseException):
+        log(event, error=kind.__name__)
 
 
 def log(event: str, **fields: object) -> None:
@@ -399,6 +422,11 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     threading.stack_size(THREAD_STACK)
+    _few_malloc_arenas()
+    # A thread that fails outside our handlers (out of memory, at its start
+    # or end) is one line in the journal, not a traceback.
+    threading.excepthook = lambda args: _log_quietly("thread-failed", args.exc_type)
+    sys.unraisablehook = lambda unraisable: _log_quietly("unraisable", unraisable.exc_type)
     # Config reads in the request threads take a read lease (config.py),
     # whose break is a SIGIO: its default would end the agent.
     signal.signal(signal.SIGIO, signal.SIG_IGN)
