@@ -418,7 +418,9 @@ def test_an_agent_out_of_memory_leaves_the_fetch_to_the_plugin(
     assert "agent-not-used" in (tmp_path / "debug.log").read_text()
     assert agent.stop() == 0, agent.lines
     assert agent.answered() == [] and agent.lines[-1] == "stopped", agent.lines
-    assert not [line for line in agent.lines if "Exception" in line or "Traceback" in line], agent.lines
+    # Where even its one-line hook cannot run, the interpreter may write its
+    # own last-resort line ("Exception ignored in ..."): never a traceback.
+    assert not [line for line in agent.lines if "Traceback" in line], agent.lines
     stopping = [line for line in agent.lines if line.startswith("stopping")]
     assert stopping in ([], [f"stopping reason={OUT_OF_MEMORY!r}"]), agent.lines
 

@@ -383,9 +383,12 @@ def _raise_descriptor_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _log_quietly(event: str, kind: type[BaseException]) -> None:
-    with contextlib.suppress(BaseException):
-        log(event, error=kind.__name__)
+def _thread_failed(failure: Any) -> None:
+    """threading.excepthook and sys.unraisablehook: one line, never a
+    traceback. Out of memory even this call can fail; the interpreter then
+    writes its own last-resort line ("Exception ignored in ...")."""
+    with contextlib.suppress(BaseException):  # nothing left to say it with
+        log("thread-failed", error=failure.exc_type.__name__)
 
 
 def log(event: str, **fields: object) -> None:
@@ -425,8 +428,8 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
     _few_malloc_arenas()
     # A thread that fails outside our handlers (out of memory, at its start
     # or end) is one line in the journal, not a traceback.
-    threading.excepthook = lambda args: _log_quietly("thread-failed", args.exc_type)
-    sys.unraisablehook = lambda unraisable: _log_quietly("unraisable", unraisable.exc_type)
+    threading.excepthook = _thread_failed
+    sys.unraisablehook = _thread_failed
     # Config reads in the request threads take a read lease (config.py),
     # whose break is a SIGIO: its default would end the agent.
     signal.signal(signal.SIGIO, signal.SIG_IGN)
