@@ -104,7 +104,6 @@ class Agent:
         self.stepped_aside = ""
         self.stop_asked = False
         self._parsed: dict[tuple[str, bytes], Config] = {}
-        self._lock = threading.Lock()
         self._request = threading.local()  # .short: this request ran out of descriptors
 
     def upgraded(self) -> bool:
