@@ -4,9 +4,15 @@
 compiles it at every start: it stays small, and imports only ``os`` and
 ``sys``. ``fingerprint`` is answered from a file in the zip
 (``fingerprint.json``, written at build time), before anything else is
-read or compiled. Everything else starts in launch.py (stored beside this
-file as ``nomad_secrets_launch.py``): unpacking the plugin's code into the
-cache and running it from there.
+read or compiled. A fetch goes to the node agent first
+(agent/client.py, stored beside this file as
+``nomad_secrets_agent_client.py``, starting the agent when none runs): its
+answer is printed before anything of the plugin is unpacked or imported.
+Everything else starts in launch.py (``nomad_secrets_launch.py``):
+unpacking the plugin's code into the cache and running it from there, for
+a fetch once it holds one of the node's slots for fetches in process
+(admission.py). ``scripts/build`` stores these modules compiled for the
+shebang's interpreter, so that a start compiles nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +57,15 @@ STOPPED_STARTING = (
     b'{"result": {}, "error": "stopped by Nomad (SIGTERM) while nomad-secrets started;'
     b" Nomad's plugin timeout passed\"}\n"
 )
+STOPPED_AT_AGENT = (
+    b'{"result": {}, "error": "stopped by Nomad (SIGTERM) while nomad-secrets waited for the node agent\'s'
+    b" answer: Nomad's plugin timeout passed; check that the store answers quickly from this node\"}\n"
+)
+STOPPED_WAITING = (
+    b'{"result": {}, "error": "stopped by Nomad (SIGTERM) while nomad-secrets waited for a slot to fetch in'
+    b" process: the node is starting more tasks than its cores can serve within Nomad's plugin timeout,"
+    b' and the node agent (docs/agent.md) is not taking them"}\n'
+)
 
 
 def main(loader: object) -> None:
@@ -78,16 +93,68 @@ def main(loader: object) -> None:
         import _signal  # type: ignore[import-not-found]
 
         _signal.signal(_signal.SIGTERM, _stop)
+    stopped = STOPPED_STARTING
+    note = ""
     try:
         archive = _versioned(loader)  # before anything else is read from the zip
+        loader = sys.path_importer_cache.get(archive, loader)
+        if operation == "fetch" and len(sys.argv) == 3:
+            stopped = STOPPED_AT_AGENT
+            info = loader.get_data("build-info").decode().split("\n")  # type: ignore[attr-defined]
+            note = _through_agent(archive, info[0], info[2] if len(info) > 3 else "")
+            stopped = STOPPED_WAITING
+            note += _admitted(info[2] if len(info) > 3 else "")
+            stopped = STOPPED_STARTING
         try:  # the source tree and the installed package
             from nomad_secrets import launch
         except ImportError:  # the executable: scripts/build stores it beside this file
             import nomad_secrets_launch as launch  # type: ignore[import-not-found,no-redef]
     except Stopped:
-        os.write(1, STOPPED_STARTING)
+        os.write(1, stopped)
         os._exit(0)
-    launch.start(archive, sys.path_importer_cache.get(archive, loader), Stopped)
+    launch.start(archive, loader, Stopped, note)
+
+
+def _through_agent(archive: str, build: str, socket_dir: str) -> str:
+    """Print the node agent's answer and exit; or say why there is none,
+    for the plugin's debug log, and go on to fetch in process."""
+    try:  # the executable: scripts/build stores it beside this file (looked for first: ~0.3 ms)
+        import nomad_secrets_agent_client as client  # type: ignore[import-not-found]
+    except ImportError:  # the source tree and the installed package
+        from nomad_secrets.agent import client
+    executable = os.path.abspath(sys.argv[0])
+    try:
+        agent = client.Agent(
+            executable,
+            build,
+            socket_dir or client.SOCKET_DIR,
+            client.spawner(sys.executable, archive, executable),
+        )
+        message = client.request(client.KIND_FETCH, executable, sys.argv[2], build, dict(os.environb))
+        answer = agent.ask(message)
+    except client.NoAgent as exc:
+        return f"agent not used: {exc}"
+    except OSError as exc:  # out of descriptors, a socket directory gone meanwhile: in process
+        return f"agent not used: {type(exc).__name__}: {exc.strerror or exc}"
+    os.write(1, answer)
+    os._exit(0)
+
+
+def _admitted(socket_dir: str) -> str:
+    """One of the node's slots for fetches in process (admission.py): a
+    burst that the agent does not take is a slope, not a cliff."""
+    try:  # the executable: scripts/build stores them beside this file
+        import nomad_secrets_admission as admission  # type: ignore[import-not-found]
+        import nomad_secrets_agent_client as client  # type: ignore[import-not-found,unused-ignore]
+        import nomad_secrets_cache as cache  # type: ignore[import-not-found]
+    except ImportError:  # the source tree and the installed package
+        from nomad_secrets import admission, cache
+        from nomad_secrets.agent import client
+    directory = socket_dir or client.SOCKET_DIR
+    if client.untrusted_directory(directory):
+        return ""  # no shared place for the slots: no limit (the debug log has the agent's note)
+    waited = admission.admit(directory, cache.process_age())
+    return f"; {waited}" if waited else ""
 
 
 if __name__ == "__main__":

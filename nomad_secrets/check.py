@@ -178,9 +178,8 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
             _probe_vault(settings, names, report)
     if not providers:
         report.warn("no provider name here resolves to a store")
-    if config.agent.socket:
-        report.start("agent")
-        _agent(config.agent.socket, report)
+    report.start("agent")
+    _agent(executable, config, report)
     report.start("policy")
     _policy(config, report)
     summary = f"{report.problems} problem(s), {report.warnings} warning(s)"
@@ -188,16 +187,65 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
     return 1 if report.problems else 0
 
 
-def _agent(path: str, report: Report) -> None:
-    """Whether fetches will reach the node agent (docs/agent.md)."""
-    from nomad_secrets.agent.client import connect
+def _agent(executable: str, config: Config, report: Report) -> None:
+    """Whether fetches will reach the node agent, proved by a round trip
+    with it, and why not (docs/agent.md)."""
+    import json
 
-    connected = connect(path)
-    if isinstance(connected, str):
-        report.warn(f"{connected}: fetches run in process (start the agent: docs/agent.md)")
+    from nomad_secrets.agent import client
+    from nomad_secrets.agent.build import build_id, socket_dir
+
+    executable = os.path.abspath(executable)
+    agent = client.Agent(executable, build_id(), socket_dir())
+    if config.agent.socket and config.agent.socket != agent.path:
+        report.warn(
+            f"agent.socket is no longer used: fetches of this plugin directory look for their agent at"
+            f" {agent.path}; remove the key, and set ListenStream={agent.path} in a systemd socket unit"
+            " (docs/agent.md, Upgrading)"
+        )
+    if config.path is None:
+        report.ok("no config file: fetches run in process (an agent serves only a plugin directory with one)")
         return
-    connected.close()
-    report.ok(f"an agent running as root listens at {path}; fetches go to it")
+    with open(config.path, "rb") as f:
+        plain = client.auto_off(f.read().decode("utf-8", "replace"))
+    if plain != (not config.agent.auto):
+        report.warn(
+            "write auto = false as a plain line in the [agent] section: fetches read it before any TOML"
+            " parser, so in this form each one starts an agent that stops at once"
+        )
+    try:
+        info = json.loads(agent.ask(client.request(client.KIND_PING, executable, "", agent.build, {})))
+    except client.NoAgent as exc:
+        if "stopped answering" in str(exc):
+            then = "replaces it" if config.agent.auto else "runs in process"
+            report.warn(f"{exc}: each fetch waits for it, then {then}")
+        elif config.agent.auto:
+            report.ok(f"{exc}; the next fetch starts one (agent.auto)")
+        else:  # the operator's choice: said, not warned of
+            report.ok(
+                f"{exc}, and agent.auto = false: fetches run in process, slower under a burst of task"
+                " starts (docs/agent.md)"
+            )
+        return
+    said = (
+        f"an agent answers at {agent.path}: build {info['build']}, pid {info['pid']}, uid {info['uid']},"
+        f" started by {info['started_by']}, config {info['config']},"
+        f" AWS credentials: {info['aws_credentials']}, Vault auth: {info['vault_auth']}"
+    )
+    if info["build"] != agent.build:
+        report.warn(
+            f"{said}; it is another build than this executable ({agent.build}): it stops when its own"
+            " executable is replaced, and until then this build's fetches run in process"
+        )
+    elif info["plugin_dir"] != agent.plugin_dir:
+        report.warn(f"{said}; it serves {info['plugin_dir']}, not this directory: fetches run in process")
+    else:
+        report.ok(said + "; fetches go to it")
+    if config.agent.users and not config.agent.nomad_jwks_file:
+        report.warn(
+            "agent.users is set without agent.nomad_jwks_file: those users' fetches are refused by the agent"
+            " (it answers them only for the job a verified workload identity proves) and run in process"
+        )
 
 
 def _observers(config: Config, report: Report) -> None:

@@ -20,9 +20,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
-    from nomad_secrets.config import Config
-    from nomad_secrets.deadline import Deadline
-
 USAGE = """\
 usage: {name} <command> [options]
 
@@ -51,7 +48,9 @@ COMMANDS = ("fingerprint", "fetch", *OPERATOR_COMMANDS)
 HELP_FLAGS = ("--help", "-h", "--version", "-V")
 
 
-def run() -> NoReturn:
+def run(agent_note: str = "") -> NoReturn:
+    """``agent_note``: why the bootstrap's try of the node agent gave no
+    answer (the executable's fetch), for the debug log."""
     argv = list(sys.argv)
     operation = argv[1] if len(argv) > 1 else os.environ.get("CPI_OPERATION", "")
     if operation == "fingerprint":
@@ -74,7 +73,7 @@ def run() -> NoReturn:
         sys.exit(by_hand(operation, argv[0]))
     protocol.guard_stdio()
     if operation == "fetch":
-        plugin_fetch(argv, environ, start, again)
+        plugin_fetch(argv, environ, start, again, agent_note)
     from nomad_secrets.config import provider_name
 
     protocol.answer_error(
@@ -149,7 +148,9 @@ def _did_you_mean(operation: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close and close[0] != operation else ""
 
 
-def plugin_fetch(argv: list[str], environ: dict[str, str], start: float, again: bool) -> NoReturn:
+def plugin_fetch(
+    argv: list[str], environ: dict[str, str], start: float, again: bool, agent_note: str = ""
+) -> NoReturn:
     protocol.on_sigterm_answer(SIGTERM_MESSAGE)
     executable = argv[0]
     try:  # the imports too: a damaged file among them gets an answer (and a heal)
@@ -168,8 +169,8 @@ def plugin_fetch(argv: list[str], environ: dict[str, str], start: float, again: 
         if protocol.discard_note:
             debuglog.log("no-dev-null", reason=protocol.discard_note)
         deadline = Deadline(config.plugin.deadline_seconds or DEFAULT_SECONDS, start=start)
-        if config.agent.socket:
-            _ask_agent(config, os.path.abspath(executable), argv[2], environ, deadline)
+        if agent_note:
+            debuglog.log("agent-not-used", reason=agent_note)
         from nomad_secrets.answer import fetch_answer, observer_for
         from nomad_secrets.config import provider_name
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
@@ -217,29 +218,3 @@ SIGTERM_MESSAGE = (
     "stopped by Nomad (SIGTERM) before the fetch finished: Nomad's plugin timeout"
     " passed; check that the store answers quickly from this node"
 )
-
-# What a fetch in process keeps of the deadline while the agent works: an
-# agent that took the request and hangs still leaves time to fetch here.
-AGENT_RESERVE_SECONDS = 1.5
-
-
-def _ask_agent(
-    config: Config, executable: str, path: str, environ: dict[str, str], deadline: Deadline
-) -> None:
-    """Print the node agent's answer and exit, or return to fetch in process."""
-    from nomad_secrets import debuglog
-    from nomad_secrets.agent.client import forward
-
-    assert config.agent.socket is not None
-    remaining = deadline.remaining()
-    forwarded = forward(
-        config.agent.socket,
-        executable,
-        path,
-        environ,
-        remaining - min(AGENT_RESERVE_SECONDS, remaining / 4),
-        config.plugin.max_output_bytes,
-    )
-    if forwarded.answer is not None:
-        protocol.answer(forwarded.answer)
-    debuglog.log("agent-not-used", reason=forwarded.reason)

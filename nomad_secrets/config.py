@@ -130,13 +130,24 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class AgentSettings:
-    # The node agent (docs/agent.md): with ``socket`` set, a fetch asks the
-    # agent listening there first, and fetches in process when the agent is
-    # absent, refuses or is slow; ``nomad-secrets agent`` listens there.
+    # The node agent (docs/agent.md): a fetch asks its plugin directory's
+    # agent first, and the first fetch that finds none starts one, unless
+    # this is false (then only an agent the operator runs, under systemd).
+    auto: bool = True
+    # A self-started agent stops after this long without a request (0: never).
+    idle_exit_seconds: float = 600.0
+    # Before 0.2 the agent listened where this said; now every plugin
+    # directory's agent has its own socket (docs/agent.md, Upgrading):
+    # kept so that an older config loads, and `check` says what to change.
     socket: str | None = None
-    # Who besides root may ask the agent: the Nomad client's user, when it
-    # does not run as root (user names or numeric uids).
+    # Who besides root may ask an agent running as root: the Nomad client's
+    # user, when it does not run as root (user names or numeric uids). They
+    # are answered only for the job that a Nomad workload identity token,
+    # verified against nomad_jwks_file, proves.
     users: list[str] = field(default_factory=list)
+    # The Nomad cluster's JWKS (what /.well-known/jwks.json serves), for
+    # the tokens of callers in ``users``.
+    nomad_jwks_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -498,6 +509,10 @@ def parse(text: bytes, path: str) -> Config:
         raise ConfigError(
             f"agent.socket in {path} must be an absolute path, such as /run/nomad-secrets/agent.sock"
         )
+    if not 0 <= agent.idle_exit_seconds <= 7 * 86400:
+        raise ConfigError(f"agent.idle_exit_seconds in {path} must be between 0 (never) and 604800 (a week)")
+    if agent.nomad_jwks_file is not None and not os.path.isabs(agent.nomad_jwks_file):
+        raise ConfigError(f"agent.nomad_jwks_file in {path} must be an absolute path")
     if "policy" in data:
         _policy_last(text.decode("utf-8"), path, tomllib.loads)
     return Config(

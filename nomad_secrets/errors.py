@@ -75,3 +75,19 @@ class InvalidSecret(StoreError):
     """The store answered, but the secret cannot be given to Nomad as asked."""
 
     kind = "invalid-secret"
+
+
+class NodeBusy(PluginError):
+    """The fetch ran out of its deadline before it asked any store: the
+    node was busy (its CPU, a burst of task starts), not the store."""
+
+    kind = "node-busy"
+
+    @classmethod
+    def late(cls, path: str, age: float, seconds: float) -> NodeBusy:
+        shown = path if len(path) <= 200 else path[:200] + "..."
+        return cls(
+            f"{shown!r}: {age:.1f} s of the plugin's {seconds:g} s deadline had passed before it could ask"
+            " any store (nothing was sent): the node was too busy, starting many tasks at once; start the"
+            " task again, and see docs/agent.md"
+        )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from nomad_secrets import debuglog, limits, policy
 from nomad_secrets.backends import STORE_LABELS, Backend, open_backend, read_scope
 from nomad_secrets.config import Config, check_files, require_policy
 from nomad_secrets.deadline import Deadline
-from nomad_secrets.errors import PluginError, RequestError, TimedOut
+from nomad_secrets.errors import NodeBusy, PluginError, RequestError, TimedOut
 from nomad_secrets.identity import check_workload_token
 from nomad_secrets.reference import Reference, parse_path
 from nomad_secrets.request import Identity, parse_environment
@@ -95,8 +96,8 @@ def check_policy(
     fails the request before anything is read."""
     for ref, store in zip(refs, stores, strict=True):
         policy.check(rules, caller, store, ref.locator, ref.text, read_scope(store, ref))
-    if deadline.expired():
-        raise _timed_out(refs[0], stores[0], deadline)
+    if deadline.expired():  # nothing asked of any store yet
+        raise NodeBusy.late(refs[0].text, time.monotonic() - deadline.start, deadline.seconds)
 
 
 def resolve(
@@ -118,6 +119,7 @@ def resolve(
     for index in range(len(refs)):
         pending.put(index)
     failed = threading.Event()
+    asked = [False]  # a reader has sent something to a store
     # A reader's failure that not even a queue item could carry (memory ran
     # out in its handler): set without allocating, found by the wait below.
     crashed: list[BaseException | None] = [None]
@@ -130,6 +132,7 @@ def resolve(
                 except queue.Empty:
                     return
                 ref, store = refs[index], stores[index]
+                asked[0] = True
                 try:
                     done.put((index, shape(ref, backends[store].read(ref), STORE_LABELS[store])))
                 except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
@@ -154,6 +157,9 @@ def resolve(
             if not deadline.expired():
                 continue
             first = min(i for i in range(len(refs)) if i not in results)
+            if not asked[0]:  # the deadline passed while the node made the clients (imports, CPU)
+                age = time.monotonic() - deadline.start
+                raise NodeBusy.late(refs[first].text, age, deadline.seconds) from None
             raise _timed_out(refs[first], stores[first], deadline) from None
         if isinstance(outcome, BaseException):
             debuglog.log("reference-failed", reference=refs[index].text, error=type(outcome).__name__)

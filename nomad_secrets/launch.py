@@ -343,14 +343,15 @@ def _operation() -> str:
     return sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CPI_OPERATION", "")
 
 
-def start(archive: str, loader: object, stopped: type[BaseException]) -> None:
+def start(archive: str, loader: object, stopped: type[BaseException], note: str = "") -> None:
     """Unpack (or find) this build, then run the plugin from it. ``stopped``:
-    what the bootstrap's SIGTERM handler raises, for a fetch."""
+    what the bootstrap's SIGTERM handler raises, for a fetch; ``note``: why
+    the node agent did not answer it, for the debug log."""
     answer, line = _out_of_memory_answers()
     if _operation() in ("fetch", "agent"):
         _refuse_a_small_address_space(_operation())
     try:
-        _start(archive, loader, stopped)
+        _start(archive, loader, stopped, note)
     except MemoryError:  # anywhere, our answers to it included: the one answer that needs nothing
         if _operation() == "fetch":
             os.write(_answer_fd(), answer)
@@ -391,7 +392,7 @@ def _refuse_a_small_address_space(operation: str) -> None:
     )
 
 
-def _start(archive: str, loader: object, stopped: type[BaseException]) -> None:
+def _start(archive: str, loader: object, stopped: type[BaseException], note: str) -> None:
     environ = dict(os.environ)  # as Nomad gave it, for a run started again
     again = _cache_module().started_again(environ)  # cli.py takes the mark out of os.environ
     build_id, cache_dir = loader.get_data("build-info").decode().split("\n")[:2]  # type: ignore[attr-defined]
@@ -412,7 +413,7 @@ def _start(archive: str, loader: object, stopped: type[BaseException]) -> None:
     except Exception as exc:  # noqa: BLE001 - Nomad must get an answer
         _answer_error(f"nomad-secrets cannot start: {type(exc).__name__} while unpacking")
     try:
-        run()
+        run(note)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - our code failed before it could answer

@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -39,6 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from agent_process import agent_pid, stop_agent  # noqa: E402 - tests/agent_process.py
 from nomad import with_policy  # noqa: E402 - tests/nomad.py: a config file says who reads what
 
 BENCH_VENV = ROOT / ".venv-bench"
@@ -58,9 +60,11 @@ CASES = (
     "burst",
     "cold-burst",
     "burst-vault",
+    "burst-faults",
     "server-load",
 )
-BURSTS = (25, 50, 100)
+BURSTS = (100, 300)
+FAULT_BURSTS = (20, 50, 100)  # the agent gone wrong, beside no agent at all (issue #20)
 COLD_BURST = 30  # first fetches at once on an empty cache (issue #15)
 LOAD_CLIENTS = 32  # concurrent clients of the server-load case
 LOAD_SECONDS = 60.0  # each side of it stops here, whatever its count
@@ -156,20 +160,10 @@ class Bench:
         self.load: dict[str, dict[str, float]] = {}
         self.interpreter = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         self.exe = self.tmp / "nomad-secrets"
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "scripts" / "build"),
-                "--python",
-                self.interpreter,
-                "--output",
-                str(self.exe),
-                "--cache-dir",
-                str(self.tmp / "cache"),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        # The agents' own socket directory: the bench's agents meet no other.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="ns-bench-"))
+        self.socket_dir.chmod(0o755)
+        self.build(self.exe)
         self.moto_port = free_port()
         self.moto = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.moto_port)],
@@ -179,7 +173,17 @@ class Bench:
         self.endpoint = f"http://127.0.0.1:{self.moto_port}"
         self.vault: object | None = None
 
+    def build(self, output: Path, *extra: str) -> None:
+        """scripts/build for the bench's interpreter, cache and sockets."""
+        argv = [sys.executable, str(ROOT / "scripts" / "build"), "--python", self.interpreter]
+        argv += ["--output", str(output), "--cache-dir", str(self.tmp / "cache")]
+        argv += ["--socket-dir", str(self.socket_dir), *extra]
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
     def close(self) -> None:
+        for sock in self.socket_dir.glob("*.sock"):
+            stop_agent(sock)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
         self.moto.terminate()
         self.moto.wait()
         if self.vault is not None:
@@ -687,59 +691,136 @@ class Bench:
         logins: Callable[[int], int] | None = None,
         mark: Callable[[], int] = lambda: 0,
     ) -> None:
-        """The rows "<prefix>burst N, <mode>" of ``store``: in process, then
-        through the node agent; with ``logins``, the store's count of logins
-        since ``mark()``. Through the agent, "agent did not answer" counts the
-        fetches the agent did not answer (its log has a line per answer):
-        the plugin then fetched in process, as it does when the agent does
-        not acknowledge within 0.5 s."""
+        """The rows "<prefix>burst N, <mode>" of ``store``, each burst started
+        as Nomad starts plugins (scripts/burst: one goroutine per process,
+        SIGTERM at 10 s): in process (``[agent] auto = false``), through a
+        node agent that the burst itself starts (cold: none running), and
+        through the agent an earlier fetch started (warm). Client CPU is the
+        plugin processes'; agent CPU, the agent's over the burst (cold: its
+        whole life, start included), both per fetch."""
         rounds = 1 if self.args.quick else 3
-        sock = Path(tempfile.mkdtemp(prefix="ns-bench-")) / "agent.sock"
-        for mode in ("in process", "node agent"):
-            name = f"{store}-{'agent' if mode == 'node agent' else 'local'}"
+        launcher = self.launcher()
+        for mode in ("in process", "agent, cold", "agent, warm"):
+            if mode == "agent, warm" and not self.agent_rows:
+                continue
+            name = f"{store}-{'local' if mode == 'in process' else 'agent'}"
             text = config + f'[providers.{name}]\nstore = "{store}"\n'
-            if mode == "node agent":
-                text += f'[agent]\nsocket = "{sock}"\n'
+            if mode != "in process":
+                text += "[agent]\nidle_exit_seconds = 600\n"
             plugin = self.plugin(name, text)
-            (plugin.parent / "nomad-secrets.toml").write_text(with_policy(text))
             argv, env = self.fetch_cmd(plugin, path)
-            agent = None
-            agent_log = self.tmp / f"agent-{name}.log"
-            if mode == "node agent":
-                with agent_log.open("wb") as log:
-                    agent = subprocess.Popen([str(plugin), "agent"], env={}, stderr=log)
-                for _ in range(200):
-                    if sock.exists():
-                        break
-                    time.sleep(0.05)
-            try:
-                timed(argv, env)  # unpack the cache, warm the agent
-                agent_answers(agent_log, 1 if agent is not None else 0)
-                for n in BURSTS[:1] if self.args.quick else BURSTS:
-                    rows: dict[str, list[float]] = {"wall ms": [], "CPU ms per fetch": []}
-                    errors = logged_in = unanswered = 0
-                    for _ in range(rounds):
-                        since, answered = mark(), agent_answers(agent_log)
-                        wall, cpu, answers = burst(argv, env, n, self.tmp, server_pid, agent)
-                        rows["wall ms"].append(wall)
-                        rows["CPU ms per fetch"].append(cpu)
-                        errors += sum(1 for answer in answers if answer != expected)
-                        logged_in += logins(since) if logins is not None else 0
-                        if agent is not None:
-                            unanswered += n - (agent_answers(agent_log, answered + n) - answered)
-                    rows["wrong answers"] = [float(errors)]
+            sock = self.agent_socket(plugin)
+            timed(argv, env)  # unpack the cache (and, with an agent, start it)
+            for n in BURSTS[:1] if self.args.quick else BURSTS:
+                rows: dict[str, list[float]] = {"wall ms": [], "client CPU ms per fetch": []}
+                rows.update({"right answers": [], "stopped by SIGTERM": []})
+                if mode != "in process":
+                    rows["agent CPU ms per fetch"] = []
+                if logins is not None:
+                    rows["logins"] = []
+                for _ in range(rounds):
+                    if mode == "agent, cold":
+                        stop_agent(sock)
+                    elif mode == "agent, warm":
+                        timed(argv, env)
+                    agent = agent_pid(sock)
+                    agent_before = process_cpu_seconds(agent) if agent else 0.0
+                    since = mark()
+                    wall, cpu, runs = go_burst(launcher, argv, env, n, self.tmp)
+                    right = sum(1 for run in runs if _decoded(run["stdout"]) == expected)
+                    rows["wall ms"].append(wall)
+                    rows["client CPU ms per fetch"].append(cpu / n)
+                    rows["right answers"].append(float(right))
+                    rows["stopped by SIGTERM"].append(float(sum(1 for run in runs if run["terminated"])))
+                    if mode != "in process":
+                        agent = agent_pid(sock)
+                        used = (process_cpu_seconds(agent) if agent else float("nan")) - (
+                            agent_before if mode == "agent, warm" else 0.0
+                        )
+                        rows["agent CPU ms per fetch"].append(used * 1000 / n)
                     if logins is not None:
-                        rows["logins"] = [float(logged_in)]
-                    if agent is not None:
-                        rows["agent did not answer"] = [float(unanswered)]
-                    self.record(f"{prefix}burst {n}, {mode}", rows)
-                if agent is not None:
-                    self.record(f"{prefix}node agent memory", agent_memory(agent.pid))
-            finally:
-                if agent is not None:
-                    agent.terminate()
-                    agent.wait()
-        shutil.rmtree(sock.parent, ignore_errors=True)
+                        rows["logins"].append(float(logins(since)))
+                    print(f"bench: {prefix}burst {n}, {mode}: {right} right, {wall:.0f} ms", flush=True)
+                self.record(f"{prefix}burst {n}, {mode}", rows)
+            if mode != "in process":
+                agent = agent_pid(sock)
+                if agent:
+                    self.record(f"{prefix}node agent memory", agent_memory(agent))
+                stop_agent(sock)
+
+    agent_rows = True
+
+    def case_burst_faults(self) -> None:
+        """Bursts meeting an agent gone wrong, side by side with the same
+        bursts and no agent at all (``auto = false``): the agent stopped
+        (SIGSTOP) before the burst, stopped 0.2 s into it (after it took
+        requests), killed (SIGKILL) 0.2 s into it, and an agent of another
+        build at the socket. Right answers out of N, and the wall time."""
+        import threading
+
+        expected = {"result": {"user": "u", "password": "pw0"}}
+        launcher = self.launcher()
+        off = self.plugin("faults-off", self.aws_config() + '[providers.faults-off]\nstore = "aws-sm"\n')
+        on_text = self.aws_config() + '[providers.faults-on]\nstore = "aws-sm"\n'
+        on = self.plugin("faults-on", on_text + "[agent]\nidle_exit_seconds = 600\n")
+        sock = self.agent_socket(on)
+        other = self.tmp / "other" / "nomad-secrets"
+        self.build(other, "--version", "0.0.1")
+        for n in FAULT_BURSTS[:1] if self.args.quick else FAULT_BURSTS:
+            for fault in ("no agent", "stopped before", "stopped during", "killed during", "another build"):
+                plugin = off if fault == "no agent" else on
+                argv, env = self.fetch_cmd(plugin, "bench/0")
+                stop_agent(sock)
+                foreign = None
+                if fault == "another build":
+                    foreign = subprocess.Popen(
+                        [str(other), "agent", "--plugin-dir", str(on.parent)], stderr=subprocess.DEVNULL
+                    )
+                    for _ in range(100):
+                        if agent_pid(sock):
+                            break
+                        time.sleep(0.05)
+                elif fault != "no agent":
+                    timed(argv, env)  # an agent, warm
+                agent = agent_pid(sock) if fault != "no agent" else None
+                timer = None
+                if fault == "stopped before" and agent:
+                    os.kill(agent, signal.SIGSTOP)
+                elif fault in ("stopped during", "killed during") and agent:
+                    how = signal.SIGSTOP if fault == "stopped during" else signal.SIGKILL
+                    timer = threading.Timer(0.2, os.kill, (agent, how))
+                    timer.start()
+                try:
+                    wall, _, runs = go_burst(launcher, argv, env, n, self.tmp)
+                finally:
+                    if timer is not None:
+                        timer.join()
+                    if agent and fault.startswith("stopped"):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(agent, signal.SIGCONT)
+                    if foreign is not None:
+                        foreign.terminate()
+                        foreign.wait()
+                right = sum(1 for run in runs if _decoded(run["stdout"]) == expected)
+                print(f"bench: burst {n}, {fault}: {right} right, {wall:.0f} ms", flush=True)
+                self.record(f"faults {n}, {fault}", {"right answers": [float(right)], "wall ms": [wall]})
+        stop_agent(sock)
+
+    def launcher(self) -> str:
+        """scripts/burst built once (Go, as the Nomad client is)."""
+        out = self.tmp / "burst"
+        if not out.exists():
+            subprocess.run(
+                ["go", "build", "-o", str(out), str(ROOT / "scripts" / "burst" / "main.go")],
+                check=True,
+                env={**os.environ, "GO111MODULE": "off", "GOCACHE": str(self.tmp / "gocache")},
+            )
+        return str(out)
+
+    def agent_socket(self, plugin: Path) -> Path:
+        from nomad_secrets.agent.client import socket_name
+
+        return Path(socket_name(str(plugin.parent), str(self.socket_dir)))
 
     def case_size(self) -> None:
         size = self.exe.stat().st_size
@@ -855,16 +936,26 @@ print(json.dumps(steps))
 """
 
 
-def agent_answers(log: Path, expected: int = 0) -> int:
-    """How many requests the node agent answered, by its log; waiting up to
-    2 s for ``expected`` of them (it logs an answer after sending it)."""
-    end = time.monotonic() + 2.0
-    while True:
-        text = log.read_bytes() if log.exists() else b""
-        count = sum(1 for line in text.splitlines() if line.startswith(b"answered"))
-        if count >= expected or time.monotonic() > end:
-            return count
-        time.sleep(0.05)
+def go_burst(
+    launcher: str, argv: list[str], env: dict[str, str], n: int, tmp: Path
+) -> tuple[float, float, list[dict[str, Any]]]:
+    """(wall ms, CPU ms of all the plugin processes, each run) of n at once."""
+    env_file = tmp / "burst-env.json"
+    env_file.write_text(json.dumps(env))
+    out = subprocess.run(
+        [launcher, "-n", str(n), "-timeout", "10s", "-env", str(env_file), "--", *argv],
+        capture_output=True,
+        check=True,
+    )
+    result = json.loads(out.stdout)
+    return float(result["wall_ms"]), float(result["cpu_ms"]), list(result["runs"])
+
+
+def _decoded(stdout: str) -> object:
+    try:
+        return json.loads(stdout)
+    except ValueError:
+        return None
 
 
 def agent_memory(pid: int) -> dict[str, list[float]]:
@@ -888,46 +979,6 @@ def cpu_ms(argv: list[str], env: dict[str, str]) -> float:
 def process_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def burst(
-    argv: list[str],
-    env: dict[str, str],
-    n: int,
-    tmp: Path,
-    server_pid: int,
-    agent: subprocess.Popen[bytes] | None,
-) -> tuple[float, float, list[object]]:
-    """(wall ms, CPU ms per fetch, decoded answers) of n fetches at once;
-    the agent's CPU, when there is one, counts as the fetches' own."""
-    outputs = [tmp / f"burst-{i}.out" for i in range(n)]
-    server_cpu = process_cpu_seconds(server_pid)
-    agent_cpu = process_cpu_seconds(agent.pid) if agent is not None else 0.0
-    start = time.perf_counter()
-    procs = []
-    for out in outputs:
-        with out.open("wb") as f:
-            procs.append(subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.DEVNULL))
-    cpu = 0.0
-    for proc in procs:
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        cpu += usage.ru_utime + usage.ru_stime
-    wall = time.perf_counter() - start
-    if agent is not None:
-        cpu += process_cpu_seconds(agent.pid) - agent_cpu
-    answers: list[object] = []
-    for out in outputs:
-        try:
-            answers.append(json.loads(out.read_bytes()))
-        except ValueError:
-            answers.append(None)
-    print(
-        f"bench: burst of {n}: {wall:.2f} s wall, {cpu / n * 1000:.0f} ms CPU per fetch,"
-        f" store server {process_cpu_seconds(server_pid) - server_cpu:.2f} s CPU",
-        flush=True,
-    )
-    return wall * 1000, cpu / n * 1000, answers
 
 
 def versions(venv_python: Path | None) -> dict[str, str]:

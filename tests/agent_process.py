@@ -5,11 +5,14 @@ tests/test_agent_vault.py, the real OpenBao server)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,15 +63,58 @@ class AgentProcess:
         return code
 
 
+def agent_pid(sock: Path) -> int | None:
+    """The pid of the agent listening at ``sock`` (SO_PEERCRED: the agent
+    listens again when it starts, so the kernel names it, not the plugin
+    that bound the socket), or None when none listens."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            return None
+        pid: int = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        return pid
+
+
+def wait_gone(pid: int, seconds: float = 15) -> bool:
+    """Whether ``pid`` ended within ``seconds`` (a zombie counts: its parent,
+    the plugin that started it, has long exited or does not wait)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stop_agent(sock: Path) -> None:
+    """SIGTERM to the agent listening at ``sock``, if any, and wait for it."""
+    pid = agent_pid(sock)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    wait_gone(pid)
+
+
+def listening_on(process: AgentProcess) -> Path:
+    """The socket the agent said it listens on."""
+    line = process.wait_for("listening on=")
+    return Path(line.split("on='", 1)[1].split("'", 1)[0])
+
+
 @contextmanager
-def socket_path() -> Iterator[Path]:
-    """A fresh path for the agent's socket: a unix socket path must stay
-    short (108 bytes), and pytest's tmp_path may not be."""
-    top = Path("/tmp") / f"ns-agent-{uuid.uuid4().hex[:8]}"
-    top.mkdir(mode=0o755)
+def moved_aside(process: AgentProcess) -> Iterator[None]:
+    """The agent's socket directory writable by its group for a while: a
+    fetch then trusts no socket in it, and runs in process."""
+    directory = listening_on(process).parent
+    mode = directory.stat().st_mode & 0o7777
+    directory.chmod(mode | 0o020)
     try:
-        yield top / "agent.sock"
+        yield
     finally:
-        for child in top.iterdir():
-            child.unlink()
-        top.rmdir()
+        directory.chmod(mode)

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +22,7 @@ from typing import Any
 
 import gocheck
 import pytest
+from agent_process import stop_agent
 from gocheck import GoDecoder
 from nomad import NomadClient, install_plugin, with_policy
 
@@ -38,7 +43,10 @@ def interpreter() -> str:
 def run_build(
     output: Path, cache_dir: Path, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """scripts/build for this run's interpreter, its output captured."""
+    """scripts/build for this run's interpreter, its output captured; its
+    agents' sockets in this run's own directory unless ``extra`` names one."""
+    if "--socket-dir" not in extra:
+        extra = (*extra, "--socket-dir", str(SOCKETS))
     return subprocess.run(
         [
             sys.executable,
@@ -64,8 +72,29 @@ def build_artifact(output: Path, cache_dir: Path, *extra: str) -> Path:
     return output
 
 
+# The node agents' socket directory of every executable this run builds:
+# its own (short: a unix socket path holds 107 bytes), so that no agent a
+# test starts meets the machine's, and every one still running at the end
+# is stopped (the socket_dir fixture).
+SOCKETS = Path(tempfile.mkdtemp(prefix="ns-run-", dir="/tmp"))
+SOCKETS.chmod(0o755)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def socket_dir() -> Iterator[Path]:
+    yield SOCKETS
+    stop_agents(SOCKETS)
+    shutil.rmtree(SOCKETS, ignore_errors=True)
+
+
+def stop_agents(directory: Path) -> None:
+    """Stop every agent listening in ``directory``."""
+    for sock in directory.glob("*.sock"):
+        stop_agent(sock)
+
+
 @pytest.fixture(scope="session")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def artifact(tmp_path_factory: pytest.TempPathFactory, socket_dir: Path) -> Path:
     """The executable under test: built here, or (CI's matrix) the one
     NOMAD_SECRETS_TEST_ARTIFACT names, built once for every Python, with its
     shebang pointed at this run's interpreter."""
@@ -164,8 +193,6 @@ class MotoIam:
 def moto_process(env: dict[str, str] | None = None) -> Iterator[str]:
     """moto's server in its own process (its own state: another AWS
     account, as far as the plugin can tell); yields its endpoint."""
-    import socket
-    import time
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -206,10 +206,19 @@ def _exit_message(run: PluginRun) -> str:
     return f"exit status {run.returncode}"
 
 
+NO_AGENT = "[agent]\nauto = false\n"
+
+
 def with_policy(config: str) -> str:
     """The config as the tests write it: one without a ``[[policy]]`` lets
     every job read everything, said as a rule (the plugin reads nothing for
-    a config file without one). Tests of that write their file themselves."""
+    a config file without one). Tests of that write their file themselves.
+    Without an ``[agent]`` section, fetches start no agent (``NO_AGENT``):
+    most tests are of what a fetch does in process, where every answer is
+    made; the agent's own tests (test_agent*.py) say what they want."""
+    if "[agent]" not in config:  # before the rules, which come last in a config file
+        head, rules, tail = config.partition("[[policy]]")
+        config = f"{head}\n{NO_AGENT}{rules}{tail}"
     return config if "[[policy]]" in config else f"{config}\n{OPEN_POLICY}\n"
 
 

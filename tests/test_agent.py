@@ -1,18 +1,19 @@
-"""The node agent through the built executable: the plugin forwards to it
-when the operator sets agent.socket, gets the same answers, imports no
-store library on that path, and fetches in process whenever the agent is
-absent, refuses, hangs or is not root's."""
+"""The node agent through the built executable: a fetch forwards to its
+plugin directory's agent, starting one when none runs (unless the config
+says [agent] auto = false), gets the same answers, imports none of the
+plugin's code on that path, and fetches in process whenever the agent is
+absent, refuses, hangs or is not root's; a hung or killed agent is
+replaced; an agent serves its own plugin directory only."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -21,37 +22,51 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AgentProcess, socket_path
+from agent_process import AgentProcess, agent_pid, listening_on, wait_gone
 from conftest import aws_config, interpreter, put_secret, write_config
-from nomad import NomadClient, limited, nomad_env, with_policy
+from nomad import NomadClient, limited, nomad_env, run_plugin
 
-from nomad_secrets.agent.server import OUT_OF_MEMORY
+from nomad_secrets.agent import client
 
 REGION_ENV = {"AWS_REGION": "us-east-2"}
 MiB = 1 << 20
 
 
-def agent_config(endpoint: str, sock: Path, log: Path | None = None, extra: str = "") -> str:
-    text = aws_config(endpoint, extra) + f'[agent]\nsocket = "{sock}"\n'
+def agent_config(
+    endpoint: str, log: Path | None = None, extra: str = "", agent: str = "auto = false\n"
+) -> str:
+    """An operator's config; by default fetches start no agent (the tests
+    start it as an operator would), ``agent`` the [agent] section's keys."""
+    text = aws_config(endpoint, extra) + f"[agent]\n{agent}"
     if log is not None:
         text += f'[plugin]\ndebug_log = "{log}"\n'
     return text
 
 
-@pytest.fixture
-def sock() -> Iterator[Path]:
-    with socket_path() as path:
-        yield path
+def operator_agent(nomad: NomadClient, *args: str, **kwargs: Any) -> AgentProcess:
+    return AgentProcess(
+        nomad.executable("aws"), "--plugin-dir", str(nomad.plugin_dir / "secrets"), *args, **kwargs
+    )
 
 
 @pytest.fixture
-def agent(nomad: NomadClient, moto_endpoint: str, sock: Path, tmp_path: Path) -> Iterator[AgentProcess]:
-    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock, tmp_path / "debug.log"))
-    running = AgentProcess(nomad.executable("aws"))
+def agent(nomad: NomadClient, moto_endpoint: str, tmp_path: Path) -> Iterator[AgentProcess]:
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, tmp_path / "debug.log"))
+    running = operator_agent(nomad)
     running.wait_for("listening")
     yield running
     assert running.stop() == 0
     assert "stopped" in running.lines[-1]
+
+
+def in_process(log: Path) -> list[str]:
+    """The debug log's lines of fetches that ran in process: a forwarded
+    fetch writes none (the plugin's debug log is opened by its config)."""
+    return [line for line in log.read_text().splitlines() if "agent-not-used" in line] if log.exists() else []
+
+
+def socket_of(nomad: NomadClient, socket_dir: Path) -> Path:
+    return Path(client.socket_name(str(nomad.plugin_dir / "secrets"), str(socket_dir)))
 
 
 def test_forwarded_fetch_gives_the_same_answers(
@@ -75,11 +90,24 @@ def test_forwarded_fetch_gives_the_same_answers(
     assert canary not in "\n".join(agent.lines)
 
 
-def test_the_forwarding_plugin_imports_no_store_library(
-    nomad: NomadClient, agent: AgentProcess, secretsmanager: Any, tmp_path: Path
+def test_the_agent_keeps_its_clients_warm(
+    nomad: NomadClient, agent: AgentProcess, secretsmanager: Any
 ) -> None:
-    """-X importtime writes to fd 2, which the plugin points at its debug
-    log: the whole list of what a forwarded fetch imported."""
+    """One client per store and region, made once; a job's region is another."""
+    put_secret(secretsmanager, "agent/warm", "v")
+    for _ in range(3):
+        assert nomad.fetch("aws", "agent/warm", REGION_ENV).result == {"value": "v"}
+    nomad.fetch("aws", "agent/warm", {"AWS_REGION": "eu-west-1"})
+    pools = [line.rsplit("clients=", 1)[1] for line in agent.lines if line.startswith("answered")]
+    assert pools == ["1", "1", "1", "2"]
+
+
+def test_the_forwarded_fetch_imports_nothing_of_the_plugin(
+    nomad: NomadClient, agent: AgentProcess, secretsmanager: Any
+) -> None:
+    """-X importtime (on stderr: a forwarded fetch never reaches the plugin's
+    own stdio guard): the bootstrap and its client only, none of the
+    plugin's modules, no store library, no typing, no re, no json."""
     put_secret(secretsmanager, "agent/imports", "v")
     argv = [
         interpreter(),
@@ -94,210 +122,416 @@ def test_the_forwarding_plugin_imports_no_store_library(
     proc = subprocess.run(argv, env=nomad_env("fetch", REGION_ENV, "web", "default"), capture_output=True)
     assert json.loads(proc.stdout) == {"result": {"value": "v"}}
     imported = [
-        line.split("|")[-1].strip()
-        for line in (tmp_path / "debug.log").read_text().splitlines()
-        if "import time:" in line
+        line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "import time:" in line
     ]
-    assert "nomad_secrets.agent.client" in imported
-    assert not [
-        name for name in imported if name.split(".")[0] in ("botocore", "urllib3", "dateutil", "jmespath")
-    ]
-    assert "nomad_secrets.fetch" not in imported
+    assert "nomad_secrets_agent_client" in imported
+    assert not [name for name in imported if name.split(".")[0] in ("nomad_secrets", "botocore", "urllib3")]
+    assert not {"typing", "re", "json", "socket", "nomad_secrets_launch"} & set(imported), imported
+    agent.wait_for("answered provider='aws' namespace='default' job='web' outcome='ok'")
 
 
-def test_the_agent_keeps_its_clients_warm(
+def test_a_fetch_starts_the_agent_by_default(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
+) -> None:
+    """A config with no [agent] section: the first fetch starts the agent and
+    is answered by it; the agent runs detached, in a session of its own,
+    with none of the job's environment, stdio on /dev/null, at a lower nice
+    value; the next fetches go to it."""
+    log = tmp_path / "debug.log"
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, log, agent="idle_exit_seconds = 60\n"))
+    put_secret(secretsmanager, "agent/auto", "v")
+    sock = socket_of(nomad, socket_dir)
+    assert not sock.exists()
+    fetched = nomad.fetch("aws", "agent/auto", REGION_ENV)
+    assert fetched.ok and fetched.result == {"value": "v"}, fetched.error
+    pid = agent_pid(sock)
+    assert pid is not None
+    try:
+        assert oct(sock.stat().st_mode & 0o777) == "0o600" and sock.stat().st_uid == 0
+        assert Path(f"/proc/{pid}/environ").read_bytes() == b""
+        assert os.getsid(pid) == pid
+        assert os.getpriority(os.PRIO_PROCESS, pid) == client.AGENT_NICE
+        for fd in (0, 1, 2):
+            assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
+        for _ in range(3):
+            assert nomad.fetch("aws", "agent/auto", REGION_ENV).result == {"value": "v"}
+        assert agent_pid(sock) == pid  # one agent, still
+        assert in_process(log) == []
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        assert wait_gone(pid)
+    assert not sock.exists()  # it takes its socket away
+
+
+def test_auto_false_starts_no_agent_and_no_config_no_agent(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
+) -> None:
+    """An agent serves only a plugin directory with a config file (never
+    the built-in defaults); `auto = false` turns the self-start off."""
+    log = tmp_path / "debug.log"
+    put_secret(secretsmanager, "agent/off", "v")
+    sock = socket_of(nomad, socket_dir)
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, log))  # auto = false
+    assert nomad.fetch("aws", "agent/off", REGION_ENV).result == {"value": "v"}
+    assert not sock.exists()
+    assert "says [agent] auto = false" in log.read_text()
+    (nomad.plugin_dir / "secrets" / "nomad-secrets.toml").unlink()
+    fetched = nomad.fetch("aws", "agent/off", {**REGION_ENV, "AWS_ACCESS_KEY_ID": "x"})
+    assert not sock.exists()
+    assert "AWS_ACCESS_KEY_ID" in (fetched.plugin_error or "")  # in process, the built-in defaults
+
+
+def test_a_burst_on_a_cold_node_starts_one_agent(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
+) -> None:
+    """30 fetches at once, no agent running: every one answered right, and
+    one agent started (the others waited on its socket's backlog)."""
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, tmp_path / "debug.log", agent=""))
+    put_secret(secretsmanager, "agent/burst", "v")
+    results: list[Any] = [None] * 30
+
+    def one(i: int) -> None:
+        results[i] = nomad.fetch("aws", "agent/burst", REGION_ENV)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.result for r in results] == [{"value": "v"}] * 30, [r.error for r in results if not r.ok]
+    pid = agent_pid(socket_of(nomad, socket_dir))
+    assert pid is not None
+    agents = [
+        p
+        for p in os.listdir("/proc")
+        if p.isdigit() and _cmdline(int(p)).endswith(str(nomad.plugin_dir / "secrets" / "aws"))
+    ]
+    assert agents == [str(pid)], agents
+    os.kill(pid, signal.SIGTERM)
+    assert wait_gone(pid)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("how", ["SIGSTOP", "SIGKILL"])
+def test_a_hung_or_killed_agent_is_replaced(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path, how: str
+) -> None:
+    """A self-started agent stopped (SIGSTOP: the kernel still queues
+    connections on its socket) or killed: the next fetches are answered
+    (through a new agent), and the stopped one, once it runs again, finds
+    its socket replaced and stops."""
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, tmp_path / "debug.log", agent=""))
+    put_secret(secretsmanager, "agent/hung", "v")
+    sock = socket_of(nomad, socket_dir)
+    assert nomad.fetch("aws", "agent/hung", REGION_ENV).ok
+    old = agent_pid(sock)
+    assert old is not None
+    os.kill(old, getattr(signal, how))
+    try:
+        results: list[Any] = [None] * 10
+        threads = [
+            threading.Thread(
+                target=lambda i=i: results.__setitem__(i, nomad.fetch("aws", "agent/hung", REGION_ENV))
+            )
+            for i in range(10)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [r.result for r in results] == [{"value": "v"}] * 10, [r.error for r in results]
+        new = agent_pid(sock)
+        assert new is not None and new != old
+    finally:
+        if how == "SIGSTOP":
+            os.kill(old, signal.SIGCONT)
+    assert wait_gone(old)  # it saw another socket at its path, and stopped
+    assert agent_pid(sock) == new
+    os.kill(new, signal.SIGTERM)
+    assert wait_gone(new)
+
+
+def raw_request(
+    sock: Path, executable: str, path: str, environ: dict[bytes, bytes], build: str, user: int | None = None
+) -> bytes:
+    """What the agent sends back to a hand-made request (as uid ``user``)."""
+    message = client.request(client.KIND_FETCH, executable, path, build, environ)
+    code = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.connect({str(sock)!r})\n"
+        "s.settimeout(10)\n"
+        f"s.sendall({message!r})\n"
+        "data = b''\n"
+        "while True:\n"
+        "    chunk = s.recv(65536)\n"
+        "    if not chunk: break\n"
+        "    data += chunk\n"
+        "sys.stdout.buffer.write(data)\n"
+    )
+    proc = subprocess.run([interpreter(), "-I", "-S", "-c", code], user=user, capture_output=True, timeout=20)
+    return proc.stdout
+
+
+def build_of(agent: AgentProcess) -> str:
+    return agent.wait_for("listening").rsplit("build='", 1)[1].split("'", 1)[0]
+
+
+def test_a_request_naming_another_directory_is_refused(
+    nomad: NomadClient, agent: AgentProcess, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """An agent serves its plugin directory and config only: a request
+    naming another executable (another config, or the built-in defaults)
+    gets a refusal, never an answer."""
+    put_secret(secretsmanager, "agent/other", "v")
+    sock, build = listening_on(agent), build_of(agent)
+    env = {b"NOMAD_JOB_ID": b"web", b"NOMAD_NAMESPACE": b"default"}
+    other = tmp_path / "elsewhere" / "secrets" / "aws"
+    refused = raw_request(sock, str(other), "agent/other", env, build)
+    assert refused.startswith(client.REFUSED) and b"serves the plugin directory" in refused
+    right = raw_request(
+        sock, str(nomad.executable("aws")), "agent/other", {**env, b"AWS_REGION": b"us-east-2"}, build
+    )
+    assert right.startswith(client.ACK) and right.endswith(b'{"result": {"value": "v"}}\n')
+    foreign = raw_request(sock, str(nomad.executable("aws")), "agent/other", env, "0" * 24)
+    assert foreign.startswith(client.REFUSED) and b"this agent is build" in foreign
+
+
+def test_a_caller_that_is_not_root_is_refused_without_a_verified_identity(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """agent.users lets uid 65534 connect; with no agent.nomad_jwks_file it is
+    refused, whatever NOMAD_JOB_ID it states; a stranger's connections cost
+    no thread and one journal line per interval, not one each."""
+    write_config(
+        nomad.plugin_dir, agent_config(moto_endpoint, extra="", agent='auto = false\nusers = ["65534"]\n')
+    )
+    put_secret(secretsmanager, "agent/root-only", "v")
+    running = operator_agent(nomad)
+    try:
+        sock, build = listening_on(running), build_of(running)
+        env = {b"NOMAD_JOB_ID": b"web", b"NOMAD_NAMESPACE": b"default", b"AWS_REGION": b"us-east-2"}
+        answer = raw_request(sock, str(nomad.executable("aws")), "agent/root-only", env, build, user=65534)
+        assert answer.startswith(client.REFUSED) and b"agent.nomad_jwks_file is not set" in answer, answer
+        assert b'"value"' not in answer
+        check = run_plugin(nomad.executable("aws"), ["check"], {}).stdout.decode()
+        assert "agent.users is set without agent.nomad_jwks_file" in check
+    finally:
+        assert running.stop() == 0
+
+
+def test_a_flood_of_strangers_costs_no_thread_and_few_lines(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """Connections from a uid the agent does not serve (the socket is open
+    to all once agent.users is set): closed at accept, counted, said at most
+    once per interval; a root fetch meanwhile is answered."""
+    write_config(
+        nomad.plugin_dir,
+        agent_config(moto_endpoint, tmp_path / "debug.log", agent='auto = false\nusers = ["1"]\n'),
+    )
+    put_secret(secretsmanager, "agent/flood", "v")
+    running = operator_agent(nomad)
+    try:
+        sock = listening_on(running)
+        flood = (
+            "import socket\n"
+            "for _ in range(2000):\n"
+            "    s = socket.socket(socket.AF_UNIX)\n"
+            f"    s.connect({str(sock)!r})\n"
+            "    s.close()\n"
+        )
+        flooding = subprocess.Popen([interpreter(), "-I", "-S", "-c", flood], user=65534)
+        assert nomad.fetch("aws", "agent/flood", REGION_ENV).result == {"value": "v"}
+        assert flooding.wait(timeout=60) == 0
+        refused = [line for line in running.lines if line.startswith("refused")]
+        assert 1 <= len(refused) <= 2, refused
+        assert in_process(tmp_path / "debug.log") == []
+    finally:
+        assert running.stop() == 0
+
+
+def test_a_fetch_that_reaches_the_agent_too_late_says_the_node_was_busy(
     nomad: NomadClient, agent: AgentProcess, secretsmanager: Any
 ) -> None:
-    """One client per store and region, made once; a job's region is another."""
-    put_secret(secretsmanager, "agent/warm", "v")
-    for _ in range(3):
-        assert nomad.fetch("aws", "agent/warm", REGION_ENV).result == {"value": "v"}
-    nomad.fetch("aws", "agent/warm", {"AWS_REGION": "eu-west-1"})
-    pools = [line.rsplit("clients=", 1)[1] for line in agent.lines if line.startswith("answered")]
-    assert pools == ["1", "1", "1", "2"]
+    """The deadline counts from the plugin's start, read by the agent from
+    /proc (the kernel's word): a plugin that reached the agent with under
+    half a second left is answered node-busy, and the store never asked."""
+    write_config(
+        nomad.plugin_dir, agent_config("http://127.0.0.1:9", None, extra="[plugin]\ndeadline_seconds = 1\n")
+    )
+    sock, build = listening_on(agent), build_of(agent)
+    message = client.request(
+        client.KIND_FETCH, str(nomad.executable("aws")), "agent/late", build, {b"AWS_REGION": b"us-east-2"}
+    )
+    code = (
+        "import socket, sys, time\n"
+        "time.sleep(0.8)\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.connect({str(sock)!r})\n"
+        f"s.sendall({message!r})\n"
+        "data = b''\n"
+        "while chunk := s.recv(65536):\n"
+        "    data += chunk\n"
+        "sys.stdout.buffer.write(data)\n"
+    )
+    out = subprocess.run([interpreter(), "-I", "-S", "-c", code], capture_output=True, timeout=20).stdout
+    answer = json.loads(out[out.index(b"{") :])
+    assert "the node was too busy" in answer["error"] and "'agent/late'" in answer["error"], answer
 
 
-def test_no_agent_running_means_a_fetch_in_process(
-    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, sock: Path, tmp_path: Path
+def test_socket_names(tmp_path: Path) -> None:
+    assert client.socket_name("/opt/nomad/data/common_plugins/secrets") == (
+        "/run/nomad-secrets/opt-nomad-data-common_plugins-secrets.sock"
+    )
+    long = "/var/lib/" + "x" * 120 + "/secrets"
+    name = client.socket_name(long)
+    assert name.startswith("/run/nomad-secrets/h-") and len(name.encode()) <= client.MAX_SOCKET_PATH
+    assert client.socket_name(long) == name != client.socket_name(long + "2")
+    with pytest.raises(client.NoAgent, match="too long a path"):
+        client.socket_name("/a", "/" + "d" * 100)
+
+
+def test_auto_off_is_read_in_its_plain_forms() -> None:
+    assert client.auto_off("[agent]\nauto = false\n")
+    assert client.auto_off("[agent]\nauto=false # off\n[[policy]]\nallow = []\n")
+    assert client.auto_off("agent.auto = false\n")
+    assert not client.auto_off("[agent]\nauto = true\n")
+    assert not client.auto_off("[plugin]\nauto = false\n")
+    assert not client.auto_off("# [agent]\n# auto = false\n")
+
+
+def test_a_missing_socket_directory_is_made_root_only(
+    tmp_path: Path, decoder: Any, moto_endpoint: str, secretsmanager: Any
 ) -> None:
-    log = tmp_path / "debug.log"
-    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock, log))
-    put_secret(secretsmanager, "agent/fallback", "v")
-    assert nomad.fetch("aws", "agent/fallback", REGION_ENV).result == {"value": "v"}
-    assert f"agent-not-used reason='cannot check the agent socket {sock}" in log.read_text()
+    """A fresh node has no socket directory: the first fetch makes it (0755,
+    root's) and starts the agent there."""
+    from conftest import build_artifact
+    from nomad import install_plugin
 
-
-class AgentDouble:
-    """A stand-in for an agent gone wrong (a test double: the real agent
-    cannot be made to hang or to break its framing): it accepts and then
-    closes, never acknowledges, or acknowledges and never answers."""
-
-    def __init__(self, path: Path, behaviour: str) -> None:
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(str(path))
-        self.server.listen(8)
-        self.behaviour = behaviour
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            if self.behaviour == "close":
-                conn.close()
-            elif self.behaviour == "ack-then-hang":
-                conn.recv(1 << 16)
-                conn.sendall(b"+")
-                self.held.append(conn)
-            elif self.behaviour == "garbage":
-                conn.recv(1 << 16)
-                conn.sendall(b"+" + len(b"not json").to_bytes(4, "big") + b"not json")
-                conn.close()
-            else:  # silent
-                self.held.append(conn)
-
-    def close(self) -> None:
-        self.server.close()
-        for conn in self.held:
-            conn.close()
-
-
-@pytest.mark.parametrize(
-    ("behaviour", "reason"),
-    [
-        ("close", "closed the connection|Broken pipe|Connection reset"),
-        ("silent", "timed out"),
-        ("ack-then-hang", "did not answer within"),
-        ("garbage", "is not JSON"),
-    ],
-)
-def test_a_broken_agent_means_a_fetch_in_process(
-    nomad: NomadClient,
-    moto_endpoint: str,
-    secretsmanager: Any,
-    sock: Path,
-    tmp_path: Path,
-    behaviour: str,
-    reason: str,
-) -> None:
-    log = tmp_path / "debug.log"
-    config = agent_config(moto_endpoint, sock, log, extra="")
-    if behaviour == "ack-then-hang":  # give the agent little of the deadline
-        config += "deadline_seconds = 4\n"
-    write_config(nomad.plugin_dir, config)
-    put_secret(secretsmanager, "agent/broken", "v")
-    double = AgentDouble(sock, behaviour)
+    top = Path("/tmp") / f"ns-fresh-{uuid.uuid4().hex[:8]}"
+    directory = top / "run"
+    top.mkdir(mode=0o755)
     try:
-        fetched = nomad.fetch("aws", "agent/broken", REGION_ENV)
+        exe = build_artifact(
+            tmp_path / "dist" / "nomad-secrets", tmp_path / "cache", "--socket-dir", str(directory)
+        )
+        plugins = tmp_path / "common_plugins"
+        install_plugin(exe, plugins, ["aws"], agent_config(moto_endpoint, agent="idle_exit_seconds = 30\n"))
+        put_secret(secretsmanager, "agent/fresh", "v")
+        assert NomadClient(plugins, decoder).fetch("aws", "agent/fresh", REGION_ENV).result == {"value": "v"}
+        st = directory.stat()
+        assert (st.st_uid, oct(st.st_mode & 0o777)) == (0, "0o755")
+        pid = agent_pid(Path(client.socket_name(str(plugins / "secrets"), str(directory))))
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        assert wait_gone(pid)
     finally:
-        double.close()
-    assert fetched.ok and fetched.result == {"value": "v"}, fetched.error
-    assert re.search(f"agent-not-used reason=.*({reason})", log.read_text())
+        shutil.rmtree(top, ignore_errors=True)
 
 
-def test_a_socket_owned_by_another_user_is_refused(
-    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, sock: Path, tmp_path: Path
+def test_check_proves_the_agent_with_a_round_trip(
+    nomad: NomadClient, moto_endpoint: str, socket_dir: Path
 ) -> None:
-    log = tmp_path / "debug.log"
-    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock, log))
-    put_secret(secretsmanager, "agent/owner", "v")
-    double = AgentDouble(sock, "garbage")
-    os.chown(sock, 65534, 65534)
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint))
+    absent = run_plugin(nomad.executable("aws"), ["check"], {}).stdout.decode()
+    assert "no agent is running" in absent and "agent.auto = false: fetches run in process" in absent
+    running = operator_agent(nomad)
     try:
-        assert nomad.fetch("aws", "agent/owner", REGION_ENV).result == {"value": "v"}
+        running.wait_for("listening")
+        present = run_plugin(nomad.executable("aws"), ["check"], {}).stdout.decode()
     finally:
-        double.close()
-    assert f"the agent socket {sock} is owned by uid 65534, not root" in log.read_text()
-
-
-def test_the_agent_refuses_a_client_that_is_not_root(
-    nomad: NomadClient, moto_endpoint: str, sock: Path, tmp_path: Path
-) -> None:
-    """SO_PEERCRED, not the socket's mode, decides: with agent.users set the
-    socket is open to all, and uid 65534 still gets no acknowledgement."""
-    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock, extra="") + 'users = ["0"]\n')
-    agent = AgentProcess(nomad.executable("aws"))
-    try:
-        agent.wait_for("listening")
-        client = (
-            "import socket\n"
-            "s = socket.socket(socket.AF_UNIX)\n"
-            f"s.connect({str(sock)!r})\n"
-            "s.settimeout(2)\n"
-            "print(repr(s.recv(1)))\n"
-        )
-        proc = subprocess.run(
-            [interpreter(), "-I", "-S", "-c", client],
-            user=65534,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        assert proc.stdout.strip() == "b''", proc  # closed, never acknowledged
-        agent.wait_for("refused uid=65534")
-    finally:
-        assert agent.stop() == 0
-
-
-def test_sigterm_lets_the_request_in_flight_finish(
-    nomad: NomadClient, moto_endpoint: str, sock: Path, secretsmanager: Any, tmp_path: Path
-) -> None:
-    """The agent reads through a proxy that holds each answer for a while;
-    SIGTERM arrives meanwhile, and the plugin still gets the secret."""
-    from netutil import RecordingProxy
-
-    put_secret(secretsmanager, "agent/inflight", "v")
-    with RecordingProxy(moto_endpoint, delay=1.5) as slow:
-        write_config(nomad.plugin_dir, agent_config(slow.url, sock, tmp_path / "debug.log"))
-        agent = AgentProcess(nomad.executable("aws"))
-        agent.wait_for("listening")
-        result: dict[str, Any] = {}
-        fetching = threading.Thread(
-            target=lambda: result.update(f=nomad.fetch("aws", "agent/inflight", REGION_ENV))
-        )
-        fetching.start()
-        while not slow.requests:
-            time.sleep(0.02)
-        assert agent.stop() == 0
-        fetching.join()
-    assert result["f"].result == {"value": "v"}
-    assert "agent-not-used" not in (tmp_path / "debug.log").read_text()
-    agent.wait_for("answered")
+        assert running.stop() == 0
+    sock = socket_of(nomad, socket_dir)
+    assert f"an agent answers at {sock}: build {build_of(running)}, pid {running.proc.pid}, uid 0" in present
+    assert "started by operator" in present and "fetches go to it" in present
 
 
 def test_systemd_socket_activation(
-    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, sock: Path, tmp_path: Path
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
 ) -> None:
-    """As systemd's socket unit does: the listening socket arrives as fd 3,
-    with LISTEN_FDS=1 and LISTEN_PID the agent's own pid."""
-    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock, tmp_path / "debug.log"))
+    """As systemd's socket unit does: the listening socket (at the path the
+    plugin directory's fetches look for) arrives as fd 3, with LISTEN_FDS=1
+    and LISTEN_PID the agent's own pid."""
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, tmp_path / "debug.log"))
     put_secret(secretsmanager, "agent/activated", "v")
+    sock = socket_of(nomad, socket_dir)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock))
     listener.listen(16)
     launcher = (
         "import os, sys\n"
         "os.dup2(int(sys.argv[1]), 3)\n"
-        "os.execve(sys.argv[2], [sys.argv[2], 'agent'],"
+        "os.execve(sys.argv[2], [sys.argv[2], 'agent', '--plugin-dir', sys.argv[3]],"
         " {'LISTEN_FDS': '1', 'LISTEN_PID': str(os.getpid())})\n"
     )
+    argv = [interpreter(), "-I", "-S", "-c", launcher, str(listener.fileno()), str(nomad.executable("aws"))]
     proc = subprocess.Popen(
-        [interpreter(), "-I", "-S", "-c", launcher, str(listener.fileno()), str(nomad.executable("aws"))],
-        pass_fds=[listener.fileno()],
-        stderr=subprocess.PIPE,
+        [*argv, str(nomad.plugin_dir / "secrets")], pass_fds=[listener.fileno()], stderr=subprocess.PIPE
     )
     listener.close()  # the agent holds it now
     try:
         assert nomad.fetch("aws", "agent/activated", REGION_ENV).result == {"value": "v"}
-        assert "agent-not-used" not in (tmp_path / "debug.log").read_text()
+        assert in_process(tmp_path / "debug.log") == []
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0
-    assert b"listening on='fd 3 (systemd)'" in err and b"answered provider='aws'" in err
+    assert f"listening on='{sock}'".encode() in err and b"answered provider='aws'" in err
+
+
+def test_a_second_agent_does_not_take_the_socket(agent: AgentProcess, nomad: NomadClient) -> None:
+    second = operator_agent(nomad)
+    assert second.proc.wait(timeout=15) != 0
+    second.stop()
+    assert any("an agent already listens on" in line for line in second.lines), second.lines
+    assert agent.proc.poll() is None
+
+
+def test_an_upgraded_agent_steps_aside_for_the_new_build(
+    tmp_path: Path, decoder: Any, moto_endpoint: str, secretsmanager: Any, socket_dir: Path
+) -> None:
+    """After an upgrade the agent kept answering with the old code. A fetch
+    of the new build meets an agent whose executable is another build now:
+    the agent stops, and the fetch starts the new build's agent."""
+    from conftest import build_artifact
+    from test_install import install
+
+    builds = [
+        build_artifact(
+            tmp_path / v / "nomad-secrets",
+            tmp_path / "cache",
+            "--version",
+            v,
+            "--socket-dir",
+            str(socket_dir),
+        )
+        for v in ("0.2.0", "0.3.0")
+    ]
+    plugins = tmp_path / "common_plugins"
+    assert install(builds[0], plugins, "--as", "aws").returncode == 0
+    write_config(
+        plugins, agent_config(moto_endpoint, tmp_path / "debug.log", agent="idle_exit_seconds = 60\n")
+    )
+    put_secret(secretsmanager, "agent/upgrade", "v")
+    nomad = NomadClient(plugins, decoder)
+    sock = Path(client.socket_name(str(plugins / "secrets"), str(socket_dir)))
+    assert nomad.fetch("aws", "agent/upgrade", REGION_ENV).result == {"value": "v"}
+    old = agent_pid(sock)
+    assert old is not None
+    assert install(builds[1], plugins, "--as", "aws", "--force").returncode == 0
+    assert nomad.fetch("aws", "agent/upgrade", REGION_ENV).result == {"value": "v"}
+    assert wait_gone(old)
+    new = agent_pid(sock)
+    assert new is not None and new != old
+    os.kill(new, signal.SIGTERM)
+    assert wait_gone(new)
 
 
 def test_the_shipped_systemd_units_verify(tmp_path: Path, artifact: Path) -> None:
@@ -313,150 +547,17 @@ def test_the_shipped_systemd_units_verify(tmp_path: Path, artifact: Path) -> Non
     )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     service = (units / "nomad-secrets-agent.service").read_text()
-    assert "ExecStart=/opt/nomad/data/common_plugins/nomad-secrets agent --config" in service
-    assert "ListenStream=/run/nomad-secrets/agent.sock" in (units / "nomad-secrets-agent.socket").read_text()
+    assert (
+        "ExecStart=/opt/nomad/data/common_plugins/nomad-secrets agent"
+        " --plugin-dir /opt/nomad/data/common_plugins/secrets" in service
+    )
+    assert "ProtectHome=read-only" in service and "Type=notify" in service and "WatchdogSec=" in service
+    expected = client.socket_name("/opt/nomad/data/common_plugins/secrets")
+    assert f"ListenStream={expected}" in (units / "nomad-secrets-agent.socket").read_text()
 
 
-def test_a_second_agent_does_not_take_the_socket(agent: AgentProcess, nomad: NomadClient) -> None:
-    """It used to unlink the first one's socket and bind its own: the first
-    was left orphaned, and every fetch ran in process once the second
-    stopped."""
-    second = AgentProcess(nomad.executable("aws"))
-    assert second.proc.wait(timeout=15) != 0
-    second.stop()
-    assert any("an agent already listens on" in line for line in second.lines), second.lines
-    assert agent.proc.poll() is None
-
-
-def test_an_agent_of_another_build_is_not_used_and_an_upgraded_one_stops(
-    tmp_path: Path, decoder: Any, moto_endpoint: str, secretsmanager: Any, sock: Path
-) -> None:
-    """After an upgrade the agent kept answering with the old code while the
-    node said the new version. A plugin sends its build; an agent of another
-    build does not acknowledge (the plugin fetches in process), and one whose
-    own executable is now another build stops, for systemd's socket to start
-    the installed build on the next fetch."""
-    from conftest import build_artifact
-    from test_install import install
-
-    builds = [
-        build_artifact(tmp_path / v / "nomad-secrets", tmp_path / "cache", "--version", v)
-        for v in ("0.2.0", "0.3.0")
-    ]
-    plugins = tmp_path / "common_plugins"
-    assert install(builds[0], plugins, "--as", "aws").returncode == 0
-    log = tmp_path / "debug.log"
-    write_config(plugins, agent_config(moto_endpoint, sock, log))
-    put_secret(secretsmanager, "agent/upgrade", "v")
-    nomad = NomadClient(plugins, decoder)
-    # As the shipped unit starts it: the common plugin dir's name, the plugin directory's config.
-    old = AgentProcess(plugins / "nomad-secrets", "--config", str(plugins / "secrets" / "nomad-secrets.toml"))
-    try:
-        old.wait_for("listening")
-        assert nomad.fetch("aws", "agent/upgrade", REGION_ENV).result == {"value": "v"}
-        old.wait_for("answered provider='aws'")
-        assert install(builds[1], plugins, "--as", "aws", "--force").returncode == 0
-        assert nomad.fetch("aws", "agent/upgrade", REGION_ENV).result == {"value": "v"}  # in process
-        old.wait_for("stopping reason='the executable is another build now'")
-        assert old.proc.wait(timeout=15) == 0
-    finally:
-        old.stop()
-    assert "agent-not-used" in log.read_text()
-    assert len(old.answered()) == 1
-
-
-def test_check_says_whether_fetches_reach_the_agent(
-    nomad: NomadClient, moto_endpoint: str, sock: Path, tmp_path: Path
-) -> None:
-    from nomad import run_plugin
-
-    write_config(nomad.plugin_dir, agent_config(moto_endpoint, sock))
-    absent = run_plugin(nomad.executable("aws"), ["check"], {}).stdout.decode()
-    assert f"WARNING  cannot check the agent socket {sock}" in absent and "fetches run in process" in absent
-    running = AgentProcess(nomad.executable("aws"))
-    try:
-        running.wait_for("listening")
-        present = run_plugin(nomad.executable("aws"), ["check"], {}).stdout.decode()
-    finally:
-        assert running.stop() == 0
-    assert f"ok       an agent running as root listens at {sock}; fetches go to it" in present
-
-
-@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), True, "8", None])
-def test_a_request_with_no_usable_time_is_refused(seconds: object) -> None:
-    from nomad_secrets.agent.server import valid_request
-
-    request = {"executable": "/p/secrets/aws", "path": "x", "environ": {}, "seconds": 4.0}
-    assert valid_request(request)
-    assert not valid_request({**request, "seconds": seconds})
-
-
-def test_an_agent_out_of_memory_leaves_the_fetch_to_the_plugin(
-    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, sock: Path, tmp_path: Path
-) -> None:
-    """The agent under its own unit's LimitAS (72 MiB) and a block of eight
-    secrets of 3 MiB, far more than it has room for: memory runs out where it
-    will (a reader, a thread that cannot start, OpenSSL), and each way the
-    agent answers no error: the plugin reads the values in process, and the
-    agent, told to stop, stops cleanly. Before (the operator review of issue
-    #15): "no answer within the deadline" when its readers died of
-    MemoryError in silence, or "ran out of memory" for a fetch the plugin
-    could make; one agent hung in its SIGTERM handler. That it stops by
-    itself after a MemoryError is test_the_agents_own_limits_leave_the_fetch_to_the_plugin."""
-    value = "m" * (3 << 20)  # moto keeps more than Secrets Manager's 64 KiB; the plugin reads 4 MiB
-    lines, expected = [], {}
-    for i in range(8):
-        put_secret(secretsmanager, f"agent-memory/{i}", value)
-        lines.append(f"k{i} = aws-sm:agent-memory/{i}")
-        expected[f"k{i}"] = value
-    config = agent_config(moto_endpoint, sock, tmp_path / "debug.log") + "max_output_bytes = 67108864\n"
-    write_config(nomad.plugin_dir, config)
-    agent = AgentProcess(nomad.executable("aws"), node=limited(**{"as": 72 * MiB}))
-    agent.wait_for("listening")
-    fetched = nomad.fetch("aws", "\n".join(lines), REGION_ENV)
-    assert fetched.ok and fetched.result == expected, (fetched.plugin_error, agent.lines)
-    assert "agent-not-used" in (tmp_path / "debug.log").read_text()
-    assert agent.stop() == 0, agent.lines
-    assert agent.answered() == [] and agent.lines[-1] == "stopped", agent.lines
-    # Where even its one-line hook cannot run, the interpreter may write its
-    # own last-resort line ("Exception ignored in ..."): never a traceback.
-    assert not [line for line in agent.lines if "Traceback" in line], agent.lines
-    stopping = [line for line in agent.lines if line.startswith("stopping")]
-    assert stopping in ([], [f"stopping reason={OUT_OF_MEMORY!r}"]), agent.lines
-
-
-@pytest.mark.parametrize("short_of", ["descriptors", "memory"])
-def test_the_agents_own_limits_leave_the_fetch_to_the_plugin(
-    tmp_path: Path, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, short_of: str
-) -> None:
-    """In process, with a config read that fails as a limit would (a DOUBLE:
-    a real shortage of descriptors comes from a race between requests). Out
-    of descriptors, the one request is not answered and the agent serves on:
-    a job's burst stopped it at will when it stepped aside for good (the
-    hostile review of issue #15). Out of memory, it stops."""
-    from nomad_secrets import config as config_module
-    from nomad_secrets.agent import server
-
-    path = tmp_path / "nomad-secrets.toml"
-    path.write_text(with_policy(aws_config(moto_endpoint)))
-    agent = server.Agent(config_module.load_file(str(path)), str(tmp_path / "aws"))
-    request = {"executable": str(tmp_path / "aws"), "path": "x", "seconds": 5.0, "environ": {}}
-
-    def short(*args: object, **kwargs: object) -> object:
-        raise OSError(errno.EMFILE, "Too many open files") if short_of == "descriptors" else MemoryError
-
-    with monkeypatch.context() as patched:
-        patched.setattr(config_module, "load", short)
-        assert agent.answer(request) is None
-    assert agent.stop_asked is (short_of == "memory")
-    assert agent.stepped_aside == ("" if short_of == "descriptors" else OUT_OF_MEMORY)
-    if short_of == "descriptors":  # the next request is the agent's again
-        answered = agent.answer(request)
-        assert answered is not None and b"not configured" not in answered, answered
-
-
-def test_an_agent_under_the_address_space_floor_does_not_start(nomad: NomadClient, sock: Path) -> None:
-    agent = AgentProcess(nomad.executable("aws"), node=limited(**{"as": 48 * MiB}))
+def test_an_agent_under_the_address_space_floor_does_not_start(nomad: NomadClient) -> None:
+    agent = operator_agent(nomad, node=limited(**{"as": 48 * MiB}))
     assert agent.proc.wait(timeout=10) == 2
     agent.stop()
     assert agent.lines == [
@@ -466,7 +567,7 @@ def test_an_agent_under_the_address_space_floor_does_not_start(nomad: NomadClien
 
 
 def test_an_agent_whose_code_is_damaged_steps_aside(
-    tmp_path: Path, decoder: Any, moto_endpoint: str, ssm: Any, sock: Path
+    tmp_path: Path, decoder: Any, moto_endpoint: str, ssm: Any, socket_dir: Path
 ) -> None:
     """The agent met damage in its own unpacked code (a module it had not
     imported yet): it did answer every fetch with "remove the directory and
@@ -478,15 +579,17 @@ def test_an_agent_whose_code_is_damaged_steps_aside(
 
     from nomad_secrets import cache
 
-    exe = build_artifact(tmp_path / "dist" / "nomad-secrets", tmp_path / "cache")
+    exe = build_artifact(
+        tmp_path / "dist" / "nomad-secrets", tmp_path / "cache", "--socket-dir", str(socket_dir)
+    )
     plugins = tmp_path / "common_plugins"
-    install_plugin(exe, plugins, ["aws-ssm"], agent_config(moto_endpoint, sock))
+    install_plugin(exe, plugins, ["aws-ssm"], agent_config(moto_endpoint))
     ssm.put_parameter(Name="/agent/damaged", Value="v", Type="String", Overwrite=True)
     nomad = NomadClient(plugins, decoder)
-    agent = AgentProcess(nomad.executable("aws-ssm"))
+    agent = AgentProcess(nomad.executable("aws-ssm"), "--plugin-dir", str(plugins / "secrets"))
     try:
         agent.wait_for("listening")
-        (entry,) = [p for p in (tmp_path / "cache").iterdir() if cache.ENTRY.match(p.name)]
+        (entry,) = [p for p in (tmp_path / "cache").iterdir() if cache.is_entry(p.name)]
         _cut(_pyc(entry, "lib/nomad_secrets/backends/aws_ssm"))  # the agent has not imported it yet
         assert nomad.fetch("aws-ssm", "/agent/damaged", REGION_ENV).result == {"value": "v"}
         agent.wait_for("stopping reason='its unpacked code is damaged; the next fetch heals it'")
@@ -494,5 +597,262 @@ def test_an_agent_whose_code_is_damaged_steps_aside(
     finally:
         agent.stop()
     assert agent.answered() == []
-    (fresh,) = [p for p in (tmp_path / "cache").iterdir() if cache.ENTRY.match(p.name)]
+    (fresh,) = [p for p in (tmp_path / "cache").iterdir() if cache.is_entry(p.name)]
     assert cache.damage(str(fresh)) is None
+
+
+def stopped_at_start(nomad: NomadClient, path: str, env: dict[str, str], seconds: float) -> dict[str, Any]:
+    """A fetch whose process gets no CPU for ``seconds`` right after it
+    starts (SIGSTOP, then SIGCONT): a node too busy to run it, made exact."""
+    proc = subprocess.Popen(
+        [str(nomad.executable("aws")), "fetch", path],
+        env=nomad_env("fetch", env, "web", "default"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == b"", err
+    answer: dict[str, Any] = json.loads(out)
+    return answer
+
+
+def test_a_fetch_starved_before_it_asked_the_store_says_the_node_was_busy(
+    nomad: NomadClient, moto_endpoint: str, tmp_path: Path
+) -> None:
+    """In process: the deadline passed before any store was asked (the
+    process got no CPU): node-busy, not the store's timeout, and the store
+    saw no request."""
+    from netutil import RecordingProxy
+
+    with RecordingProxy(moto_endpoint) as store:
+        config = agent_config(store.url, extra="") + "[plugin]\ndeadline_seconds = 1\n"
+        write_config(nomad.plugin_dir, config)  # auto = false: in process
+        answer = stopped_at_start(nomad, "agent/starved", REGION_ENV, 1.5)
+        assert store.requests == []
+    assert answer["result"] == {}
+    assert "the node was too busy" in answer["error"] and "(nothing was sent)" in answer["error"], answer
+    assert "'agent/starved'" in answer["error"] and "check that the store is reachable" not in answer["error"]
+
+
+def test_the_agent_counts_from_the_plugins_start(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """The audit record's duration and the journal's ms are from the plugin
+    process's start (the kernel's record), not from the agent's receipt:
+    a plugin held 1 s before it could forward shows more than 1 s."""
+    put_secret(secretsmanager, "agent/timed", "v")
+    audit = tmp_path / "audit.jsonl"
+    config = agent_config(moto_endpoint, extra="") + f'[audit]\nfile = "{audit}"\n'
+    write_config(nomad.plugin_dir, config)
+    running = operator_agent(nomad)
+    try:
+        running.wait_for("listening")
+        answer = stopped_at_start(nomad, "agent/timed", REGION_ENV, 1.0)
+        assert answer == {"result": {"value": "v"}}
+        line = running.wait_for("answered provider='aws'")
+    finally:
+        assert running.stop() == 0
+    (record,) = [json.loads(text) for text in audit.read_text().splitlines()]
+    assert record["pid"] == running.proc.pid and record["duration_ms"] >= 1000, record
+    assert int(line.split(" ms=", 1)[1].split()[0]) >= 1000, line
+
+
+def test_an_agent_hung_after_it_took_the_request_is_replaced(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
+) -> None:
+    """The agent acknowledged, asked a slow store, and was stopped (SIGSTOP):
+    its heartbeats stop, the plugin replaces it within its deadline, and
+    the new agent answers."""
+    from netutil import RecordingProxy
+
+    put_secret(secretsmanager, "agent/after-ack", "v")
+    with RecordingProxy(moto_endpoint, delay=1.0) as slow:
+        write_config(nomad.plugin_dir, agent_config(slow.url, agent=""))
+        sock = socket_of(nomad, socket_dir)
+        assert nomad.fetch("aws", "agent/after-ack", REGION_ENV).ok
+        old = agent_pid(sock)
+        assert old is not None
+        result: dict[str, Any] = {}
+        fetching = threading.Thread(
+            target=lambda: result.update(f=nomad.fetch("aws", "agent/after-ack", REGION_ENV))
+        )
+        seen = len(slow.requests)
+        fetching.start()
+        while len(slow.requests) == seen:  # the agent took the request and asked the store
+            time.sleep(0.01)
+        os.kill(old, signal.SIGSTOP)
+        try:
+            fetching.join()
+            assert result["f"].result == {"value": "v"}, result["f"].error
+            new = agent_pid(sock)
+            assert new is not None and new != old
+        finally:
+            os.kill(old, signal.SIGCONT)
+        assert wait_gone(old)
+        os.kill(new, signal.SIGTERM)
+        assert wait_gone(new)
+
+
+def test_check_against_a_hung_and_a_foreign_agent(
+    tmp_path: Path, nomad: NomadClient, moto_endpoint: str, socket_dir: Path
+) -> None:
+    """check's round trip tells a hung agent and one of another build from
+    one that serves, and says what fetches do about each."""
+    from conftest import build_artifact
+
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint))
+    other = build_artifact(
+        tmp_path / "other" / "nomad-secrets",
+        tmp_path / "cache",
+        "--version",
+        "0.0.9",
+        "--socket-dir",
+        str(socket_dir),
+    )
+    foreign = AgentProcess(other, "--plugin-dir", str(nomad.plugin_dir / "secrets"))
+    try:
+        foreign.wait_for("listening")
+        said = run_plugin(nomad.executable("aws"), ["check"], {}).stdout.decode()
+        assert "it is another build than this executable" in said, said
+        os.kill(foreign.proc.pid, signal.SIGSTOP)
+        try:
+            said = run_plugin(nomad.executable("aws"), ["check"], {}).stdout.decode()
+        finally:
+            os.kill(foreign.proc.pid, signal.SIGCONT)
+        assert "WARNING" in said and "stopped answering (hung?)" in said, said
+    finally:
+        assert foreign.stop() == 0
+
+
+def test_a_caller_that_is_not_root_is_answered_for_its_verified_job_only(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """agent.users with agent.nomad_jwks_file: uid 65534 is answered for the
+    job its workload identity token proves (signed by PyJWT here, verified
+    by the agent against the JWKS), whatever NOMAD_JOB_ID it states; a
+    token of another key is refused."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key, stranger = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="k1", alg="RS256", use="sig")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk]}))
+    jwks.chmod(0o600)
+    tmp_path.chmod(0o755)
+    put_secret(secretsmanager, "agent/web-only", "v")
+    config = agent_config(
+        moto_endpoint, agent=f'auto = false\nusers = ["65534"]\nnomad_jwks_file = "{jwks}"\n'
+    )
+    config += '[[policy]]\njob = "web"\nallow = ["aws-sm:agent/web-only"]\n'
+    write_config(nomad.plugin_dir, config)
+
+    def token(job: str, signer: Any = key) -> bytes:
+        claims = {"nomad_namespace": "default", "nomad_job_id": job, "exp": int(time.time()) + 600}
+        return jwt.encode(claims, signer, algorithm="RS256", headers={"kid": "k1"}).encode()
+
+    running = operator_agent(nomad)
+    try:
+        sock, build = listening_on(running), build_of(running)
+
+        def ask(stated_job: bytes, workload_token: bytes) -> bytes:
+            env = {b"NOMAD_NAMESPACE": b"default", b"AWS_REGION": b"us-east-2", b"NOMAD_JOB_ID": stated_job}
+            env[b"NOMAD_WORKLOAD_TOKEN"] = workload_token
+            return raw_request(sock, str(nomad.executable("aws")), "agent/web-only", env, build, user=65534)
+
+        web = ask(b"batch", token("web"))
+        assert web.endswith(b'{"result": {"value": "v"}}\n'), web
+        batch = ask(b"web", token("batch"))
+        assert b"job 'batch', so nothing may be read" in batch and b'"value"' not in batch, batch
+        forged = ask(b"web", token("web", stranger))
+        assert forged.startswith(client.REFUSED) and b"NOMAD_WORKLOAD_TOKEN was refused" in forged, forged
+    finally:
+        assert running.stop() == 0
+
+
+def test_a_store_gets_the_same_time_through_the_agent(
+    nomad: NomadClient, agent: AgentProcess, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """A store that takes 2.2 s of a 3 s deadline: answered through the agent
+    (which kept 1.5 s back for a fetch in process, and failed such a store
+    at 1.25 s saying "3 s")."""
+    from netutil import RecordingProxy
+
+    put_secret(secretsmanager, "agent/slow", "v")
+    with RecordingProxy(moto_endpoint, delay=2.2) as slow:
+        config = agent_config(slow.url, tmp_path / "debug.log", extra="") + "deadline_seconds = 3\n"
+        write_config(nomad.plugin_dir, config)
+        fetched = nomad.fetch("aws", "agent/slow", REGION_ENV)
+    assert fetched.result == {"value": "v"}, fetched.error
+    agent.wait_for("answered provider='aws' namespace='default' job='example' outcome='ok'")
+    assert in_process(tmp_path / "debug.log") == []
+
+
+def test_a_fetch_in_process_waits_for_a_slot(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
+) -> None:
+    """With every slot for fetches in process taken (by this test, as a
+    burst's first fetches would), a fetch in process sleeps until one is
+    free, then answers: a slope, not a cliff."""
+    import fcntl
+
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint))  # auto = false: in process
+    put_secret(secretsmanager, "agent/slot", "v")
+    held = []
+    for i in range(max(os.cpu_count() or 1, 2)):
+        fd = os.open(socket_dir / f"slot-{i}", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.append(fd)
+    result: dict[str, Any] = {}
+    fetching = threading.Thread(target=lambda: result.update(f=nomad.fetch("aws", "agent/slot", REGION_ENV)))
+    try:
+        fetching.start()
+        fetching.join(timeout=1.0)
+        assert fetching.is_alive() and not result  # it waits: no slot is free
+    finally:
+        for fd in held:
+            os.close(fd)  # the burst's first fetches are done
+    fetching.join()
+    assert result["f"].result == {"value": "v"}
+
+
+def test_under_systemd_it_says_ready_and_keeps_the_watchdog(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
+) -> None:
+    """sd_notify(3) over NOTIFY_SOCKET: READY=1 once it serves, WATCHDOG=1
+    while its accept loop runs (WatchdogSec restarts one that stops)."""
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint))
+    notify = Path(tempfile.mkdtemp(prefix="ns-notify-", dir="/tmp")) / "notify"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify))
+    listener.settimeout(10)
+    proc = subprocess.Popen(
+        [str(nomad.executable("aws")), "agent", "--plugin-dir", str(nomad.plugin_dir / "secrets")],
+        env={"NOTIFY_SOCKET": str(notify)},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        said = [listener.recv(256) for _ in range(2)]
+        assert said == [b"READY=1", b"WATCHDOG=1"], said
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        listener.close()
+        shutil.rmtree(notify.parent)
+
+
+def test_an_agent_whose_config_is_gone_serves_nothing_and_stops(
+    nomad: NomadClient, agent: AgentProcess, moto_endpoint: str
+) -> None:
+    """No config file, no agent: the fetch runs in process with the
+    built-in defaults (here: a job option they refuse), and the agent
+    steps aside."""
+    (nomad.plugin_dir / "secrets" / "nomad-secrets.toml").unlink()
+    fetched = nomad.fetch("aws", "agent/gone", {**REGION_ENV, "AWS_ACCESS_KEY_ID": "x"})
+    assert "AWS_ACCESS_KEY_ID" in (fetched.plugin_error or "")
+    agent.wait_for("stopping reason='its config can no longer be used")
+    assert agent.answered() == []

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AgentProcess, socket_path
+from agent_process import AgentProcess
 from conftest import ROOT, aws_config, doc_block, put_secret, write_config
 from netutil import HangingServer
 from nomad import NomadClient
@@ -276,11 +276,10 @@ def _agent(
     nomad: NomadClient, moto_endpoint: str, devlog: DevLog, audit_file: Path
 ) -> Iterator[AgentProcess]:
     """The node agent serving the audited plugin (syslog and ``audit_file``)."""
-    with socket_path() as sock:
-        audited(nomad.plugin_dir, moto_endpoint, devlog.path, audit_file, f'[agent]\nsocket = "{sock}"\n')
-        agent = AgentProcess(nomad.executable("aws"))
-        try:
-            agent.wait_for("listening")
-            yield agent
-        finally:
-            assert agent.stop() == 0
+    audited(nomad.plugin_dir, moto_endpoint, devlog.path, audit_file, "[agent]\nauto = false\n")
+    agent = AgentProcess(nomad.executable("aws"), "--plugin-dir", str(nomad.plugin_dir / "secrets"))
+    try:
+        agent.wait_for("listening")
+        yield agent
+    finally:
+        assert agent.stop() == 0

@@ -4,6 +4,7 @@ only when private, safe when many plugins start at once on a fresh node."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -37,15 +38,21 @@ def test_shebang_runs_the_interpreter_isolated(artifact: Path) -> None:
 
 def test_contents_are_pure_python_with_botocore_data_pruned(artifact: Path) -> None:
     with zipfile.ZipFile(artifact) as zf:
-        assert sorted(zf.namelist()) == [
-            "__main__.py",
-            "build-info",
-            "fingerprint.json",
-            "lib.zip",
-            "nomad_secrets_cache.py",
-            "nomad_secrets_launch.py",
-            "nomad_secrets_trust.py",
-        ]
+        start = ["__main__", "nomad_secrets_admission", "nomad_secrets_agent_client", "nomad_secrets_cache"]
+        start += ["nomad_secrets_launch", "nomad_secrets_trust"]
+        # Each start module as its source, and compiled for the shebang's
+        # interpreter (the .pyc zipimport takes first, when its magic fits).
+        assert sorted(zf.namelist()) == sorted(
+            [f"{m}.py" for m in start]
+            + [f"{m}.pyc" for m in start]
+            + ["build-info", "fingerprint.json", "lib.zip"]
+        )
+        for module in start:
+            code = zf.read(f"{module}.pyc")
+            assert (
+                code[:4] == importlib.util.MAGIC_NUMBER and code[4:8] == b"\x01\x00\x00\x00"
+            )  # unchecked hash
+            assert code[8:16] == importlib.util.source_hash(zf.read(f"{module}.py"))
         assert zf.read("fingerprint.json") == b'{"type": "secrets", "version": "%s"}\n' % GO_VERSION.encode()
         with zipfile.ZipFile(io.BytesIO(zf.read("lib.zip"))) as lib:
             names = lib.namelist()

@@ -44,7 +44,7 @@ class Node:
     def entries(self) -> list[Path]:
         if not self.cache.exists():
             return []
-        return [p for p in self.cache.iterdir() if cache_module.ENTRY.match(p.name)]
+        return [p for p in self.cache.iterdir() if cache_module.is_entry(p.name)]
 
     def entry(self) -> Path:
         (entry,) = self.entries()

@@ -1,17 +1,36 @@
-"""``nomad-secrets agent``: answer the plugin's fetches with warm clients.
+"""``nomad-secrets agent``: answer one plugin directory's fetches with warm
+store clients.
 
-Run by systemd (examples/systemd/: a socket unit hands the listening socket
-over, LISTEN_FDS) or on its own (it binds ``agent.socket``, 0600). Each
-connection gets a thread. A connection is served only when SO_PEERCRED
-says the process at the other end runs as root or as one of
-``agent.users``: the socket's mode is a second fence, not the first.
+Started three ways: by the first fetch that finds none (``--started-by-fetch
+EXECUTABLE``, the listening socket on fd 3, docs/agent.md), by systemd's
+socket (LISTEN_FDS), or by hand (``--plugin-dir DIR``: it binds the
+socket itself). Either way it serves the directory it was started for,
+with the config a fetch there reads, and nothing else: a request naming
+another directory's executable, or a directory without a config file, is
+refused, and the plugin fetches in process.
+
+Who may ask (SO_PEERCRED, checked when the connection is accepted, before
+any thread or byte is spent on it): root and the agent's own user, who can
+run the plugin themselves anyway; and the users in ``agent.users`` (the
+Nomad client's user, for an agent running as root) only for the job that
+a Nomad workload identity token, verified against the cluster's JWKS
+(``agent.nomad_jwks_file``), proves. Refusals are counted and said in the
+journal at most every ``REFUSAL_LOG_SECONDS``.
 
 Each request is answered by the plugin's own code (``answer.fetch_answer``:
-the config the plugin would read for its executable, with the same trust
-checks, the same policy and identity checks and the same messages), with
-the deadline the plugin has left. One log line per request goes to stderr
-(journald): provider, namespace, job, outcome and time, never a value.
-SIGTERM stops accepting and lets the requests in flight finish.
+the same trust checks, policy, identity checks and messages), within the
+deadline counted from the plugin process's start (read from /proc: the
+kernel's word, not the request's). While it works the agent sends a
+heartbeat byte every ``HEARTBEAT_SECONDS``, so that a plugin can tell a
+slow store from a hung agent. One log line per request: provider,
+namespace, job, outcome and time, never a value; to stderr (journald)
+or, for a self-started agent, to syslog.
+
+It stops on SIGTERM, when the executable it was started as is another build
+now, when its socket is no longer the one at its path (a plugin found it
+hung and started another), when its config is gone or no longer trusted, or
+says ``auto = false`` (self-started), and after ``agent.idle_exit_seconds``
+without a request (self-started).
 """
 
 from __future__ import annotations
@@ -19,42 +38,48 @@ from __future__ import annotations
 import _thread
 import contextlib
 import json
-import math
 import os
 import pwd
 import signal
 import socket
-import socketserver
+import stat
 import sys
 import threading
 import time
 from typing import Any
 
 from nomad_secrets import config as config_module
-from nomad_secrets.agent import wire
+from nomad_secrets.agent import client
+from nomad_secrets.agent.build import build_id, socket_dir
 from nomad_secrets.answer import error_answer, fetch_answer
 from nomad_secrets.config import Config, provider_name
 from nomad_secrets.deadline import Deadline
-from nomad_secrets.errors import ConfigError, PluginError
+from nomad_secrets.errors import ConfigError, NodeBusy, PluginError
 from nomad_secrets.limits import Exhausted
 from nomad_secrets.pool import StorePool
 
-USAGE = """usage: nomad-secrets agent [--config FILE]
+USAGE = """usage: nomad-secrets agent --plugin-dir DIR
 
-Serve the plugin's fetches with warm store clients on agent.socket, or on
-the socket systemd hands over (docs/agent.md). FILE: the config to read
-[agent] from (default: the one this executable's fetches read)."""
+Serve the fetches of the plugin directory DIR (Nomad's
+<common_plugin_dir>/secrets) with warm store clients, on the socket its
+fetches look for (`check` shows it), or on the one systemd hands over
+(docs/agent.md). Fetches start an agent by themselves unless the config
+says [agent] auto = false: run it yourself only to keep it under systemd."""
 REQUEST_SECONDS = 2.0  # to read a request once connected
 SEND_SECONDS = 5.0  # to send the answer: the plugin is waiting for it
-# A fetch here ends this much before the plugin stops waiting, so that a
-# timeout's answer still reaches it (else it fetches in process, again).
+# A fetch here ends this much before its deadline, so that a timeout's
+# answer still reaches the plugin in time to print it.
 ANSWER_SECONDS = 0.25
-
+# A request that reaches the agent with less of its deadline left was held
+# up before it could ask any store: the node was busy.
+BUSY_SECONDS = 0.5
+REFUSAL_LOG_SECONDS = 10.0
+CHECK_SECONDS = 2.0  # how often it looks at its config and its executable
 
 # Why it stops when a limit of its own runs out: the plugin can still fetch.
 OUT_OF_MEMORY = (
     "it ran out of memory under its own address space limit (LimitAS in the agent's unit); the plugin"
-    " fetches in process, and systemd's socket starts the agent again at the next fetch"
+    " fetches in process, and the next fetch (or systemd's socket) starts the agent again"
 )
 # A shortage of descriptors passes with the requests that hold them: the
 # one request is not answered (the plugin fetches it in process), and the
@@ -64,45 +89,42 @@ OUT_OF_DESCRIPTORS = (
     " the plugin fetches it in process"
 )
 
-
 # After a stop is asked for, the requests in flight get this long to
 # finish (each within its own deadline) before the process ends anyway
 # (the example unit's TimeoutStopSec is 15): out of memory, a thread can
-# die before it runs, and a wait for it would never end (the operator
-# review of issue #15).
+# die before it runs, and a wait for it would never end.
 STOP_SECONDS = 12.0
 # Each thread's stack: 8 MiB by default (RLIMIT_STACK), reserved from the
-# address space; 33 request threads and their readers need far less.
+# address space; request threads need far less.
 THREAD_STACK = 1 << 20
-
-
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 MALLOC_ARENAS = 2
-
-
-# Requests served at once; the others wait for a slot (within the plugin's
-# wait for an acknowledgement), so that one job's flood of many-reference
-# fetches cannot run the agent out of threads for every other job.
+# Requests answered at once; the others wait for a slot, heartbeats going
+# (one job's flood of many-reference fetches cannot take every thread).
 MAX_REQUESTS = 32
 
 
 class Agent:
-    def __init__(self, config: Config, executable: str) -> None:
+    def __init__(self, config: Config, executable: str, plugin_dir: str, self_started: bool) -> None:
+        """``executable``: the file whose swap to another build stops it (the
+        plugin's that started it, or the one the operator ran)."""
         self.config = config
+        self.plugin_dir = plugin_dir
+        self.self_started = self_started
         self.pool = StorePool()
-        self.uids = {0, os.geteuid(), *(_uid(user) for user in config.agent.users)}
+        self.root_like = {0, os.geteuid()}
+        self.users = {_uid(user) for user in config.agent.users} - self.root_like
         self.slots = threading.BoundedSemaphore(MAX_REQUESTS)
-        self.build = wire.build_name()
+        self.build = build_id()
         # What it was started as: install swaps this name to a new build.
         self.executable, self.started_as = executable, os.path.realpath(executable)
         # Why it steps aside: it answers no more (the plugin then fetches in
-        # process) and stops. Its own unpacked code damaged (the fetch in
-        # process heals the cache), or its own memory gone (systemd starts
-        # it again). Set by plain assignment: the SIGTERM handler sets
-        # stop_asked too, and must take no lock (it may interrupt a thread
-        # that holds one: an agent out of memory hung in its handler).
+        # process) and stops. Set by plain assignment: the SIGTERM handler
+        # sets stop_asked too, and must take no lock.
         self.stepped_aside = ""
         self.stop_asked = False
+        self.last_request = time.monotonic()
+        self.served = 0
         self._parsed: dict[tuple[str, bytes], Config] = {}
         self._request = threading.local()  # .short: this request ran out of descriptors
 
@@ -110,35 +132,56 @@ class Agent:
         """True once the executable it was started as is another build now."""
         return os.path.realpath(self.executable) != self.started_as
 
-    def answer(self, request: dict[str, Any]) -> bytes | None:
+    def refusal(self, executable: str, build: str) -> tuple[bytes, str] | None:
+        """Why this agent does not take a request, and whether it steps aside."""
+        if build != self.build:
+            if self.upgraded():
+                self.step_aside("the executable is another build now")
+                return client.STEPPING_ASIDE, f"this agent is build {self.build}, and stops"
+            return client.REFUSED, f"this agent is build {self.build}, the plugin {build}"
+        if not os.path.isabs(executable) or os.path.dirname(executable) != self.plugin_dir:
+            return client.REFUSED, f"this agent serves the plugin directory {self.plugin_dir} only"
+        if self.stepped_aside:
+            return client.STEPPING_ASIDE, self.stepped_aside
+        return None
+
+    def answer(self, executable: str, path: str, environ: dict[str, str], start: float) -> bytes | None:
         """The answer to send, or None: not this agent's to give (the plugin
         then fetches in process)."""
         self._request.short = False
-        payload = self._answer(request)
+        payload = self._answer(executable, path, environ, start)
         return None if self.stepped_aside or self._request.short else payload
 
-    def _answer(self, request: dict[str, Any]) -> bytes:
-        start = time.monotonic()
-        executable, path = request["executable"], request["path"]
+    def load(self, executable: str) -> Config:
+        config = config_module.load(executable, cache=self._parsed)
+        if config.path is None:
+            raise _NotServed("no config file: an agent serves only a plugin directory with one")
+        return config
+
+    def _answer(self, executable: str, path: str, environ: dict[str, str], start: float) -> bytes:
         try:
-            config = config_module.load(executable, cache=self._parsed)
+            config = self.load(executable)
+        except _NotServed:
+            raise
         except BaseException as exc:  # noqa: BLE001 - the plugin must get an answer
             return error_answer(exc, start, self._damaged, self._exhausted)
-        seconds = min(float(request["seconds"]), config.plugin.deadline_seconds)
-        # The plugin's deadline, as its messages name it (plugin.deadline_seconds),
-        # ending before the share the plugin gave the agent ends.
         deadline = Deadline(config.plugin.deadline_seconds, start=start)
-        deadline.at = start + max(seconds - ANSWER_SECONDS, 0.0)
-        return fetch_answer(
-            path,
-            request["environ"],
-            provider_name(executable),
-            config,
-            deadline,
-            pool=self.pool,
-            heal=self._damaged,
-            exhausted=self._exhausted,
-        )
+        deadline.at -= ANSWER_SECONDS
+        if deadline.remaining() < BUSY_SECONDS or not self.slots.acquire(timeout=deadline.remaining()):
+            return error_answer(NodeBusy.late(path, time.monotonic() - start, deadline.seconds), start)
+        try:
+            return fetch_answer(
+                path,
+                environ,
+                provider_name(executable),
+                config,
+                deadline,
+                pool=self.pool,
+                heal=self._damaged,
+                exhausted=self._exhausted,
+            )
+        finally:
+            self.slots.release()
 
     def _damaged(self, entry: str) -> bool:
         """error_answer's heal, for the agent: moves nothing (a fetch in
@@ -148,8 +191,7 @@ class Agent:
 
     def _exhausted(self, limit: Exhausted) -> None:
         """error_answer's word that a limit of this process ran out: the
-        agent's own (its unit's LimitAS, LimitNOFILE), not the plugin's,
-        which fetches in process instead."""
+        agent's own, not the plugin's, which fetches in process instead."""
         if " of memory " in limit.message:
             self.step_aside(OUT_OF_MEMORY)
         else:
@@ -162,6 +204,30 @@ class Agent:
             log("stopping", reason=reason)
         self.stop_asked = True
 
+    def info(self) -> dict[str, object]:
+        """``check``'s round trip: what this agent is and would use."""
+        from nomad_secrets._version import __version__
+
+        return {
+            "version": __version__,
+            "build": self.build,
+            "pid": os.getpid(),
+            "uid": os.geteuid(),
+            "plugin_dir": self.plugin_dir,
+            "config": self.config.path,
+            "started_by": "fetch" if self.self_started else "operator",
+            "served": self.served,
+            "idle_exit_seconds": self.config.agent.idle_exit_seconds if self.self_started else 0,
+            "aws_credentials": "static keys from the config"
+            if self.config.aws.access_key_id
+            else "the node's default chain, as the agent's user",
+            "vault_auth": self.config.vault.auth_method,
+        }
+
+
+class _NotServed(Exception):
+    """A request this agent must not answer at all."""
+
 
 def _uid(user: str) -> int:
     if user.isdigit():
@@ -172,169 +238,283 @@ def _uid(user: str) -> int:
         raise ConfigError(f"agent.users names {user!r}, which is not a user on this node") from None
 
 
-def valid_request(request: object) -> bool:
-    if not isinstance(request, dict):
-        return False
-    environ = request.get("environ")
-    return (
-        isinstance(request.get("executable"), str)
-        and os.path.isabs(request["executable"])
-        and isinstance(request.get("path"), str)
-        and isinstance(request.get("seconds"), (int, float))
-        and not isinstance(request.get("seconds"), bool)
-        and math.isfinite(request["seconds"])  # json.loads takes NaN and Infinity
-        and isinstance(environ, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in environ.items())
-    )
+def process_start(pid: int) -> float | None:
+    """When ``pid`` started, on this process's monotonic clock: the kernel's
+    record (/proc/PID/stat), so a request cannot claim more time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, since boot
+    except (OSError, ValueError, IndexError):
+        return None
+    age = max(time.clock_gettime(time.CLOCK_BOOTTIME) - started, 0.0)
+    return time.monotonic() - age
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    server: _Server
-
-    def handle(self) -> None:
-        try:
-            self._handle()
-        except MemoryError:  # no answer: the plugin fetches in process
-            with contextlib.suppress(MemoryError):
-                self.server.agent.step_aside(OUT_OF_MEMORY)
-
-    def _handle(self) -> None:
-        sock: socket.socket = self.request
-        agent = self.server.agent
-        uid = wire.peer_uid(sock)
-        if uid not in agent.uids:
-            log("refused", uid=uid, reason="not root or agent.users")
-            return
-        sock.settimeout(REQUEST_SECONDS)
-        try:
-            request = json.loads(
-                wire.read_frame(sock, wire.MAX_REQUEST, wire.MAGIC).decode("utf-8", "surrogateescape")
-            )
-        except (OSError, ValueError, wire.WireError) as exc:
-            log("bad-request", uid=uid, error=type(exc).__name__)
-            return
-        if not valid_request(request):
-            log("bad-request", uid=uid, error="shape")
-            return
-        if request.get("build") != agent.build:
-            # Another build's plugin: it fetches in process (no acknowledgement).
-            # If this agent's own executable was upgraded, it stops, and
-            # systemd's socket starts the installed build on the next fetch.
-            if agent.upgraded():
-                agent.step_aside("the executable is another build now")
-            else:
-                log("refused", build=request.get("build"), mine=agent.build)
-            return
-        if not agent.slots.acquire(timeout=wire.ACK_SECONDS / 2):
-            log("busy", slots=MAX_REQUESTS)
-            return
-        try:
-            self._answer(sock, agent, request)
-        finally:
-            agent.slots.release()
-
-    def _answer(self, sock: socket.socket, agent: Agent, request: dict[str, Any]) -> None:
-        started = time.monotonic()
-        with contextlib.suppress(OSError):
-            sock.sendall(wire.ACK)
-            payload = agent.answer(request)
-            if payload is None:  # no answer: the plugin fetches in process
-                return
-            sock.settimeout(SEND_SECONDS)
-            sock.sendall(wire.frame(payload))
-            environ = request["environ"]
-            error = (
-                json.loads(payload).get("error") if payload.startswith(b'{"result": {}, "error"') else None
-            )
-            log(
-                "answered",
-                provider=provider_name(request["executable"]),
-                namespace=environ.get("NOMAD_NAMESPACE"),
-                job=environ.get("NOMAD_JOB_ID"),
-                outcome="error" if error is not None else "ok",
-                **({"error": error} if error is not None else {}),
-                ms=round((time.monotonic() - started) * 1000),
-                clients=len(agent.pool),
-            )
+def parse_request(payload: bytes) -> tuple[bytes, str, str, str, dict[str, str]]:
+    """kind, executable, path, build, environment; ValueError if malformed."""
+    fields = payload.split(b"\0")
+    if len(fields) < 4:
+        raise ValueError("too few fields")
+    kind, executable, path, build = fields[:4]
+    environ: dict[str, str] = {}
+    for item in fields[4:]:
+        key, equals, value = item.partition(b"=")
+        if not equals or not key:
+            raise ValueError("an environment entry without '='")
+        environ[os.fsdecode(key)] = os.fsdecode(value)  # as os.environ decodes, surrogates and all
+    return kind, os.fsdecode(executable), os.fsdecode(path), build.decode("ascii"), environ
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    def __init__(self, agent: Agent, sock: socket.socket) -> None:
-        super().__init__("", _Handler, bind_and_activate=False)
-        self.socket.close()
-        self.socket = sock
+class Connection:
+    """One plugin's connection: its answer and the heartbeats share it."""
+
+    def __init__(self, sock: socket.socket, pid: int, uid: int) -> None:
+        self.sock, self.pid, self.uid = sock, pid, uid
+        self.lock = threading.Lock()
+        self.working = False
+
+    def send(self, code: bytes, body: bytes | None = None) -> None:
+        data = code if body is None else code + len(body).to_bytes(4, "big") + body
+        with self.lock:
+            self.working = False
+            self.sock.settimeout(SEND_SECONDS)
+            self.sock.sendall(data)
+
+    def heartbeat(self) -> None:
+        if self.working and self.lock.acquire(blocking=False):
+            try:
+                if self.working:
+                    self.sock.send(client.HEARTBEAT, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            finally:
+                self.lock.release()
+
+
+class Server:
+    def __init__(self, agent: Agent, sock: socket.socket, path: str | None) -> None:
         self.agent = agent
-        self._in_flight = 0
-        self._settled = threading.Condition()
+        self.sock = sock
+        self.path = path  # the socket's path, when known: another there means this agent was replaced
+        self.bound = _identity(path) if path else None
+        self.connections: set[Connection] = set()
+        self.in_flight = 0
+        self.settled = threading.Condition()
+        self.refused = 0
+        self.refusals_logged = 0.0
+        self.checked = time.monotonic()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """A thread per connection, as ThreadingMixIn's, started without
-        waiting for it to run (threading.Thread.start waits, for ever if the
-        thread dies first); one that cannot start (no address space left)
-        is the plugin's to fetch in process."""
-        with self._settled:
-            self._in_flight += 1
+    def serve(self) -> None:
+        self.sock.settimeout(0.5)
+        threading.Thread(target=self._heartbeats, daemon=True, name="heartbeats").start()
+        while not self.agent.stop_asked:
+            self._service()
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                log("accept-failed", error=exc.strerror or type(exc).__name__)
+                time.sleep(0.05)  # EMFILE: the requests in flight free descriptors
+                continue
+            try:
+                pid, uid = client.peer(conn)
+            except OSError:
+                conn.close()
+                continue
+            if uid not in self.agent.root_like and uid not in self.agent.users:
+                conn.close()  # no thread, no byte: a flood costs a close each
+                self._refused(uid)
+                continue
+            self._start(Connection(conn, pid, uid))
+
+    def _refused(self, uid: int) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self.refusals_logged >= REFUSAL_LOG_SECONDS:
+            log("refused", connections=self.refused, last_uid=uid, reason="not root, not agent.users")
+            self.refused, self.refusals_logged = 0, now
+
+    def _start(self, connection: Connection) -> None:
+        with self.settled:
+            self.in_flight += 1
         try:
-            _thread.start_new_thread(self._serve, (request, client_address))
-        except RuntimeError:
+            _thread.start_new_thread(self._serve, (connection,))
+        except RuntimeError:  # no thread could start (address space): the plugin fetches in process
             self._done()
             log("busy", reason="no thread could start for the request")
-            self.shutdown_request(request)
+            connection.sock.close()
 
-    def _serve(self, request: Any, client_address: Any) -> None:
+    def _serve(self, connection: Connection) -> None:
         try:
-            self.process_request_thread(request, client_address)
+            self._handle(connection)
+        except MemoryError:  # no answer: the plugin fetches in process
+            with contextlib.suppress(MemoryError):
+                self.agent.step_aside(OUT_OF_MEMORY)
+        except OSError:
+            pass  # the plugin went away (Nomad's SIGTERM): nothing to answer
+        except BaseException as exc:  # noqa: BLE001 - one line, never a traceback
+            with contextlib.suppress(BaseException):
+                log("request-failed", error=type(exc).__name__)
         finally:
+            with contextlib.suppress(OSError):
+                connection.sock.close()
             self._done()
 
     def _done(self) -> None:
-        with self._settled:
-            self._in_flight -= 1
-            self._settled.notify_all()
+        with self.settled:
+            self.in_flight -= 1
+            self.settled.notify_all()
 
-    def server_close(self) -> None:
-        """Stop listening, then let the requests in flight finish, for at
-        most STOP_SECONDS."""
-        socketserver.UnixStreamServer.server_close(self)
-        with self._settled:
-            if not self._settled.wait_for(lambda: self._in_flight <= 0, timeout=STOP_SECONDS):
-                log("stopped-waiting", requests=self._in_flight, seconds=STOP_SECONDS)
+    def _handle(self, connection: Connection) -> None:
+        agent, sock = self.agent, connection.sock
+        sock.settimeout(REQUEST_SECONDS)
+        try:
+            if client.read_exactly(sock, len(client.MAGIC)) != client.MAGIC:
+                raise ValueError("not the agent's framing")
+            size = int.from_bytes(client.read_exactly(sock, 4), "big")
+            if size > client.MAX_REQUEST:
+                raise ValueError(f"a request of {size} bytes")
+            kind, executable, path, build, environ = parse_request(client.read_exactly(sock, size))
+        except (OSError, ValueError, client.Closed) as exc:
+            log("bad-request", uid=connection.uid, error=str(exc) or type(exc).__name__)
+            return
+        agent.last_request = time.monotonic()
+        if kind == client.KIND_PING:
+            connection.send(client.ACK)
+            connection.send(client.ANSWER, json.dumps(agent.info()).encode())
+            return
+        refusal = agent.refusal(executable, build)
+        if refusal is None and connection.uid not in agent.root_like:
+            refusal = self._identity_refusal(environ)
+        if refusal is not None:
+            log("refused", uid=connection.uid, reason=refusal[1])
+            connection.send(refusal[0], refusal[1].encode())
+            return
+        start = process_start(connection.pid) or time.monotonic()
+        connection.send(client.ACK)
+        connection.working = True
+        with self.settled:
+            self.connections.add(connection)
+        try:
+            payload = agent.answer(executable, path, environ, start)
+        except _NotServed as exc:
+            log("refused", uid=connection.uid, reason=str(exc))
+            connection.send(client.REFUSED, str(exc).encode())
+            return
+        finally:
+            with self.settled:
+                self.connections.discard(connection)
+        if payload is None:
+            connection.send(client.STEPPING_ASIDE if agent.stepped_aside else client.REFUSED, b"not answered")
+            return
+        connection.send(client.ANSWER, payload)
+        agent.served += 1
+        error = json.loads(payload).get("error") if payload.startswith(b'{"result": {}, "error"') else None
+        log(
+            "answered",
+            provider=provider_name(executable),
+            namespace=environ.get("NOMAD_NAMESPACE"),
+            job=environ.get("NOMAD_JOB_ID"),
+            outcome="error" if error is not None else "ok",
+            **({"error": error} if error is not None else {}),
+            ms=round((time.monotonic() - start) * 1000),  # from the plugin's start, as Nomad counts
+            clients=len(agent.pool),
+        )
 
-    def service_actions(self) -> None:
-        """serve_forever calls this at least every poll interval: a stop
-        asked for (SIGTERM, a step aside) ends it here, in its own thread."""
-        if self.agent.stop_asked:
-            raise _Stop
+    def _identity_refusal(self, environ: dict[str, str]) -> tuple[bytes, str] | None:
+        """A caller in agent.users is answered only for the job its verified
+        workload identity token proves; what it states is replaced by that."""
+        from nomad_secrets.agent import callers
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        """One line, not a traceback: a thread that cannot start (address
-        space), a request that failed outside its handler."""
-        with contextlib.suppress(MemoryError):
-            log("request-failed", error=type(sys.exc_info()[1]).__name__)
+        try:
+            namespace, job = callers.verified_job(self.agent.config, environ)
+        except callers.NotVerified as exc:
+            return client.REFUSED, str(exc)
+        environ["NOMAD_NAMESPACE"], environ["NOMAD_JOB_ID"] = namespace, job
+        return None
+
+    def _heartbeats(self) -> None:
+        while True:
+            time.sleep(client.HEARTBEAT_SECONDS)
+            with self.settled:
+                connections = list(self.connections)
+            for connection in connections:
+                connection.heartbeat()
+
+    def _service(self) -> None:
+        """Between accepts (at least every half second): the reasons to stop."""
+        agent = self.agent
+        now = time.monotonic()
+        if self.path and _identity(self.path) not in (self.bound, None):
+            agent.step_aside(f"its socket {self.path} is another's now (a plugin found it hung, replaced it)")
+        if now - self.checked < CHECK_SECONDS:
+            return
+        self.checked = now
+        _notify("WATCHDOG=1")
+        if agent.upgraded():
+            agent.step_aside("the executable is another build now")
+        try:
+            config = agent.load(os.path.join(agent.plugin_dir, "nomad-secrets"))
+        except (PluginError, _NotServed) as exc:
+            agent.step_aside(f"its config can no longer be used: {getattr(exc, 'message', exc)}")
+            return
+        if agent.self_started and not config.agent.auto:
+            agent.step_aside("the config says [agent] auto = false")
+        idle = config.agent.idle_exit_seconds if agent.self_started else 0
+        with self.settled:
+            busy = self.in_flight
+        if idle and not busy and now - agent.last_request > idle:
+            agent.step_aside(f"no request for {idle:g} s (agent.idle_exit_seconds)")
+
+    def close(self) -> None:
+        """Stop listening (and free the path, if still ours), then let the
+        requests in flight finish, for at most STOP_SECONDS."""
+        if self.path and _identity(self.path) == self.bound:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        self.sock.close()
+        with self.settled:
+            if not self.settled.wait_for(lambda: self.in_flight <= 0, timeout=STOP_SECONDS):
+                log("stopped-waiting", requests=self.in_flight, seconds=STOP_SECONDS)
 
 
-class _Stop(Exception):
-    pass
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_ctime_ns)
 
 
 def listening_socket(
-    path: str | None, open_to_others: bool, environ: dict[str, str]
+    plugin_dir: str, environ: dict[str, str], open_to_others: bool
 ) -> tuple[socket.socket, str]:
-    """systemd's socket (LISTEN_FDS), or ``path`` bound here; and which."""
+    """systemd's socket (LISTEN_FDS), or the plugin directory's bound here;
+    and its path. systemd's must be at the path fetches look for."""
+    path = client.socket_name(plugin_dir, socket_dir())
     if environ.get("LISTEN_PID") == str(os.getpid()) and environ.get("LISTEN_FDS") == "1":
-        return socket.socket(fileno=3), "fd 3 (systemd)"
-    if not path:
-        raise ConfigError(
-            "agent.socket is not set: set it in the [agent] section, or start the agent from systemd"
-        )
+        sock = socket.socket(fileno=3)
+        bound = sock.getsockname()
+        if bound != path:
+            raise ConfigError(
+                f"systemd's socket is {bound!r}, but this plugin directory's fetches look for the agent at"
+                f" {path}: set ListenStream={path} in the socket unit"
+            )
+        return sock, path
+    directory = os.path.dirname(path)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o755)
+    problem = client.untrusted_directory(directory)
+    if problem:
+        raise ConfigError(problem)
     with contextlib.suppress(FileNotFoundError):
-        import stat
-
         st = os.lstat(path)
         if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
             raise ConfigError(f"{path} exists and is not this user's socket; remove it")
         if _answering(path):
-            raise ConfigError(f"an agent already listens on {path}: stop it first (systemctl stop ...)")
+            raise ConfigError(f"an agent already listens on {path}: stop it first")
         os.unlink(path)  # a stale socket of an agent that is gone
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o111 if open_to_others else 0o177)
@@ -342,7 +522,7 @@ def listening_socket(
         sock.bind(path)
     finally:
         os.umask(old)
-    sock.listen(128)
+    sock.listen(client.SOMAXCONN)
     return sock, path
 
 
@@ -359,9 +539,7 @@ def _answering(path: str) -> bool:
 def _few_malloc_arenas() -> None:
     """glibc gives threads malloc arenas of their own, up to 8 per core,
     each reserving 64 MiB of address space: under the unit's LimitAS a
-    thread stalled making one while it held the GIL, so that not even
-    SIGTERM's handler ran (gdb, in review). Its threads mostly wait on the
-    stores: MALLOC_ARENAS serve them. Not glibc: nothing to do."""
+    thread stalled making one while it held the GIL (gdb, in review)."""
     try:
         import ctypes
 
@@ -371,9 +549,7 @@ def _few_malloc_arenas() -> None:
 
 
 def _raise_descriptor_limit() -> None:
-    """The soft RLIMIT_NOFILE up to the hard one, as Go does for Nomad
-    itself: systemd's default soft limit, 1024, is what 32 requests of 64
-    references each would run past (a job's burst did, in review)."""
+    """The soft RLIMIT_NOFILE up to the hard one, as Go does for Nomad."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -383,40 +559,115 @@ def _raise_descriptor_limit() -> None:
 
 
 def _thread_failed(failure: Any) -> None:
-    """threading.excepthook and sys.unraisablehook: one line, never a
-    traceback. Out of memory even this call can fail; the interpreter then
-    writes its own last-resort line ("Exception ignored in ...")."""
+    """threading.excepthook and sys.unraisablehook: one line, never a traceback."""
     with contextlib.suppress(BaseException):  # nothing left to say it with
         log("thread-failed", error=failure.exc_type.__name__)
 
 
+_notify_socket: list[str] = []  # systemd's NOTIFY_SOCKET, when it gave one
+
+
+def _notify(state: str) -> None:
+    """sd_notify(3): READY=1 once listening, WATCHDOG=1 while it serves
+    (WatchdogSec in the unit restarts an agent that stops saying it)."""
+    if not _notify_socket:
+        return
+    address = _notify_socket[0]
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(state.encode(), address)
+
+
+_syslog: list[bool] = []  # a self-started agent has no journal of its own: syslog
+
+
 def log(event: str, **fields: object) -> None:
     parts = [event, *(f"{k}={v!r}" for k, v in fields.items())]
+    line = " ".join(parts)
+    if _syslog:
+        _to_syslog(line)
+        return
     with contextlib.suppress(OSError):
-        os.write(2, (" ".join(parts) + "\n").encode("utf-8", "backslashreplace"))
+        os.write(2, (line + "\n").encode("utf-8", "backslashreplace"))
+
+
+SYSLOG_SOCKET = "/dev/log"
+
+
+def _to_syslog(line: str) -> None:
+    """syslog(3)'s format (daemon facility, info), without blocking: a busy
+    or absent syslog loses the line, never delays an answer."""
+    data = f"<30>nomad-secrets-agent[{os.getpid()}]: {line}".encode("utf-8", "backslashreplace")[:8000]
+    with (
+        contextlib.suppress(OSError),
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC) as sock,
+    ):
+        sock.sendto(data, SYSLOG_SOCKET)
+
+
+def _options(executable: str, argv: list[str]) -> tuple[str, bool] | None:
+    """The plugin directory, and whether a fetch started this agent."""
+    if len(argv) == 2 and argv[0] == "--started-by-fetch" and os.path.isabs(argv[1]):
+        return os.path.dirname(argv[1]), True
+    if len(argv) == 2 and argv[0] == "--plugin-dir":
+        return os.path.abspath(argv[1]).rstrip("/") or "/", False
+    if len(argv) == 2 and argv[0] == "--config":  # before 0.2: the config beside the plugins
+        return os.path.dirname(os.path.abspath(argv[1])), False
+    if not argv:  # run as a provider in the plugin directory, or as <common_plugin_dir>/nomad-secrets
+        here = os.path.dirname(os.path.abspath(executable))
+        beside = os.path.join(here, config_module.CONFIG_FILE_NAME)
+        return (here if os.path.exists(beside) else os.path.join(here, "secrets")), False
+    return None
 
 
 def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
-    """``agent [--config FILE]``: serve until SIGTERM or SIGINT."""
+    """``agent [--plugin-dir DIR]``: serve until a reason to stop."""
     if argv[:1] in (["-h"], ["--help"]):
         print(USAGE)
         return 0
-    if not argv or (len(argv) == 2 and argv[0] == "--config"):
-        try:
-            config = config_module.load_file(argv[1]) if argv else config_module.load(executable)
-            agent = Agent(config, executable)
-            sock, where = listening_socket(config.agent.socket, bool(config.agent.users), environ)
-        except PluginError as exc:
-            print(f"nomad-secrets agent: {exc.message}", file=sys.stderr)
-            return 2
-    else:
+    options = _options(executable, argv)
+    if options is None:
         print(USAGE, file=sys.stderr)
+        return 2
+    plugin_dir, self_started = options
+    if self_started:
+        _syslog.append(True)
+        with contextlib.suppress(OSError):  # served first under a burst of plugins starting
+            os.setpriority(os.PRIO_PROCESS, 0, client.AGENT_NICE)
+        executable = argv[1]
+    if environ.get("NOTIFY_SOCKET"):
+        _notify_socket.append(environ["NOTIFY_SOCKET"])
+    try:
+        config = config_module.load(os.path.join(plugin_dir, "nomad-secrets"))  # the directory's config
+        if config.path is None:
+            raise ConfigError(
+                f"no config file for {plugin_dir}: an agent serves only a plugin directory with one"
+                " (without one, fetches run in process with the built-in defaults)"
+            )
+        if self_started and not config.agent.auto:
+            log("not-started", reason=f"{config.path} says [agent] auto = false")
+            return 0
+        agent = Agent(config, executable, plugin_dir, self_started)
+        if self_started:
+            sock = socket.socket(fileno=3)
+            path: str | None = sock.getsockname()
+        else:
+            sock, path = listening_socket(plugin_dir, environ, bool(agent.users))
+        # listen() again: the kernel then gives this process's pid to a
+        # plugin's SO_PEERCRED, not the pid of the plugin (or systemd) that
+        # bound the socket.
+        sock.listen(client.SOMAXCONN)
+    except PluginError as exc:
+        if self_started:
+            log("not-started", reason=exc.message)
+        print(f"nomad-secrets agent: {exc.message}", file=sys.stderr)
         return 2
     _raise_descriptor_limit()
     from nomad_secrets import debuglog
 
     debuglog.warnings_to_stderr = True  # an audit record not written is said in the journal
-    server = _Server(agent, sock)
+    server = Server(agent, sock, path)
 
     def stop(signum: int, frame: object) -> None:
         agent.stop_asked = True  # no lock, no thread: see Agent.stepped_aside
@@ -425,22 +676,20 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
     signal.signal(signal.SIGINT, stop)
     threading.stack_size(THREAD_STACK)
     _few_malloc_arenas()
-    # A thread that fails outside our handlers (out of memory, at its start
-    # or end) is one line in the journal, not a traceback.
     threading.excepthook = _thread_failed
     sys.unraisablehook = _thread_failed
     # Config reads in the request threads take a read lease (config.py),
     # whose break is a SIGIO: its default would end the agent.
     signal.signal(signal.SIGIO, signal.SIG_IGN)
-    log("listening", on=where, config=config.path)
+    log("listening", on=path, plugin_dir=plugin_dir, config=config.path, build=agent.build)
+    _notify("READY=1")
     try:
-        with contextlib.suppress(_Stop):
-            server.serve_forever(poll_interval=0.5)
+        server.serve()
     finally:
-        server.server_close()  # joins the requests in flight
+        server.close()
         try:
             agent.pool.close()  # revokes the Vault logins' tokens
         except Exception as exc:  # noqa: BLE001 - best effort: their TTL ends them
             log("close-failed", error=type(exc).__name__)
-        log("stopped")
+        log("stopped", reason=agent.stepped_aside or "asked to stop")
     return 0

@@ -1,0 +1,47 @@
+"""Who a caller of the agent speaks for, when it is not root.
+
+Root and the agent's own user can run the plugin themselves, with any
+environment: what they state (NOMAD_NAMESPACE, NOMAD_JOB_ID, set by the
+Nomad client) is taken as the plugin takes it. A user in ``agent.users``
+(a Nomad client that does not run as root, whose raw_exec tasks run as
+that user too) could state any job: it is answered only for the job that
+its NOMAD_WORKLOAD_TOKEN proves, the token's signature verified against the
+Nomad cluster's JWKS in ``agent.nomad_jwks_file`` (nomad_jwks.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+from nomad_secrets.agent import nomad_jwks
+from nomad_secrets.config import Config
+from nomad_secrets.trust import untrusted
+
+
+class NotVerified(Exception):
+    """Why the caller is not answered (said to it, and in the journal)."""
+
+
+def verified_job(config: Config, environ: dict[str, str]) -> tuple[str, str]:
+    """The namespace and job the caller's token proves."""
+    jwks = config.agent.nomad_jwks_file
+    if jwks is None:
+        raise NotVerified(
+            "a caller other than root is answered only for the job its Nomad workload identity proves,"
+            " and agent.nomad_jwks_file is not set: fetches of this user run in process"
+        )
+    problem = untrusted(jwks, "Nomad JWKS file")
+    if problem:
+        raise NotVerified(problem)
+    token = environ.get("NOMAD_WORKLOAD_TOKEN")
+    if not token:
+        raise NotVerified(
+            "a caller other than root must pass the job's NOMAD_WORKLOAD_TOKEN in its env block"
+        )
+    try:
+        claims = nomad_jwks.verified_claims(token, nomad_jwks.load_jwks(jwks), time.time())
+    except nomad_jwks.JwksError as exc:
+        raise NotVerified(str(exc)) from None
+    except nomad_jwks.TokenRejected as exc:
+        raise NotVerified(f"NOMAD_WORKLOAD_TOKEN was refused: {exc.reason}") from None
+    return str(claims["nomad_namespace"]), str(claims["nomad_job_id"])
