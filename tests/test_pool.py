@@ -13,7 +13,7 @@ from conftest import aws_config
 
 from nomad_secrets import config as config_module
 from nomad_secrets import pool as pool_module
-from nomad_secrets.backends import Backend
+from nomad_secrets.backends import Backend, open_backend
 from nomad_secrets.pool import StorePool
 from nomad_secrets.request import Identity, JobOptions
 
@@ -40,14 +40,13 @@ def test_a_client_being_made_holds_up_no_warm_client(
     ours = warm(pool, moto_endpoint)
     made: list[str | None] = []
     entered, release = threading.Event(), threading.Event()
-    real = pool_module.open_backend
 
     def slow_credentials(store: str, prov: Any, options: JobOptions, *args: Any) -> Backend:
         made.append(options.region)
         if options.region == "eu-west-1":
             entered.set()
             assert release.wait(30)
-        return real(store, prov, options, *args)
+        return open_backend(store, prov, options, *args)
 
     monkeypatch.setattr(pool_module, "open_backend", slow_credentials)
     got: list[Backend | None] = []
