@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 from agent_process import AgentProcess, socket_path
+from attacker import ATTACKER, as_attacker, public_dir
 from conftest import aws_config, put_secret, write_config
 from node_exporter import node_exporter
 from nomad import NomadClient
@@ -31,35 +31,12 @@ from test_metrics import samples
 
 from nomad_secrets import metrics
 
-ATTACKER = 65534
 CANARY = "canary-nodefiles-7f3a"
 OK = ("nomad_secrets_fetches_total", (("outcome", "ok"), ("provider", "aws"), ("store", "aws-sm")))
 
 
 def lost(to: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return ("nomad_secrets_write_errors_total", (("to", to),))
-
-
-def as_attacker(script: str) -> None:
-    subprocess.run(
-        ["setpriv", f"--reuid={ATTACKER}", f"--regid={ATTACKER}", "--clear-groups", "sh", "-c", script],
-        check=True,
-    )
-
-
-@contextmanager
-def public_dir() -> Iterator[Path]:
-    """A directory like /tmp (1777), below a directory of root's that
-    others may enter: where an operator might point [metrics] or [audit]."""
-    top = Path(tempfile.mkdtemp(prefix="ns-nodefiles-", dir="/tmp"))
-    top.chmod(0o755)
-    public = top / "shared"
-    public.mkdir()
-    public.chmod(0o1777)
-    try:
-        yield public
-    finally:
-        shutil.rmtree(top)
 
 
 @contextmanager
@@ -304,7 +281,9 @@ def test_a_full_disk_leaves_whole_files_and_counts_what_it_lost(
         assert scraped[sample] == value
     log = debug.read_text()
     assert "No space left on device; it was left as it was" in log
-    assert f"cannot write the audit file {audit}: only " in log and "(is the disk full?); none were kept" in log
+    assert (
+        f"cannot write the audit file {audit}: only " in log and "(is the disk full?); none were kept" in log
+    )
 
 
 # -- 3. a lock held by another process ----------------------------------------------------
