@@ -4,6 +4,7 @@ nobody) running commands through setpriv, and a directory like /tmp
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -11,11 +12,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 ATTACKER = 65534
+NEEDS_ROOT = "needs root: the plugin runs as root, the attacker as another uid (scripts/test runs as root)"
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip(NEEDS_ROOT)
 
 
 def as_attacker(script: str) -> None:
     """Run the shell ``script`` as the attacker, with no groups."""
+    need_root()
     subprocess.run(
         ["setpriv", f"--reuid={ATTACKER}", f"--regid={ATTACKER}", "--clear-groups", "sh", "-c", script],
         check=True,

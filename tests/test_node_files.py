@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from agent_process import AgentProcess, socket_path
-from attacker import ATTACKER, as_attacker, public_dir
+from attacker import ATTACKER, NEEDS_ROOT, as_attacker, public_dir
 from conftest import aws_config, put_secret, write_config
 from node_exporter import node_exporter
 from nomad import NomadClient
@@ -32,6 +32,7 @@ from test_metrics import samples
 from nomad_secrets import metrics
 
 CANARY = "canary-nodefiles-7f3a"
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
 OK = ("nomad_secrets_fetches_total", (("outcome", "ok"), ("provider", "aws"), ("store", "aws-sm")))
 
 
@@ -229,9 +230,9 @@ def test_a_full_disk_leaves_whole_files_and_counts_what_it_lost(
         textfile = metrics_disk / "textfile"
         textfile.mkdir(mode=0o755)
         prom, audit = textfile / "nomad-secrets.prom", audit_disk / "audit.jsonl"
-        old = {
+        old: metrics.Samples = {
             "nomad_secrets_fetches_total": {
-                f'provider="p{i}",store="aws-sm",outcome="ok"': i + 1 for i in range(120)
+                f'provider="p{i}",store="aws-sm",outcome="ok"': i + 1.0 for i in range(120)
             }
         }
         prom.write_text(metrics.render(old))
