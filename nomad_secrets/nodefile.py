@@ -74,26 +74,16 @@ def replace(path: str, data: bytes, mode: int, what: str, *, durable: bool = Fal
     """Put ``data`` at ``path`` whole, with ``mode``: the reason it could
     not (the old file, if any, left as it was), or None. ``durable``: on
     the disk before the rename (an executable; counts need not be)."""
-    problem = untrusted_directory(path, what)
-    if problem:
-        return problem
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
     try:
-        fd = os.open(tmp, _CREATE, 0o600)
-    except OSError as exc:
-        return f"cannot write the {what} {path}: {exc.strerror}"
-    try:
+        tmp = _temporary(path, data, mode, what, durable)
         try:
-            os.fchmod(fd, mode)  # whatever the umask
-            write_all(fd, data)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+            os.rename(tmp, path)
+        except OSError:
+            remove(tmp)
+            raise
+    except Untrusted as exc:
+        return str(exc)
     except OSError as exc:
-        remove(tmp)
         return f"cannot write the {what} {path}: {exc.strerror}; it was left as it was"
     return None
 
@@ -102,28 +92,41 @@ def create(path: str, data: bytes, mode: int, what: str) -> str | None:
     """Put ``data`` at ``path`` whole, only if nothing is there: the reason
     it could not, or None. A reader sees no file or the whole file (the
     temporary file is linked into place, which fails if a name is there)."""
+    try:
+        tmp = _temporary(path, data, mode, what, durable=True)
+        try:
+            os.link(tmp, path)
+        finally:
+            remove(tmp)
+    except Untrusted as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot write the {what} {path}: {exc.strerror}"
+    return None
+
+
+def _temporary(path: str, data: bytes, mode: int, what: str, durable: bool) -> str:
+    """A file of its own beside ``path`` holding ``data`` whole, with
+    ``mode``; its path. Raises Untrusted for the directory, or OSError
+    (nothing left behind)."""
     problem = untrusted_directory(path, what)
     if problem:
-        return problem
+        raise Untrusted(problem)
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
-    try:
-        fd = os.open(tmp, _CREATE, 0o600)
-    except OSError as exc:
-        return f"cannot write the {what} {path}: {exc.strerror}"
+    fd = os.open(tmp, _CREATE, 0o600)
     try:
         try:
-            os.fchmod(fd, mode)
+            os.fchmod(fd, mode)  # whatever the umask
             write_all(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
-        os.link(tmp, path)
-    except OSError as exc:
-        return f"cannot write the {what} {path}: {exc.strerror}"
-    finally:
+    except OSError:
         remove(tmp)
-    return None
+        raise
+    return tmp
 
 
 def append(fd: int, data: bytes) -> str | None:
