@@ -7,10 +7,13 @@ error kind) and how long it took. The operator chooses where it goes
 nomad-secrets``) or rsyslog keeps it with everything else, and/or a
 JSON-lines file held to the trust rules (trust.open_append).
 
-Neither may delay or fail a fetch: the syslog datagram is sent without
-blocking (a missing socket, or a syslog daemon too busy to read, loses the
-record, never the answer), and a file that fails the trust rules is skipped
-(``check`` says why). Standard library only.
+Neither may delay or fail a fetch: the record is written after the answer
+(observe.py), the syslog datagram is sent without blocking (a missing
+socket, or a syslog daemon too busy to read, loses the record, never the
+answer), the file's line is appended in one write or not at all
+(nodefile.append: a full disk leaves no half line), and a file that fails
+the trust rules is skipped (``check`` says why). A record lost is counted
+in the metrics (``write_errors``). Standard library only.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import socket
 import time
 from collections.abc import Mapping
 
+from nomad_secrets import nodefile
 from nomad_secrets.config import SYSLOG_FACILITIES, AuditSettings
 from nomad_secrets.trust import Untrusted, open_append
 
@@ -59,18 +63,19 @@ def record(
     }
 
 
-def send(settings: AuditSettings, entry: Mapping[str, object]) -> list[str]:
-    """Write ``entry`` where the operator said; the reasons it could not be,
-    for the debug log (never raised: the fetch's answer comes first)."""
+def send(settings: AuditSettings, entry: Mapping[str, object]) -> list[tuple[str, str]]:
+    """Write ``entry`` where the operator said; where it could not be
+    (``syslog``, ``audit-file``) and why, for the metrics and the debug log
+    (never raised: the fetch's answer came first)."""
     problems = []
     if settings.syslog:
         problem = to_syslog(settings.syslog_socket, settings.syslog_facility, entry)
         if problem:
-            problems.append(problem)
+            problems.append(("syslog", problem))
     if settings.file:
         problem = to_file(settings.file, entry)
         if problem:
-            problems.append(problem)
+            problems.append(("audit-file", problem))
     return problems
 
 
@@ -96,19 +101,17 @@ def to_syslog(path: str, facility: str, entry: Mapping[str, object]) -> str | No
 
 
 def to_file(path: str, entry: Mapping[str, object]) -> str | None:
-    """Append one JSON line (one write: lines from concurrent fetches do
-    not interleave on a local file system)."""
+    """Append one JSON line, in one write or not at all (lines from
+    concurrent fetches do not interleave on a local file system)."""
     try:
         fd = open_append(path, "audit file")
     except Untrusted as exc:
         return str(exc)
     try:
-        os.write(fd, (json.dumps(entry, ensure_ascii=True) + "\n").encode())
-    except OSError as exc:
-        return f"cannot write the audit file {path}: {exc.strerror}"
+        problem = nodefile.append(fd, (json.dumps(entry, ensure_ascii=True) + "\n").encode())
     finally:
         os.close(fd)
-    return None
+    return f"cannot write the audit file {path}: {problem}" if problem else None
 
 
 def _fitting(entry: Mapping[str, object], limit: int) -> str:

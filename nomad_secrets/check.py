@@ -270,13 +270,15 @@ def _observers(config: Config, report: Report) -> None:
         else:
             report.ok(f"audit file {audit.file}")
     if metrics.file:
-        problem = untrusted_ancestors(metrics.file) or untrusted_log(
-            metrics.file + ".lock", "metrics lock file"
-        )
+        problem = untrusted_log(metrics.file + ".lock", "metrics lock file")
         if problem:
             report.warn(f"{problem}: fetches run without metrics until it is fixed")
-        else:
-            report.ok(f"metrics file {metrics.file} (node_exporter's textfile collector)")
+            return
+        from nomad_secrets.metrics import health
+
+        report.ok(f"metrics file {metrics.file} (node_exporter's textfile collector)")
+        for warning in health(metrics.file):
+            report.warn(warning)
 
 
 def _unpacked(executable: str, report: Report) -> None:

@@ -4,17 +4,18 @@ Off unless ``plugin.debug_log`` is set in the config. When on, it is the
 process's fd 2, so a library warning or an unexpected traceback lands there
 too, never on the stderr Nomad reads. The file is held to the same trust
 rules as the config (trust.open_append: no symlink, a regular file, ours,
-writable by no one else, created 0600); a log that fails them is not used,
+writable by no one else, created 0600, in a directory where no one else
+can create it first); a log that fails them is not used,
 and the fetch goes on: the job did nothing wrong, and ``check`` tells the
 operator why.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
+from nomad_secrets import nodefile
 from nomad_secrets.trust import Untrusted, open_append
 
 _enabled = False
@@ -53,8 +54,7 @@ def _write(event: str, fields: dict[str, object]) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     parts = [stamp, f"pid={os.getpid()}", event]
     parts += [f"{k}={v!r}" for k, v in fields.items()]
-    with contextlib.suppress(OSError):
-        os.write(2, (" ".join(parts) + "\n").encode("utf-8", "backslashreplace"))
+    nodefile.append(2, (" ".join(parts) + "\n").encode("utf-8", "backslashreplace"))  # a line or none
 
 
 def warn(event: str, **fields: object) -> None:

@@ -4,6 +4,14 @@ Nomad shows the message in ``nomad alloc status``. So every message names
 what failed (the reference and its store, or the config file and key) and
 says what to check, and none carries a secret value, a token or a traceback:
 messages are built here from our own words and the reference text only.
+
+Each class has a ``kind``: the audit record's ``error_kind`` and the
+metrics' ``outcome``, the names an operator alerts on (``KINDS``; the rules
+in examples/monitoring/ use them). The kinds of a store failure answer the
+operator's first question, whose side is broken: the network
+(``unreachable``), the store (``store-error``: an HTTP 5xx, an answer that
+is not the store's), the store's limits (``throttled``), the time
+(``timed-out``), or the caller (``denied``, ``not-found``).
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ class PolicyDenied(PluginError):
 class StoreError(PluginError):
     """A store answered with a failure, or did not answer in time."""
 
-    kind = "store"
+    kind = "store-error"  # the store answered, but with a failure (5xx) or not as the store does
 
     def __init__(self, reference: str, store: str, what: str, hint: str = "") -> None:
         text = f"{reference!r} ({store}): {what}"
@@ -56,7 +64,7 @@ class NotFound(StoreError):
 
 
 class AccessDenied(StoreError):
-    kind = "access-denied"
+    kind = "denied"
 
 
 class Throttled(StoreError):
@@ -91,3 +99,25 @@ class NodeBusy(PluginError):
             " any store (nothing was sent): the node was too busy, starting many tasks at once; start the"
             " task again, and see docs/agent.md"
         )
+
+
+# Every kind a fetch ends in, with what it tells the operator. Kinds made
+# outside this module: ``resource-limit`` (limits.py), ``terminated`` and
+# ``internal`` (the answer's).
+KINDS = {
+    "unreachable": "no connection to the store (refused, DNS, TLS): the network or the address",
+    "store-error": "the store answered with a failure (HTTP 5xx, sealed) or not as the store does",
+    "throttled": "the store's rate limit (after retries)",
+    "timed-out": "the store did not answer within the plugin's deadline",
+    "node-busy": "the fetch ran out of time before it sent anything: the node itself was too busy",
+    "terminated": "Nomad's SIGTERM at its timeout ended the fetch",
+    "denied": "the store refused the node's or the job's credentials",
+    "denied-by-policy": "the operator's [[policy]] does not let the job read the reference",
+    "not-found": "no such secret, version or field",
+    "invalid-secret": "the store's value cannot be given to Nomad as asked",
+    "request": "the job's path or env block is malformed",
+    "config": "the operator's config is missing, malformed or not trusted",
+    "resource-limit": "the process ran out of file descriptors or memory",
+    "internal": "an unexpected failure (its type is in the debug log)",
+    "error": "any other failure the message names",
+}

@@ -26,6 +26,15 @@ refuses a plugin directory given where the common plugin dir is due (it
 would make ``secrets/secrets/``). Last, it removes the unpack directories of
 other builds that no running fetch holds (cache.py). ``--plugin-dir`` is the option's name
 before 0.2, kept as an alias.
+
+It runs as root on a directory the operator names, so it trusts nothing
+there: the common plugin dir must pass the config's trust rules (root's,
+writable by no one else, no symlink along the path; a missing one is
+created 0755 below a trusted directory), the build's file is written
+through ``nodefile`` (a temporary file of its own, ``O_EXCL |
+O_NOFOLLOW``, renamed into place), the new build is unpacked before the
+link is swapped to it (a fetch right after the swap finds it ready), and
+the previous builds' files are pruned by their real paths.
 """
 
 from __future__ import annotations
@@ -34,15 +43,17 @@ import argparse
 import filecmp
 import os
 import re
-import shutil
-import tempfile
+import stat
 import zipfile
 from collections.abc import Callable
 
+from nomad_secrets import nodefile
 from nomad_secrets.config import CONFIG_FILE_NAME, RESERVED_NAMES, SYSTEM_CONFIG
+from nomad_secrets.trust import untrusted, untrusted_ancestors
 
 EXECUTABLE_NAME = "nomad-secrets"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_BUILD_FILE = re.compile(re.escape(EXECUTABLE_NAME) + r"\.[0-9a-f]{24}\Z")  # nomad-secrets.<build id>
 SUGGESTED = "aws, aws-ssm, openbao, vault-kv"
 
 EXAMPLE_CONFIG = """\
@@ -107,14 +118,16 @@ def install(
             )
         if not _NAME.match(name) or name == EXECUTABLE_NAME:
             raise InstallError(f"{name!r} is not a usable provider name; try one of {SUGGESTED}")
-    secrets = os.path.join(plugin_dir, "secrets")
-    os.makedirs(secrets, mode=0o755, exist_ok=True)
+    plugin_dir = trusted_directory(plugin_dir, "common plugin dir", "--common-plugin-dir")
+    secrets = trusted_directory(os.path.join(plugin_dir, "secrets"), "plugin directory")
     target = os.path.join(plugin_dir, EXECUTABLE_NAME)
     same = os.path.isfile(target) and filecmp.cmp(source, target, shallow=False)
     if os.path.lexists(target) and not same and not force:
         raise InstallError(f"{target} exists and is a different file; add --force to replace it")
     if os.path.realpath(source) != os.path.realpath(target):
-        _place(source, plugin_dir, target)
+        _place(source, plugin_dir, target, write)
+    else:
+        _unpack_for_tasks(target, write)
     write(f"installed {target}")
     for name in names:
         link = os.path.join(secrets, name)
@@ -134,10 +147,12 @@ def install(
     if os.path.lexists(config) or os.path.lexists(SYSTEM_CONFIG):
         write(f"kept the existing config ({config if os.path.lexists(config) else SYSTEM_CONFIG})")
     else:
-        _create_whole(config, EXAMPLE_CONFIG)
+        # Whole or not at all: a fetch reading it now sees no file or all of it.
+        problem = nodefile.create(config, EXAMPLE_CONFIG.encode(), 0o600, "example config")
+        if problem:
+            raise InstallError(problem)
         first = os.path.join(secrets, names[0])
         write(f"wrote an example config {config} (0600): edit it, then run {first} check")
-    _unpack_for_tasks(target, write)
     prune_cache(source, write)
     write("")
     write("In the Nomad client's agent config (the default is <data_dir>/common_plugins):")
@@ -145,9 +160,37 @@ def install(
     write("then make the agent fingerprint plugins again: systemctl reload nomad  (or kill -HUP <agent pid>)")
 
 
-def _place(source: str, plugin_dir: str, target: str) -> None:
+def trusted_directory(path: str, what: str, option: str | None = None) -> str:
+    """``path`` as its real, absolute path, once it passes the config's
+    trust rules: root's (or ours), writable by no one else, no symlink
+    along it, below trusted directories. A missing one is made (0755) below
+    its nearest directory that passes them."""
+    given = os.path.normpath(os.path.abspath(path))
+    real = os.path.realpath(given)
+    if real != given:
+        fix = f"give its real path, {option} {real}" if option else "make it a directory of its own"
+        raise InstallError(f"the {what} {path} goes through a symlink (to {real}); {fix}")
+    missing = []
+    while not os.path.lexists(given):
+        missing.append(given)
+        given = os.path.dirname(given)
+    problem = untrusted(given, "directory" if missing else what) or untrusted_ancestors(given)
+    if problem is None and missing and not stat.S_ISDIR(os.lstat(given).st_mode):
+        problem = f"{given} is not a directory"
+    if problem:
+        raise InstallError(f"refusing the {what} {path}: {problem}")
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o755)
+        os.chmod(directory, 0o755)  # noqa: S103 - whatever the umask; others read, never write
+    if not os.path.isdir(real):
+        raise InstallError(f"the {what} {path} is not a directory")
+    return real
+
+
+def _place(source: str, plugin_dir: str, target: str, write: Callable[[str], None]) -> None:
     """The build as its own file, ``nomad-secrets.<build id>``, never written
-    again, and ``nomad-secrets`` a symlink to it, swapped atomically.
+    again, unpacked, and then ``nomad-secrets`` a symlink to it, swapped
+    atomically.
 
     A running fetch reads its executable again by path after it starts
     (zipimport reopens the archive for each read), so a file replaced under
@@ -160,43 +203,40 @@ def _place(source: str, plugin_dir: str, target: str) -> None:
     versioned = os.path.join(plugin_dir, f"{EXECUTABLE_NAME}.{build_id}")
     # Written again only when its bytes are not the build's: a `cp` over the
     # symlink wrote another build into it (a reviewer's upgrade by hand).
-    if not (os.path.isfile(versioned) and filecmp.cmp(source, versioned, shallow=False)):
-        tmp = versioned + ".tmp"
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o755)  # noqa: S103 - an executable others may run, not write
-        os.replace(tmp, versioned)
+    if not _is_build(versioned, source):
+        with open(source, "rb") as f:
+            data = f.read()
+        problem = nodefile.replace(versioned, data, 0o755, "executable", durable=True)
+        if problem:
+            raise InstallError(problem)
+    # Before the swap: the first fetches of the new build find it unpacked.
+    _unpack_for_tasks(versioned, write)
     previous = os.path.realpath(target) if os.path.islink(target) else None
-    link = target + ".tmp"
-    if os.path.lexists(link):
-        os.remove(link)
+    link = os.path.join(plugin_dir, f".{EXECUTABLE_NAME}.{os.getpid()}-{os.urandom(4).hex()}.link")
     os.symlink(os.path.basename(versioned), link)
-    os.replace(link, target)
-    keep = {versioned, previous}
-    prefix = f"{EXECUTABLE_NAME}."
+    try:
+        os.rename(link, target)
+    except OSError:
+        nodefile.remove(link)
+        raise
+    keep = {os.path.realpath(versioned), previous}
     for name in os.listdir(plugin_dir):
         path = os.path.join(plugin_dir, name)
-        if (
-            name.startswith(prefix)
-            and not name.endswith(".tmp")
-            and path not in keep
-            and os.path.isfile(path)
-        ):
+        if _BUILD_FILE.match(name) and os.path.realpath(path) not in keep and _is_regular(path):
             os.remove(path)
 
 
-def _create_whole(path: str, text: str) -> None:
-    """Write ``path`` only if it does not exist, and never half: a fetch that
-    reads the config at this moment sees no file or the whole file (the
-    temporary file is linked into place, which fails if one is there)."""
-    fd, tmp = tempfile.mkstemp(prefix=".nomad-secrets-", suffix=".toml", dir=os.path.dirname(path))
+def _is_build(path: str, source: str) -> bool:
+    """``path`` is a regular file of root's (no symlink) with ``source``'s bytes."""
+    return _is_regular(path) and filecmp.cmp(source, path, shallow=False)
+
+
+def _is_regular(path: str) -> bool:
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-    finally:
-        os.unlink(tmp)
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid in (0, os.geteuid())
 
 
 def _unpack_for_tasks(target: str, write: Callable[[str], None]) -> None:
@@ -223,7 +263,6 @@ UNPACK_TIMEOUT_SECONDS = 120
 def prune_cache(source: str, write: Callable[[str], None]) -> None:
     """Remove the unpack directories of other builds that no run holds."""
     from nomad_secrets import cache
-    from nomad_secrets.trust import untrusted, untrusted_ancestors
 
     with zipfile.ZipFile(source) as zf:
         build_id, cache_dir = zf.read("build-info").decode().split("\n")[:2]

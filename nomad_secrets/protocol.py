@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 _out_fd: int | None = None
+# The audit record and metrics (observe.py): written once the answer is out.
+_after: Callable[[], None] | None = None
 # Why /dev/null could not be used, for the debug log once it is open.
 discard_note: str | None = None
 
@@ -121,6 +123,17 @@ def encode_error(message: str) -> bytes:
     return json.dumps({"result": {}, "error": message or "error"}, ensure_ascii=True).encode() + b"\n"
 
 
+def after_answer(work: Callable[[], None]) -> bool:
+    """Run ``work`` once this process's answer is written, before it exits
+    (one piece of work: the audit record and metrics); False when this
+    process answers no one through ``answer`` (the node agent)."""
+    global _after
+    if _out_fd is None:
+        return False
+    _after = work
+    return True
+
+
 def answer(payload: bytes) -> NoReturn:
     """Write one answer to Nomad and exit 0, whatever else is running."""
     # A SIGTERM between two writes would interleave a second answer.
@@ -132,6 +145,12 @@ def answer(payload: bytes) -> NoReturn:
             view = view[os.write(fd, view) :]
     except OSError:
         pass  # Nomad is gone; nobody is left to tell
+    if _after is not None:
+        try:
+            os.close(fd)  # the answer is whole: Nomad's reader sees its end now
+            _after()  # bounded, never waits (observe.py); SIGTERM stays blocked
+        except BaseException:  # noqa: BLE001, S110 - the answer is out; nothing may follow it
+            pass
     os._exit(0)
 
 
@@ -146,7 +165,8 @@ def on_sigterm_answer(message: str, before: Callable[[], None] | None = None) ->
     Python runs the handler in the main thread between bytecodes, and a
     blocking socket read returns EINTR first, so this runs within
     milliseconds even in the middle of a network call. ``before`` (the
-    audit record) runs first, bounded by its own design, never raising.
+    fetch's end, noted for the audit record: ``after_answer`` writes it)
+    runs first, never raising.
     """
     payload = encode_error(message)
 

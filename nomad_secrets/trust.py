@@ -58,6 +58,33 @@ def untrusted_ancestors(path: str) -> str | None:
         parent = os.path.dirname(parent)
 
 
+def untrusted_directory(path: str, what: str) -> str | None:
+    """Why the directory holding ``path`` may not hold a file root writes
+    there and reads back, or None.
+
+    The rules of ``untrusted_ancestors``, and one more for the directory
+    itself: no sticky world-writable one (like /tmp). The sticky bit stops
+    others from renaming root's files, not from creating a name first: a
+    user there plants the file (or its lock, or its temporary) before root
+    does, and root then reads the user's bytes back, or writes nowhere.
+    """
+    problem = untrusted_ancestors(path)
+    if problem:
+        return problem
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        return f"cannot check the directory {directory}: {exc.strerror}"
+    if st.st_mode & 0o022:  # sticky, or untrusted_ancestors would have refused it
+        return (
+            f"the directory {directory} of the {what} is writable by others (sticky, like /tmp), so"
+            f" another user can create the {what}'s name there first; give the {what} a directory"
+            " of its own, owned by root and writable by no one else"
+        )
+    return None
+
+
 def check(path: str, what: str) -> None:
     """Raise Untrusted unless ``path`` and every directory above it pass."""
     problem = untrusted(path, what) or untrusted_ancestors(path)
@@ -71,10 +98,10 @@ def open_append(path: str, what: str) -> int:
     Opened without following a symlink and without blocking (a FIFO or a
     device planted there must not hang the fetch), then checked on the open
     file itself, so that nothing can be swapped between check and use: a
-    regular file, owned by us or root, writable by no one else, below
-    trusted directories. The caller owns the fd.
+    regular file, owned by us or root, writable by no one else, in a
+    directory that passes ``untrusted_directory``. The caller owns the fd.
     """
-    problem = untrusted_ancestors(path)
+    problem = untrusted_directory(path, what)
     if problem:
         raise Untrusted(problem)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -117,7 +144,7 @@ def untrusted_socket(path: str, what: str) -> str | None:
 def untrusted_log(path: str, what: str) -> str | None:
     """Why ``open_append`` would refuse ``path``, without creating it (for
     ``check``)."""
-    problem = untrusted_ancestors(path)
+    problem = untrusted_directory(path, what)
     if problem or not os.path.lexists(path):
         return problem
     problem = untrusted(path, what)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from attacker import ATTACKER, as_attacker, public_dir
 from conftest import ROOT, aws_config, write_config
 from nomad import ContractViolation, NomadClient
 
@@ -198,3 +199,117 @@ def test_each_build_is_its_own_file_and_the_name_a_symlink_swapped_at_install(
         (f.error, f.run.stdout[:200], f.run.stderr[:200]) for f in fetched if f.result != {"value": "v"}
     ]
     assert fetched and not failed and not broke, (failed, broke)
+
+
+# -- issue 23, items 4 and 5: an install that trusts nothing it is given -------------
+
+
+def test_an_untrusted_common_plugin_dir_is_refused(artifact: Path, tmp_path: Path) -> None:
+    """A directory the attacker made (in a sticky /tmp-like directory) with
+    a planted `nomad-secrets.<id>.tmp` symlink to a root-only file: install
+    refuses it, and writes nothing there or through the link. So do a
+    directory others may write, and one whose parent they may."""
+    secret = tmp_path / "root-only"
+    secret.write_bytes(b"root's own\n")
+    secret.chmod(0o600)
+    with public_dir() as public:
+        theirs = public / "common_plugins"
+        planted = theirs / "nomad-secrets.0123456789abcdef01234567.tmp"
+        as_attacker(f"mkdir {theirs} && ln -s {secret} {planted}")
+        proc = install(artifact, theirs, "--as", "aws")
+        listed = sorted(os.listdir(theirs))
+        fresh = public / "fresh" / "common_plugins"  # missing: made only below a trusted directory
+        made = install(artifact, fresh, "--as", "aws")
+        assert (
+            made.returncode == 1 and f"the directory {public} is writable by group or others" in made.stdout
+        )
+        assert not (public / "fresh").exists()
+    assert proc.returncode == 1, proc.stdout
+    assert (
+        f"refusing the common plugin dir {theirs}: the common plugin dir {theirs} is owned by uid {ATTACKER}"
+        in (proc.stdout)
+    )
+    assert listed == [planted.name]
+    assert secret.read_bytes() == b"root's own\n" and stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+    for mode, where in ((0o777, "common"), (0o1777, "common"), (0o777, "parent")):
+        parent = tmp_path / f"p{mode:o}{where}"
+        common = parent / "common_plugins"
+        common.mkdir(parents=True)
+        (common if where == "common" else parent).chmod(mode)
+        proc = install(artifact, common, "--as", "aws")
+        assert proc.returncode == 1 and "is writable by group or others" in proc.stdout, proc.stdout
+        assert os.listdir(common) == []
+
+
+def test_a_symlink_along_the_common_plugin_dir_is_refused(artifact: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real" / "common_plugins"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    proc = install(artifact, tmp_path / "link" / "common_plugins", "--as", "aws")
+    assert proc.returncode == 1
+    assert (
+        f"goes through a symlink (to {real}); give its real path, --common-plugin-dir {real}" in proc.stdout
+    )
+    assert os.listdir(real) == []
+
+
+def test_a_missing_common_plugin_dir_is_made_0755(artifact: Path, tmp_path: Path) -> None:
+    common = tmp_path / "a" / "b" / "common_plugins"
+    old = os.umask(0o000)  # made 0755 whatever the umask
+    try:
+        assert install(artifact, common, "--as", "aws").returncode == 0
+    finally:
+        os.umask(old)
+    for directory in (tmp_path / "a", tmp_path / "a" / "b", common, common / "secrets"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755, directory
+
+
+def test_the_new_build_is_unpacked_before_the_link_is_swapped(artifact: Path, tmp_path: Path) -> None:
+    """A new build whose unpack fails (its shebang names an interpreter the
+    node lacks; install itself runs under another) leaves the installed
+    build in service: the link still points at the old file. The unpack
+    comes before the swap, so the first fetches of a new build never wait
+    for it."""
+    from conftest import build_artifact, interpreter, reshebang
+
+    plugins = tmp_path / "common_plugins"
+    assert install(artifact, plugins, "--as", "aws").returncode == 0
+    before = os.readlink(plugins / "nomad-secrets")
+    other = build_artifact(tmp_path / "b" / "nomad-secrets", tmp_path / "cache", "--version", "0.9.0")
+    broken = reshebang(other, tmp_path / "b" / "broken", "/nonexistent/python3")
+    proc = subprocess.run(
+        [interpreter(), "-IS", str(broken), "install", "--common-plugin-dir", str(plugins), "--force"],
+        capture_output=True,
+        text=True,
+        env={},
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "did not run" in proc.stdout, proc.stdout + proc.stderr
+    assert os.readlink(plugins / "nomad-secrets") == before
+    assert (plugins / before).read_bytes() == artifact.read_bytes()
+
+
+def test_a_relative_common_plugin_dir_keeps_the_previous_build(tmp_path: Path) -> None:
+    """The keep-list compared a real path with a joined one: given as a
+    relative path, the previous build's file went at once, under the
+    fetches still running it."""
+    from conftest import build_artifact
+
+    builds = [
+        build_artifact(tmp_path / v / "nomad-secrets", tmp_path / "cache", "--version", v)
+        for v in ("0.2.0", "0.3.0")
+    ]
+    for build in builds:
+        proc = subprocess.run(
+            [str(build), "install", "--common-plugin-dir", "common_plugins", "--as", "aws", "--force"],
+            capture_output=True,
+            text=True,
+            env={},
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stdout
+    files = sorted(p.name for p in (tmp_path / "common_plugins").glob("nomad-secrets.*"))
+    assert len(files) == 2 and os.readlink(tmp_path / "common_plugins" / "nomad-secrets") in files
+    assert not list((tmp_path / "common_plugins").glob(".*"))  # no temporary file or link left

@@ -343,12 +343,12 @@ def store_error(
                 f"cannot decrypt ({said})",
                 f"the node's AWS identity needs kms:Decrypt on the key of {resource}",
             )
-        if code in _THROTTLED:
+        if code in _THROTTLED or status == 429:
             return errors.Throttled(
                 reference, label, f"throttled ({said})", "retry later, or fetch fewer secrets at once"
             )
         if isinstance(status, int) and status >= 500:  # the service, or whatever stands in front of it
-            return errors.Unreachable(
+            return StoreError(  # the endpoint answered: the store's side is broken, not the network
                 reference,
                 label,
                 f"the endpoint failed with HTTP {status} ({said})",

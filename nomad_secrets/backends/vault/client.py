@@ -163,8 +163,8 @@ class Client:
                 f"Vault rate-limited the request{self.said(body)}",
                 "retry later; the operator can raise Vault's rate limit quota",
             )
-        if status == 503:
-            raise Unreachable(
+        if status == 503:  # Vault answered: its side is broken, not the network (store-error)
+            raise StoreError(
                 ref.text,
                 LABEL,
                 f"Vault is sealed or unavailable{self.said(body)}",

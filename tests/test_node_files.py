@@ -1,0 +1,394 @@
+"""What the plugin writes on the node and reads back, on a bad day (issue 23,
+items 1 to 3), through the built executable run as root as Nomad runs it:
+an attacker as another uid (65534, through setpriv) plants files where the
+metrics and the audit go, a small tmpfs fills up, another process holds
+the metrics lock. No file outside the plugin's own is ever written or read,
+no count is lost without a counter saying so, and no answer waits.
+
+No test here times anything: "the answer does not wait" is shown by
+fetches that end while the lock they would wait for is still held."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_process import AgentProcess
+from attacker import ATTACKER, NEEDS_ROOT, as_attacker, public_dir
+from conftest import aws_config, put_secret, write_config
+from node_exporter import node_exporter
+from nomad import NomadClient
+from test_metrics import samples
+
+from nomad_secrets import metrics
+
+CANARY = "canary-nodefiles-7f3a"
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
+OK = ("nomad_secrets_fetches_total", (("outcome", "ok"), ("provider", "aws"), ("store", "aws-sm")))
+
+
+def lost(to: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return ("nomad_secrets_write_errors_total", (("to", to),))
+
+
+@contextmanager
+def small_disk(size: str = "256k") -> Iterator[Path]:
+    """A tmpfs of ``size``, root's, 0755; unmounted after."""
+    top = Path(tempfile.mkdtemp(prefix="ns-disk-", dir="/tmp"))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(top)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        top.rmdir()
+        pytest.skip(f"needs root to mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield top
+    finally:
+        subprocess.run(["umount", str(top)], check=True)
+        top.rmdir()
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of ``disk``."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (65536, 4096, 1):
+            try:
+                while True:
+                    f.write(b"x" * chunk)
+            except OSError:
+                continue
+    return filler
+
+
+def listing(directory: Path) -> dict[str, tuple[int, int, str]]:
+    """Each entry's owner, mode and content (a symlink's target), to compare."""
+    out = {}
+    for entry in directory.iterdir():
+        st = entry.lstat()
+        content = os.readlink(entry) if entry.is_symlink() else hashlib.sha256(entry.read_bytes()).hexdigest()
+        out[entry.name] = (st.st_uid, st.st_mode, content)
+    return out
+
+
+def observed(nomad: NomadClient, moto_endpoint: str, *, prom: Path, audit: Path | None, debug: Path) -> None:
+    sections = f'[plugin]\ndebug_log = "{debug}"\n[metrics]\nfile = "{prom}"\n'
+    if audit is not None:
+        sections += f'[audit]\nfile = "{audit}"\n'
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint) + sections)
+
+
+def check_output(nomad: NomadClient) -> str:
+    run = subprocess.run(
+        [str(nomad.executable("aws")), "check"], capture_output=True, text=True, env={}, timeout=60
+    )
+    return " ".join(run.stdout.split())
+
+
+# -- 1. a directory others can write into, files that are not ours -----------------
+
+
+def test_a_sticky_world_writable_directory_is_refused_and_nothing_planted_is_touched(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """The attacker plants, before root ever writes there, a 63 MB metrics
+    file whose first line claims 10^15 fetches, an audit file of theirs, the
+    lock file as a symlink to one of root's files, and a count as a symlink
+    too. The fetch answers, touches none of it (nor root's file), creates
+    nothing there, and says why in the debug log and in check."""
+    rootfile = tmp_path / "root-only"
+    rootfile.write_bytes(b"root's own\n")
+    rootfile.chmod(0o600)
+    put_secret(secretsmanager, "nodefiles/canary", CANARY)
+    with public_dir() as public:
+        prom, audit = public / "nomad-secrets.prom", public / "audit.jsonl"
+        as_attacker(
+            f'printf \'nomad_secrets_fetches_total{{provider="aws",store="aws-sm",outcome="ok"}} 1e15\\n\''
+            f" > {prom} && truncate -s 63M {prom} && : > {audit}"
+            f" && ln -s {rootfile} {prom}.lock && ln -s {rootfile} {public}/.nomad-secrets.prom.carried.1-0"
+        )
+        planted = listing(public)
+        debug = tmp_path / "debug.log"
+        observed(nomad, moto_endpoint, prom=prom, audit=audit, debug=debug)
+        fetched = nomad.fetch("aws", "nodefiles/canary")
+        assert fetched.ok and fetched.result == {"value": CANARY}
+        assert listing(public) == planted
+        words = check_output(nomad)
+    assert rootfile.read_bytes() == b"root's own\n" and rootfile.stat().st_mode & 0o777 == 0o600
+    refused = f"the directory {public} of the {{}} is writable by others (sticky, like /tmp)"
+    log = debug.read_text()
+    for what in ("metrics lock file", "audit file"):
+        assert refused.format(what) in log
+        assert f"WARNING {refused.format(what)}" in words
+    assert "give the audit file a directory of its own, owned by root and writable by no one else" in words
+    assert CANARY not in log + words
+
+
+def test_a_metrics_file_not_roots_or_too_large_is_not_read(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """In the operator's own directory: a file that is not root's (chowned
+    there), or far larger than the plugin ever writes, is never read: the
+    counts start again from this fetch, and the debug log says why."""
+    put_secret(secretsmanager, "nodefiles/db", "v")
+    textfile = tmp_path / "textfile"
+    textfile.mkdir(mode=0o755)
+    prom, debug = textfile / "nomad-secrets.prom", tmp_path / "debug.log"
+    claim = 'nomad_secrets_fetches_total{provider="aws",store="aws-sm",outcome="ok"} 1e15\n'
+    observed(nomad, moto_endpoint, prom=prom, audit=None, debug=debug)
+
+    prom.write_text(claim)
+    os.chown(prom, ATTACKER, ATTACKER)
+    assert nomad.fetch("aws", "nodefiles/db").ok
+    assert samples(prom.read_text())[OK] == 1 and prom.stat().st_uid == 0
+    assert f"the metrics file {prom} is owned by uid {ATTACKER}, not root" in debug.read_text()
+
+    with open(prom, "w") as f:  # root's, a valid first line, 63 MB in all
+        f.write(claim)
+        f.truncate(63 << 20)
+    assert nomad.fetch("aws", "nodefiles/db").ok
+    assert samples(prom.read_text())[OK] == 1
+    assert f"the metrics file {prom} holds {63 << 20} bytes, more than it ever should" in debug.read_text()
+
+
+def test_malformed_sample_lines_are_dropped_not_kept(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """Only a sample this module could have written is read back: its
+    names, its labels in its order, a count's value. Everything else is
+    gone from the next file, which node_exporter reads without an error."""
+    put_secret(secretsmanager, "nodefiles/db", "v")
+    textfile = tmp_path / "textfile"
+    textfile.mkdir(mode=0o755)
+    prom = textfile / "nomad-secrets.prom"
+    kept = 'nomad_secrets_fetches_total{provider="aws",store="aws-sm",outcome="ok"} 41'
+    prom.write_text(
+        "\n".join(
+            [
+                kept,
+                'nomad_secrets_fetches_total{provider="aws",store="aws-sm",outcome="ok",extra="x"} 5',
+                'nomad_secrets_fetches_total{store="aws-sm",provider="aws",outcome="denied"} 5',
+                'nomad_secrets_fetches_total{provider="aws",store="aws-sm",outcome="x"} NaN',
+                'nomad_secrets_fetches_total{provider="aws",store="aws-sm",outcome="y"} -3',
+                'nomad_secrets_fetches_total{provider="aws",store="aws-sm",outcome="z"} 1e400',
+                'nomad_secrets_fetch_duration_seconds_bucket{provider="aws",le="7"} 2',
+                'nomad_secrets_write_errors_total{to="elsewhere"} 1',
+                'node_cpu_seconds_total{cpu="0"} 1',
+                "# TYPE nomad_secrets_fetches_total gauge",
+                'nomad_secrets_fetches_total{provider="a\nb",store="aws-sm",outcome="ok"} 1',
+                'nomad_secrets_fetches_total{provider="aws",store="aws-sm",outcome="ok"}',
+            ]
+        )
+        + "\n"
+    )
+    observed(nomad, moto_endpoint, prom=prom, audit=None, debug=tmp_path / "debug.log")
+    with node_exporter(textfile) as exporter:
+        assert nomad.fetch("aws", "nodefiles/db").ok
+        text = prom.read_text()
+        scraped = exporter.scrape()
+        assert exporter.scrape_error() == 0
+    written = samples(text)
+    assert written[OK] == 42
+    assert {labels for name, labels in written if name == "nomad_secrets_fetches_total"} == {OK[1]}
+    assert {dict(labels)["le"] for name, labels in written if name.endswith("_bucket")} == {
+        *(f"{le:g}" for le in metrics.BUCKETS),
+        "+Inf",
+    }
+    assert {dict(labels)["to"] for name, labels in written if name == lost("x")[0]} == set(
+        metrics.WRITE_TARGETS
+    )
+    assert "node_cpu" not in text and "gauge" not in text and "elsewhere" not in text
+    for sample, value in written.items():
+        assert scraped[sample] == value
+
+
+# -- 2. a full disk ----------------------------------------------------------------------
+
+
+def test_a_full_disk_leaves_whole_files_and_counts_what_it_lost(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """The audit file and the metrics each on a small tmpfs of their own,
+    the metrics file with 120 counters (~10 kB, as in the issue). With the
+    audit disk full, the record's line, longer than the room left in the
+    file's last page, is not half written, and the loss is counted; with
+    the metrics disk full too, the old file stays byte for byte, node_exporter
+    reads it without an error, and the loss is counted where no block is
+    needed. Once there is room again, nothing else is missing."""
+    put_secret(secretsmanager, "nodefiles/db", "v")
+    debug = tmp_path / "debug.log"
+    with small_disk() as audit_disk, small_disk() as metrics_disk:
+        textfile = metrics_disk / "textfile"
+        textfile.mkdir(mode=0o755)
+        prom, audit = textfile / "nomad-secrets.prom", audit_disk / "audit.jsonl"
+        old: metrics.Samples = {
+            "nomad_secrets_fetches_total": {
+                f'provider="p{i}",store="aws-sm",outcome="ok"': i + 1.0 for i in range(120)
+            }
+        }
+        prom.write_text(metrics.render(old))
+        padding = json.dumps({"pad": "x" * 4000}) + "\n"  # ~50 bytes left in the page: less than a record
+        audit.write_text(padding)
+        observed(nomad, moto_endpoint, prom=prom, audit=audit, debug=debug)
+        with node_exporter(textfile) as exporter:
+            assert nomad.fetch("aws", "nodefiles/db").ok  # room: written (and the lock file made)
+            assert samples(prom.read_text())[OK] == 1
+            audit.write_text(padding)
+
+            audit_filler = fill(audit_disk)
+            assert nomad.fetch("aws", "nodefiles/db").ok
+            assert audit.read_text() == padding  # no half line
+            assert samples(prom.read_text())[lost("audit-file")] == 1
+
+            metrics_filler = fill(metrics_disk)
+            before = prom.read_bytes()
+            assert nomad.fetch("aws", "nodefiles/db").ok
+            assert prom.read_bytes() == before and audit.read_text() == padding
+            assert sorted(p.name for p in textfile.iterdir()) == [
+                "nomad-secrets.prom",
+                "nomad-secrets.prom.lock",
+            ]
+            assert exporter.scrape_error() == 0
+            assert exporter.scrape()[OK] == 2
+
+            audit_filler.unlink()
+            metrics_filler.unlink()
+            assert nomad.fetch("aws", "nodefiles/db").ok
+            after = samples(prom.read_text())
+            assert exporter.scrape_error() == 0
+            scraped = exporter.scrape()
+    assert after[OK] == 3  # the fetch on the full disk is the one lost ...
+    assert after[lost("metrics")] == 1 and after[lost("audit-file")] == 1  # ... and counted
+    for i in range(120):
+        assert (
+            after[
+                (
+                    "nomad_secrets_fetches_total",
+                    (("outcome", "ok"), ("provider", f"p{i}"), ("store", "aws-sm")),
+                )
+            ]
+            == i + 1
+        )
+    for sample, value in after.items():
+        assert scraped[sample] == value
+    log = debug.read_text()
+    assert "No space left on device; it was left as it was" in log
+    assert (
+        f"cannot write the audit file {audit}: only " in log and "(is the disk full?); none were kept" in log
+    )
+
+
+# -- 3. a lock held by another process ----------------------------------------------------
+
+
+@contextmanager
+def held(lock: Path) -> Iterator[None]:
+    """The metrics lock, held by this (another) process until the block ends."""
+    fd = os.open(lock, os.O_WRONLY | os.O_APPEND)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def carried(textfile: Path) -> list[Path]:
+    return sorted(textfile.glob(".nomad-secrets.prom.carried.*"))
+
+
+def test_a_stuck_lock_delays_no_answer_and_loses_no_count(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """Five fetches end while the lock is held (so none waited for it);
+    their counts wait beside the file, check says so, and the first fetch
+    after the lock is let go adds them all."""
+    put_secret(secretsmanager, "nodefiles/db", "v")
+    textfile = tmp_path / "textfile"
+    textfile.mkdir(mode=0o755)
+    prom = textfile / "nomad-secrets.prom"
+    observed(nomad, moto_endpoint, prom=prom, audit=tmp_path / "audit.jsonl", debug=tmp_path / "debug.log")
+    assert nomad.fetch("aws", "nodefiles/db").ok
+    with held(Path(f"{prom}.lock")):
+        before = prom.read_bytes()
+        for _ in range(5):
+            assert nomad.fetch("aws", "nodefiles/db").ok
+        assert prom.read_bytes() == before
+        waiting = carried(textfile)
+        assert len(waiting) == 5 and all(p.stat().st_mode & 0o777 == 0o600 for p in waiting)
+        assert "WARNING 5 fetch counts wait beside" in check_output(nomad)
+    assert len((tmp_path / "audit.jsonl").read_text().splitlines()) == 6  # the records did not wait either
+    assert nomad.fetch("aws", "nodefiles/db").ok
+    got = samples(prom.read_text())
+    assert got[OK] == 7 and got[lost("metrics")] == 0 and carried(textfile) == []
+
+
+def test_counts_past_the_bound_are_lost_and_counted(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """A lock held for good: 1000 counts wait (metrics.MAX_CARRIED); the next
+    is lost, counted in the lock file's length, and shows as a write error
+    once the lock is free, beside the 1000 it kept."""
+    put_secret(secretsmanager, "nodefiles/db", "v")
+    textfile = tmp_path / "textfile"
+    textfile.mkdir(mode=0o755)
+    prom = textfile / "nomad-secrets.prom"
+    observed(nomad, moto_endpoint, prom=prom, audit=None, debug=tmp_path / "debug.log")
+    assert nomad.fetch("aws", "nodefiles/db").ok
+    one = 'nomad_secrets_fetches_total{provider="aws",store="aws-sm",outcome="ok"} 1\n'
+    for i in range(metrics.MAX_CARRIED):
+        path = textfile / f".nomad-secrets.prom.carried.{i:04d}-0"
+        path.write_text(one)
+        path.chmod(0o600)
+    lock = Path(f"{prom}.lock")
+    length = lock.stat().st_size
+    with held(lock):
+        assert nomad.fetch("aws", "nodefiles/db").ok
+        assert len(carried(textfile)) == metrics.MAX_CARRIED and lock.stat().st_size == length + 1
+    assert "1000 counts already wait for the lock" in (tmp_path / "debug.log").read_text()
+    assert "WARNING 1 fetch counts could not be written so far" in check_output(nomad)
+    assert nomad.fetch("aws", "nodefiles/db").ok
+    got = samples(prom.read_text())
+    assert got[OK] == 1 + metrics.MAX_CARRIED + 1 and got[lost("metrics")] == 1
+    assert carried(textfile) == []
+
+
+def test_through_the_node_agent_a_stuck_lock_delays_no_answer(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """The agent writes records and counts after it has answered, in its own
+    thread, with the same rules: the answer comes while the lock is held,
+    the agent leaves its count beside the file, and the next count adds it."""
+    put_secret(secretsmanager, "nodefiles/agent", "v")
+    textfile = tmp_path / "textfile"
+    textfile.mkdir(mode=0o755)
+    prom = textfile / "nomad-secrets.prom"
+    write_config(
+        nomad.plugin_dir,
+        aws_config(moto_endpoint) + f'[metrics]\nfile = "{prom}"\n[agent]\nauto = false\n',
+    )
+    agent = AgentProcess(nomad.executable("aws"), "--plugin-dir", str(nomad.plugin_dir / "secrets"))
+    try:
+        agent.wait_for("listening")
+        assert nomad.fetch("aws", "nodefiles/agent", job_id="web").ok
+        agent.wait_for("answered provider='aws'")
+        with held(Path(f"{prom}.lock")):
+            assert nomad.fetch("aws", "nodefiles/agent", job_id="web").ok
+            for _ in range(500):  # the agent's writer thread leaves the count beside the file
+                if carried(textfile):
+                    break
+                subprocess.run(["sleep", "0.02"], check=True)
+            assert len(carried(textfile)) == 1
+        assert nomad.fetch("aws", "nodefiles/agent", job_id="web").ok
+    finally:
+        assert agent.stop() == 0
+    got = samples(prom.read_text())
+    assert got[OK] == 3 and carried(textfile) == []
