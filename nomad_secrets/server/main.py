@@ -109,23 +109,14 @@ def run(settings: Settings, keys: Keys) -> int:
     for problem in pool.problems():
         print(f"nomad-secrets serve: warning: {problem}", file=sys.stderr)
     doors: list[Door] = []
-    closers = [pool.close]
     if settings.drone is not None:
         doors.append(DroneSecret(settings, keys, pool))
     if settings.admission is not None:
-        admission = DroneAdmission(settings, keys)
-        doors.append(admission)
-        closers.append(admission.close)
+        doors.append(DroneAdmission(settings, keys))
     if settings.bitbucket is not None:
-        bitbucket = Bitbucket(settings, pool)
-        doors.append(bitbucket)
-        closers.append(bitbucket.close)
+        doors.append(Bitbucket(settings, pool))
 
-    def shutdown() -> None:
-        for close in closers:
-            close()
-
-    app = build_app(doors, server, shutdown, sys.stdout)
+    app = build_app(doors, server, pool.close, sys.stdout)
     config = uvicorn.Config(
         app,
         ssl_certfile=server.tls_cert,
