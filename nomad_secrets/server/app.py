@@ -97,6 +97,7 @@ def build_app(
                 ),
                 body=body,
                 deadline=deadline,
+                peer=request.client.host if request.client else "",
             )
             answer = await asyncio.get_running_loop().run_in_executor(workers, _handle, door, incoming)
             return respond(request, answer, started)

@@ -54,7 +54,14 @@ class Bitbucket:
     def __init__(self, settings: Settings, pool: ServerStores) -> None:
         assert settings.bitbucket is not None
         self.settings: BitbucketSettings = settings.bitbucket
-        self.keys = oidc.IssuerKeys(self.settings.issuer, self.settings.jwks_cache_seconds)
+        self.keys = oidc.IssuerKeys(
+            self.settings.issuer,
+            self.settings.jwks_cache_seconds,
+            refresh_seconds=settings.server.request_seconds,
+            # Tokens naming a key we do not have wait for a refresh: at most
+            # an eighth of the door threads (app.py) may wait so.
+            max_waiting=max(1, settings.server.max_concurrent_reads // 8),
+        )
         self.default_store = settings.server.store
         self.max_output_bytes = settings.config.plugin.max_output_bytes
         self.pool = pool
@@ -64,7 +71,9 @@ class Bitbucket:
         if scheme.lower() != "bearer" or not token.strip():
             return unauthorized()
         try:
-            claims = oidc.verify(token.strip(), self.keys, self.settings.audience, request.deadline)
+            claims = oidc.verify(
+                token.strip(), self.keys, self.settings.audience, request.deadline, request.peer
+            )
         except oidc.InvalidToken:
             return unauthorized()
         except oidc.IssuerUnavailable as exc:
@@ -107,9 +116,6 @@ class Bitbucket:
                     )
                 chosen[name] = ref
         return list(chosen.values())
-
-    def close(self) -> None:
-        self.keys.close()
 
 
 def caller_fields(claims: dict[str, Any]) -> dict[str, str]:

@@ -35,6 +35,7 @@ class Incoming:
     headers: tuple[tuple[str, str], ...]  # lower-case names, in the order sent
     body: bytes
     deadline: Deadline
+    peer: str = ""  # the address the request came from (no proxy header is believed)
 
     def values(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name]
