@@ -14,7 +14,8 @@ a reference without ``#selector`` (``name`` picks the field, as drone-vault
 and drone-amazon-secrets do; an empty name means ``value``, the whole text
 of a secret that is not a JSON object). The caller is the repo, the event,
 the branch (``build.target``) and whether the build is a pull request from a
-fork; ``[[drone.policy]]`` decides (forks get nothing unless a rule says
+fork (its ``source_repo`` is another repo, or empty or missing);
+``[[drone.policy]]`` decides (forks get nothing unless a rule says
 ``fork = true``). Then the secret's own filters, as drone-vault reads them:
 ``X-Drone-Events``, ``X-Drone-Repos``, ``X-Drone-Branches`` (comma lists of
 globs, lower case, ``*`` within a path segment) and
@@ -62,7 +63,7 @@ class SecretRequest:
     repo: str  # the slug, owner/name
     event: str
     branch: str  # build.target
-    fork: bool  # a pull request whose source repo is another
+    fork: bool  # a pull request whose source repo is another, or not given
 
     def caller(self) -> Caller:
         fields = (("repo", self.repo), ("event", self.event), ("branch", self.branch))
@@ -164,9 +165,11 @@ def parse_request(body: bytes) -> SecretRequest:
     event = _string(build, "event", MAX_FIELD)
     branch = _string(build, "target", MAX_FIELD, required=False)
     source = _string(build, "source_repo", MAX_FIELD, required=False)
-    # As Drone's own trigger decides (trigger/trigger.go): the source repo
-    # is set on a pull request, and is the repo itself unless it is a fork.
-    fork = event == "pull_request" and source != "" and source.lower() != slug.lower()
+    # A pull request is from a fork unless its source repo is the repo
+    # itself. drone-vault reads an empty source as "not a fork", which is
+    # right for a push but not here: a pull request that does not say
+    # where its code came from is treated as a fork (fail closed).
+    fork = event == "pull_request" and source.lower() != slug.lower()
     return SecretRequest(path=path, name=name, repo=slug, event=event, branch=branch, fork=fork)
 
 
