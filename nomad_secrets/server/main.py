@@ -16,7 +16,7 @@ Then it binds ``server.listen`` (listen.py) before it says it serves, and
 uvicorn serves the app (app.py) there, with TLS from
 ``server.tls_cert``/``tls_key``, HTTP/1.1 with a deadline on headers
 (http11.py), at most ``server.max_connections_per_peer`` connections from
-one address (closed at once past that) and ``server.max_connections`` in
+one address served (429 past that, listen.py) and ``server.max_connections`` in
 all (503 past that). SIGTERM (and SIGINT) stop it gracefully: it stops
 accepting, closes idle connections, lets in-flight requests finish for up
 to ``server.shutdown_seconds``, then exits 0. Errors go to stderr, the
@@ -87,13 +87,14 @@ def run(settings: Settings, keys: Keys) -> int:
     from nomad_secrets.server.drone_admission import DroneAdmission
     from nomad_secrets.server.drone_secret import DroneSecret
     from nomad_secrets.server.http11 import with_header_deadline
-    from nomad_secrets.server.listen import CannotListen, bind
+    from nomad_secrets.server.listen import CannotListen, Peers, bind
     from nomad_secrets.server.stores import ServerStores
 
     server = settings.server
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        sockets = bind(server.host, server.port, server.max_connections_per_peer)
+        peers = Peers(server.max_connections_per_peer)
+        sockets = bind(server.host, server.port, peers)
     except CannotListen as exc:
         print(f"nomad-secrets serve: {exc}", file=sys.stderr)
         return CANNOT_LISTEN
@@ -116,7 +117,7 @@ def run(settings: Settings, keys: Keys) -> int:
     if settings.bitbucket is not None:
         doors.append(Bitbucket(settings, pool))
 
-    app = build_app(doors, server, pool.close, sys.stdout)
+    app = build_app(doors, server, pool.close, sys.stdout, peers.over_limit)
     config = uvicorn.Config(
         app,
         ssl_certfile=server.tls_cert,

@@ -63,7 +63,8 @@ class ServerSettings:
     header_seconds: float = 10.0  # to send a request's headers
     max_body_bytes: int = 256 * 1024
     max_connections: int = 1024  # past this, 503
-    max_connections_per_peer: int = 64  # from one address; past this, closed at once
+    # From one address: runners behind one NAT address share it; past it, 429.
+    max_connections_per_peer: int = 256
     max_concurrent_reads: int = 64  # requests reading stores at once; others wait
     shutdown_seconds: float = 30.0  # SIGTERM: in-flight requests finish within this
     clock_skew_seconds: float = 300.0  # a signed request's Date, either way
