@@ -67,7 +67,7 @@ class Fetcher:
             cutoff.check()
         except (OSError, http.client.HTTPException, ValueError) as exc:
             if cutoff.fired.is_set():
-                raise Unreachable(f"no complete answer from {url} within {seconds:g} s") from None
+                raise Unreachable(f"no complete answer from {url} within {deadline.seconds:g} s") from None
             raise Unreachable(f"no answer from {url} ({type(exc).__name__})") from None
         finally:
             cutoff.cancel()
