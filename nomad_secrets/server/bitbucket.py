@@ -57,7 +57,7 @@ class Bitbucket:
         self.keys = oidc.IssuerKeys(
             self.settings.issuer,
             self.settings.jwks_cache_seconds,
-            refresh_seconds=settings.server.request_seconds,
+            refresh_seconds=settings.server.request_seconds * 3 / 4,
             # Tokens naming a key we do not have wait for a refresh: at most
             # an eighth of the door threads (app.py) may wait so.
             max_waiting=max(1, settings.server.max_concurrent_reads // 8),

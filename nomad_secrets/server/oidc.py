@@ -21,7 +21,8 @@ across a refresh made every door wait on a dripping key server). So:
   ``MIN_REFRESH_SECONDS``, and never sooner than ``MIN_GAP_SECONDS`` after
   the last one, then waits for it within its own deadline; at most
   ``max_waiting`` requests wait at once (the rest are answered at once), so
-  such tokens hold a bounded share of the door threads;
+  such tokens hold a bounded share of the door threads; when the refresh
+  failed, the token can be neither trusted nor refused: 503;
 - a failed refresh keeps the keys there are, and is tried again no sooner
   than ``MIN_REFRESH_SECONDS`` later.
 
@@ -78,7 +79,9 @@ class IssuerKeys:
     ) -> None:
         self.issuer = issuer
         self.cache_seconds = cache_seconds
-        self.refresh_seconds = refresh_seconds  # one refresh, discovery and keys, in all
+        # One refresh, discovery and keys, in all: shorter than a request's
+        # deadline, so that a request waiting for it hears how it ended.
+        self.refresh_seconds = refresh_seconds
         self.max_waiting = max_waiting
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched = float("-inf")  # when the keys we have were asked for
@@ -115,7 +118,7 @@ class IssuerKeys:
                 return found
             if not arrived:
                 raise IssuerUnavailable("the issuer's keys did not arrive within the request's deadline")
-            if not self._keys:
+            if self._failure or not self._keys:  # the token's key may well be there: we cannot tell
                 raise IssuerUnavailable(self._failure or f"no keys from {self.issuer}")
         raise InvalidToken
 
