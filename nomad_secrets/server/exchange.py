@@ -9,6 +9,7 @@ knows Starlette.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -55,6 +56,19 @@ class Outgoing:
     headers: dict[str, str] = field(default_factory=dict)
     outcome: str = "ok"  # for the access log: ok, denied, not-found, bad-signature, ...
     log: dict[str, LogValue] = field(default_factory=dict)  # who asked for what; never a value
+
+
+def string_field(data: Mapping[str, object], key: str, limit: int, *, required: bool = True) -> str:
+    """A string field of a request's JSON body, checked; ValueError says
+    what is wrong (a door answers it as invalid input)."""
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string")
+    if required and not value:
+        raise ValueError(f"{key} is missing")
+    if len(value) > limit or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{key} is longer than {limit} characters or holds a control character")
+    return value
 
 
 def text(status: int, message: str, outcome: str, **log: LogValue) -> Outgoing:

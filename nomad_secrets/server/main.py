@@ -47,7 +47,10 @@ STOPPED, BAD_CONFIG, CANNOT_LISTEN = 0, 2, 3
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="nomad-secrets serve",
-        description="Serve Drone's secret and admission extensions and Bitbucket's secrets provider.",
+        description=(
+            "Serve Drone's secret and admission extensions, Bitbucket's secrets provider and"
+            " Woodpecker's secret extension."
+        ),
     )
     parser.add_argument("--config", default=SYSTEM_CONFIG, help="the config file (default %(default)s)")
     parser.add_argument(
@@ -89,6 +92,7 @@ def run(settings: Settings, keys: Keys) -> int:
     from nomad_secrets.server.http11 import with_header_deadline
     from nomad_secrets.server.listen import CannotListen, Peers, bind
     from nomad_secrets.server.stores import ServerStores
+    from nomad_secrets.server.woodpecker import Woodpecker
 
     server = settings.server
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -116,6 +120,8 @@ def run(settings: Settings, keys: Keys) -> int:
         doors.append(DroneAdmission(settings, keys))
     if settings.bitbucket is not None:
         doors.append(Bitbucket(settings, pool))
+    if settings.woodpecker is not None:
+        doors.append(Woodpecker(settings, keys, pool))
 
     app = build_app(doors, server, pool.close, sys.stdout, peers.over_limit)
     config = uvicorn.Config(
@@ -153,7 +159,12 @@ def run(settings: Settings, keys: Keys) -> int:
 
 
 def _routes(settings: Settings) -> list[str]:
-    names = {"drone": "/drone/secret", "admission": "/drone/admission", "bitbucket": "/bitbucket/secrets"}
+    names = {
+        "drone": "/drone/secret",
+        "admission": "/drone/admission",
+        "bitbucket": "/bitbucket/secrets",
+        "woodpecker": "/woodpecker/secrets",
+    }
     return [route for key, route in names.items() if getattr(settings, key) is not None] + ["/healthz"]
 
 
