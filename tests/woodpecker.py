@@ -107,20 +107,9 @@ class PyWoodpecker:
         created_offset: int = 0,
         times: int = 1,
     ) -> list[tuple[int, str]]:
-        data = (json.dumps(body, separators=(",", ":"), sort_keys=True) + "\n").encode()
-        digest = "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
         parts = urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        created = int(time.time()) + created_offset
-        params = f'("@request-target" "content-digest");created={created};alg="ed25519"'
-        base = f'"@request-target": {target}\n"content-digest": {digest}\n"@signature-params": {params}'
-        signature = base64.b64encode(self.key.sign(base.encode())).decode()
-        headers = {
-            "Content-Type": "application/json",
-            "Content-Digest": digest,
-            "Signature-Input": f"{LABEL}={params}",
-            "Signature": f"{LABEL}=:{signature}:",
-        }
+        data, headers = self.signed(target, body, created_offset)
         answers = []
         for _ in range(times):
             conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
@@ -132,3 +121,21 @@ class PyWoodpecker:
             finally:
                 conn.close()
         return answers
+
+    def signed(
+        self, target: str, body: dict[str, Any], created_offset: int = 0
+    ) -> tuple[bytes, dict[str, str]]:
+        """The body as Go's json.Encoder writes it, and the headers that
+        sign it for ``target`` (the path and query it is sent to)."""
+        data = (json.dumps(body, separators=(",", ":"), sort_keys=True) + "\n").encode()
+        digest = "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
+        created = int(time.time()) + created_offset
+        params = f'("@request-target" "content-digest");created={created};alg="ed25519"'
+        base = f'"@request-target": {target}\n"content-digest": {digest}\n"@signature-params": {params}'
+        signature = base64.b64encode(self.key.sign(base.encode())).decode()
+        return data, {
+            "Content-Type": "application/json",
+            "Content-Digest": digest,
+            "Signature-Input": f"{LABEL}={params}",
+            "Signature": f"{LABEL}=:{signature}:",
+        }
