@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any
 
 from nomad_secrets.errors import PluginError
-from nomad_secrets.policy import Caller
 from nomad_secrets.server import named, oidc
 from nomad_secrets.server.exchange import Incoming, LogValue, Outgoing, failure, json_answer, text
 from nomad_secrets.server.settings import (
@@ -59,9 +58,9 @@ class Bitbucket:
             # an eighth of the door threads (app.py) may wait so.
             max_waiting=max(1, settings.server.max_concurrent_reads // 8),
         )
-        self.default_store = settings.server.store
-        self.max_output_bytes = settings.config.plugin.max_output_bytes
-        self.pool = pool
+        self.secrets = named.NamedSecrets(
+            "bitbucket", self.settings.rules, self.settings.policy, BITBUCKET_PLACEHOLDERS, settings, pool
+        )
 
     def handle(self, request: Incoming) -> Outgoing:
         scheme, _, token = (request.header("authorization") or "").partition(" ")
@@ -78,23 +77,10 @@ class Bitbucket:
         step = caller_fields(claims)
         log: dict[str, LogValue] = {**step, "step": _claim(claims, "stepUuid")}
         try:
-            refs = named.chosen(self.settings.rules, step, "bitbucket")
-            if not refs:
-                return json_answer({}, names=0, **log)
-            caller = Caller(fields=tuple(step.items()), placeholders=BITBUCKET_PLACEHOLDERS)
-            values = named.read(
-                refs,
-                caller,
-                self.settings.policy,
-                self.pool,
-                self.default_store,
-                request.deadline,
-                self.max_output_bytes,
-                "bitbucket",
-            )
+            values = self.secrets.values(step, request.deadline)
         except PluginError as exc:
             return failure(exc, request.deadline, **log)
-        return json_answer(values, names=len(refs), **log)
+        return json_answer(values, names=len(values), **log)
 
 
 def caller_fields(claims: dict[str, Any]) -> dict[str, str]:

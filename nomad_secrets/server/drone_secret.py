@@ -40,7 +40,15 @@ from nomad_secrets.fetch import check_policy, resolve
 from nomad_secrets.policy import Caller, glob_match
 from nomad_secrets.reference import MAX_PATH_BYTES, parse_reference
 from nomad_secrets.server import aesgcm, httpsig
-from nomad_secrets.server.exchange import Incoming, LogValue, Outgoing, failure, string_field, text
+from nomad_secrets.server.exchange import (
+    Incoming,
+    LogValue,
+    Outgoing,
+    failure,
+    json_objects,
+    string_field,
+    text,
+)
 from nomad_secrets.server.settings import DRONE_PLACEHOLDERS, Keys, Settings
 from nomad_secrets.server.stores import ServerStores
 
@@ -150,15 +158,7 @@ class DroneSecret:
 
 def parse_request(body: bytes) -> SecretRequest:
     """The runner's request, each field checked; ValueError says what is wrong."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ValueError("the body is not JSON") from None
-    if not isinstance(data, dict):
-        raise ValueError("the body is not a JSON object")
-    repo, build = data.get("repo"), data.get("build")
-    if not isinstance(repo, dict) or not isinstance(build, dict):
-        raise ValueError("repo and build must be objects")
+    data, repo, build = json_objects(body, "repo", "build")
     path = string_field(data, "path", MAX_PATH_BYTES)
     name = string_field(data, "name", MAX_FIELD, required=False)
     slug = string_field(repo, "slug", MAX_FIELD)

@@ -58,6 +58,24 @@ class Outgoing:
     log: dict[str, LogValue] = field(default_factory=dict)  # who asked for what; never a value
 
 
+def json_objects(body: bytes, *members: str) -> tuple[dict[str, object], ...]:
+    """A request's JSON body, an object, then each of its ``members``, each
+    an object; ValueError says what is wrong."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ValueError("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("the body is not a JSON object")
+    found: list[dict[str, object]] = []
+    for name in members:
+        member = data.get(name)
+        if not isinstance(member, dict):
+            raise ValueError(f"{' and '.join(members)} must be objects")
+        found.append(member)
+    return (data, *found)
+
+
 def string_field(data: Mapping[str, object], key: str, limit: int, *, required: bool = True) -> str:
     """A string field of a request's JSON body, checked; ValueError says
     what is wrong (a door answers it as invalid input)."""

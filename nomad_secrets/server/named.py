@@ -19,7 +19,7 @@ from nomad_secrets.errors import ConfigError, InvalidSecret
 from nomad_secrets.fetch import check_policy, resolve
 from nomad_secrets.policy import Caller, Rule, glob_match
 from nomad_secrets.reference import Reference
-from nomad_secrets.server.settings import NamedRule
+from nomad_secrets.server.settings import NamedRule, Settings
 from nomad_secrets.server.stores import ServerStores
 
 
@@ -45,27 +45,45 @@ def chosen(
     return list(found.values())
 
 
-def read(
-    refs: list[Reference],
-    caller: Caller,
-    guard: tuple[Rule, ...] | None,
-    pool: ServerStores,
-    default_store: str,
-    deadline: Deadline,
-    max_output_bytes: int,
-    section: str,
-) -> dict[str, str]:
-    """NAME: value for each reference; a PluginError says which failed."""
-    stores = [ref.scheme or default_store for ref in refs]
-    check_policy(refs, stores, caller, guard, deadline)
-    with pool.backends(deadline) as backend_for:
-        values = resolve(refs, stores, backend_for, deadline, max_output_bytes)
-    for ref, store in zip(refs, stores, strict=True):
-        if ref.name not in values:
-            raise InvalidSecret(
-                ref.text,
-                STORE_LABELS[store],
-                "the secret gives no single value (it is a JSON object, or binary)",
-                f"select one field for {ref.name} with #field in [[{section}.rule]]",
-            )
-    return {str(ref.name): values[str(ref.name)] for ref in refs}
+class NamedSecrets:
+    """One door's rules, guard and stores: the values a caller's fields get."""
+
+    def __init__(
+        self,
+        section: str,
+        rules: tuple[NamedRule, ...],
+        guard: tuple[Rule, ...] | None,
+        placeholders: Mapping[str, int],
+        settings: Settings,
+        pool: ServerStores,
+    ) -> None:
+        self.section, self.rules, self.guard, self.placeholders = section, rules, guard, placeholders
+        self.default_store = settings.server.store
+        self.max_output_bytes = settings.config.plugin.max_output_bytes
+        self.pool = pool
+
+    def values(
+        self,
+        fields: Mapping[str, str],
+        deadline: Deadline,
+        applies: Callable[[NamedRule], bool] = lambda rule: True,
+    ) -> dict[str, str]:
+        """NAME: value for each name the matching rules give ({} for none);
+        a PluginError says which reference failed."""
+        refs = chosen(self.rules, fields, self.section, applies)
+        if not refs:
+            return {}
+        stores = [ref.scheme or self.default_store for ref in refs]
+        caller = Caller(fields=tuple(fields.items()), placeholders=self.placeholders)
+        check_policy(refs, stores, caller, self.guard, deadline)
+        with self.pool.backends(deadline) as backend_for:
+            values = resolve(refs, stores, backend_for, deadline, self.max_output_bytes)
+        for ref, store in zip(refs, stores, strict=True):
+            if ref.name not in values:
+                raise InvalidSecret(
+                    ref.text,
+                    STORE_LABELS[store],
+                    "the secret gives no single value (it is a JSON object, or binary)",
+                    f"select one field for {ref.name} with #field in [[{self.section}.rule]]",
+                )
+        return {str(ref.name): values[str(ref.name)] for ref in refs}

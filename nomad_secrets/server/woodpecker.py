@@ -35,13 +35,11 @@ replay.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
 
 from nomad_secrets.errors import PluginError
-from nomad_secrets.policy import Caller
 from nomad_secrets.server import message_signatures, named
 from nomad_secrets.server.exchange import (
     Incoming,
@@ -49,6 +47,7 @@ from nomad_secrets.server.exchange import (
     Outgoing,
     failure,
     json_answer,
+    json_objects,
     string_field,
     text,
 )
@@ -96,9 +95,9 @@ class Woodpecker:
         self.key = keys.woodpecker
         self.window = settings.server.clock_skew_seconds
         self.replays = Replays(self.window)
-        self.default_store = settings.server.store
-        self.max_output_bytes = settings.config.plugin.max_output_bytes
-        self.pool = pool
+        self.secrets = named.NamedSecrets(
+            "woodpecker", self.settings.rules, self.settings.policy, WOODPECKER_PLACEHOLDERS, settings, pool
+        )
 
     def handle(self, request: Incoming) -> Outgoing:
         now = time.time()
@@ -122,24 +121,11 @@ class Woodpecker:
         fields = pipeline.fields()
         log: dict[str, LogValue] = {**fields, "fork": pipeline.fork}
         try:
-            refs = named.chosen(
-                self.settings.rules, fields, "woodpecker", lambda rule: covers(rule, pipeline)
-            )
-            if not refs:
-                return Outgoing(204, content_type=None, log={**log, "names": 0})
-            caller = Caller(fields=tuple(fields.items()), placeholders=WOODPECKER_PLACEHOLDERS)
-            values = named.read(
-                refs,
-                caller,
-                self.settings.policy,
-                self.pool,
-                self.default_store,
-                request.deadline,
-                self.max_output_bytes,
-                "woodpecker",
-            )
+            values = self.secrets.values(fields, request.deadline, lambda rule: covers(rule, pipeline))
         except PluginError as exc:
             return failure(exc, request.deadline, **log)
+        if not values:
+            return Outgoing(204, content_type=None, log={**log, "names": 0})
         secrets = [{"name": name, "value": value} for name, value in values.items()]
         return json_answer({"secrets": secrets}, names=len(secrets), **log)
 
@@ -153,15 +139,7 @@ def covers(rule: NamedRule, pipeline: Pipeline) -> bool:
 def parse_request(body: bytes) -> Pipeline:
     """The Woodpecker server's request, each field used checked; ValueError
     says what is wrong."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ValueError("the body is not JSON") from None
-    if not isinstance(data, dict):
-        raise ValueError("the body is not a JSON object")
-    repo, pipeline = data.get("repo"), data.get("pipeline")
-    if not isinstance(repo, dict) or not isinstance(pipeline, dict):
-        raise ValueError("repo and pipeline must be objects")
+    _, repo, pipeline = json_objects(body, "repo", "pipeline")
     fork = pipeline.get("from_fork", False)  # omitempty: absent is false
     if not isinstance(fork, bool):
         raise ValueError("pipeline.from_fork must be true or false")
