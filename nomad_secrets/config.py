@@ -15,7 +15,7 @@ Shape::
     [[policy]]          # which jobs may read which references (policy.py)
     [audit]             # a record per fetch: syslog (journald) and/or a file
     [metrics]           # counters and a histogram for node_exporter's textfile collector
-    [server] [drone] [admission] [bitbucket]
+    [server] [drone] [admission] [bitbucket] [woodpecker]
                         # `nomad-secrets serve`, the CI front doors: kept
                         # as read here, checked by nomad_secrets/server/
 
@@ -46,7 +46,7 @@ BUILTIN_PROVIDERS = {"aws": "aws-sm", "aws-sm": "aws-sm", "aws-ssm": "aws-ssm"}
 # Nomad matches its own providers first: files with these names never run.
 RESERVED_NAMES = ("nomad", "vault")
 # The sections of `nomad-secrets serve` (docs/ci.md).
-SERVER_SECTIONS = ("server", "drone", "admission", "bitbucket")
+SERVER_SECTIONS = ("server", "drone", "admission", "bitbucket", "woodpecker")
 
 
 @dataclass(frozen=True)

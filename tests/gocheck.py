@@ -98,25 +98,37 @@ class GoDecoder:
         return int(out["cmp"])
 
 
+def find_go_binary(missing: str = NEEDS_GO) -> Path:
+    """The ``go`` binary (``GOCHECK_GO``, or PATH's), or GoMissing(missing)."""
+    go = os.environ.get("GOCHECK_GO") or shutil.which("go")
+    if not go or not os.access(go, os.X_OK):
+        raise GoMissing(missing)
+    return Path(go)
+
+
 def find_go() -> tuple[Path, Path]:
     """The ``go`` binary and a GOPATH holding go-version (Debian's is
     /usr/share/gocode), or GoMissing."""
-    go = os.environ.get("GOCHECK_GO") or shutil.which("go")
-    if not go or not os.access(go, os.X_OK):
-        raise GoMissing(NEEDS_GO)
+    go = find_go_binary()
     gopaths = [p for p in os.environ.get("GOPATH", "").split(os.pathsep) if p]
     for gopath in [*map(Path, gopaths), Path.home() / "go", Path("/usr/share/gocode")]:
         if (gopath / GO_VERSION_SRC).is_file():
-            return Path(go), gopath
+            return go, gopath
     raise GoMissing(NEEDS_GO)
 
 
-def build(cache_dir: Path) -> Path:
-    """Compile main.go into ``cache_dir``, once per source and toolchain."""
-    go, gopath = find_go()
-    digest = hashlib.sha256(MAIN_GO.read_bytes() + str(go.resolve()).encode())
-    digest.update((gopath / GO_VERSION_SRC).read_bytes())
-    binary = cache_dir / f"gocheck-{digest.hexdigest()[:16]}"
+def build(cache_dir: Path, main_go: Path = MAIN_GO, go: Path | None = None) -> Path:
+    """Compile ``main_go`` into ``cache_dir``, once per source and toolchain:
+    gocheck's own with go-version, or (with ``go`` given) a program of the
+    standard library alone."""
+    if go is None:
+        go, gopath = find_go()
+        extra = (gopath / GO_VERSION_SRC).read_bytes()
+    else:
+        gopath, extra = cache_dir / "gopath", b""
+        gopath.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(main_go.read_bytes() + str(go.resolve()).encode() + extra)
+    binary = cache_dir / f"{main_go.parent.name}-{digest.hexdigest()[:16]}"
     if binary.is_file():
         return binary
     env = {k: v for k, v in os.environ.items() if not k.startswith("GO")}
@@ -132,15 +144,15 @@ def build(cache_dir: Path) -> Path:
     )
     partial = cache_dir / f"{binary.name}.{os.getpid()}"
     proc = subprocess.run(
-        [str(go), "build", "-o", str(partial), MAIN_GO.name],
-        cwd=MAIN_GO.parent,
+        [str(go), "build", "-o", str(partial), main_go.name],
+        cwd=main_go.parent,
         env=env,
         capture_output=True,
         text=True,
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"gocheck: go build failed (exit {proc.returncode}):\n{proc.stderr}")
+        raise RuntimeError(f"{main_go}: go build failed (exit {proc.returncode}):\n{proc.stderr}")
     partial.replace(binary)  # atomic: a concurrent build is harmless
     return binary
 

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from netutil import dead_port_url
 from serverutil import Answer, JsonService, Server, server_config
 
+from nomad_secrets.server import oidc
+
 WORKSPACE = "{7d5b2b5e-1c2d-4e5f-8a9b-0c1d2e3f4a5b}"
 REPO = "{b3a6c0c2-9d8e-4f7a-8b6c-5d4e3f2a1b0c}"
 ENV = "{e1e2e3e4-f5f6-4a7b-8c9d-0e1f2a3b4c5d}"
@@ -63,30 +65,39 @@ class Issuer(JsonService):
         return 404, {}
 
     def claims(self, **over: Any) -> dict[str, Any]:
-        now = int(time.time())
-        claims = {
-            "iss": self.url,
-            "aud": AUDIENCE,
-            "sub": f"{REPO}:{{step}}",
-            "iat": now,
-            "exp": now + 300,
-            "workspaceUuid": WORKSPACE,
-            "repositoryUuid": REPO,
-            "pipelineUuid": PIPELINE,
-            "stepUuid": "{s0000000-0000-4000-8000-000000000042}",
-            "branchName": "main",
-        }
-        claims.update(over)
-        return {k: v for k, v in claims.items() if v is not None}
+        return step_claims(self.url, **over)
 
     def token(
         self, kid: str = "k1", key: rsa.RSAPrivateKey | None = None, alg: str = "RS256", **over: Any
     ) -> str:
-        header = b64url(json.dumps({"alg": alg, "kid": kid, "typ": "JWT"}).encode())
-        payload = b64url(json.dumps(self.claims(**over)).encode())
-        signer = key or self.keys[kid]
-        signature = signer.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{header}.{payload}.{b64url(signature)}"
+        return signed_token(key or self.keys[kid], self.claims(**over), kid, alg)
+
+
+def step_claims(issuer: str, **over: Any) -> dict[str, Any]:
+    """A step's claims as Bitbucket's issuer at ``issuer`` signs them;
+    ``over`` replaces (None: removes) any."""
+    now = int(time.time())
+    claims = {
+        "iss": issuer,
+        "aud": AUDIENCE,
+        "sub": f"{REPO}:{{step}}",
+        "iat": now,
+        "exp": now + 300,
+        "workspaceUuid": WORKSPACE,
+        "repositoryUuid": REPO,
+        "pipelineUuid": PIPELINE,
+        "stepUuid": "{s0000000-0000-4000-8000-000000000042}",
+        "branchName": "main",
+    }
+    claims.update(over)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def signed_token(key: rsa.RSAPrivateKey, claims: dict[str, Any], kid: str = "k1", alg: str = "RS256") -> str:
+    header = b64url(json.dumps({"alg": alg, "kid": kid, "typ": "JWT"}).encode())
+    payload = b64url(json.dumps(claims).encode())
+    signature = key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{header}.{payload}.{b64url(signature)}"
 
 
 RULES = f"""
@@ -148,10 +159,19 @@ def server(
         yield running
 
 
-def secrets(server: Server, token: str, method: str = "GET") -> Answer:
-    return server.request(
-        method, "/bitbucket/secrets", b"" if method == "POST" else None, {"Authorization": f"Bearer {token}"}
-    )
+def secrets(server: Server, token: str, method: str = "GET", source: str | None = None) -> Answer:
+    """The step's request, from ``source`` (another loopback address: another runner) when given."""
+    conn = server.connection(source=source)
+    try:
+        return server.request(
+            method,
+            "/bitbucket/secrets",
+            b"" if method == "POST" else None,
+            {"Authorization": f"Bearer {token}"},
+            conn=conn,
+        )
+    finally:
+        conn.close()
 
 
 def test_a_step_gets_exactly_the_names_its_rules_give(server: Server, issuer: Issuer) -> None:
@@ -238,12 +258,14 @@ def test_keys_are_cached_and_refreshed_on_an_unknown_kid(server: Server, issuer:
     for _ in range(3):
         assert secrets(server, issuer.token()).status == 200
     assert len(issuer.fetches) == before  # cached
-    time.sleep(10.5)  # past the minimum interval between refreshes (oidc.MIN_REFRESH_SECONDS)
     issuer.keys["k2"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # a rotation
-    assert secrets(server, issuer.token(kid="k2")).json()["NPM_TOKEN"] == "npm-hunter2"
+    time.sleep(oidc.MIN_GAP_SECONDS + 0.1)  # past the last refresh (this module's unknown-kid case)
+    # A runner's address that has not asked before: its unknown kid is a refresh.
+    runner = "127.0.0.7"
+    assert secrets(server, issuer.token(kid="k2"), source=runner).json()["NPM_TOKEN"] == "npm-hunter2"
     assert issuer.fetches[before:] == ["/.well-known/openid-configuration", "/keys"]
-    # Another unknown kid right away: no second refresh, just 401.
-    assert secrets(server, issuer.token(kid="k3", key=issuer.keys["k2"])).status == 401
+    # Another unknown kid from that address right away: no second refresh, just 401.
+    assert secrets(server, issuer.token(kid="k3", key=issuer.keys["k2"]), source=runner).status == 401
     assert len(issuer.fetches) == before + 2
 
 

@@ -160,6 +160,23 @@ def test_pull_requests_from_forks_get_only_what_a_fork_rule_allows(server: Serve
     assert ask(server, "aws-sm:ci/public/token", "token", **own)[0] == 403
 
 
+def test_a_pull_request_that_does_not_name_its_source_is_a_fork(server: Server) -> None:
+    """drone-vault reads an empty source_repo as a branch build; on a pull
+    request it only means the sender did not say where the code came from,
+    so it gets what forks get and no more (issue 25)."""
+    empty = {"event": "pull_request", "source_repo": ""}
+    status, message = ask(server, "aws-sm:ci/octocat/hello-world/pr/token", "token", **empty)
+    assert status == 403 and "fork 'true'" in message and "hunter2" not in message
+    assert ask(server, "aws-sm:ci/public/token", "token", **empty)[1]["data"] == "hunter2-public"
+    body = json.loads(secret_body("aws-sm:ci/octocat/hello-world/pr/token", "token", event="pull_request"))
+    del body["build"]["source_repo"]
+    missing = server.drone_secret(SECRET, json.dumps(body).encode())
+    assert missing.status == 403 and b"fork 'true'" in missing.body
+    # A push says no source repo either, and is no fork.
+    push = ask(server, "aws-sm:ci/octocat/hello-world/docker", "password", source_repo="")
+    assert push[1]["data"] == "hunter2-docker"
+
+
 def test_policy_is_per_repo_event_and_branch(server: Server) -> None:
     status, message = ask(server, "aws-sm:ci/octocat/other-repo/docker", "password")
     assert status == 403 and "repo 'octocat/hello-world'" in message

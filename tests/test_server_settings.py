@@ -20,6 +20,8 @@ DRONE = '[drone]\nsecret_file = "/s"\n[[drone.policy]]\nrepo = "acme/*"\nallow =
 ADMISSION = '[admission]\nsecret_file = "/s"\n'
 GITHUB = ADMISSION + '[admission.github]\ntoken_file = "/t"\n'
 BITBUCKET = '[bitbucket]\nissuer = "https://i"\naudience = "a"\n'
+WOODPECKER = '[woodpecker]\npublic_key_file = "/k.pem"\n'
+WOODPECKER_RULE = '[[woodpecker.rule]]\nrepo = "acme/*"\nsecrets = { token = "aws-sm:ci/x#token" }\n'
 
 
 def settings(text: str) -> Settings:
@@ -81,6 +83,24 @@ def settings(text: str) -> Settings:
             "drone.policy #1 in t.toml: write allow last, after repo, so that a file cut short",
         ),
         (SERVER + DRONE + '[aws]\nweb_identity_role_arn = "arn:x"\n', "needs a Nomad job's token"),
+        (SERVER + WOODPECKER, r"no [[woodpecker.rule]]"),
+        (
+            SERVER + '[woodpecker]\npublic_key = "/k"\n' + WOODPECKER_RULE,
+            "unknown key 'woodpecker.public_key'",
+        ),
+        (SERVER + "[woodpecker]\n" + WOODPECKER_RULE, "woodpecker.public_key_file is missing"),
+        (
+            SERVER + WOODPECKER + WOODPECKER_RULE.replace('repo = "acme/*"', 'fork = "yes"'),
+            "woodpecker.rule.fork in t.toml must be true or false",
+        ),
+        (
+            SERVER + WOODPECKER + WOODPECKER_RULE.replace("repo =", "pipeline ="),
+            "unknown key 'woodpecker.rule #1.pipeline'",
+        ),
+        (
+            SERVER + WOODPECKER + WOODPECKER_RULE + '[[woodpecker.policy]]\nallow = ["aws-sm:ci/{job}/*"]\n',
+            "the placeholders here are {repo}",
+        ),
     ],
 )
 def test_each_mistake_is_named(text: str, message: str) -> None:
@@ -106,6 +126,17 @@ def test_drone_rules_deny_forks_unless_they_say_so() -> None:
         check(parsed.drone.policy, caller("true"), "aws-sm", "ci/acme/web/x", "x")
 
 
+def test_woodpecker_rules_deny_forks_unless_they_say_so() -> None:
+    parsed = settings(
+        SERVER + WOODPECKER + WOODPECKER_RULE + WOODPECKER_RULE.replace("repo =", "fork = true\nrepo =")
+    )
+    assert parsed.woodpecker is not None and parsed.woodpecker.policy is None
+    own, forks = parsed.woodpecker.rules
+    assert own.when == (("repo", "acme/*"), ("fork", "false"))
+    assert forks.when == (("repo", "acme/*"), ("fork", "true"))
+    assert own.secrets[0].name == "token"
+
+
 def test_bitbucket_uuids_are_matched_without_braces_or_case() -> None:
     text = (
         SERVER
@@ -123,7 +154,9 @@ def server_configs() -> list[tuple[str, str]]:
     """Every server config shown: the docs' ```toml blocks with a server
     section, examples/ci/*.toml, and the config inside examples/ci's job."""
     found = [
-        (w, t) for w, t in fenced("toml") if re.search(r"^\[(server|drone|admission|bitbucket)", t, re.M)
+        (w, t)
+        for w, t in fenced("toml")
+        if re.search(r"^\[(server|drone|admission|bitbucket|woodpecker)", t, re.M)
     ]
     found += [(p.name, p.read_text()) for p in sorted((ROOT / "examples" / "ci").glob("*.toml"))]
     for job in sorted((ROOT / "examples" / "ci").glob("*.hcl")):
@@ -138,7 +171,15 @@ CONFIGS = server_configs()
 
 def test_the_docs_show_each_set_up() -> None:
     shown = "\n".join(text for _, text in CONFIGS)
-    for section in ("[drone]", "[admission]", "[bitbucket]", "[[drone.policy]]", "[[bitbucket.rule]]"):
+    for section in (
+        "[drone]",
+        "[admission]",
+        "[bitbucket]",
+        "[woodpecker]",
+        "[[drone.policy]]",
+        "[[bitbucket.rule]]",
+        "[[woodpecker.rule]]",
+    ):
         assert section in shown
     assert len(CONFIGS) >= 5
 
@@ -148,7 +189,7 @@ def test_server_configs_shown_are_valid(where: str, text: str) -> None:
     # Nomad's template syntax ({{ ... }}) renders before serve reads the file.
     rendered = re.sub(r"\{\{[^}]*\}\}", "127.0.0.1:8443", text)
     parsed = settings(rendered)
-    assert parsed.drone or parsed.admission or parsed.bitbucket
+    assert parsed.drone or parsed.admission or parsed.bitbucket or parsed.woodpecker
 
 
 def test_the_nomad_job_runs_several_checked_instances_with_tls_from_variables() -> None:

@@ -1,8 +1,8 @@
 """``nomad-secrets serve``: the CI front doors, over HTTP.
 
-Drone's secret and admission extensions and Bitbucket Pipelines' secrets
-provider ask the question a Nomad job asks (which secrets may this caller
-read?) over HTTP. Each door turns its request into references and a
+Drone's secret and admission extensions, Bitbucket Pipelines' secrets
+provider and Woodpecker's secret extension ask the question a Nomad job
+asks (which secrets may this caller read?) over HTTP. Each door turns its request into references and a
 ``policy.Caller``, then the plugin's own ``fetch.check_policy`` and
 ``fetch.resolve`` answer, and the door writes the answer in its protocol.
 
@@ -13,15 +13,19 @@ carries none of it, and nothing outside this package imports it but
 
 Modules, one job each:
 
-- ``settings``: the ``[server]``, ``[drone]``, ``[admission]`` and
-  ``[bitbucket]`` sections, checked, and the files they name, trusted;
+- ``settings``: the ``[server]``, ``[drone]``, ``[admission]``,
+  ``[bitbucket]`` and ``[woodpecker]`` sections, checked, and the files
+  they name, trusted;
 - ``exchange``: a request and an answer as the doors see them;
 - ``httpsig``: Drone's HTTP signatures, verified;
+- ``message_signatures``: Woodpecker's HTTP Message Signatures (RFC 9421),
+  verified;
 - ``aesgcm``: Drone's encrypted answer;
 - ``fetchjson``: a bounded GET of JSON (GitHub's API, an OIDC issuer);
 - ``stores``: the store clients every request shares;
+- ``named``: the rules that give a caller NAME = reference pairs, read;
 - ``drone_secret``, ``drone_admission`` (with ``github``), ``bitbucket``
-  (with ``oidc``): the doors;
+  (with ``oidc``), ``woodpecker``: the doors;
 - ``app``: the HTTP application (Starlette): routes, limits, access log;
 - ``http11``: uvicorn's HTTP/1.1 protocol with a deadline on headers;
 - ``listen``: the listening sockets, bound first, shared out per peer;

@@ -1,6 +1,9 @@
 """The HTTP application: Starlette routes to the doors, with the limits.
 
-Each request to a door: the body is read up to ``server.max_body_bytes``
+A request on a connection that came past its peer's share
+(``server.max_connections_per_peer``, listen.py) is answered 429 with
+``Retry-After`` and its connection closed, whatever it asks. Each request
+to a door: the body is read up to ``server.max_body_bytes``
 (413 past it) within the request's deadline (``server.request_seconds``,
 408 past it); the door runs in a worker thread (its store reads block),
 at most ``server.max_concurrent_reads`` at once; its answer is written
@@ -32,12 +35,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.server.exchange import Incoming, LogValue, Outgoing, internal_error, text
 from nomad_secrets.server.settings import ServerSettings
 
 logger = logging.getLogger("nomad_secrets.server")
+
+RETRY_AFTER_SECONDS = 2  # a runner pool's burst is short; Retry-After only advises
 
 
 class Door(Protocol):
@@ -69,8 +75,12 @@ class AccessLog:
 
 
 def build_app(
-    doors: Sequence[Door], server: ServerSettings, on_shutdown: Callable[[], None], log_stream: IO[str] | None
-) -> Starlette:
+    doors: Sequence[Door],
+    server: ServerSettings,
+    on_shutdown: Callable[[], None],
+    log_stream: IO[str] | None,
+    over_limit: Callable[[tuple[str, int] | None], bool],
+) -> ASGIApp:
     access_log = AccessLog(log_stream if server.access_log else None)
     # The doors block (store reads): they run in these threads, at most
     # max_concurrent_reads at once; other requests wait for one.
@@ -97,6 +107,7 @@ def build_app(
                 ),
                 body=body,
                 deadline=deadline,
+                peer=request.client.host if request.client else "",
             )
             answer = await asyncio.get_running_loop().run_in_executor(workers, _handle, door, incoming)
             return respond(request, answer, started)
@@ -124,7 +135,28 @@ def build_app(
 
     routes = [Route("/healthz", healthz, methods=["GET"])]
     routes += [Route(door.route, endpoint(door), methods=list(door.methods)) for door in doors]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: no_route, 405: no_route})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: no_route, 405: no_route})
+
+    async def peer_share(scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] != "http" or not over_limit(tuple(client) if client else None):
+            await app(scope, receive, send)
+            return
+        started = time.monotonic()
+        request = Request(scope, receive)
+        # Read the body first: a connection closed with a request unread
+        # is reset, and the client would never see the answer.
+        await read_body(request, server.max_body_bytes, Deadline(server.request_seconds, start=started))
+        answer = text(
+            429,
+            f"too many connections from {request.client.host if request.client else 'this address'}"
+            f" (server.max_connections_per_peer = {server.max_connections_per_peer}); try again",
+            "over-peer-limit",
+        )
+        answer.headers.update({"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"})
+        await respond(request, answer, started)(scope, receive, send)
+
+    return peer_share
 
 
 async def read_body(request: Request, limit: int, deadline: Deadline) -> bytes | Outgoing:

@@ -22,12 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nomad_secrets.backends import STORE_LABELS
-from nomad_secrets.errors import ConfigError, InvalidSecret, PluginError
-from nomad_secrets.fetch import check_policy, resolve
-from nomad_secrets.policy import Caller, glob_match
-from nomad_secrets.reference import Reference
-from nomad_secrets.server import oidc
+from nomad_secrets.errors import PluginError
+from nomad_secrets.server import named, oidc
 from nomad_secrets.server.exchange import Incoming, LogValue, Outgoing, failure, json_answer, text
 from nomad_secrets.server.settings import (
     BITBUCKET_PLACEHOLDERS,
@@ -54,17 +50,26 @@ class Bitbucket:
     def __init__(self, settings: Settings, pool: ServerStores) -> None:
         assert settings.bitbucket is not None
         self.settings: BitbucketSettings = settings.bitbucket
-        self.keys = oidc.IssuerKeys(self.settings.issuer, self.settings.jwks_cache_seconds)
-        self.default_store = settings.server.store
-        self.max_output_bytes = settings.config.plugin.max_output_bytes
-        self.pool = pool
+        self.keys = oidc.IssuerKeys(
+            self.settings.issuer,
+            self.settings.jwks_cache_seconds,
+            refresh_seconds=settings.server.request_seconds * 3 / 4,
+            # Tokens naming a key we do not have wait for a refresh: at most
+            # an eighth of the door threads (app.py) may wait so.
+            max_waiting=max(1, settings.server.max_concurrent_reads // 8),
+        )
+        self.secrets = named.NamedSecrets(
+            "bitbucket", self.settings.rules, self.settings.policy, BITBUCKET_PLACEHOLDERS, settings, pool
+        )
 
     def handle(self, request: Incoming) -> Outgoing:
         scheme, _, token = (request.header("authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return unauthorized()
         try:
-            claims = oidc.verify(token.strip(), self.keys, self.settings.audience, request.deadline)
+            claims = oidc.verify(
+                token.strip(), self.keys, self.settings.audience, request.deadline, request.peer
+            )
         except oidc.InvalidToken:
             return unauthorized()
         except oidc.IssuerUnavailable as exc:
@@ -72,44 +77,10 @@ class Bitbucket:
         step = caller_fields(claims)
         log: dict[str, LogValue] = {**step, "step": _claim(claims, "stepUuid")}
         try:
-            refs = self.references(step)
-            if not refs:
-                return json_answer({}, names=0, **log)
-            stores = [ref.scheme or self.default_store for ref in refs]
-            caller = Caller(fields=tuple(step.items()), placeholders=BITBUCKET_PLACEHOLDERS)
-            check_policy(refs, stores, caller, self.settings.policy, request.deadline)
-            with self.pool.backends(request.deadline) as backend_for:
-                values = resolve(refs, stores, backend_for, request.deadline, self.max_output_bytes)
-            for ref, store in zip(refs, stores, strict=True):
-                if ref.name not in values:
-                    raise InvalidSecret(
-                        ref.text,
-                        STORE_LABELS[store],
-                        "the secret gives no single value (it is a JSON object, or binary)",
-                        f"select one field for {ref.name} with #field in [[bitbucket.rule]]",
-                    )
+            values = self.secrets.values(step, request.deadline)
         except PluginError as exc:
             return failure(exc, request.deadline, **log)
-        return json_answer({str(ref.name): values[str(ref.name)] for ref in refs}, names=len(refs), **log)
-
-    def references(self, step: dict[str, str]) -> list[Reference]:
-        """Every NAME = reference the matching rules give, once each."""
-        chosen: dict[str, Reference] = {}
-        for rule in self.settings.rules:
-            if not all(glob_match(glob, step.get(key, "")) for key, glob in rule.when):
-                continue
-            for ref in rule.secrets:
-                name = str(ref.name)
-                if name in chosen and chosen[name].text != ref.text:
-                    raise ConfigError(
-                        f"two [[bitbucket.rule]]s give this step {name}, as {chosen[name].text!r} and"
-                        f" {ref.text!r}; make the rules exclusive"
-                    )
-                chosen[name] = ref
-        return list(chosen.values())
-
-    def close(self) -> None:
-        self.keys.close()
+        return json_answer(values, names=len(values), **log)
 
 
 def caller_fields(claims: dict[str, Any]) -> dict[str, str]:

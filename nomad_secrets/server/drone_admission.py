@@ -102,10 +102,6 @@ class DroneAdmission:
                 )
         return False
 
-    def close(self) -> None:
-        if self.github is not None:
-            self.github.close()
-
 
 def parse_request(body: bytes) -> tuple[str, dict[str, object]]:
     try:

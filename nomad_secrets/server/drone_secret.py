@@ -14,7 +14,8 @@ a reference without ``#selector`` (``name`` picks the field, as drone-vault
 and drone-amazon-secrets do; an empty name means ``value``, the whole text
 of a secret that is not a JSON object). The caller is the repo, the event,
 the branch (``build.target``) and whether the build is a pull request from a
-fork; ``[[drone.policy]]`` decides (forks get nothing unless a rule says
+fork (its ``source_repo`` is another repo, or empty or missing);
+``[[drone.policy]]`` decides (forks get nothing unless a rule says
 ``fork = true``). Then the secret's own filters, as drone-vault reads them:
 ``X-Drone-Events``, ``X-Drone-Repos``, ``X-Drone-Branches`` (comma lists of
 globs, lower case, ``*`` within a path segment) and
@@ -39,7 +40,15 @@ from nomad_secrets.fetch import check_policy, resolve
 from nomad_secrets.policy import Caller, glob_match
 from nomad_secrets.reference import MAX_PATH_BYTES, parse_reference
 from nomad_secrets.server import aesgcm, httpsig
-from nomad_secrets.server.exchange import Incoming, LogValue, Outgoing, failure, text
+from nomad_secrets.server.exchange import (
+    Incoming,
+    LogValue,
+    Outgoing,
+    failure,
+    json_objects,
+    string_field,
+    text,
+)
 from nomad_secrets.server.settings import DRONE_PLACEHOLDERS, Keys, Settings
 from nomad_secrets.server.stores import ServerStores
 
@@ -62,7 +71,7 @@ class SecretRequest:
     repo: str  # the slug, owner/name
     event: str
     branch: str  # build.target
-    fork: bool  # a pull request whose source repo is another
+    fork: bool  # a pull request whose source repo is another, or not given
 
     def caller(self) -> Caller:
         fields = (("repo", self.repo), ("event", self.event), ("branch", self.branch))
@@ -149,36 +158,19 @@ class DroneSecret:
 
 def parse_request(body: bytes) -> SecretRequest:
     """The runner's request, each field checked; ValueError says what is wrong."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ValueError("the body is not JSON") from None
-    if not isinstance(data, dict):
-        raise ValueError("the body is not a JSON object")
-    repo, build = data.get("repo"), data.get("build")
-    if not isinstance(repo, dict) or not isinstance(build, dict):
-        raise ValueError("repo and build must be objects")
-    path = _string(data, "path", MAX_PATH_BYTES)
-    name = _string(data, "name", MAX_FIELD, required=False)
-    slug = _string(repo, "slug", MAX_FIELD)
-    event = _string(build, "event", MAX_FIELD)
-    branch = _string(build, "target", MAX_FIELD, required=False)
-    source = _string(build, "source_repo", MAX_FIELD, required=False)
-    # As Drone's own trigger decides (trigger/trigger.go): the source repo
-    # is set on a pull request, and is the repo itself unless it is a fork.
-    fork = event == "pull_request" and source != "" and source.lower() != slug.lower()
+    data, repo, build = json_objects(body, "repo", "build")
+    path = string_field(data, "path", MAX_PATH_BYTES)
+    name = string_field(data, "name", MAX_FIELD, required=False)
+    slug = string_field(repo, "slug", MAX_FIELD)
+    event = string_field(build, "event", MAX_FIELD)
+    branch = string_field(build, "target", MAX_FIELD, required=False)
+    source = string_field(build, "source_repo", MAX_FIELD, required=False)
+    # A pull request is from a fork unless its source repo is the repo
+    # itself. drone-vault reads an empty source as "not a fork", which is
+    # right for a push but not here: a pull request that does not say
+    # where its code came from is treated as a fork (fail closed).
+    fork = event == "pull_request" and source.lower() != slug.lower()
     return SecretRequest(path=path, name=name, repo=slug, event=event, branch=branch, fork=fork)
-
-
-def _string(data: dict[str, object], key: str, limit: int, *, required: bool = True) -> str:
-    value = data.get(key, "")
-    if not isinstance(value, str):
-        raise ValueError(f"{key} must be a string")
-    if required and not value:
-        raise ValueError(f"{key} is missing")
-    if len(value) > limit or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ValueError(f"{key} is longer than {limit} characters or holds a control character")
-    return value
 
 
 def filter_allows(patterns: str, value: str) -> bool:

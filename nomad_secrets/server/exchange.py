@@ -9,6 +9,7 @@ knows Starlette.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -35,6 +36,7 @@ class Incoming:
     headers: tuple[tuple[str, str], ...]  # lower-case names, in the order sent
     body: bytes
     deadline: Deadline
+    peer: str = ""  # the address the request came from (no proxy header is believed)
 
     def values(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name]
@@ -54,6 +56,37 @@ class Outgoing:
     headers: dict[str, str] = field(default_factory=dict)
     outcome: str = "ok"  # for the access log: ok, denied, not-found, bad-signature, ...
     log: dict[str, LogValue] = field(default_factory=dict)  # who asked for what; never a value
+
+
+def json_objects(body: bytes, *members: str) -> tuple[dict[str, object], ...]:
+    """A request's JSON body, an object, then each of its ``members``, each
+    an object; ValueError says what is wrong."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ValueError("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("the body is not a JSON object")
+    found: list[dict[str, object]] = []
+    for name in members:
+        member = data.get(name)
+        if not isinstance(member, dict):
+            raise ValueError(f"{' and '.join(members)} must be objects")
+        found.append(member)
+    return (data, *found)
+
+
+def string_field(data: Mapping[str, object], key: str, limit: int, *, required: bool = True) -> str:
+    """A string field of a request's JSON body, checked; ValueError says
+    what is wrong (a door answers it as invalid input)."""
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string")
+    if required and not value:
+        raise ValueError(f"{key} is missing")
+    if len(value) > limit or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{key} is longer than {limit} characters or holds a control character")
+    return value
 
 
 def text(status: int, message: str, outcome: str, **log: LogValue) -> Outgoing:

@@ -38,7 +38,7 @@ class GitHub:
             "Authorization": f"Bearer {token}",
             "X-GitHub-Api-Version": "2022-11-28",
         }
-        self._http = fetchjson.pool(settings.ca_cert)
+        self._http = fetchjson.Fetcher(settings.ca_cert)
 
     def org_member(self, org: str, login: str, deadline: Deadline) -> bool:
         return self._active(f"/orgs/{quote(org, safe='')}/memberships/{quote(login, safe='')}", deadline)
@@ -50,9 +50,7 @@ class GitHub:
 
     def _active(self, path: str, deadline: Deadline) -> bool:
         try:
-            status, document = fetchjson.get(
-                self._http, self.base + path, self._headers, deadline, MAX_ANSWER_BYTES
-            )
+            status, document = self._http.get(self.base + path, self._headers, deadline, MAX_ANSWER_BYTES)
         except fetchjson.Unreachable as exc:
             raise GitHubUnavailable(str(exc)) from None
         if status == 404:
@@ -63,6 +61,3 @@ class GitHub:
         if state not in ("active", "pending"):
             raise GitHubUnavailable(f"{self.base} answered GET {path} without a membership state")
         return bool(state == "active")
-
-    def close(self) -> None:
-        self._http.clear()

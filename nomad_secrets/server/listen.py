@@ -9,13 +9,17 @@ does not have is one clear line and exit status 3 (main.py), not a
 
 Each socket's ``accept`` counts the connections open from each peer
 address, from accept to close, whatever they do (TLS handshake or not,
-request or not): past ``server.max_connections_per_peer`` it closes the new
-one at once, before it costs a TLS handshake or a slot of
-``server.max_connections``. So one address cannot hold every slot with
-idle connections and keep the CI runners at 503. uvicorn serves on these
-sockets with asyncio's own event loop, which calls ``accept`` on the socket
-it is given (tests/test_server_peers.py proves it against the running
-server, so a change of that fails there).
+request or not). Up to ``server.max_connections_per_peer`` are served.
+Past it, as many again are let in only to be answered 429 with
+``Retry-After`` on their first request and closed (app.py asks
+``Peers.over_limit``): CI runners behind one NAT address share the limit,
+and a runner told "too many" can say so, where a reset connection says
+nothing (issue 25). Past twice the limit, a new connection is closed at
+once, before it costs a TLS handshake or a slot of
+``server.max_connections``: one address still cannot hold every slot.
+uvicorn serves on these sockets with asyncio's own event loop, which calls
+``accept`` on the socket it is given (tests/test_server_peers.py proves it
+against the running server, so a change of that fails there).
 """
 
 from __future__ import annotations
@@ -30,10 +34,31 @@ logger = logging.getLogger("nomad_secrets.server")
 
 REFUSALS_PER_ACCEPT = 64  # then back to the event loop, which calls again
 SAY_EVERY_SECONDS = 60.0  # one log line for the refusals of a minute
+SWEEP_AT = 1024  # peers (or marked connections) before the closed ones are forgotten
+
+Address = tuple[str, int]
 
 
 class CannotListen(Exception):
     """The address cannot be listened on; the message says why and what to do."""
+
+
+class _Notice:
+    """A warning said at most once a minute, with the count since the last."""
+
+    def __init__(self, first: str, again: str) -> None:
+        self.first, self.again = first, again
+        self._count = 0
+        self._said_at = float("-inf")
+
+    def note(self, peer: str, limit: int) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._said_at < SAY_EVERY_SECONDS:
+            return
+        text = self.first if self._said_at == float("-inf") else self.again
+        logger.warning(text.format(peer=peer, limit=limit, count=self._count))
+        self._said_at, self._count = now, 0
 
 
 class Peers:
@@ -42,49 +67,63 @@ class Peers:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._open: dict[str, list[socket.socket]] = {}
-        self._sweep_at = 1024
-        self._refused = 0
-        self._said_at = float("-inf")
+        self._open: dict[str, list[socket.socket]] = {}  # served
+        self._over: dict[str, list[socket.socket]] = {}  # past the limit: 429, then closed
+        self._marked: dict[Address, socket.socket] = {}  # the latter, by the address uvicorn sees
+        self._sweep_at = SWEEP_AT
+        self._answered = _Notice(
+            "answering 429 to new connections from {peer}, which has {limit} open"
+            " (server.max_connections_per_peer); such answers are counted and said at most once a minute",
+            "answered 429 to {count} connection(s) past server.max_connections_per_peer ({limit}) since"
+            " the last such line, the latest from {peer}",
+        )
+        self._refused = _Notice(
+            "closed a connection from {peer} at once: it has twice server.max_connections_per_peer"
+            " ({limit}) open; more are counted and said at most once a minute",
+            "closed {count} connection(s) at once past twice server.max_connections_per_peer ({limit})"
+            " since the last such line, the latest from {peer}",
+        )
 
-    def admit(self, conn: socket.socket, peer: str) -> bool:
-        # asyncio closes each accepted socket when its connection ends: a
-        # closed one has fileno -1 and no longer counts.
-        held = [c for c in self._open.get(peer, ()) if c.fileno() != -1]
-        if len(held) >= self.limit:
-            self._open[peer] = held
-            self._refuse(peer)
-            return False
-        held.append(conn)
+    def admit(self, conn: socket.socket, address: Address) -> bool:
+        """Whether to keep ``conn`` (served, or marked for a 429); False:
+        close it now."""
+        peer = address[0]
+        held = _live(self._open.get(peer, ()))
         self._open[peer] = held
-        if len(self._open) > self._sweep_at:  # peers long gone
-            self._open = {p: o for p, o in self._open.items() if any(c.fileno() != -1 for c in o)}
-            self._sweep_at = max(1024, 2 * len(self._open))
-        return True
+        if len(held) < self.limit:
+            held.append(conn)
+            self._marked.pop(address, None)  # the address of a closed marked one, reused
+            self._sweep()
+            return True
+        over = _live(self._over.get(peer, ()))
+        self._over[peer] = over
+        if len(over) < self.limit:
+            over.append(conn)
+            self._marked[address] = conn
+            self._answered.note(peer, self.limit)
+            self._sweep()
+            return True
+        self._refused.note(peer, self.limit)
+        return False
 
-    def _refuse(self, peer: str) -> None:
-        """Say it, at most once a minute: each refusal costs the peer a
-        connection, and must not cost a log line."""
-        self._refused += 1
-        now = time.monotonic()
-        if now - self._said_at < SAY_EVERY_SECONDS:
+    def over_limit(self, address: Address | None) -> bool:
+        """Whether the connection from ``address`` came past its peer's limit."""
+        conn = self._marked.get(address) if address is not None else None
+        return conn is not None and conn.fileno() != -1
+
+    def _sweep(self) -> None:
+        if len(self._open) + len(self._over) + len(self._marked) <= self._sweep_at:
             return
-        if self._said_at == float("-inf"):
-            logger.warning(
-                "refused a connection from %s, which has %d open (server.max_connections_per_peer);"
-                " more refusals are counted and said at most once a minute",
-                peer,
-                self.limit,
-            )
-        else:
-            logger.warning(
-                "refused %d connection(s) past server.max_connections_per_peer (%d) since the last"
-                " such line, the latest from %s",
-                self._refused,
-                self.limit,
-                peer,
-            )
-        self._said_at, self._refused = now, 0
+        self._open = {p: o for p, o in self._open.items() if _live(o)}
+        self._over = {p: o for p, o in self._over.items() if _live(o)}
+        self._marked = {a: c for a, c in self._marked.items() if c.fileno() != -1}
+        self._sweep_at = max(SWEEP_AT, 2 * (len(self._open) + len(self._over) + len(self._marked)))
+
+
+def _live(conns: Any) -> list[socket.socket]:
+    # asyncio closes each accepted socket when its connection ends: a
+    # closed one has fileno -1 and no longer counts.
+    return [c for c in conns if c.fileno() != -1]
 
 
 class PeerLimitedSocket(socket.socket):
@@ -95,7 +134,7 @@ class PeerLimitedSocket(socket.socket):
     def accept(self) -> tuple[socket.socket, Any]:
         for _ in range(REFUSALS_PER_ACCEPT):
             conn, address = super().accept()
-            if self.peers.admit(conn, str(address[0])):
+            if self.peers.admit(conn, (str(address[0]), int(address[1]))):
                 return conn, address
             conn.close()
         # asyncio reads this as "nothing more for now" and calls again on
@@ -103,15 +142,14 @@ class PeerLimitedSocket(socket.socket):
         raise ConnectionAbortedError
 
 
-def bind(host: str, port: int, max_per_peer: int) -> list[socket.socket]:
+def bind(host: str, port: int, peers: Peers) -> list[socket.socket]:
     """Sockets bound to every address of ``host`` on ``port`` (not yet
-    listening: asyncio calls ``listen``)."""
+    listening: asyncio calls ``listen``), sharing ``peers``."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         why = f"{host} does not resolve ({exc.strerror})"
         raise CannotListen(f"cannot listen on {_where(host, port)}: {why}") from None
-    peers = Peers(max_per_peer)
     sockets: list[PeerLimitedSocket] = []
     seen: set[tuple[int, Any]] = set()
     try:

@@ -16,7 +16,7 @@ Then it binds ``server.listen`` (listen.py) before it says it serves, and
 uvicorn serves the app (app.py) there, with TLS from
 ``server.tls_cert``/``tls_key``, HTTP/1.1 with a deadline on headers
 (http11.py), at most ``server.max_connections_per_peer`` connections from
-one address (closed at once past that) and ``server.max_connections`` in
+one address served (429 past that, listen.py) and ``server.max_connections`` in
 all (503 past that). SIGTERM (and SIGINT) stop it gracefully: it stops
 accepting, closes idle connections, lets in-flight requests finish for up
 to ``server.shutdown_seconds``, then exits 0. Errors go to stderr, the
@@ -47,7 +47,10 @@ STOPPED, BAD_CONFIG, CANNOT_LISTEN = 0, 2, 3
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="nomad-secrets serve",
-        description="Serve Drone's secret and admission extensions and Bitbucket's secrets provider.",
+        description=(
+            "Serve Drone's secret and admission extensions, Bitbucket's secrets provider and"
+            " Woodpecker's secret extension."
+        ),
     )
     parser.add_argument("--config", default=SYSTEM_CONFIG, help="the config file (default %(default)s)")
     parser.add_argument(
@@ -87,13 +90,15 @@ def run(settings: Settings, keys: Keys) -> int:
     from nomad_secrets.server.drone_admission import DroneAdmission
     from nomad_secrets.server.drone_secret import DroneSecret
     from nomad_secrets.server.http11 import with_header_deadline
-    from nomad_secrets.server.listen import CannotListen, bind
+    from nomad_secrets.server.listen import CannotListen, Peers, bind
     from nomad_secrets.server.stores import ServerStores
+    from nomad_secrets.server.woodpecker import Woodpecker
 
     server = settings.server
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        sockets = bind(server.host, server.port, server.max_connections_per_peer)
+        peers = Peers(server.max_connections_per_peer)
+        sockets = bind(server.host, server.port, peers)
     except CannotListen as exc:
         print(f"nomad-secrets serve: {exc}", file=sys.stderr)
         return CANNOT_LISTEN
@@ -109,23 +114,16 @@ def run(settings: Settings, keys: Keys) -> int:
     for problem in pool.problems():
         print(f"nomad-secrets serve: warning: {problem}", file=sys.stderr)
     doors: list[Door] = []
-    closers = [pool.close]
     if settings.drone is not None:
         doors.append(DroneSecret(settings, keys, pool))
     if settings.admission is not None:
-        admission = DroneAdmission(settings, keys)
-        doors.append(admission)
-        closers.append(admission.close)
+        doors.append(DroneAdmission(settings, keys))
     if settings.bitbucket is not None:
-        bitbucket = Bitbucket(settings, pool)
-        doors.append(bitbucket)
-        closers.append(bitbucket.close)
+        doors.append(Bitbucket(settings, pool))
+    if settings.woodpecker is not None:
+        doors.append(Woodpecker(settings, keys, pool))
 
-    def shutdown() -> None:
-        for close in closers:
-            close()
-
-    app = build_app(doors, server, shutdown, sys.stdout)
+    app = build_app(doors, server, pool.close, sys.stdout, peers.over_limit)
     config = uvicorn.Config(
         app,
         ssl_certfile=server.tls_cert,
@@ -161,7 +159,12 @@ def run(settings: Settings, keys: Keys) -> int:
 
 
 def _routes(settings: Settings) -> list[str]:
-    names = {"drone": "/drone/secret", "admission": "/drone/admission", "bitbucket": "/bitbucket/secrets"}
+    names = {
+        "drone": "/drone/secret",
+        "admission": "/drone/admission",
+        "bitbucket": "/bitbucket/secrets",
+        "woodpecker": "/woodpecker/secrets",
+    }
     return [route for key, route in names.items() if getattr(settings, key) is not None] + ["/healthz"]
 
 

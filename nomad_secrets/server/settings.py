@@ -12,6 +12,9 @@ here each key is checked the way config.py checks the plugin's, with
     [bitbucket]          # the OIDC issuer and audience of the workspace
     [[bitbucket.rule]]   # which step gets which NAME = reference
     [[bitbucket.policy]] # optional: a guard on what the rules may read
+    [woodpecker]         # the Woodpecker server's public key
+    [[woodpecker.rule]]  # which pipeline gets which NAME = reference
+    [[woodpecker.policy]] # optional: a guard on what the rules may read
 
 ``parse_settings`` touches no file; ``load`` reads the config file and the
 secret files, each held to the trust rules (nomad_secrets/trust.py).
@@ -25,13 +28,16 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nomad_secrets import config as config_module
 from nomad_secrets.config import STORES, Config
 from nomad_secrets.errors import ConfigError, RequestError
 from nomad_secrets.policy import Rule, rule
 from nomad_secrets.reference import Reference, parse_reference
+
+if TYPE_CHECKING:  # cryptography is the server extra's: imported when a key is read
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 # Drone's aesgcm answer takes its AES-256 key from the shared secret's first
 # 32 bytes (drone-go plugin/internal/aesgcm); shorter secrets are refused
@@ -47,6 +53,11 @@ BITBUCKET_FIELDS = ("workspace", "repository", "branch", "environment", "pipelin
 BITBUCKET_PLACEHOLDERS: Mapping[str, int] = {"workspace": 1, "repository": 1}
 # Bitbucket's UUIDs come in braces ({...}); both spellings are accepted.
 BITBUCKET_UUID_FIELDS = ("workspace", "repository", "environment", "pipeline")
+# Woodpecker: repo is full_name; the rest are the pipeline's (deploy_to: a
+# deployment's target); fork is "true" or "false" as for Drone.
+WOODPECKER_FIELDS = ("repo", "event", "branch", "ref", "deploy_to", "fork")
+WOODPECKER_PLACEHOLDERS: Mapping[str, int] = {"repo": 2}
+MAX_PUBLIC_KEY_BYTES = 16 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 _TEAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _ORG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
@@ -63,7 +74,8 @@ class ServerSettings:
     header_seconds: float = 10.0  # to send a request's headers
     max_body_bytes: int = 256 * 1024
     max_connections: int = 1024  # past this, 503
-    max_connections_per_peer: int = 64  # from one address; past this, closed at once
+    # From one address: runners behind one NAT address share it; past it, 429.
+    max_connections_per_peer: int = 256
     max_concurrent_reads: int = 64  # requests reading stores at once; others wait
     shutdown_seconds: float = 30.0  # SIGTERM: in-flight requests finish within this
     clock_skew_seconds: float = 300.0  # a signed request's Date, either way
@@ -104,8 +116,9 @@ class AdmissionSettings:
 
 
 @dataclass(frozen=True)
-class BitbucketRule:
-    """When every glob matches the step's claims, the step gets these names."""
+class NamedRule:
+    """When every glob matches the caller (a Bitbucket step, a Woodpecker
+    pipeline), the caller gets these names."""
 
     when: tuple[tuple[str, str], ...]
     secrets: tuple[Reference, ...]  # each reference carries its NAME
@@ -116,7 +129,14 @@ class BitbucketSettings:
     issuer: str = ""  # https://api.bitbucket.org/2.0/workspaces/<workspace>/pipelines-config/identity/oidc
     audience: str = ""  # ari:cloud:bitbucket::workspace/<workspace uuid>
     jwks_cache_seconds: float = 3600.0
-    rules: tuple[BitbucketRule, ...] = ()
+    rules: tuple[NamedRule, ...] = ()
+    policy: tuple[Rule, ...] | None = None  # None: the rules are the whole policy
+
+
+@dataclass(frozen=True)
+class WoodpeckerSettings:
+    public_key_file: str = ""  # the PEM the Woodpecker server serves at /api/signature/public-key
+    rules: tuple[NamedRule, ...] = ()
     policy: tuple[Rule, ...] | None = None  # None: the rules are the whole policy
 
 
@@ -127,6 +147,7 @@ class Settings:
     drone: DroneSettings | None = None
     admission: AdmissionSettings | None = None
     bitbucket: BitbucketSettings | None = None
+    woodpecker: WoodpeckerSettings | None = None
 
     @property
     def path(self) -> str:
@@ -135,11 +156,13 @@ class Settings:
 
 @dataclass(frozen=True)
 class Keys:
-    """The shared secrets, read from their files. Never printed."""
+    """The shared secrets, read from their files, and the public key that
+    signs Woodpecker's requests. Never printed."""
 
     drone: bytes = b""
     admission: bytes = b""
     github_token: str = ""
+    woodpecker: Ed25519PublicKey | None = None
 
     def __repr__(self) -> str:
         return "Keys(<hidden>)"
@@ -175,6 +198,9 @@ def load(path: str, *, nomad_task: bool = False) -> tuple[Settings, Keys]:
                     f"the file of admission.github.token_file ({github.token_file}) must hold one token"
                 )
             keys = replace(keys, github_token=token.decode("ascii"))
+    if settings.woodpecker is not None:
+        public_key = _public_key(settings.woodpecker.public_key_file, "woodpecker.public_key_file", ancestors)
+        keys = replace(keys, woodpecker=public_key)
     return settings, keys
 
 
@@ -182,10 +208,11 @@ def parse_settings(config: Config) -> Settings:
     """Check the server's sections of ``config`` (no file is read)."""
     path = config.path or "the config"
     tables = config.server_tables
-    if not {"drone", "admission", "bitbucket"} & set(tables):
+    if not {"drone", "admission", "bitbucket", "woodpecker"} & set(tables):
         raise ConfigError(
             f"nothing to serve in {path}: add [drone] (Drone's secret extension), [admission]"
-            " (Drone's admission extension) or [bitbucket] (Bitbucket Pipelines); docs/ci.md"
+            " (Drone's admission extension), [bitbucket] (Bitbucket Pipelines) or [woodpecker]"
+            " (Woodpecker's secret extension); docs/ci.md"
         )
     server = _server(_table(tables, "server", path), path)
     settings = Settings(config=config, server=server)
@@ -195,6 +222,8 @@ def parse_settings(config: Config) -> Settings:
         settings = replace(settings, admission=_admission(_table(tables, "admission", path), path))
     if "bitbucket" in tables:
         settings = replace(settings, bitbucket=_bitbucket(_table(tables, "bitbucket", path), path))
+    if "woodpecker" in tables:
+        settings = replace(settings, woodpecker=_woodpecker(_table(tables, "woodpecker", path), path))
     if config.vault.auth_method == "jwt":
         raise ConfigError(
             f'vault.auth_method = "jwt" in {path} logs in with a Nomad job\'s token, which the server'
@@ -256,13 +285,7 @@ def _drone(table: dict[str, Any], path: str) -> DroneSettings:
             f"[drone] in {path} has no [[drone.policy]], so every request would be denied: add a rule"
             ' such as repo = "acme/*" with allow = ["aws-sm:ci/{repo}/**"] (docs/ci.md)'
         )
-    tables = _array(rules, "drone.policy", path)
-    for table_ in tables:
-        fork = table_.get("fork", False)
-        if not isinstance(fork, bool):
-            raise ConfigError(f"drone.policy.fork in {path} must be true or false (false by default)")
-        # Forks are denied by default: a rule covers them only when it says so.
-        table_["fork"] = "true" if fork else "false"
+    tables = [_fork_glob(t, "drone.policy", path) for t in _array(rules, "drone.policy", path)]
     return replace(drone, policy=_rules(tables, DRONE_FIELDS, DRONE_PLACEHOLDERS, "drone.policy", path))
 
 
@@ -334,25 +357,8 @@ def _bitbucket(table: dict[str, Any], path: str) -> BitbucketSettings:
             f"[bitbucket] in {path} has no [[bitbucket.rule]], so no step would get anything:"
             ' add one, e.g. repository = "{uuid}" with secrets = { NAME = "aws-sm:ci/x#field" }'
         )
-    parsed = []
-    for number, rule_table in enumerate(_array(rules, "bitbucket.rule", path), start=1):
-        where = f"bitbucket.rule #{number}"
-        config_module._reject_unknown(rule_table, {*BITBUCKET_FIELDS, "secrets"}, where, path)
-        when = _globs(rule_table, BITBUCKET_FIELDS, where, path)
-        secrets = rule_table.get("secrets")
-        if not isinstance(secrets, dict) or not secrets:
-            raise ConfigError(f'{where}.secrets in {path} must be a table of NAME = "reference"')
-        refs = []
-        for name, text in secrets.items():
-            if not _ENV_NAME.match(name):
-                raise ConfigError(f"{where}.secrets in {path}: {name!r} is not a variable name (A-Z, 0-9, _)")
-            if not isinstance(text, str):
-                raise ConfigError(f"{where}.secrets.{name} in {path} must be a reference string")
-            try:
-                refs.append(parse_reference(text, name=name))
-            except RequestError as exc:
-                raise ConfigError(f"{where}.secrets.{name} in {path}: {exc.message}") from None
-        parsed.append(BitbucketRule(when=tuple(normalize_bitbucket(when).items()), secrets=tuple(refs)))
+    parsed = _named_rules(_array(rules, "bitbucket.rule", path), BITBUCKET_FIELDS, "bitbucket.rule", path)
+    parsed = tuple(replace(r, when=tuple(normalize_bitbucket(dict(r.when)).items())) for r in parsed)
     guard = None
     if policy is not None:
         tables = _array(policy, "bitbucket.policy", path)
@@ -361,7 +367,7 @@ def _bitbucket(table: dict[str, Any], path: str) -> BitbucketSettings:
                 if isinstance(table_.get(key), str):
                     table_[key] = bitbucket_uuid(table_[key])
         guard = _rules(tables, BITBUCKET_FIELDS, BITBUCKET_PLACEHOLDERS, "bitbucket.policy", path)
-    return replace(bitbucket, rules=tuple(parsed), policy=guard)
+    return replace(bitbucket, rules=parsed, policy=guard)
 
 
 def bitbucket_uuid(value: str) -> str:
@@ -375,7 +381,93 @@ def normalize_bitbucket(values: Mapping[str, str]) -> dict[str, str]:
     return {k: bitbucket_uuid(v) if k in BITBUCKET_UUID_FIELDS else v for k, v in values.items()}
 
 
+# --- [woodpecker] ------------------------------------------------------------
+
+
+def _woodpecker(table: dict[str, Any], path: str) -> WoodpeckerSettings:
+    rules = table.pop("rule", None)
+    policy = table.pop("policy", None)
+    config_module._reject_unknown(table, {"public_key_file"}, "woodpecker", path)
+    woodpecker = config_module._build(WoodpeckerSettings, table, "woodpecker", path)
+    _required(woodpecker.public_key_file, "woodpecker.public_key_file", path)
+    if rules is None:
+        raise ConfigError(
+            f"[woodpecker] in {path} has no [[woodpecker.rule]], so no pipeline would get anything:"
+            ' add one, e.g. repo = "acme/*" with event = "push", branch = "main" and'
+            ' secrets = { docker_password = "aws-sm:ci/docker#password" }'
+        )
+    tables = [_fork_glob(t, "woodpecker.rule", path) for t in _array(rules, "woodpecker.rule", path)]
+    parsed = _named_rules(tables, WOODPECKER_FIELDS, "woodpecker.rule", path)
+    guard = None
+    if policy is not None:
+        guards = [_fork_glob(t, "woodpecker.policy", path) for t in _array(policy, "woodpecker.policy", path)]
+        guard = _rules(guards, WOODPECKER_FIELDS, WOODPECKER_PLACEHOLDERS, "woodpecker.policy", path)
+    return replace(woodpecker, rules=parsed, policy=guard)
+
+
+def _public_key(path: str, key: str, ancestors: bool) -> Ed25519PublicKey:
+    """An ed25519 public key from its PEM file. Not a secret, but whoever
+    may change the file may sign requests: it is held to the trust rules."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    config_module._check_trust(path, f"file of {key}", ancestors=ancestors)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PUBLIC_KEY_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file of {key} ({path}): {exc.strerror}") from None
+    try:
+        public_key = load_pem_public_key(data) if len(data) <= MAX_PUBLIC_KEY_BYTES else None
+    except (ValueError, TypeError):
+        public_key = None
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise ConfigError(
+            f"the file of {key} ({path}) does not hold an ed25519 public key in PEM: write what your"
+            " Woodpecker server serves, e.g."
+            f" curl -fsS https://<woodpecker>/api/signature/public-key > {path}"
+        )
+    return public_key
+
+
 # --- shared ------------------------------------------------------------------
+
+
+def _fork_glob(table: dict[str, Any], where: str, path: str) -> dict[str, Any]:
+    """``fork = true`` or ``false`` (the default) as the glob on the caller's
+    fork field: forks are denied unless a rule says ``fork = true``."""
+    fork = table.get("fork", False)
+    if not isinstance(fork, bool):
+        raise ConfigError(f"{where}.fork in {path} must be true or false (false by default)")
+    table["fork"] = "true" if fork else "false"
+    return table
+
+
+def _named_rules(
+    tables: list[dict[str, Any]], names: tuple[str, ...], where: str, path: str
+) -> tuple[NamedRule, ...]:
+    """Rules that give NAME = reference pairs: globs on the caller's fields
+    and ``secrets``, a table of NAME = "reference"."""
+    parsed = []
+    for number, rule_table in enumerate(tables, start=1):
+        here = f"{where} #{number}"
+        config_module._reject_unknown(rule_table, {*names, "secrets"}, here, path)
+        when = _globs(rule_table, names, here, path)
+        secrets = rule_table.get("secrets")
+        if not isinstance(secrets, dict) or not secrets:
+            raise ConfigError(f'{here}.secrets in {path} must be a table of NAME = "reference"')
+        refs = []
+        for name, text in secrets.items():
+            if not _ENV_NAME.match(name):
+                raise ConfigError(f"{here}.secrets in {path}: {name!r} is not a variable name (A-Z, 0-9, _)")
+            if not isinstance(text, str):
+                raise ConfigError(f"{here}.secrets.{name} in {path} must be a reference string")
+            try:
+                refs.append(parse_reference(text, name=name))
+            except RequestError as exc:
+                raise ConfigError(f"{here}.secrets.{name} in {path}: {exc.message}") from None
+        parsed.append(NamedRule(when=tuple(when.items()), secrets=tuple(refs)))
+    return tuple(parsed)
 
 
 def _rules(
