@@ -4,8 +4,8 @@ A fetch in process spends ~160 ms of CPU, most of it importing botocore.
 When the node agent cannot take a burst of task starts (turned off, or
 gone), a hundred such processes share the cores fairly and all reach the
 store together, past Nomad's timeout: a cliff. Holding one of a few slots
-(one per core, at least two: an flock on a file in the agent's socket
-directory, held until the process exits) makes it a slope instead: the
+(one per core, at least two: an flock on ``slot-N`` in the agents' socket
+directory, root's, held until the process exits) makes it a slope instead: the
 first fetches finish while the others wait, sleeping.
 
 A fetch waits for a slot until it is ``WAIT_UNTIL_AGE`` seconds old, then

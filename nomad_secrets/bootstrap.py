@@ -135,14 +135,16 @@ def _through_agent(archive: str, build: str, socket_dir: str) -> str:
     except client.NoAgent as exc:
         return f"agent not used: {exc}"
     except OSError as exc:  # out of descriptors, a socket directory gone meanwhile: in process
-        return f"agent not used: {type(exc).__name__}: {exc.strerror or exc}"
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"agent not used: {type(exc).__name__}: {exc.strerror or exc}{where}"
     os.write(1, answer)
     os._exit(0)
 
 
 def _admitted(socket_dir: str) -> str:
-    """One of the node's slots for fetches in process (admission.py): a
-    burst that the agent does not take is a slope, not a cliff."""
+    """One of the node's slots for fetches in process (admission.py), beside
+    the agents' sockets: a burst that the agent does not take is a slope,
+    not a cliff. A socket directory no fetch may use is one `check` names."""
     try:  # the executable: scripts/build stores them beside this file
         import nomad_secrets_admission as admission  # type: ignore[import-not-found]
         import nomad_secrets_agent_client as client  # type: ignore[import-not-found,unused-ignore]
@@ -151,8 +153,9 @@ def _admitted(socket_dir: str) -> str:
         from nomad_secrets import admission, cache
         from nomad_secrets.agent import client
     directory = socket_dir or client.SOCKET_DIR
-    if client.untrusted_directory(directory):
-        return ""  # no shared place for the slots: no limit (the debug log has the agent's note)
+    problem = client.untrusted_directory(directory)
+    if problem:
+        return f"; no slot: {problem}"
     waited = admission.admit(directory, cache.process_age())
     return f"; {waited}" if waited else ""
 

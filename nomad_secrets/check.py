@@ -206,6 +206,10 @@ def _agent(executable: str, config: Config, report: Report) -> None:
     if config.path is None:
         report.ok("no config file: fetches run in process (an agent serves only a plugin directory with one)")
         return
+    if config.agent.auto:
+        problem = _socket_directory(agent.socket_dir)
+        if problem:
+            report.problem(f"{problem}: fetches can start no agent, and run in process (docs/agent.md)")
     with open(config.path, "rb") as f:
         plain = client.auto_off(f.read().decode("utf-8", "replace"))
     if plain != (not config.agent.auto):
@@ -246,6 +250,36 @@ def _agent(executable: str, config: Config, report: Report) -> None:
             "agent.users is set without agent.nomad_jwks_file: those users' fetches are refused by the agent"
             " (it answers them only for the job a verified workload identity proves) and run in process"
         )
+
+
+def _socket_directory(directory: str) -> str | None:
+    """Why a fetch cannot start an agent in ``directory``, as it would try."""
+    from nomad_secrets.agent import client
+
+    if not os.path.lexists(directory):
+        parent = os.path.dirname(directory)
+        if os.access(parent, os.W_OK) and not client.untrusted_directory(parent):
+            return None  # the first fetch makes it
+        user = _user_name()
+        return (
+            f"the agent's socket directory {directory} is missing and this user ({user}) cannot make it:"
+            f" make it for this user, e.g. `d {directory} 0755 {user} {user} -` in a tmpfiles.d file"
+        )
+    problem = client.untrusted_directory(directory)
+    if problem:
+        return f"{problem}: chown it to root (or this user) and chmod 0755 {directory}"
+    if not os.access(directory, os.W_OK):
+        return f"the agent's socket directory {directory} is not writable by this user (uid {os.geteuid()})"
+    return None
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _observers(config: Config, report: Report) -> None:

@@ -63,7 +63,11 @@ def run(agent_note: str = "") -> NoReturn:
     # The environment is the job's input, not configuration: take it out of
     # os.environ before any library can read it (proxies, CA bundles, AWS_*).
     environ = dict(os.environ)
-    os.environ.clear()
+    for key in environ:  # not clear(): unsetenv("") fails, and a job can write an empty key
+        try:
+            del os.environ[key]
+        except OSError:
+            os.environ._data.pop(os.environ.encodekey(key), None)  # type: ignore[attr-defined]
     # Ours, set on a run started again after a damaged cache (cache.heal).
     again = cache.started_again(environ)
     if operation in OPERATOR_COMMANDS or operation in HELP_FLAGS:

@@ -23,6 +23,12 @@ _enabled = False
 # operator must know (an audit record or a count not written) goes there
 # even without a debug log.
 warnings_to_stderr = False
+# Where a long-lived process without a journal of its own (the node agent a
+# fetch started: its stderr is /dev/null) says the same: its syslog.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+warnings_to: Callable[..., None] | None = None
 
 
 def enable(path: str) -> str | None:
@@ -58,6 +64,10 @@ def _write(event: str, fields: dict[str, object]) -> None:
 
 
 def warn(event: str, **fields: object) -> None:
-    """``log``, and on stderr where ``warnings_to_stderr`` says so."""
+    """``log``, and on stderr where ``warnings_to_stderr`` says so (or to
+    ``warnings_to``, where one is set)."""
+    if warnings_to is not None:
+        warnings_to(event, **fields)  # which writes the debug log too
+        return
     if _enabled or warnings_to_stderr:
         _write(event, fields)

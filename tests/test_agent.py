@@ -151,8 +151,9 @@ def test_a_fetch_starts_the_agent_by_default(
         assert Path(f"/proc/{pid}/environ").read_bytes() == b""
         assert os.getsid(pid) == pid
         assert os.getpriority(os.PRIO_PROCESS, pid) == client.AGENT_NICE
-        for fd in (0, 1, 2):
+        for fd in (0, 1):
             assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
+        assert os.readlink(f"/proc/{pid}/fd/2") == str(log)  # its stderr: the debug log, if any
         for _ in range(3):
             assert nomad.fetch("aws", "agent/auto", REGION_ENV).result == {"value": "v"}
         assert agent_pid(sock) == pid  # one agent, still
@@ -388,12 +389,14 @@ def test_a_fetch_that_reaches_the_agent_too_late_says_the_node_was_busy(
 
 def test_socket_names(tmp_path: Path) -> None:
     assert client.socket_name("/opt/nomad/data/common_plugins/secrets") == (
-        "/run/nomad-secrets/opt-nomad-data-common_plugins-secrets.sock"
+        "/run/nomad-secrets/opt-nomad-data-common_plugins-secrets-947175c3.sock"
     )
     long = "/var/lib/" + "x" * 120 + "/secrets"
     name = client.socket_name(long)
     assert name.startswith("/run/nomad-secrets/h-") and len(name.encode()) <= client.MAX_SOCKET_PATH
     assert client.socket_name(long) == name != client.socket_name(long + "2")
+    # Names that read alike are two sockets (the hash is of the exact path).
+    assert client.socket_name("/x/a-b/secrets") != client.socket_name("/x/a_b/secrets")
     with pytest.raises(client.NoAgent, match="too long a path"):
         client.socket_name("/a", "/" + "d" * 100)
 
@@ -484,6 +487,8 @@ def test_systemd_socket_activation(
         _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0
     assert f"listening on='{sock}'".encode() in err and b"answered provider='aws'" in err
+    assert sock.exists()  # systemd's: it keeps listening on it after the agent stops
+    sock.unlink()
 
 
 def test_a_second_agent_does_not_take_the_socket(agent: AgentProcess, nomad: NomadClient) -> None:
@@ -730,10 +735,10 @@ def test_check_against_a_hung_and_a_foreign_agent(
 def test_a_caller_that_is_not_root_is_answered_for_its_verified_job_only(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
 ) -> None:
-    """agent.users with agent.nomad_jwks_file: uid 65534 is answered for the
-    job its workload identity token proves (signed by PyJWT here, verified
-    by the agent against the JWKS), whatever NOMAD_JOB_ID it states; a
-    token of another key is refused."""
+    """agent.users with agent.nomad_jwks_file: uid 65534 is answered only for
+    the job its workload identity token proves (signed by PyJWT here,
+    verified by the agent against the JWKS); a token of another job than
+    the stated one, or of another key, is refused."""
     import jwt
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -764,10 +769,13 @@ def test_a_caller_that_is_not_root_is_answered_for_its_verified_job_only(
             env[b"NOMAD_WORKLOAD_TOKEN"] = workload_token
             return raw_request(sock, str(nomad.executable("aws")), "agent/web-only", env, build, user=65534)
 
-        web = ask(b"batch", token("web"))
+        web = ask(b"web", token("web"))
         assert web.endswith(b'{"result": {"value": "v"}}\n'), web
-        batch = ask(b"web", token("batch"))
+        batch = ask(b"batch", token("batch"))
         assert b"job 'batch', so nothing may be read" in batch and b'"value"' not in batch, batch
+        for stated, proved in ((b"web", "batch"), (b"batch", "web")):
+            other = ask(stated, token(proved))
+            assert other.startswith(client.REFUSED) and b"is not the stated job's" in other, other
         forged = ask(b"web", token("web", stranger))
         assert forged.startswith(client.REFUSED) and b"NOMAD_WORKLOAD_TOKEN was refused" in forged, forged
     finally:
@@ -856,3 +864,206 @@ def test_an_agent_whose_config_is_gone_serves_nothing_and_stops(
     assert "AWS_ACCESS_KEY_ID" in (fetched.plugin_error or "")
     agent.wait_for("stopping reason='its config can no longer be used")
     assert agent.answered() == []
+
+
+def test_an_empty_key_in_the_env_block_is_named_and_leaves_the_agent_be(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
+) -> None:
+    """`"" = "x"` in a secret block's env is `=x` in the plugin's environment:
+    it made the agent close the connection (read as "gone": a new agent per
+    fetch, at the job's will), and in process `os.environ.clear()` failed
+    ("please report it"). Now both name the key, and one agent serves on."""
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, agent="idle_exit_seconds = 60\n"))
+    put_secret(secretsmanager, "agent/empty-key", "v")
+    sock = socket_of(nomad, socket_dir)
+    assert nomad.fetch("aws", "agent/empty-key", REGION_ENV).ok
+    first = agent_pid(sock)
+    assert first is not None
+    # Python's os.execve refuses an empty name; the Nomad client (Go) does not.
+    code = (
+        "import ctypes, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "def array(items):\n"
+        "    return (ctypes.c_char_p * (len(items) + 1))(*items, None)\n"
+        "argv = [arg.encode() for arg in sys.argv[1:]]\n"
+        "env = [b'CPI_OPERATION=fetch', b'AWS_REGION=us-east-2', b'=x', b'NOMAD_JOB_ID=web']\n"
+        "env += [b'NOMAD_NAMESPACE=default']\n"
+        "libc.execve(argv[0], array(argv), array(env))\n"
+        "sys.exit('execve failed')\n"
+    )
+    for _ in range(3):
+        proc = subprocess.run(
+            [interpreter(), "-I", "-S", "-c", code, str(nomad.executable("aws")), "fetch", "agent/empty-key"],
+            env={},
+            capture_output=True,
+            timeout=30,
+        )
+        assert proc.returncode == 0 and proc.stderr == b"", proc
+        assert "the secret block's env sets ''" in json.loads(proc.stdout)["error"], proc.stdout
+    assert agent_pid(sock) == first  # the same agent: none was started, none replaced
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint))  # auto = false: in process
+    os.kill(first, signal.SIGTERM)
+    assert wait_gone(first)
+    proc = subprocess.run(
+        [interpreter(), "-I", "-S", "-c", code, str(nomad.executable("aws")), "fetch", "agent/empty-key"],
+        env={},
+        capture_output=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0 and proc.stderr == b"", proc
+    assert "the secret block's env sets ''" in json.loads(proc.stdout)["error"], proc.stdout
+
+
+def test_a_caller_in_agent_users_cannot_hold_the_agent_with_half_requests(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """uid 65534 in agent.users opens 40 connections and sends a byte of a
+    request every so often: each is cut at the request's deadline (not a
+    deadline per byte), no more than MAX_PER_USER are served at once, and a
+    root fetch meanwhile is answered by the agent; a ping tells it nothing."""
+    from nomad_secrets.agent.server import MAX_PER_USER
+
+    write_config(
+        nomad.plugin_dir,
+        agent_config(moto_endpoint, tmp_path / "debug.log", agent='auto = false\nusers = ["65534"]\n'),
+    )
+    put_secret(secretsmanager, "agent/drip", "v")
+    running = operator_agent(nomad)
+    try:
+        sock = listening_on(running)
+        start = client.request(client.KIND_FETCH, str(nomad.executable("aws")), "agent/drip", "x", {})[:8]
+        drip = (
+            "import socket, time\n"
+            "held = []\n"
+            "for _ in range(40):\n"
+            "    s = socket.socket(socket.AF_UNIX)\n"
+            f"    s.connect({str(sock)!r})\n"
+            "    held.append(s)\n"
+            f"for i in range(8):  # the request's first bytes, one each 0.5 s\n"
+            "    for s in held:\n"
+            "        try: s.send(bytes([%r[i]]))\n"
+            "        except OSError: pass\n"
+            "    time.sleep(0.5)\n"
+        ) % start
+        dripping = subprocess.Popen([interpreter(), "-I", "-S", "-c", drip], user=65534)
+        running.wait_for("refused")  # the connections past MAX_PER_USER, at accept
+        assert nomad.fetch("aws", "agent/drip", REGION_ENV).result == {"value": "v"}
+        assert in_process(tmp_path / "debug.log") == []
+        cut = running.wait_for("bad-request uid=65534 error='the request was not sent in time'")
+        assert cut
+        assert dripping.wait(timeout=30) == 0
+        bad = [line for line in running.lines if line.startswith("bad-request uid=65534")]
+        assert 1 <= len(bad) <= MAX_PER_USER, bad
+        env = {b"NOMAD_JOB_ID": b"web", b"NOMAD_NAMESPACE": b"default"}
+        message = client.request(client.KIND_PING, str(nomad.executable("aws")), "", build_of(running), env)
+        code = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"s.connect({str(sock)!r})\n"
+            f"s.sendall({message!r})\n"
+            "sys.stdout.buffer.write(s.recv(65536))\n"
+        )
+        ping = subprocess.run(
+            [interpreter(), "-I", "-S", "-c", code], user=65534, capture_output=True, timeout=20
+        )
+        assert b'"pid"' not in ping.stdout and b"plugin_dir" not in ping.stdout, ping.stdout
+    finally:
+        assert running.stop() == 0
+
+
+def test_a_build_copied_over_the_running_one_gets_its_own_agent(
+    tmp_path: Path, decoder: Any, moto_endpoint: str, secretsmanager: Any, socket_dir: Path
+) -> None:
+    """`cp` of a new build over the executable keeps its name (and real
+    path): the agent took that for no change, refused the new build's
+    fetches for good and never idled out. Now it sees another file, and
+    steps aside for the new build's agent."""
+    from conftest import build_artifact
+    from nomad import install_plugin
+
+    old, new = (
+        build_artifact(tmp_path / v / "nomad-secrets", tmp_path / "cache", "--version", v)
+        for v in ("0.2.0", "0.3.0")
+    )
+    plugins = tmp_path / "common_plugins"
+    install_plugin(old, plugins, ["aws"], agent_config(moto_endpoint, agent="idle_exit_seconds = 60\n"))
+    put_secret(secretsmanager, "agent/copied", "v")
+    nomad = NomadClient(plugins, decoder)
+    sock = Path(client.socket_name(str(plugins / "secrets"), str(socket_dir)))
+    assert nomad.fetch("aws", "agent/copied", REGION_ENV).ok
+    first = agent_pid(sock)
+    assert first is not None
+    target = os.path.realpath(plugins / "secrets" / "aws")
+    shutil.copyfile(new, target)  # in place: same name, same inode
+    assert nomad.fetch("aws", "agent/copied", REGION_ENV).result == {"value": "v"}
+    assert wait_gone(first)
+    second = agent_pid(sock)
+    assert second is not None and second != first
+    os.kill(second, signal.SIGTERM)
+    assert wait_gone(second)
+
+
+def test_the_agent_a_fetch_starts_holds_none_of_its_descriptors_nor_its_directory(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
+) -> None:
+    """A fetch run by a person's shell (or any supervisor) may hold more
+    than Nomad's three descriptors: the agent it started kept them (a pipe
+    held its reader until the agent idled out) and its working directory."""
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, agent="idle_exit_seconds = 60\n"))
+    put_secret(secretsmanager, "agent/fds", "v")
+    reader, writer = os.pipe()
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    try:
+        proc = subprocess.run(
+            [str(nomad.executable("aws")), "fetch", "agent/fds"],
+            env=nomad_env("fetch", REGION_ENV, "web", "default"),
+            capture_output=True,
+            pass_fds=[writer],
+            cwd=workdir,
+            timeout=30,
+        )
+        assert json.loads(proc.stdout) == {"result": {"value": "v"}}
+        pid = agent_pid(socket_of(nomad, socket_dir))
+        assert pid is not None
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert os.readlink(f"/proc/self/fd/{writer}") not in held
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        os.kill(pid, signal.SIGTERM)
+        assert wait_gone(pid)
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+def test_a_self_started_agent_writes_the_debug_log(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
+) -> None:
+    """Its stderr is /dev/null and a node may run no syslog: with
+    plugin.debug_log set, its lines (and the fetches it serves) are there."""
+    log = tmp_path / "debug.log"
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, log, agent="idle_exit_seconds = 60\n"))
+    put_secret(secretsmanager, "agent/logged", "v")
+    assert nomad.fetch("aws", "agent/logged", REGION_ENV).ok
+    assert nomad.fetch("aws", "agent/logged", REGION_ENV).ok
+    pid = agent_pid(socket_of(nomad, socket_dir))
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    assert wait_gone(pid)
+    text = log.read_text()
+    assert f"pid={pid} agent-listening" in text and f"pid={pid} agent-answered provider='aws'" in text, text
+    assert f"pid={pid} agent-stopped" in text
+
+
+def test_check_names_a_socket_directory_no_fetch_can_use(
+    nomad: NomadClient, moto_endpoint: str, socket_dir: Path
+) -> None:
+    write_config(nomad.plugin_dir, agent_config(moto_endpoint, agent=""))
+    mode = socket_dir.stat().st_mode & 0o7777
+    socket_dir.chmod(0o777)
+    try:
+        said = run_plugin(nomad.executable("aws"), ["check"], {}).stdout.decode()
+    finally:
+        socket_dir.chmod(mode)
+    assert f"PROBLEM  the directory {socket_dir} is writable by group or others" in said, said
+    assert f"chmod 0755 {socket_dir}: fetches can start no agent" in said

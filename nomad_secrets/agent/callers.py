@@ -4,9 +4,13 @@ Root and the agent's own user can run the plugin themselves, with any
 environment: what they state (NOMAD_NAMESPACE, NOMAD_JOB_ID, set by the
 Nomad client) is taken as the plugin takes it. A user in ``agent.users``
 (a Nomad client that does not run as root, whose raw_exec tasks run as
-that user too) could state any job: it is answered only for the job that
-its NOMAD_WORKLOAD_TOKEN proves, the token's signature verified against the
-Nomad cluster's JWKS in ``agent.nomad_jwks_file`` (nomad_jwks.py).
+that user too) could state any job: it is answered only when its
+NOMAD_WORKLOAD_TOKEN, the signature verified against the Nomad cluster's
+JWKS in ``agent.nomad_jwks_file`` (nomad_jwks.py), proves the job it
+states: the same job, or (Nomad's dispatched and periodic children carry
+their parent's ID in the token) a child of exactly Nomad's form of the
+token's job. The stated IDs are kept, never replaced by the token's, so
+the policy sees what it sees in process.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 
 from nomad_secrets.agent import nomad_jwks
 from nomad_secrets.config import Config
+from nomad_secrets.identity import nomad_parent
 from nomad_secrets.trust import untrusted
 
 
@@ -44,4 +49,11 @@ def verified_job(config: Config, environ: dict[str, str]) -> tuple[str, str]:
         raise NotVerified(str(exc)) from None
     except nomad_jwks.TokenRejected as exc:
         raise NotVerified(f"NOMAD_WORKLOAD_TOKEN was refused: {exc.reason}") from None
-    return str(claims["nomad_namespace"]), str(claims["nomad_job_id"])
+    namespace, job = str(claims["nomad_namespace"]), str(claims["nomad_job_id"])
+    stated_namespace, stated_job = environ.get("NOMAD_NAMESPACE"), environ.get("NOMAD_JOB_ID")
+    if stated_namespace != namespace or (stated_job != job and nomad_parent(stated_job or "") != job):
+        raise NotVerified(
+            "NOMAD_WORKLOAD_TOKEN is not the stated job's: the token proves another namespace or job than"
+            " NOMAD_NAMESPACE and NOMAD_JOB_ID say"
+        )
+    return namespace, stated_job or job

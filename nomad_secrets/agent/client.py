@@ -72,16 +72,18 @@ class NoAgent(Exception):
 def socket_name(plugin_dir: str, socket_dir: str = SOCKET_DIR) -> str:
     """The socket of the agent for ``plugin_dir``, named after it so that an
     operator sees which directory it serves (``/opt/nomad/...`` is
-    ``opt-nomad-....sock``); a hash of it where that name would not fit."""
-    name = ""
-    for char in plugin_dir.strip("/"):
-        name += "-" if char == "/" else (char if char.isascii() and (char.isalnum() or char in "._") else "_")
-    path = f"{socket_dir}/{name or 'root'}.sock"
-    if len(path.encode()) <= MAX_SOCKET_PATH:
-        return path
+    ``opt-nomad-...-<hash>.sock``), with a hash of the exact path (two
+    directories whose names read alike, ``a-b`` and ``a_b``, get two);
+    the hash alone where the name would not fit."""
     digest = 0xCBF29CE484222325  # FNV-1a, 64 bits: only a name, the agent checks the directory
     for byte in os.fsencode(plugin_dir):
         digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    name = ""
+    for char in plugin_dir.strip("/"):
+        name += "-" if char == "/" else (char if char.isascii() and (char.isalnum() or char in "._") else "_")
+    path = f"{socket_dir}/{name or 'root'}-{digest >> 32:08x}.sock"
+    if len(path.encode()) <= MAX_SOCKET_PATH:
+        return path
     path = f"{socket_dir}/h-{digest:016x}.sock"
     if len(path.encode()) > MAX_SOCKET_PATH:
         raise NoAgent(f"the socket directory {socket_dir} is too long a path for a unix socket")
@@ -189,7 +191,10 @@ class Agent:
                 if self.starter is None or replaced:
                     raise NoAgent(str(replace)) from None
                 replaced = True
-                self._start(seen)
+                try:
+                    self._start(seen)
+                except NoAgent as why:  # both: a hung agent is news even when none may replace it
+                    raise NoAgent(f"{replace}; {why}") from None
             finally:
                 sock.close()
         raise NoAgent(f"no agent answered at {self.path}, even one started for this fetch")
@@ -361,9 +366,17 @@ def spawner(python: str, archive: str, executable: str) -> Callable[[int], None]
             (os.POSIX_SPAWN_OPEN, 1, "/dev/null", null, 0),
             (os.POSIX_SPAWN_OPEN, 2, "/dev/null", null, 0),
         ]
+        # Nomad passes only 0-2; a person's shell or a supervisor may pass
+        # more, and an agent holding a pipe open holds its reader for good.
+        for name in os.listdir("/proc/self/fd"):
+            other = int(name)
+            if other > 2 and other not in (fd, 3) and _inheritable(other):
+                actions.append((os.POSIX_SPAWN_CLOSE, other))
         if fd == 3:
             os.set_inheritable(fd, True)
         else:
+            if _inheritable(3):
+                actions.append((os.POSIX_SPAWN_CLOSE, 3))
             actions.append((os.POSIX_SPAWN_DUP2, fd, 3))
         os.posix_spawn(
             python,
@@ -374,3 +387,10 @@ def spawner(python: str, archive: str, executable: str) -> Callable[[int], None]
         )
 
     return start
+
+
+def _inheritable(fd: int) -> bool:
+    try:
+        return os.get_inheritable(fd)
+    except OSError:  # closed meanwhile (the listing's own descriptor)
+        return False

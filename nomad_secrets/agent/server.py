@@ -56,6 +56,7 @@ from nomad_secrets.config import Config, provider_name
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import ConfigError, NodeBusy, PluginError
 from nomad_secrets.limits import Exhausted
+from nomad_secrets.limits import exhausted as limit_of
 from nomad_secrets.pool import StorePool
 
 USAGE = """usage: nomad-secrets agent --plugin-dir DIR
@@ -102,6 +103,9 @@ MALLOC_ARENAS = 2
 # Requests answered at once; the others wait for a slot, heartbeats going
 # (one job's flood of many-reference fetches cannot take every thread).
 MAX_REQUESTS = 32
+# Connections at once of one caller in agent.users (not root, not the
+# agent's user): a drip of half-sent requests holds no more of the agent.
+MAX_PER_USER = 16
 
 
 class Agent:
@@ -116,8 +120,9 @@ class Agent:
         self.users = {_uid(user) for user in config.agent.users} - self.root_like
         self.slots = threading.BoundedSemaphore(MAX_REQUESTS)
         self.build = build_id()
-        # What it was started as: install swaps this name to a new build.
-        self.executable, self.started_as = executable, os.path.realpath(executable)
+        # What it was started as: install swaps this name to a new build; a
+        # cp over the file keeps the name and changes the file.
+        self.executable, self.started_as = executable, _file_identity(executable)
         # Why it steps aside: it answers no more (the plugin then fetches in
         # process) and stops. Set by plain assignment: the SIGTERM handler
         # sets stop_asked too, and must take no lock.
@@ -129,8 +134,8 @@ class Agent:
         self._request = threading.local()  # .short: this request ran out of descriptors
 
     def upgraded(self) -> bool:
-        """True once the executable it was started as is another build now."""
-        return os.path.realpath(self.executable) != self.started_as
+        """True once the executable it was started as is another file now."""
+        return _file_identity(self.executable) != self.started_as
 
     def refusal(self, executable: str, build: str) -> tuple[bytes, str] | None:
         """Why this agent does not take a request, and whether it steps aside."""
@@ -225,6 +230,16 @@ class Agent:
         }
 
 
+def _file_identity(executable: str) -> tuple[str, int, int, int]:
+    """The file the name leads to: its real path, inode, size and mtime."""
+    real = os.path.realpath(executable)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return (real, 0, 0, 0)
+    return (real, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class _NotServed(Exception):
     """A request this agent must not answer at all."""
 
@@ -260,10 +275,28 @@ def parse_request(payload: bytes) -> tuple[bytes, str, str, str, dict[str, str]]
     environ: dict[str, str] = {}
     for item in fields[4:]:
         key, equals, value = item.partition(b"=")
-        if not equals or not key:
+        if not equals:  # an empty key is the job's, and the allowlist refuses it by name
             raise ValueError("an environment entry without '='")
         environ[os.fsdecode(key)] = os.fsdecode(value)  # as os.environ decodes, surrogates and all
     return kind, os.fsdecode(executable), os.fsdecode(path), build.decode("ascii"), environ
+
+
+def _read_by(sock: socket.socket, size: int, end: float) -> bytes:
+    """``size`` bytes, all of them by the monotonic time ``end``."""
+    data = b""
+    while len(data) < size:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request was not sent in time")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(min(size - len(data), 1 << 16))
+        except TimeoutError:
+            raise TimeoutError("the request was not sent in time") from None
+        if not chunk:
+            raise client.Closed("the other side closed the connection")
+        data += chunk
+    return data
 
 
 class Connection:
@@ -293,9 +326,12 @@ class Connection:
 
 
 class Server:
-    def __init__(self, agent: Agent, sock: socket.socket, path: str | None) -> None:
+    def __init__(self, agent: Agent, sock: socket.socket, path: str | None, owned: bool = True) -> None:
+        """``owned``: the socket file is this agent's to remove when it stops
+        (not systemd's, which keeps listening on it)."""
         self.agent = agent
         self.sock = sock
+        self.owned = owned
         self.path = path  # the socket's path, when known: another there means this agent was replaced
         self.bound = _identity(path) if path else None
         self.connections: set[Connection] = set()
@@ -303,6 +339,7 @@ class Server:
         self.settled = threading.Condition()
         self.refused = 0
         self.refusals_logged = 0.0
+        self.per_user: dict[int, int] = {}  # connections in flight of each agent.users caller
         self.checked = time.monotonic()
 
     def serve(self) -> None:
@@ -323,26 +360,32 @@ class Server:
             except OSError:
                 conn.close()
                 continue
-            if uid not in self.agent.root_like and uid not in self.agent.users:
+            if uid not in self.agent.root_like and (
+                uid not in self.agent.users or self.per_user.get(uid, 0) >= MAX_PER_USER
+            ):
                 conn.close()  # no thread, no byte: a flood costs a close each
-                self._refused(uid)
+                self._refused(
+                    uid, "not root, nor in agent.users" if uid not in self.agent.users else "too many at once"
+                )
                 continue
             self._start(Connection(conn, pid, uid))
 
-    def _refused(self, uid: int) -> None:
+    def _refused(self, uid: int, reason: str) -> None:
         self.refused += 1
         now = time.monotonic()
         if now - self.refusals_logged >= REFUSAL_LOG_SECONDS:
-            log("refused", connections=self.refused, last_uid=uid, reason="not root, not agent.users")
+            log("refused", connections=self.refused, last_uid=uid, reason=reason)
             self.refused, self.refusals_logged = 0, now
 
     def _start(self, connection: Connection) -> None:
         with self.settled:
             self.in_flight += 1
+            if connection.uid not in self.agent.root_like:
+                self.per_user[connection.uid] = self.per_user.get(connection.uid, 0) + 1
         try:
             _thread.start_new_thread(self._serve, (connection,))
         except RuntimeError:  # no thread could start (address space): the plugin fetches in process
-            self._done()
+            self._done(connection.uid)
             log("busy", reason="no thread could start for the request")
             connection.sock.close()
 
@@ -360,28 +403,31 @@ class Server:
         finally:
             with contextlib.suppress(OSError):
                 connection.sock.close()
-            self._done()
+            self._done(connection.uid)
 
-    def _done(self) -> None:
+    def _done(self, uid: int) -> None:
         with self.settled:
             self.in_flight -= 1
+            if uid in self.per_user:
+                self.per_user[uid] -= 1
             self.settled.notify_all()
 
     def _handle(self, connection: Connection) -> None:
         agent, sock = self.agent, connection.sock
-        sock.settimeout(REQUEST_SECONDS)
+        end = time.monotonic() + REQUEST_SECONDS  # for the whole request: a drip holds no thread longer
         try:
-            if client.read_exactly(sock, len(client.MAGIC)) != client.MAGIC:
+            if _read_by(sock, len(client.MAGIC), end) != client.MAGIC:
                 raise ValueError("not the agent's framing")
-            size = int.from_bytes(client.read_exactly(sock, 4), "big")
+            size = int.from_bytes(_read_by(sock, 4, end), "big")
             if size > client.MAX_REQUEST:
                 raise ValueError(f"a request of {size} bytes")
-            kind, executable, path, build, environ = parse_request(client.read_exactly(sock, size))
+            kind, executable, path, build, environ = parse_request(_read_by(sock, size, end))
         except (OSError, ValueError, client.Closed) as exc:
             log("bad-request", uid=connection.uid, error=str(exc) or type(exc).__name__)
+            with contextlib.suppress(OSError):  # refused, not gone: the plugin does not replace the agent
+                connection.send(client.REFUSED, b"a malformed request")
             return
-        agent.last_request = time.monotonic()
-        if kind == client.KIND_PING:
+        if kind == client.KIND_PING and connection.uid in agent.root_like:
             connection.send(client.ACK)
             connection.send(client.ANSWER, json.dumps(agent.info()).encode())
             return
@@ -392,6 +438,7 @@ class Server:
             log("refused", uid=connection.uid, reason=refusal[1])
             connection.send(refusal[0], refusal[1].encode())
             return
+        agent.last_request = time.monotonic()  # only what it serves keeps it from idling out
         start = process_start(connection.pid) or time.monotonic()
         connection.send(client.ACK)
         connection.working = True
@@ -425,7 +472,7 @@ class Server:
 
     def _identity_refusal(self, environ: dict[str, str]) -> tuple[bytes, str] | None:
         """A caller in agent.users is answered only for the job its verified
-        workload identity token proves; what it states is replaced by that."""
+        workload identity token proves (callers.py)."""
         from nomad_secrets.agent import callers
 
         try:
@@ -457,7 +504,9 @@ class Server:
             agent.step_aside("the executable is another build now")
         try:
             config = agent.load(os.path.join(agent.plugin_dir, "nomad-secrets"))
-        except (PluginError, _NotServed) as exc:
+        except (PluginError, _NotServed, OSError) as exc:
+            if limit_of(exc, "reading its config"):  # out of descriptors for now: not a reason to stop
+                return
             agent.step_aside(f"its config can no longer be used: {getattr(exc, 'message', exc)}")
             return
         if agent.self_started and not config.agent.auto:
@@ -471,7 +520,7 @@ class Server:
     def close(self) -> None:
         """Stop listening (and free the path, if still ours), then let the
         requests in flight finish, for at most STOP_SECONDS."""
-        if self.path and _identity(self.path) == self.bound:
+        if self.owned and self.path and _identity(self.path) == self.bound:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
         self.sock.close()
@@ -488,13 +537,17 @@ def _identity(path: str) -> tuple[int, int] | None:
     return (st.st_ino, st.st_ctime_ns)
 
 
+def _from_systemd(environ: dict[str, str]) -> bool:
+    return environ.get("LISTEN_PID") == str(os.getpid()) and environ.get("LISTEN_FDS") == "1"
+
+
 def listening_socket(
     plugin_dir: str, environ: dict[str, str], open_to_others: bool
 ) -> tuple[socket.socket, str]:
     """systemd's socket (LISTEN_FDS), or the plugin directory's bound here;
     and its path. systemd's must be at the path fetches look for."""
     path = client.socket_name(plugin_dir, socket_dir())
-    if environ.get("LISTEN_PID") == str(os.getpid()) and environ.get("LISTEN_FDS") == "1":
+    if _from_systemd(environ):
         sock = socket.socket(fileno=3)
         bound = sock.getsockname()
         if bound != path:
@@ -579,31 +632,43 @@ def _notify(state: str) -> None:
         sock.sendto(state.encode(), address)
 
 
-_syslog: list[bool] = []  # a self-started agent has no journal of its own: syslog
+# A self-started agent has no journal of its own: its lines go to the
+# node's syslog socket (the config's audit.syslog_socket, /dev/log).
+_syslog: list[str] = []
 
 
 def log(event: str, **fields: object) -> None:
+    """One line: to stderr (the journal, under systemd or by hand); for a
+    self-started agent, to syslog and to the plugin's debug log if the
+    config names one (its stderr is /dev/null)."""
     parts = [event, *(f"{k}={v!r}" for k, v in fields.items())]
     line = " ".join(parts)
     if _syslog:
-        _to_syslog(line)
+        _to_syslog(_syslog[0], line, INFO if event in QUIET_EVENTS else WARNING)
+        from nomad_secrets import debuglog
+
+        debuglog.log(f"agent-{event}", **fields)
         return
     with contextlib.suppress(OSError):
         os.write(2, (line + "\n").encode("utf-8", "backslashreplace"))
 
 
-SYSLOG_SOCKET = "/dev/log"
+# syslog(3) priorities, daemon facility: an answer or a start is news;
+# a refusal, a stop or a failure is for the operator to look at.
+INFO, WARNING = 3 * 8 + 6, 3 * 8 + 4
+QUIET_EVENTS = ("answered", "listening")
 
 
-def _to_syslog(line: str) -> None:
-    """syslog(3)'s format (daemon facility, info), without blocking: a busy
-    or absent syslog loses the line, never delays an answer."""
-    data = f"<30>nomad-secrets-agent[{os.getpid()}]: {line}".encode("utf-8", "backslashreplace")[:8000]
+def _to_syslog(path: str, line: str, priority: int) -> None:
+    """syslog(3)'s format, without blocking: a busy or absent syslog loses
+    the line, never delays an answer."""
+    data = f"<{priority}>nomad-secrets-agent[{os.getpid()}]: {line}".encode("utf-8", "backslashreplace")
+    data = data[:8000]
     with (
         contextlib.suppress(OSError),
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC) as sock,
     ):
-        sock.sendto(data, SYSLOG_SOCKET)
+        sock.sendto(data, path)
 
 
 def _options(executable: str, argv: list[str]) -> tuple[str, bool] | None:
@@ -632,7 +697,8 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
         return 2
     plugin_dir, self_started = options
     if self_started:
-        _syslog.append(True)
+        _syslog.append("/dev/log")
+        os.chdir("/")  # the first fetch's directory is not the agent's to hold
         with contextlib.suppress(OSError):  # served first under a burst of plugins starting
             os.setpriority(os.PRIO_PROCESS, 0, client.AGENT_NICE)
         executable = argv[1]
@@ -650,6 +716,12 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
             return 0
         agent = Agent(config, executable, plugin_dir, self_started)
         if self_started:
+            _syslog[0] = config.audit.syslog_socket
+            if config.plugin.debug_log:  # fd 2 is /dev/null: the debug log gets it instead
+                from nomad_secrets import debuglog
+
+                debuglog.enable(config.plugin.debug_log)
+        if self_started:
             sock = socket.socket(fileno=3)
             path: str | None = sock.getsockname()
         else:
@@ -666,8 +738,12 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
     _raise_descriptor_limit()
     from nomad_secrets import debuglog
 
-    debuglog.warnings_to_stderr = True  # an audit record not written is said in the journal
-    server = Server(agent, sock, path)
+    # An audit record or a count not written is said in the journal, or, for
+    # a self-started agent (stderr is /dev/null), in its syslog lines.
+    debuglog.warnings_to_stderr = True
+    if self_started:
+        debuglog.warnings_to = log
+    server = Server(agent, sock, path, owned=not _from_systemd(environ))
 
     def stop(signum: int, frame: object) -> None:
         agent.stop_asked = True  # no lock, no thread: see Agent.stepped_aside
