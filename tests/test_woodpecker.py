@@ -232,6 +232,22 @@ def test_a_signed_body_that_is_not_a_pipeline_is_400(server: Server, woodpecker:
     assert (status, text) == (400, "Invalid Input: full_name is missing\n")
 
 
+def test_a_lone_surrogate_is_400_naming_the_field_and_logged(server: Server) -> None:
+    """JSON may escape half of a surrogate pair, which is no text (Go's
+    encoder never writes one, so only the signer written here sends it):
+    refused where the field is read, and logged like any refusal, never a
+    traceback and a bare 500 after the stores were read."""
+    before = server.log_mark()
+    ((status, text),) = PyWoodpecker(SEED).send(url(server), pipeline_body(branch="\ud800"))
+    assert (status, text) == (
+        400,
+        "Invalid Input: branch holds a lone surrogate (\\ud800 to \\udfff), which is not text\n",
+    )
+    (line,) = server.logged(before, 1)
+    assert (line["status"], line["outcome"]) == (400, "invalid-input")
+    assert "Traceback" not in "".join(server.stderr)
+
+
 def test_a_body_over_the_limit_is_refused_before_it_is_read(server: Server, woodpecker: Woodpecker) -> None:
     """A pull request that changes many files makes a large body."""
     files = [f"src/module_{n:05d}/file.py" for n in range(4000)]

@@ -70,8 +70,14 @@ class AccessLog:
             "peer": request.client.host if request.client else None,
             **answer.log,
         }
-        self.stream.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self.stream.flush()
+        # ASCII JSON: any string a request carried (half a surrogate pair
+        # too) is written escaped; a stream that fails costs the line, never
+        # the answer, which the request's stores may already have read for.
+        try:
+            self.stream.write(json.dumps(entry) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError) as exc:
+            logger.error("cannot write the access log (%s); the request was answered", type(exc).__name__)
 
 
 def build_app(
