@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gocheck
 import pytest
@@ -113,10 +114,9 @@ def woodpecker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         pytest.skip(str(missing))
 
 
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str, secretsmanager: Any
-) -> Iterator[Server]:
+def woodpecker_server(tmp: Path, moto_endpoint: str, secretsmanager: Any) -> Server:
+    """A server (not started) with RULES, the secrets they read, and the
+    Woodpecker server's public key."""
     for name, field, value in (
         ("deploy", "key", "deploy-hunter2"),
         ("npm", "token", "npm-hunter2"),
@@ -124,18 +124,29 @@ def server(
         ("public", "token", "public-hunter2"),
     ):
         put_secret(secretsmanager, f"ci/woodpecker/{name}", json.dumps({field: value}))
-    tmp = tmp_path_factory.mktemp("woodpecker")
     key_file = tmp / "woodpecker.pem"
     key_file.write_bytes(PyWoodpecker(SEED).public_pem())  # the Go signer's PEM is checked equal below
     key_file.chmod(0o644)  # a public key: anyone may read it, only its owner change it
     body = aws_config(moto_endpoint) + f'[woodpecker]\npublic_key_file = "{key_file}"\n' + RULES
-    config, port = server_config(tmp, body, server_extra="max_body_bytes = 65536\n")
-    with Server(config, port) as running:
+    return Server(*server_config(tmp, body, server_extra="max_body_bytes = 65536\n"))
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str, secretsmanager: Any
+) -> Iterator[Server]:
+    with woodpecker_server(tmp_path_factory.mktemp("woodpecker"), moto_endpoint, secretsmanager) as running:
         yield running
 
 
 def url(server: Server) -> str:
     return f"http://127.0.0.1:{server.port}/woodpecker/secrets"
+
+
+def post(server: Server, data: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    """A request signed beforehand (PyWoodpecker.signed), sent as it is."""
+    answer = server.request("POST", urlsplit(url(server)).path, data, headers)
+    return answer.status, answer.body.decode()
 
 
 def secrets(server: Server, woodpecker: Woodpecker, **pipeline: Any) -> tuple[int, Any]:
@@ -223,6 +234,34 @@ def test_a_replayed_request_is_refused(server: Server, woodpecker: Woodpecker) -
     first, again = woodpecker.send(url(server), pipeline_body(), times=2)
     assert first[0] == 200 and "deploy-hunter2" in first[1]
     assert again == (400, "Invalid Signature: this signature was already used (a replay)\n")
+
+
+def test_a_request_signed_before_the_server_started_is_refused(
+    tmp_path: Path, moto_endpoint: str, secretsmanager: Any
+) -> None:
+    """The spent signatures are kept in memory: after a restart, a request
+    answered before it could be sent again within the window (hostile
+    review of issue 25). So a signature made before the server started,
+    or in the second it started, is refused."""
+    woodpecker = PyWoodpecker(SEED)
+    running = woodpecker_server(tmp_path, moto_endpoint, secretsmanager)
+    with running:
+        data, headers = woodpecker.signed(urlsplit(url(running)).path, pipeline_body())
+        first = post(running, data, headers)
+        assert first[0] == 200 and "deploy-hunter2" in first[1]
+        assert running.terminate() == 0
+        running.start()
+        before = running.log_mark()
+        status, text = post(running, data, headers)
+        assert (status, text) == (
+            400,
+            "Invalid Signature: it was made before this server started (a request from before a"
+            " restart, sent again; or the Woodpecker server's clock is behind this one's: NTP)\n",
+        )
+        (line,) = running.logged(before, 1)
+        assert (line["status"], line["outcome"]) == (400, "stale-signature")
+        fresh = woodpecker.signed(urlsplit(url(running)).path, pipeline_body())
+        assert post(running, *fresh)[0] == 200
 
 
 def test_a_signed_body_that_is_not_a_pipeline_is_400(server: Server, woodpecker: Woodpecker) -> None:

@@ -35,6 +35,7 @@ replay.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -94,7 +95,15 @@ class Woodpecker:
         self.settings: WoodpeckerSettings = settings.woodpecker
         self.key = keys.woodpecker
         self.window = settings.server.clock_skew_seconds
-        self.replays = Replays(self.window)
+        # Serve from the next whole second on: a signature's created is whole
+        # seconds, so then every one made before this start (a request a
+        # previous process answered) is older than `started`, and every one
+        # made while this process serves is not. Made before the server
+        # serves (main.py), so the wait (under 1 s) delays only the start.
+        now = time.time()
+        started = math.ceil(now)
+        time.sleep(started - now)
+        self.replays = Replays(self.window, started=started)
         self.secrets = named.NamedSecrets(
             "woodpecker", self.settings.rules, self.settings.policy, WOODPECKER_PLACEHOLDERS, settings, pool
         )
@@ -154,15 +163,26 @@ def parse_request(body: bytes) -> Pipeline:
 
 
 class Replays:
-    """The signatures answered (or being answered) within the window."""
+    """The signatures answered (or being answered) within the window, since
+    this process started. What came before is not remembered (the set is in
+    memory), so a signature made before ``started`` is refused: else a
+    request answered before a restart could be sent again after it."""
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float, started: int) -> None:
         self.window = window
+        self.started = started  # a whole second of the wall clock, as created is
         self._seen: dict[bytes, float] = {}  # signature -> when (wall clock) it is stale anyway
         self._lock = threading.Lock()
 
     def claim(self, signed: message_signatures.Signed, now: float) -> Outgoing | None:
         """None when the signature is new (it is now taken), else the answer."""
+        if signed.created < self.started:
+            return text(
+                400,
+                "Invalid Signature: it was made before this server started (a request from before a"
+                " restart, sent again; or the Woodpecker server's clock is behind this one's: NTP)",
+                message_signatures.Stale.outcome,
+            )
         with self._lock:
             if signed.signature in self._seen:
                 return text(
