@@ -20,7 +20,7 @@ DRONE = '[drone]\nsecret_file = "/s"\n[[drone.policy]]\nrepo = "acme/*"\nallow =
 ADMISSION = '[admission]\nsecret_file = "/s"\n'
 GITHUB = ADMISSION + '[admission.github]\ntoken_file = "/t"\n'
 BITBUCKET = '[bitbucket]\nissuer = "https://i"\naudience = "a"\n'
-WOODPECKER = '[woodpecker]\npublic_key_file = "/k.pem"\n'
+WOODPECKER = '[woodpecker]\npublic_key_file = "/k.pem"\nendpoint_token_file = "/t"\n'
 WOODPECKER_RULE = '[[woodpecker.rule]]\nrepo = "acme/*"\nsecrets = { token = "aws-sm:ci/x#token" }\n'
 
 
@@ -88,7 +88,15 @@ def settings(text: str) -> Settings:
             SERVER + '[woodpecker]\npublic_key = "/k"\n' + WOODPECKER_RULE,
             "unknown key 'woodpecker.public_key'",
         ),
-        (SERVER + "[woodpecker]\n" + WOODPECKER_RULE, "woodpecker.public_key_file is missing"),
+        (
+            SERVER + '[woodpecker]\nendpoint_token_file = "/t"\n' + WOODPECKER_RULE,
+            "woodpecker.public_key_file is missing",
+        ),
+        (
+            SERVER + '[woodpecker]\npublic_key_file = "/k.pem"\n' + WOODPECKER_RULE,
+            "woodpecker.endpoint_token_file is missing in t.toml: the door answers only at"
+            " /woodpecker/secrets/<the token in that file>",
+        ),
         (
             SERVER + WOODPECKER + WOODPECKER_RULE.replace('repo = "acme/*"', 'fork = "yes"'),
             "woodpecker.rule.fork in t.toml must be true or false",

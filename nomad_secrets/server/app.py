@@ -63,7 +63,7 @@ class AccessLog:
         entry: dict[str, LogValue] = {
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "method": request.method,
-            "path": request.url.path,
+            "path": shown_path(request),
             "status": answer.status,
             "outcome": answer.outcome,
             "ms": round((time.monotonic() - started) * 1000, 1),
@@ -128,7 +128,7 @@ def build_app(
         outcome = {404: "no-such-path", 405: "wrong-method"}.get(status, "error")
         answer = text(status, {404: "Not Found", 405: "Method Not Allowed"}.get(status, "Error"), outcome)
         if status == 405:
-            answer.headers["Allow"] = ", ".join(_allowed(doors, request.url.path))
+            answer.headers["Allow"] = ", ".join(_allowed(doors, shown_path(request)))
         return respond(request, answer, time.monotonic())
 
     @asynccontextmanager
@@ -205,6 +205,16 @@ def _target(request: Request) -> str:
     path = request.scope.get("raw_path") or request.url.path.encode()
     query = request.scope.get("query_string") or b""
     return (path + (b"?" + query if query else b"")).decode("latin-1")
+
+
+def shown_path(request: Request) -> str:
+    """The path for the log: the route's pattern where it has parameters
+    (the Woodpecker door's endpoint token), never their values."""
+    route = request.scope.get("route")
+    pattern = getattr(route, "path", None)
+    if request.path_params and isinstance(pattern, str):
+        return pattern
+    return request.url.path
 
 
 def _allowed(doors: Sequence[Door], path: str) -> list[str]:

@@ -163,7 +163,7 @@ def _routes(settings: Settings) -> list[str]:
         "drone": "/drone/secret",
         "admission": "/drone/admission",
         "bitbucket": "/bitbucket/secrets",
-        "woodpecker": "/woodpecker/secrets",
+        "woodpecker": "/woodpecker/secrets/<woodpecker.endpoint_token_file's token>",
     }
     return [route for key, route in names.items() if getattr(settings, key) is not None] + ["/healthz"]
 
