@@ -83,6 +83,11 @@ def settings(text: str) -> Settings:
             "drone.policy #1 in t.toml: write allow last, after repo, so that a file cut short",
         ),
         (SERVER + DRONE + '[aws]\nweb_identity_role_arn = "arn:x"\n', "needs a Nomad job's token"),
+        (
+            SERVER + "max_connections = 100\nmax_connections_per_peer = 26\n" + DRONE,
+            "server.max_connections_per_peer in t.toml is 26, more than a quarter of"
+            " server.max_connections (100): two addresses could hold half of all connections",
+        ),
         (SERVER + WOODPECKER, r"no [[woodpecker.rule]]"),
         (
             SERVER + '[woodpecker]\npublic_key = "/k"\n' + WOODPECKER_RULE,
@@ -115,6 +120,15 @@ def test_each_mistake_is_named(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         settings(text)
     assert message in raised.value.message
+
+
+def test_a_peers_share_is_a_quarter_of_all_connections_unless_set() -> None:
+    assert settings(SERVER + DRONE).server.max_connections_per_peer == 256
+    assert settings(SERVER + "max_connections = 100\n" + DRONE).server.max_connections_per_peer == 25
+    assert settings(SERVER + "max_connections = 2\n" + DRONE).server.max_connections_per_peer == 1
+    assert settings(SERVER + "max_connections = 9000\n" + DRONE).server.max_connections_per_peer == 256
+    shared = SERVER + "max_connections = 100\nmax_connections_per_peer = 25\n" + DRONE
+    assert settings(shared).server.max_connections_per_peer == 25
 
 
 def test_drone_rules_deny_forks_unless_they_say_so() -> None:

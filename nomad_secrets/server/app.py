@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.server.exchange import Incoming, LogValue, Outgoing, internal_error, text
+from nomad_secrets.server.listen import OVER_LIMIT_SECONDS
 from nomad_secrets.server.settings import ServerSettings
 
 logger = logging.getLogger("nomad_secrets.server")
@@ -151,8 +152,10 @@ def build_app(
         started = time.monotonic()
         request = Request(scope, receive)
         # Read the body first: a connection closed with a request unread
-        # is reset, and the client would never see the answer.
-        await read_body(request, server.max_body_bytes, Deadline(server.request_seconds, start=started))
+        # is reset, and the client would never see the answer. A runner
+        # sends it at once; such a connection must not linger.
+        seconds = min(server.request_seconds, OVER_LIMIT_SECONDS)
+        await read_body(request, server.max_body_bytes, Deadline(seconds, start=started))
         answer = text(
             429,
             f"too many connections from {request.client.host if request.client else 'this address'}"

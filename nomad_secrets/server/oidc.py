@@ -45,6 +45,7 @@ import jwt
 
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.server import fetchjson
+from nomad_secrets.server.listen import peer_group
 
 logger = logging.getLogger("nomad_secrets.server")
 
@@ -232,18 +233,6 @@ def verify(token: str, keys: IssuerKeys, audience: str, deadline: Deadline, peer
     except jwt.PyJWTError:
         raise InvalidToken from None
     return claims
-
-
-def peer_group(peer: str) -> str:
-    """Who may start a refresh: an IPv4 address, or an IPv6 address's /64
-    (one host may hold a whole /64)."""
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return peer
-    if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
 
 
 def allowed_url(url: str) -> bool:

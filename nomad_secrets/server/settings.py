@@ -75,7 +75,8 @@ class ServerSettings:
     header_seconds: float = 10.0  # to send a request's headers
     max_body_bytes: int = 256 * 1024
     max_connections: int = 1024  # past this, 503
-    # From one address: runners behind one NAT address share it; past it, 429.
+    # From one address (an IPv6 /64): runners behind one NAT address share
+    # it; past it, 429. At most a quarter of max_connections (the default).
     max_connections_per_peer: int = 256
     max_concurrent_reads: int = 64  # requests reading stores at once; others wait
     shutdown_seconds: float = 30.0  # SIGTERM: in-flight requests finish within this
@@ -255,6 +256,7 @@ def parse_settings(config: Config) -> Settings:
 
 
 def _server(table: dict[str, Any], path: str) -> ServerSettings:
+    share_set = "max_connections_per_peer" in table
     server = config_module._build(ServerSettings, table, "server", path)
     host, colon, port = server.listen.rpartition(":")
     if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -283,6 +285,18 @@ def _server(table: dict[str, Any], path: str) -> ServerSettings:
         value = getattr(server, key)
         if not low <= value <= high:
             raise ConfigError(f"server.{key} in {path} is {value}; it must be between {low:g} and {high:g}")
+    # A peer holds its share and a few connections more (listen.py): at a
+    # quarter, two peers hold about half of all, never every one.
+    quarter = max(1, server.max_connections // 4)
+    if not share_set:
+        server = replace(server, max_connections_per_peer=min(server.max_connections_per_peer, quarter))
+    elif server.max_connections_per_peer > quarter:
+        raise ConfigError(
+            f"server.max_connections_per_peer in {path} is {server.max_connections_per_peer}, more than a"
+            f" quarter of server.max_connections ({server.max_connections}): two addresses could hold"
+            " half of all connections, and a few every one; lower it, or raise max_connections to at"
+            " least 4 times it (each connection is an open file: mind ulimit -n)"
+        )
     return server
 
 
