@@ -171,6 +171,14 @@ def test_signature_accept_and_input_are_checked(server: Server) -> None:
     assert not_github.status == 403 and b"not a GitHub user name" in not_github.body
 
 
+def test_a_lone_surrogate_in_the_login_is_400_naming_it(server: Server) -> None:
+    answer = admit(server, "mallory\ud800", "mallory@example.com")
+    assert (answer.status, answer.body) == (
+        400,
+        b"Invalid Input: login holds a lone surrogate (\\ud800 to \\udfff), which is not text\n",
+    )
+
+
 def test_the_access_log_names_the_login_and_outcome(server: Server) -> None:
     before = server.log_mark()
     admit(server, "alice", "alice@example.com")

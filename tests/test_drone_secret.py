@@ -232,6 +232,23 @@ def test_bad_input_is_a_clear_4xx(server: Server, body: bytes, expected: str) ->
     assert expected in answer.body.decode()
 
 
+def test_a_lone_surrogate_is_400_naming_the_field_and_logged(server: Server) -> None:
+    """JSON may escape half of a surrogate pair (``\\ud800``), which is no
+    text: refused where the field is read, never a traceback and a bare 500
+    from the access log (hostile review of issue 25)."""
+    before = server.log_mark()
+    body = secret_body("aws-sm:ci/octocat/hello-world/\ud800", "password")
+    assert b"\\ud800" in body
+    answer = server.drone_secret(SECRET, body)
+    assert (answer.status, answer.body) == (
+        400,
+        b"Invalid Input: path holds a lone surrogate (\\ud800 to \\udfff), which is not text\n",
+    )
+    (line,) = server.logged(before, 1)
+    assert (line["path"], line["status"], line["outcome"]) == ("/drone/secret", 400, "invalid-input")
+    assert "Traceback" not in "".join(server.stderr)
+
+
 def test_a_body_over_the_limit_is_413(server: Server) -> None:
     body = secret_body("aws-sm:ci/octocat/hello-world/docker", "x" * 5000)
     assert server.drone_secret(SECRET, body).status == 413

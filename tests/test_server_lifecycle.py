@@ -4,6 +4,7 @@ graceful stop on SIGTERM that finishes the requests in flight."""
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import socket
 import subprocess
@@ -68,6 +69,33 @@ def test_healthz_and_unknown_routes(server: Server) -> None:
         ("/nope", 404, "no-such-path"),
         ("/drone/secret", 405, "wrong-method"),
     ]
+
+
+def test_the_access_log_writes_any_text_and_never_raises() -> None:
+    """stdout is strict UTF-8, and a string from JSON may hold half of a
+    surrogate pair: the line is written (escaped) all the same, and a
+    stream that fails loses the line, not the request's answer."""
+    from starlette.requests import Request
+
+    from nomad_secrets.server.app import AccessLog
+    from nomad_secrets.server.exchange import text
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/drone/admission",
+        "headers": [],
+        "client": ("10.0.0.7", 1),
+    }
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="\n")
+    AccessLog(stream).write(
+        Request(scope), text(403, "no", "denied", login="mallory\ud800"), time.monotonic()
+    )
+    stream.seek(0)
+    (line,) = stream.read().splitlines()
+    assert json.loads(line)["login"] == "mallory\ud800" and "\\ud800" in line
+    stream.close()  # a closed stream: writing fails, and the failure stays in the log's hands
+    AccessLog(stream).write(Request(scope), text(403, "no", "denied"), time.monotonic())
 
 
 def test_slow_headers_are_cut_off(server: Server) -> None:

@@ -20,7 +20,7 @@ DRONE = '[drone]\nsecret_file = "/s"\n[[drone.policy]]\nrepo = "acme/*"\nallow =
 ADMISSION = '[admission]\nsecret_file = "/s"\n'
 GITHUB = ADMISSION + '[admission.github]\ntoken_file = "/t"\n'
 BITBUCKET = '[bitbucket]\nissuer = "https://i"\naudience = "a"\n'
-WOODPECKER = '[woodpecker]\npublic_key_file = "/k.pem"\n'
+WOODPECKER = '[woodpecker]\npublic_key_file = "/k.pem"\nendpoint_token_file = "/t"\n'
 WOODPECKER_RULE = '[[woodpecker.rule]]\nrepo = "acme/*"\nsecrets = { token = "aws-sm:ci/x#token" }\n'
 
 
@@ -83,12 +83,25 @@ def settings(text: str) -> Settings:
             "drone.policy #1 in t.toml: write allow last, after repo, so that a file cut short",
         ),
         (SERVER + DRONE + '[aws]\nweb_identity_role_arn = "arn:x"\n', "needs a Nomad job's token"),
+        (
+            SERVER + "max_connections = 100\nmax_connections_per_peer = 26\n" + DRONE,
+            "server.max_connections_per_peer in t.toml is 26, more than a quarter of"
+            " server.max_connections (100): two addresses could hold half of all connections",
+        ),
         (SERVER + WOODPECKER, r"no [[woodpecker.rule]]"),
         (
             SERVER + '[woodpecker]\npublic_key = "/k"\n' + WOODPECKER_RULE,
             "unknown key 'woodpecker.public_key'",
         ),
-        (SERVER + "[woodpecker]\n" + WOODPECKER_RULE, "woodpecker.public_key_file is missing"),
+        (
+            SERVER + '[woodpecker]\nendpoint_token_file = "/t"\n' + WOODPECKER_RULE,
+            "woodpecker.public_key_file is missing",
+        ),
+        (
+            SERVER + '[woodpecker]\npublic_key_file = "/k.pem"\n' + WOODPECKER_RULE,
+            "woodpecker.endpoint_token_file is missing in t.toml: the door answers only at"
+            " /woodpecker/secrets/<the token in that file>",
+        ),
         (
             SERVER + WOODPECKER + WOODPECKER_RULE.replace('repo = "acme/*"', 'fork = "yes"'),
             "woodpecker.rule.fork in t.toml must be true or false",
@@ -107,6 +120,15 @@ def test_each_mistake_is_named(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         settings(text)
     assert message in raised.value.message
+
+
+def test_a_peers_share_is_a_quarter_of_all_connections_unless_set() -> None:
+    assert settings(SERVER + DRONE).server.max_connections_per_peer == 256
+    assert settings(SERVER + "max_connections = 100\n" + DRONE).server.max_connections_per_peer == 25
+    assert settings(SERVER + "max_connections = 2\n" + DRONE).server.max_connections_per_peer == 1
+    assert settings(SERVER + "max_connections = 9000\n" + DRONE).server.max_connections_per_peer == 256
+    shared = SERVER + "max_connections = 100\nmax_connections_per_peer = 25\n" + DRONE
+    assert settings(shared).server.max_connections_per_peer == 25
 
 
 def test_drone_rules_deny_forks_unless_they_say_so() -> None:

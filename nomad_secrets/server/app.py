@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.server.exchange import Incoming, LogValue, Outgoing, internal_error, text
+from nomad_secrets.server.listen import OVER_LIMIT_SECONDS
 from nomad_secrets.server.settings import ServerSettings
 
 logger = logging.getLogger("nomad_secrets.server")
@@ -63,15 +64,21 @@ class AccessLog:
         entry: dict[str, LogValue] = {
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "method": request.method,
-            "path": request.url.path,
+            "path": shown_path(request),
             "status": answer.status,
             "outcome": answer.outcome,
             "ms": round((time.monotonic() - started) * 1000, 1),
             "peer": request.client.host if request.client else None,
             **answer.log,
         }
-        self.stream.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self.stream.flush()
+        # ASCII JSON: any string a request carried (half a surrogate pair
+        # too) is written escaped; a stream that fails costs the line, never
+        # the answer, which the request's stores may already have read for.
+        try:
+            self.stream.write(json.dumps(entry) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError) as exc:
+            logger.error("cannot write the access log (%s); the request was answered", type(exc).__name__)
 
 
 def build_app(
@@ -122,7 +129,7 @@ def build_app(
         outcome = {404: "no-such-path", 405: "wrong-method"}.get(status, "error")
         answer = text(status, {404: "Not Found", 405: "Method Not Allowed"}.get(status, "Error"), outcome)
         if status == 405:
-            answer.headers["Allow"] = ", ".join(_allowed(doors, request.url.path))
+            answer.headers["Allow"] = ", ".join(_allowed(doors, shown_path(request)))
         return respond(request, answer, time.monotonic())
 
     @asynccontextmanager
@@ -145,8 +152,10 @@ def build_app(
         started = time.monotonic()
         request = Request(scope, receive)
         # Read the body first: a connection closed with a request unread
-        # is reset, and the client would never see the answer.
-        await read_body(request, server.max_body_bytes, Deadline(server.request_seconds, start=started))
+        # is reset, and the client would never see the answer. A runner
+        # sends it at once; such a connection must not linger.
+        seconds = min(server.request_seconds, OVER_LIMIT_SECONDS)
+        await read_body(request, server.max_body_bytes, Deadline(seconds, start=started))
         answer = text(
             429,
             f"too many connections from {request.client.host if request.client else 'this address'}"
@@ -199,6 +208,16 @@ def _target(request: Request) -> str:
     path = request.scope.get("raw_path") or request.url.path.encode()
     query = request.scope.get("query_string") or b""
     return (path + (b"?" + query if query else b"")).decode("latin-1")
+
+
+def shown_path(request: Request) -> str:
+    """The path for the log: the route's pattern where it has parameters
+    (the Woodpecker door's endpoint token), never their values."""
+    route = request.scope.get("route")
+    pattern = getattr(route, "path", None)
+    if request.path_params and isinstance(pattern, str):
+        return pattern
+    return request.url.path
 
 
 def _allowed(doors: Sequence[Door], path: str) -> list[str]:

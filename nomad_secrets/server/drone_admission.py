@@ -27,7 +27,7 @@ import json
 
 from nomad_secrets.policy import glob_match
 from nomad_secrets.server import httpsig
-from nomad_secrets.server.exchange import Incoming, LogValue, Outgoing, json_answer, text
+from nomad_secrets.server.exchange import Incoming, LogValue, Outgoing, json_answer, string_field, text
 from nomad_secrets.server.github import LOGIN, GitHub, GitHubUnavailable
 from nomad_secrets.server.settings import AdmissionSettings, Keys, Settings
 
@@ -113,10 +113,6 @@ def parse_request(body: bytes) -> tuple[str, dict[str, object]]:
     event, user = data.get("event"), data["user"]
     if event not in EVENTS:
         raise ValueError(f"event must be one of {', '.join(EVENTS)}")
-    for key in ("login", "email"):
-        value = user.get(key, "")
-        if not isinstance(value, str) or len(value) > MAX_FIELD or any(ord(c) < 0x20 for c in value):
-            raise ValueError(f"user.{key} must be a string of at most {MAX_FIELD} characters")
-    if not user.get("login"):
-        raise ValueError("user.login is missing")
+    string_field(user, "login", MAX_FIELD)
+    string_field(user, "email", MAX_FIELD, required=False)
     return str(event), user

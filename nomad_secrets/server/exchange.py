@@ -9,6 +9,7 @@ knows Starlette.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Union
@@ -27,6 +28,7 @@ from nomad_secrets.errors import (
 )
 
 LogValue = Union[str, int, float, bool, None]
+_NOT_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # control characters, lone surrogates
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,19 @@ def json_objects(body: bytes, *members: str) -> tuple[dict[str, object], ...]:
 
 def string_field(data: Mapping[str, object], key: str, limit: int, *, required: bool = True) -> str:
     """A string field of a request's JSON body, checked; ValueError says
-    what is wrong (a door answers it as invalid input)."""
+    what is wrong (a door answers it as invalid input). JSON may escape
+    half of a surrogate pair (``\\ud800``), which Python's json reads into
+    a string that no UTF-8 writer (the stores' clients, the log) takes:
+    refused here, where the field is named."""
     value = data.get(key, "")
     if not isinstance(value, str):
         raise ValueError(f"{key} must be a string")
     if required and not value:
         raise ValueError(f"{key} is missing")
-    if len(value) > limit or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    bad = _NOT_TEXT.search(value)
+    if bad is not None and bad.group() >= "\ud800":
+        raise ValueError(f"{key} holds a lone surrogate (\\ud800 to \\udfff), which is not text")
+    if len(value) > limit or bad is not None:
         raise ValueError(f"{key} is longer than {limit} characters or holds a control character")
     return value
 

@@ -8,20 +8,31 @@ within ``header_seconds`` of its first byte (or of the connection's
 opening); else the connection is closed. The body's time is the app's
 (app.py reads it within the request's deadline).
 
-It leans on two attributes of uvicorn's H11Protocol (``cycle`` and its
-``response_complete``); tests/test_server_lifecycle.py proves the deadline
-against the running server, so an upgrade that breaks it fails there.
+When a request's headers are complete it tells ``heard`` (listen.py's
+``Peers.heard``: a connection past its peer's share must get that far
+within a second).
+
+It leans on three attributes of uvicorn's H11Protocol (``cycle`` and its
+``response_complete``, and ``client``); tests/test_server_lifecycle.py and
+tests/test_server_peers.py prove the deadlines against the running
+server, so an upgrade that breaks them fails there.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
+def _nobody(address: tuple[str, int] | None) -> None:
+    pass
+
+
 class HeaderDeadlineProtocol(H11Protocol):
     header_seconds = 10.0
+    heard: Callable[[tuple[str, int] | None], None] = staticmethod(_nobody)
     _timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -36,6 +47,7 @@ class HeaderDeadlineProtocol(H11Protocol):
         elif self._timer is not None:
             self._timer.cancel()  # its headers are complete
             self._timer = None
+            self.heard(self.client)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -55,5 +67,8 @@ class HeaderDeadlineProtocol(H11Protocol):
             self.transport.close()
 
 
-def with_header_deadline(seconds: float) -> type[HeaderDeadlineProtocol]:
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_seconds": seconds})
+def with_header_deadline(
+    seconds: float, heard: Callable[[tuple[str, int] | None], None]
+) -> type[HeaderDeadlineProtocol]:
+    attributes = {"header_seconds": seconds, "heard": staticmethod(heard)}
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), attributes)

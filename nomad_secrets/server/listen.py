@@ -7,16 +7,22 @@ port in use, a port below 1024 without the right, or an address this host
 does not have is one clear line and exit status 3 (main.py), not a
 "serving on" line followed by a failure.
 
-Each socket's ``accept`` counts the connections open from each peer
-address, from accept to close, whatever they do (TLS handshake or not,
-request or not). Up to ``server.max_connections_per_peer`` are served.
-Past it, as many again are let in only to be answered 429 with
-``Retry-After`` on their first request and closed (app.py asks
+Each socket's ``accept`` counts the connections open from each peer (an
+address; an IPv6 address's /64, which one host may hold whole), from
+accept to close, whatever they do (TLS handshake or not, request or not).
+Up to ``server.max_connections_per_peer`` are served. Past it,
+``OVER_LIMIT_CONNECTIONS`` more at a time are let in only to be answered
+429 with ``Retry-After`` on their first request and closed (app.py asks
 ``Peers.over_limit``): CI runners behind one NAT address share the limit,
 and a runner told "too many" can say so, where a reset connection says
-nothing (issue 25). Past twice the limit, a new connection is closed at
-once, before it costs a TLS handshake or a slot of
-``server.max_connections``: one address still cannot hold every slot.
+nothing (issue 25). Such a connection must have sent its request's
+headers (after its TLS handshake) within ``OVER_LIMIT_SECONDS``, else it
+is shut. Past those, a new connection is closed at once, before it costs
+a TLS handshake or a slot of ``server.max_connections``. So a peer holds
+at most its share and a few idle connections, and a share is at most a
+quarter of ``server.max_connections`` (settings.py): two peers cannot hold
+every slot, as they could when as many again waited up to
+``header_seconds`` for their 429 (hostile review of issue 25).
 uvicorn serves on these sockets with asyncio's own event loop, which calls
 ``accept`` on the socket it is given (tests/test_server_peers.py proves it
 against the running server, so a change of that fails there).
@@ -24,7 +30,10 @@ against the running server, so a change of that fails there).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
+import ipaddress
 import logging
 import socket
 import time
@@ -35,6 +44,8 @@ logger = logging.getLogger("nomad_secrets.server")
 REFUSALS_PER_ACCEPT = 64  # then back to the event loop, which calls again
 SAY_EVERY_SECONDS = 60.0  # one log line for the refusals of a minute
 SWEEP_AT = 1024  # peers (or marked connections) before the closed ones are forgotten
+OVER_LIMIT_CONNECTIONS = 4  # per peer past its share, at a time: each is answered 429, then closed
+OVER_LIMIT_SECONDS = 1.0  # for those to send their request's headers: a runner sends at once
 
 Address = tuple[str, int]
 
@@ -62,14 +73,16 @@ class _Notice:
 
 
 class Peers:
-    """The connections open from each peer address, for every listening
-    socket of the server. Only the event loop's thread uses it."""
+    """The connections open from each peer, for every listening socket of
+    the server. Only the event loop's thread uses it."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, header_seconds: float) -> None:
         self.limit = limit
-        self._open: dict[str, list[socket.socket]] = {}  # served
+        self.over_seconds = min(OVER_LIMIT_SECONDS, header_seconds)
+        self._open: dict[str, list[socket.socket]] = {}  # served, by peer_group
         self._over: dict[str, list[socket.socket]] = {}  # past the limit: 429, then closed
         self._marked: dict[Address, socket.socket] = {}  # the latter, by the address uvicorn sees
+        self._heard: set[Address] = set()  # marked ones whose request's headers have arrived
         self._sweep_at = SWEEP_AT
         self._answered = _Notice(
             "answering 429 to new connections from {peer}, which has {limit} open"
@@ -78,16 +91,17 @@ class Peers:
             " the last such line, the latest from {peer}",
         )
         self._refused = _Notice(
-            "closed a connection from {peer} at once: it has twice server.max_connections_per_peer"
-            " ({limit}) open; more are counted and said at most once a minute",
-            "closed {count} connection(s) at once past twice server.max_connections_per_peer ({limit})"
-            " since the last such line, the latest from {peer}",
+            "closed a connection from {peer} at once: it has server.max_connections_per_peer ({limit})"
+            f" open, and {OVER_LIMIT_CONNECTIONS} more being told 429; more are counted and said at"
+            " most once a minute",
+            "closed {count} connection(s) at once past server.max_connections_per_peer ({limit})"
+            f" and {OVER_LIMIT_CONNECTIONS} more since the last such line, the latest from {{peer}}",
         )
 
     def admit(self, conn: socket.socket, address: Address) -> bool:
         """Whether to keep ``conn`` (served, or marked for a 429); False:
-        close it now."""
-        peer = address[0]
+        close it now. Called by the event loop (asyncio's accept)."""
+        peer = peer_group(address[0])
         held = _live(self._open.get(peer, ()))
         self._open[peer] = held
         if len(held) < self.limit:
@@ -97,9 +111,11 @@ class Peers:
             return True
         over = _live(self._over.get(peer, ()))
         self._over[peer] = over
-        if len(over) < self.limit:
+        if len(over) < OVER_LIMIT_CONNECTIONS:
             over.append(conn)
             self._marked[address] = conn
+            self._heard.discard(address)
+            asyncio.get_running_loop().call_later(self.over_seconds, self._shut_if_silent, conn, address)
             self._answered.note(peer, self.limit)
             self._sweep()
             return True
@@ -111,13 +127,44 @@ class Peers:
         conn = self._marked.get(address) if address is not None else None
         return conn is not None and conn.fileno() != -1
 
+    def heard(self, address: Address | None) -> None:
+        """The headers of a request on the connection from ``address`` have
+        arrived (http11.py, in the event loop's thread, so before any timer
+        due at the same turn)."""
+        if address is not None and address in self._marked:
+            self._heard.add(address)
+
+    def _shut_if_silent(self, conn: socket.socket, address: Address) -> None:
+        """A connection past the limit that has not sent its request in time
+        (its TLS handshake included) is shut; asyncio then closes it, as it
+        would on a client that hung up."""
+        heard = address in self._heard
+        self._heard.discard(address)
+        if heard or conn.fileno() == -1 or self._marked.get(address) is not conn:
+            return
+        with contextlib.suppress(OSError):  # gone meanwhile
+            conn.shutdown(socket.SHUT_RDWR)
+
     def _sweep(self) -> None:
         if len(self._open) + len(self._over) + len(self._marked) <= self._sweep_at:
             return
         self._open = {p: o for p, o in self._open.items() if _live(o)}
         self._over = {p: o for p, o in self._over.items() if _live(o)}
         self._marked = {a: c for a, c in self._marked.items() if c.fileno() != -1}
+        self._heard &= set(self._marked)
         self._sweep_at = max(SWEEP_AT, 2 * (len(self._open) + len(self._over) + len(self._marked)))
+
+
+def peer_group(address: str) -> str:
+    """Who counts as one peer: an IPv4 address, or an IPv6 address's /64
+    (one host may hold a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _live(conns: Any) -> list[socket.socket]:

@@ -16,8 +16,8 @@ Then it binds ``server.listen`` (listen.py) before it says it serves, and
 uvicorn serves the app (app.py) there, with TLS from
 ``server.tls_cert``/``tls_key``, HTTP/1.1 with a deadline on headers
 (http11.py), at most ``server.max_connections_per_peer`` connections from
-one address served (429 past that, listen.py) and ``server.max_connections`` in
-all (503 past that). SIGTERM (and SIGINT) stop it gracefully: it stops
+one peer served (429 past that for a few, listen.py) and
+``server.max_connections`` in all (503 past that). SIGTERM (and SIGINT) stop it gracefully: it stops
 accepting, closes idle connections, lets in-flight requests finish for up
 to ``server.shutdown_seconds``, then exits 0. Errors go to stderr, the
 access log to stdout, one JSON line per request.
@@ -97,7 +97,7 @@ def run(settings: Settings, keys: Keys) -> int:
     server = settings.server
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        peers = Peers(server.max_connections_per_peer)
+        peers = Peers(server.max_connections_per_peer, server.header_seconds)
         sockets = bind(server.host, server.port, peers)
     except CannotListen as exc:
         print(f"nomad-secrets serve: {exc}", file=sys.stderr)
@@ -128,7 +128,7 @@ def run(settings: Settings, keys: Keys) -> int:
         app,
         ssl_certfile=server.tls_cert,
         ssl_keyfile=server.tls_key,
-        http=with_header_deadline(server.header_seconds),
+        http=with_header_deadline(server.header_seconds, peers.heard),
         lifespan="on",
         log_config=None,
         access_log=False,  # app.py writes its own, without values
@@ -163,7 +163,7 @@ def _routes(settings: Settings) -> list[str]:
         "drone": "/drone/secret",
         "admission": "/drone/admission",
         "bitbucket": "/bitbucket/secrets",
-        "woodpecker": "/woodpecker/secrets",
+        "woodpecker": "/woodpecker/secrets/<woodpecker.endpoint_token_file's token>",
     }
     return [route for key, route in names.items() if getattr(settings, key) is not None] + ["/healthz"]
 

@@ -18,9 +18,12 @@ covered component, then the parameters::
     "@signature-params": ("@request-target" "content-digest");created=1767225600;alg="ed25519"
 
 ``@request-target`` is the path and query the request was sent to (the
-path percent-decoded, as httpsign reads it), so a request signed for
-another extension endpoint of the same server (its config or registry
-extension) does not verify here.
+path percent-decoded, as httpsign reads it), and nothing covers the host:
+a request Woodpecker signs for any URL with the same path and query
+verifies here, wherever it was meant to go (a repository's own config,
+registry or secret extension URL, which that repository's admins set).
+So the door's path holds a token only the operator's configuration has
+(woodpecker.py), and the signature binds the request to it.
 
 Checked, strictly (one signature, one header line each, nothing unknown):
 the signature covers exactly ``@request-target`` and ``content-digest``;

@@ -24,7 +24,8 @@ across a refresh made every door wait on a dripping key server). So:
   such tokens hold a bounded share of the door threads; when the refresh
   failed, the token can be neither trusted nor refused: 503;
 - a failed refresh keeps the keys there are, and is tried again no sooner
-  than ``MIN_REFRESH_SECONDS`` later.
+  than ``MIN_REFRESH_SECONDS`` later, whichever peer asks (a token with an
+  unknown kid meanwhile: 503).
 
 Any failure of the token is ``InvalidToken``, which says nothing more: the
 door answers 401 and nothing else. An issuer that cannot be reached is
@@ -44,6 +45,7 @@ import jwt
 
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.server import fetchjson
+from nomad_secrets.server.listen import peer_group
 
 logger = logging.getLogger("nomad_secrets.server")
 
@@ -125,10 +127,11 @@ class IssuerKeys:
     def _start_for_unknown(self, now: float, group: str) -> threading.Event:
         """A refresh for a kid we do not know, when this peer may start one
         (call with the lock held); InvalidToken or IssuerUnavailable when not."""
-        if not self._keys:  # nothing works without keys: ask, but not a failing issuer every time
-            if now - self._attempted < MIN_REFRESH_SECONDS:
-                raise IssuerUnavailable(self._failure or f"no keys from {self.issuer}")
-        elif now - self._started_by.get(group, float("-inf")) < MIN_REFRESH_SECONDS:
+        if (not self._keys or self._failure) and now - self._attempted < MIN_REFRESH_SECONDS:
+            # Nothing works without keys, and a failing issuer is not asked
+            # again sooner, however many addresses send unknown kids.
+            raise IssuerUnavailable(self._failure or f"no keys from {self.issuer}")
+        if self._keys and now - self._started_by.get(group, float("-inf")) < MIN_REFRESH_SECONDS:
             raise InvalidToken
         started = self._start(now)
         if started is None:
@@ -230,18 +233,6 @@ def verify(token: str, keys: IssuerKeys, audience: str, deadline: Deadline, peer
     except jwt.PyJWTError:
         raise InvalidToken from None
     return claims
-
-
-def peer_group(peer: str) -> str:
-    """Who may start a refresh: an IPv4 address, or an IPv6 address's /64
-    (one host may hold a whole /64)."""
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return peer
-    if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
 
 
 def allowed_url(url: str) -> bool:

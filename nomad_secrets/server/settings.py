@@ -12,7 +12,7 @@ here each key is checked the way config.py checks the plugin's, with
     [bitbucket]          # the OIDC issuer and audience of the workspace
     [[bitbucket.rule]]   # which step gets which NAME = reference
     [[bitbucket.policy]] # optional: a guard on what the rules may read
-    [woodpecker]         # the Woodpecker server's public key
+    [woodpecker]         # the Woodpecker server's public key, the endpoint's token
     [[woodpecker.rule]]  # which pipeline gets which NAME = reference
     [[woodpecker.policy]] # optional: a guard on what the rules may read
 
@@ -61,6 +61,7 @@ MAX_PUBLIC_KEY_BYTES = 16 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 _TEAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _ORG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+_URL_TOKEN = re.compile(rb"[A-Za-z0-9_-]+\Z")  # one path segment as it is, nothing to escape
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class ServerSettings:
     header_seconds: float = 10.0  # to send a request's headers
     max_body_bytes: int = 256 * 1024
     max_connections: int = 1024  # past this, 503
-    # From one address: runners behind one NAT address share it; past it, 429.
+    # From one address (an IPv6 /64): runners behind one NAT address share
+    # it; past it, 429. At most a quarter of max_connections (the default).
     max_connections_per_peer: int = 256
     max_concurrent_reads: int = 64  # requests reading stores at once; others wait
     shutdown_seconds: float = 30.0  # SIGTERM: in-flight requests finish within this
@@ -136,6 +138,10 @@ class BitbucketSettings:
 @dataclass(frozen=True)
 class WoodpeckerSettings:
     public_key_file: str = ""  # the PEM the Woodpecker server serves at /api/signature/public-key
+    # The secret part of the door's path: Woodpecker's signature does not
+    # cover the host, so only this tells requests for this door from
+    # requests Woodpecker signed for another extension URL with its path.
+    endpoint_token_file: str = ""
     rules: tuple[NamedRule, ...] = ()
     policy: tuple[Rule, ...] | None = None  # None: the rules are the whole policy
 
@@ -163,6 +169,7 @@ class Keys:
     admission: bytes = b""
     github_token: str = ""
     woodpecker: Ed25519PublicKey | None = None
+    woodpecker_endpoint_token: str = ""  # /woodpecker/secrets/<this>
 
     def __repr__(self) -> str:
         return "Keys(<hidden>)"
@@ -199,8 +206,16 @@ def load(path: str, *, nomad_task: bool = False) -> tuple[Settings, Keys]:
                 )
             keys = replace(keys, github_token=token.decode("ascii"))
     if settings.woodpecker is not None:
-        public_key = _public_key(settings.woodpecker.public_key_file, "woodpecker.public_key_file", ancestors)
-        keys = replace(keys, woodpecker=public_key)
+        woodpecker = settings.woodpecker
+        public_key = _public_key(woodpecker.public_key_file, "woodpecker.public_key_file", ancestors)
+        token = _secret(woodpecker.endpoint_token_file, "woodpecker.endpoint_token_file", ancestors)
+        if not _URL_TOKEN.match(token):
+            raise ConfigError(
+                f"the file of woodpecker.endpoint_token_file ({woodpecker.endpoint_token_file}) must hold"
+                " one token of letters, digits, - and _ (it goes in the endpoint's path), e.g."
+                f" openssl rand -hex 32 > {woodpecker.endpoint_token_file}"
+            )
+        keys = replace(keys, woodpecker=public_key, woodpecker_endpoint_token=token.decode("ascii"))
     return settings, keys
 
 
@@ -241,6 +256,7 @@ def parse_settings(config: Config) -> Settings:
 
 
 def _server(table: dict[str, Any], path: str) -> ServerSettings:
+    share_set = "max_connections_per_peer" in table
     server = config_module._build(ServerSettings, table, "server", path)
     host, colon, port = server.listen.rpartition(":")
     if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -269,6 +285,18 @@ def _server(table: dict[str, Any], path: str) -> ServerSettings:
         value = getattr(server, key)
         if not low <= value <= high:
             raise ConfigError(f"server.{key} in {path} is {value}; it must be between {low:g} and {high:g}")
+    # A peer holds its share and a few connections more (listen.py): at a
+    # quarter, two peers hold about half of all, never every one.
+    quarter = max(1, server.max_connections // 4)
+    if not share_set:
+        server = replace(server, max_connections_per_peer=min(server.max_connections_per_peer, quarter))
+    elif server.max_connections_per_peer > quarter:
+        raise ConfigError(
+            f"server.max_connections_per_peer in {path} is {server.max_connections_per_peer}, more than a"
+            f" quarter of server.max_connections ({server.max_connections}): two addresses could hold"
+            " half of all connections, and a few every one; lower it, or raise max_connections to at"
+            " least 4 times it (each connection is an open file: mind ulimit -n)"
+        )
     return server
 
 
@@ -387,9 +415,15 @@ def normalize_bitbucket(values: Mapping[str, str]) -> dict[str, str]:
 def _woodpecker(table: dict[str, Any], path: str) -> WoodpeckerSettings:
     rules = table.pop("rule", None)
     policy = table.pop("policy", None)
-    config_module._reject_unknown(table, {"public_key_file"}, "woodpecker", path)
+    config_module._reject_unknown(table, {"public_key_file", "endpoint_token_file"}, "woodpecker", path)
     woodpecker = config_module._build(WoodpeckerSettings, table, "woodpecker", path)
     _required(woodpecker.public_key_file, "woodpecker.public_key_file", path)
+    if not woodpecker.endpoint_token_file:
+        raise ConfigError(
+            f"woodpecker.endpoint_token_file is missing in {path}: the door answers only at"
+            " /woodpecker/secrets/<the token in that file>; write one with"
+            " openssl rand -hex 32 > /etc/nomad-secrets/woodpecker-endpoint-token (docs/ci.md)"
+        )
     if rules is None:
         raise ConfigError(
             f"[woodpecker] in {path} has no [[woodpecker.rule]], so no pipeline would get anything:"

@@ -1,10 +1,16 @@
 """Woodpecker CI's secret extension (Woodpecker 3.x): the Woodpecker server
 asks, for each pipeline, which secrets to add to the repository's own.
 
-The server (``WOODPECKER_SECRET_EXTENSION_ENDPOINT``, or a repository's
-extension settings) POSTs ``{"repo": {...}, "pipeline": {...}, "netrc"?:
-{...}}`` (Go's json.Encoder output of its models), signed with its ed25519
-key (message_signatures.py). The caller is ``repo.full_name``,
+The server (``WOODPECKER_SECRET_EXTENSION_ENDPOINT``) POSTs ``{"repo":
+{...}, "pipeline": {...}, "netrc"?: {...}}`` (Go's json.Encoder output of
+its models), signed with its ed25519 key (message_signatures.py), to
+``/woodpecker/secrets/<token>``. The signature does not cover the host, and
+a repository's admins may set that repository's extension URLs to a host of
+theirs, which then receives requests Woodpecker signed (for that
+repository's pipelines, a maintainer's push to main included): the token,
+which only the server's environment holds, is what such a request lacks.
+A path without it is answered as one that does not exist (404), before
+anything else is read. The caller is ``repo.full_name``,
 ``pipeline.event``, ``branch`` (a pull request's is its target),
 ``ref``, ``deploy_to`` and ``from_fork`` (absent: false); ``netrc`` holds
 a forge token and is never read.
@@ -35,6 +41,9 @@ replay.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -60,6 +69,7 @@ from nomad_secrets.server.settings import (
 )
 from nomad_secrets.server.stores import ServerStores
 
+PREFIX = "/woodpecker/secrets/"  # then woodpecker.endpoint_token_file's token
 MAX_FIELD = 1024  # full_name, event, branch, ref, deploy_to: far above any real one
 PULL_EVENTS = ("pull_request", "pull_request_closed", "pull_request_metadata")
 MAX_REMEMBERED = 100_000  # signatures within the window; only verified ones are kept
@@ -86,20 +96,34 @@ class Pipeline:
 
 
 class Woodpecker:
-    route: str = "/woodpecker/secrets"
+    route: str = PREFIX + "{token}"
     methods: tuple[str, ...] = ("POST",)
 
     def __init__(self, settings: Settings, keys: Keys, pool: ServerStores) -> None:
         assert settings.woodpecker is not None and keys.woodpecker is not None
+        assert keys.woodpecker_endpoint_token
         self.settings: WoodpeckerSettings = settings.woodpecker
         self.key = keys.woodpecker
+        # Compared as digests: constant time, whatever the length sent.
+        self._path = hashlib.sha256((PREFIX + keys.woodpecker_endpoint_token).encode()).digest()
         self.window = settings.server.clock_skew_seconds
-        self.replays = Replays(self.window)
+        # Serve from the next whole second on: a signature's created is whole
+        # seconds, so then every one made before this start (a request a
+        # previous process answered) is older than `started`, and every one
+        # made while this process serves is not. Made before the server
+        # serves (main.py), so the wait (under 1 s) delays only the start.
+        now = time.time()
+        started = math.ceil(now)
+        time.sleep(started - now)
+        self.replays = Replays(self.window, started=started)
         self.secrets = named.NamedSecrets(
             "woodpecker", self.settings.rules, self.settings.policy, WOODPECKER_PLACEHOLDERS, settings, pool
         )
 
     def handle(self, request: Incoming) -> Outgoing:
+        path = request.target.partition("?")[0].encode("latin-1")
+        if not hmac.compare_digest(hashlib.sha256(path).digest(), self._path):
+            return text(404, "Not Found", "no-such-path")  # as a path that does not exist (app.py)
         now = time.time()
         try:
             signed = message_signatures.verify(self.key, request, now, self.window)
@@ -138,8 +162,21 @@ def covers(rule: NamedRule, pipeline: Pipeline) -> bool:
 
 def parse_request(body: bytes) -> Pipeline:
     """The Woodpecker server's request, each field used checked; ValueError
-    says what is wrong."""
-    _, repo, pipeline = json_objects(body, "repo", "pipeline")
+    says what is wrong. The config extension's request is refused by its
+    shape: it always has ``netrc`` (null when off, where the secret
+    extension leaves it out) and the pipeline's ``configuration`` files.
+    (The registry extension's has the secret extension's shape: only the
+    endpoint token tells them apart.)"""
+    data, repo, pipeline = json_objects(body, "repo", "pipeline")
+    for carries, present in (
+        ("configuration", "configuration" in data),
+        ("a null netrc", "netrc" in data and data["netrc"] is None),
+    ):
+        if present:
+            raise ValueError(
+                f"the body carries {carries}, as Woodpecker's config extension's request does"
+                " and its secret extension's never does"
+            )
     fork = pipeline.get("from_fork", False)  # omitempty: absent is false
     if not isinstance(fork, bool):
         raise ValueError("pipeline.from_fork must be true or false")
@@ -154,15 +191,26 @@ def parse_request(body: bytes) -> Pipeline:
 
 
 class Replays:
-    """The signatures answered (or being answered) within the window."""
+    """The signatures answered (or being answered) within the window, since
+    this process started. What came before is not remembered (the set is in
+    memory), so a signature made before ``started`` is refused: else a
+    request answered before a restart could be sent again after it."""
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float, started: int) -> None:
         self.window = window
+        self.started = started  # a whole second of the wall clock, as created is
         self._seen: dict[bytes, float] = {}  # signature -> when (wall clock) it is stale anyway
         self._lock = threading.Lock()
 
     def claim(self, signed: message_signatures.Signed, now: float) -> Outgoing | None:
         """None when the signature is new (it is now taken), else the answer."""
+        if signed.created < self.started:
+            return text(
+                400,
+                "Invalid Signature: it was made before this server started (a request from before a"
+                " restart, sent again; or the Woodpecker server's clock is behind this one's: NTP)",
+                message_signatures.Stale.outcome,
+            )
         with self._lock:
             if signed.signature in self._seen:
                 return text(
