@@ -133,6 +133,42 @@ def test_a_sticky_world_writable_directory_is_refused_and_nothing_planted_is_tou
     assert CANARY not in log + words
 
 
+def test_a_symlink_another_user_owns_is_not_followed_to_the_metrics_or_the_audit(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """In a sticky directory the attacker links a name to a directory of
+    root's; root follows another's link there when fs.protected_symlinks is
+    0 (it is, here), so the attacker would choose where root writes. The
+    metrics and the audit file named through the attacker's link are
+    skipped, nothing is written where it leads, and the debug log and check
+    say what to do. Root's own link there is followed."""
+    put_secret(secretsmanager, "nodefiles/db", "v")
+    roots = tmp_path / "roots"
+    roots.mkdir(mode=0o755)
+    debug = tmp_path / "debug.log"
+    with public_dir() as public:
+        as_attacker(f"ln -s {roots} {public}/theirs")
+        theirs = public / "theirs"
+        observed(
+            nomad, moto_endpoint, prom=theirs / "nomad-secrets.prom", audit=theirs / "a.jsonl", debug=debug
+        )
+        assert nomad.fetch("aws", "nodefiles/db").ok
+        assert list(roots.iterdir()) == []
+        words = check_output(nomad)
+
+        (public / "ours").symlink_to(roots)  # root's
+        ours = public / "ours"
+        observed(nomad, moto_endpoint, prom=ours / "nomad-secrets.prom", audit=ours / "a.jsonl", debug=debug)
+        assert nomad.fetch("aws", "nodefiles/db").ok
+    refused = (
+        f"{theirs} is a symlink owned by uid {ATTACKER}, who can point it at any directory; name the"
+        " directory it should lead to by its real path"
+    )
+    assert f"WARNING {refused}" in words and refused in debug.read_text()
+    assert samples((roots / "nomad-secrets.prom").read_text())[OK] == 1
+    assert (roots / "a.jsonl").read_text().count("\n") == 1
+
+
 def test_a_metrics_file_not_roots_or_too_large_is_not_read(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
 ) -> None:
