@@ -14,6 +14,11 @@ flock) once, and never waits for it:
   file, ``.<file name>.carried.<pid>-<random>``, a small file of its own,
   for the next fetch that takes the lock, and tries the lock once more.
 
+Once a provider has read a store, every outcome of that pair (ok and each
+error kind) is in the file, at 0 until it happens: Prometheus's
+``increase()`` takes a series' first sample as its start, so a series that
+first appeared at 1 would never count that fetch in an alert.
+
 At most ``MAX_CARRIED`` counts wait; past that a count is lost. A count
 lost for any reason (that, a full disk, an I/O error) is counted in
 ``nomad_secrets_write_errors_total{to="metrics"}``, and that count must
@@ -31,6 +36,7 @@ import os
 import re
 
 from nomad_secrets import nodefile
+from nomad_secrets.errors import KINDS
 from nomad_secrets.trust import Untrusted, open_append
 
 FETCHES = "nomad_secrets_fetches_total"
@@ -40,6 +46,8 @@ WRITE_ERRORS = "nomad_secrets_write_errors_total"
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Where a record or a count was due: the label ``to`` of WRITE_ERRORS.
 WRITE_TARGETS = ("metrics", "audit-file", "syslog")
+# Every outcome a fetch can end in: the series of a provider and store.
+OUTCOMES = ("ok", *KINDS)
 HELP = {
     FETCHES: (
         "counter",
@@ -205,8 +213,13 @@ def merge(into: Samples, samples: Samples) -> None:
 
 
 def render(samples: Samples) -> str:
-    """The whole file: every family with its help, the write errors of
-    every target (0 until one fails, so that an alert sees the first)."""
+    """The whole file: every family with its help, every outcome of each
+    provider and store, and the write errors of every target (each 0 until
+    it happens, so that an alert sees the first)."""
+    fetches = samples.setdefault(FETCHES, {})
+    for pair in {labels.rpartition(',outcome="')[0] for labels in fetches} - {""}:
+        for outcome in OUTCOMES:
+            fetches.setdefault(f"{pair},{_labels(outcome=outcome)}", 0)
     errors = samples.setdefault(WRITE_ERRORS, {})
     for to in WRITE_TARGETS:
         errors.setdefault(_labels(to=to), 0)

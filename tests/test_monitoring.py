@@ -1,7 +1,9 @@
 """What operators load (examples/monitoring/): the alerting rules pass the
-real promtool's own test, the dashboard's queries are PromQL that names
-only what the plugin writes, and the real node_exporter serves every
-sample of the plugin's textfile as written, without a scrape error."""
+real promtool's own test, whose series are shaped as the plugin writes
+them, and fire on series the plugin wrote after real fetches; the
+dashboard's queries are PromQL that names only what the plugin writes; and
+the real node_exporter serves every sample of the plugin's textfiles as
+written, without a scrape error."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import ROOT, aws_config, put_secret, write_config
+from netutil import HangingServer, dead_port_url
 from node_exporter import node_exporter, promtool
 from nomad import NomadClient
 from test_metrics import samples
@@ -21,6 +24,7 @@ from nomad_secrets.errors import KINDS
 
 MONITORING = ROOT / "examples" / "monitoring"
 RULES = MONITORING / "nomad-secrets.rules.yml"
+RULES_TEST = MONITORING / "nomad-secrets.rules.test.yml"
 DASHBOARD = MONITORING / "nomad-secrets.dashboard.json"
 # The plugin's families, and what node_exporter adds about reading them.
 WRITTEN = {
@@ -30,6 +34,13 @@ WRITTEN = {
 }
 NODE_EXPORTER = {"node_textfile_scrape_error"}
 OUTCOMES = {"ok", *KINDS}  # no "stale" until issue 22 builds it
+Sample = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def shown(prom: Path) -> dict[Sample, float]:
+    """What node_exporter serves of the plugin's files now (nothing before the first)."""
+    files = [prom, prom.with_suffix(".write-errors.prom")]
+    return {sample: v for file in files if file.exists() for sample, v in samples(file.read_text()).items()}
 
 
 def rule_expressions() -> list[str]:
@@ -79,7 +90,7 @@ def test_the_alert_rules_pass_promtools_test() -> None:
 
 def test_every_alert_is_tested() -> None:
     alerts = re.findall(r"^\s*- alert: (\w+)$", RULES.read_text(), re.M)
-    tested = set(re.findall(r"alertname: (\w+)", (MONITORING / "nomad-secrets.rules.test.yml").read_text()))
+    tested = set(re.findall(r"alertname: (\w+)", RULES_TEST.read_text()))
     assert len(alerts) == 6 and set(alerts) == tested
 
 
@@ -146,3 +157,148 @@ def test_node_exporter_serves_every_sample_as_written(
     assert {sample: scraped.get(sample) for sample in written} == written
     mtime = [value for (name, labels), value in scraped.items() if name == "node_textfile_mtime_seconds"]
     assert len(mtime) == 1 and mtime[0] == int(prom.stat().st_mtime)
+
+
+def expanded(values: str) -> list[float | None]:
+    """promtool's expanding notation: ``_`` a missing sample, ``_xN`` N of
+    them, ``AxN`` A N+1 times, ``A+BxN`` A, A+B, ... A+N*B."""
+    out: list[float | None] = []
+    for token in values.split():
+        match = re.fullmatch(r"(_|-?[\d.]+)(?:([-+][\d.]+)?x(\d+))?", token)
+        assert match, token
+        start, step, times = match.groups()
+        if start == "_":
+            out += [None] * int(times or 1)
+        else:
+            out += [float(start) + float(step or 0) * i for i in range(int(times or 0) + 1)]
+    return out
+
+
+def test_the_shipped_rule_tests_series_are_shaped_as_the_plugin_writes_them() -> None:
+    """In each test of nomad-secrets.rules.test.yml, a provider and store's
+    fetch counters all appear at once, with the pair's first fetch (every
+    outcome at 0 but that fetch's), and the write errors at 0 from the
+    first: a series that starts at 0 only when its kind first happens is
+    one the plugin never writes, and it hides the miss the plugin had."""
+    groups = RULES_TEST.read_text().split("\n  - interval: ")[1:]
+    checked = set()
+    for group in groups:
+        firsts: dict[tuple[str, ...], dict[str, tuple[int, float]]] = {}
+        for series, values in re.findall(r"- series: '([^']*)'\n\s+values: \"([^\"]*)\"", group):
+            name, labels = series.split("{")[0], dict(re.findall(r'(\w+)="([^"]*)"', series))
+            points = expanded(values)
+            at = next(i for i, v in enumerate(points) if v is not None)
+            value = points[at]
+            assert value is not None
+            if name == metrics.FETCHES:
+                pair = (name, labels["instance"], labels["provider"], labels["store"])
+                firsts.setdefault(pair, {})[labels["outcome"]] = (at, value)
+            elif name == metrics.WRITE_ERRORS:
+                firsts.setdefault((name, labels["instance"]), {})[labels["to"]] = (at, value)
+            elif name == metrics.DURATION + "_bucket":
+                firsts.setdefault((name, labels["instance"], labels["provider"]), {})[labels["le"]] = (
+                    at,
+                    value,
+                )
+        for key, series_firsts in firsts.items():
+            checked.add(key[0])
+            assert len({at for at, _ in series_firsts.values()}) == 1, (key, series_firsts)
+            values = [value for _, value in series_firsts.values()]
+            if key[0] == metrics.WRITE_ERRORS:
+                assert set(series_firsts) == set(metrics.WRITE_TARGETS) and values == [0, 0, 0], key
+            elif key[0] == metrics.FETCHES:  # the fetch that made the pair, and the rest at 0
+                assert sum(values) >= 1 and sorted(values)[:-1] == [0] * (len(values) - 1), key
+            else:  # with the provider's first fetch
+                assert series_firsts["+Inf"][1] >= 1, key
+    assert len(groups) == 6 and len(checked) == 3
+
+
+def test_the_alerts_fire_on_series_the_plugin_wrote(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """Real fetches, the plugin's files read after each minute's, and their
+    series fed to the real promtool as node_exporter serves them (absent
+    until a file has them): the first fetch that found the store
+    unreachable, the first that timed out, eleven policy denials in one
+    minute and one audit record syslog did not take each fire their alert.
+    Series that appeared only with their first fetch fired none of the
+    first three: increase() takes a series' first sample as its start."""
+    textfile = tmp_path / "textfile"
+    textfile.mkdir(mode=0o755)
+    prom = textfile / "nomad-secrets.prom"
+    put_secret(secretsmanager, "monitoring/db", "v")
+    observed = f'[metrics]\nfile = "{prom}"\n[[policy]]\nallow = ["aws-sm:monitoring/**"]\n'
+
+    def configure(endpoint: str, sections: str = "") -> None:
+        write_config(nomad.plugin_dir, aws_config(endpoint) + sections + observed)
+
+    minutes = [shown(prom)]  # before any fetch
+    configure(moto_endpoint)
+    assert nomad.fetch("aws", "monitoring/db").ok
+    minutes += [shown(prom)] * 2
+    configure(dead_port_url())
+    assert nomad.fetch("aws", "monitoring/db").error
+    minutes.append(shown(prom))
+    with HangingServer() as hanging:
+        configure(hanging.url, "[plugin]\ndeadline_seconds = 2\n")
+        assert nomad.fetch("aws", "monitoring/db").error
+    minutes.append(shown(prom))
+    configure(moto_endpoint)
+    for _ in range(11):
+        assert "policy" in nomad.fetch("aws", "elsewhere/db").error
+    minutes.append(shown(prom))
+    configure(moto_endpoint, f'[audit]\nsyslog = true\nsyslog_socket = "{tmp_path / "no-socket"}"\n')
+    assert nomad.fetch("aws", "monitoring/db").ok
+    minutes += [shown(prom)] * 2
+    assert {name for name, _ in minutes[-1]} == WRITTEN
+
+    def series(sample: Sample) -> dict[str, str]:
+        name, labels = sample
+        text = ",".join(f'{k}="{v}"' for k, v in (("instance", "n1"), *labels))
+        points = [repr(minute[sample]) if sample in minute else "_" for minute in minutes]
+        return {"series": f"{name}{{{text}}}", "values": " ".join(points)}
+
+    def firing(alertname: str, severity: str, **labels: str) -> dict[str, Any]:
+        text = ",".join(f'{k}="{v}"' for k, v in {"instance": "n1", "severity": severity, **labels}.items())
+        return {"labels": f'ALERTS{{alertname="{alertname}",alertstate="firing",{text}}}', "value": 1}
+
+    test = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [series(sample) for sample in sorted(set().union(*minutes))],
+                "promql_expr_test": [
+                    {
+                        "expr": 'ALERTS{alertstate="firing"}',  # every alert firing, and no other
+                        "eval_time": f"{len(minutes) - 1}m",
+                        "exp_samples": [
+                            firing(
+                                "NomadSecretsStoreFailing",
+                                "critical",
+                                provider="aws",
+                                store="aws-sm",
+                                outcome="unreachable",
+                            ),
+                            firing(
+                                "NomadSecretsDeadlineMisses", "warning", provider="aws", outcome="timed-out"
+                            ),
+                            firing(
+                                "NomadSecretsDenialsSpike",
+                                "warning",
+                                provider="aws",
+                                outcome="denied-by-policy",
+                            ),
+                            firing("NomadSecretsWriteErrors", "warning", to="syslog"),
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "plugin.test.yml").write_text(json.dumps(test, indent=1))  # JSON is YAML
+    tested = subprocess.run(
+        [promtool(), "test", "rules", "plugin.test.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
