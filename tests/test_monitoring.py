@@ -31,7 +31,7 @@ WRITTEN = {
     name
     for family, (kind, _) in metrics.HELP.items()
     for name in ([family] if kind == "counter" else [f"{family}_bucket", f"{family}_sum", f"{family}_count"])
-}
+} | {metrics.WRITE_ERRORS}
 NODE_EXPORTER = {"node_textfile_scrape_error"}
 OUTCOMES = {"ok", *KINDS}  # no "stale" until issue 22 builds it
 Sample = tuple[str, tuple[tuple[str, str], ...]]
@@ -148,15 +148,15 @@ def test_node_exporter_serves_every_sample_as_written(
     assert nomad.fetch("aws", "monitoring/db").ok
     assert not nomad.fetch("aws", "monitoring/missing").ok
     assert not nomad.fetch("aws", "db = aws-sm:monitoring/db\nflag = aws-ssm:/monitoring/none\n").ok
-    written = samples(prom.read_text())
+    written = shown(prom)
     assert {name for name, _ in written} == WRITTEN
     assert written[("nomad_secrets_write_errors_total", (("to", "syslog"),))] == 3
     with node_exporter(textfile) as exporter:
         scraped = exporter.scrape()
     assert scraped[("node_textfile_scrape_error", ())] == 0
     assert {sample: scraped.get(sample) for sample in written} == written
-    mtime = [value for (name, labels), value in scraped.items() if name == "node_textfile_mtime_seconds"]
-    assert len(mtime) == 1 and mtime[0] == int(prom.stat().st_mtime)
+    mtime = {dict(labels)["file"] for (name, labels) in scraped if name == "node_textfile_mtime_seconds"}
+    assert mtime == {str(prom), str(prom.with_suffix(".write-errors.prom"))}
 
 
 def expanded(values: str) -> list[float | None]:
