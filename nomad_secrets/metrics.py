@@ -50,7 +50,7 @@ from collections.abc import Iterable, Mapping
 
 from nomad_secrets import nodefile
 from nomad_secrets.errors import KINDS
-from nomad_secrets.trust import Untrusted, open_append
+from nomad_secrets.trust import Untrusted, open_append, untrusted_log
 
 FETCHES = "nomad_secrets_fetches_total"
 DURATION = "nomad_secrets_fetch_duration_seconds"
@@ -73,6 +73,14 @@ ERRORS_HELP = (
     "counter",
     "Fetch counts and audit records not written, by where they were due: metrics (a full disk, an"
     " I/O error, or too many counts waiting on a stuck lock), audit-file, syslog.",
+)
+# A directory of a package's user (Debian's /var/lib/prometheus) is no place
+# for root's files, and chowning it back would undo the package.
+TEXTFILE_FIX = (
+    "do not chown it back if a package made it so (Debian's prometheus-node-exporter owns"
+    " /var/lib/prometheus): give the metrics a directory of root's, 0755, such as"
+    " /var/lib/nomad-secrets/metrics, and point node_exporter's --collector.textfile.directory at"
+    " it (Debian: ARGS in /etc/default/prometheus-node-exporter); docs/configuration.md, [metrics]"
 )
 MAX_BYTES = 1 << 20  # the file: a few hundred series, ~100 bytes each
 MAX_CARRIED = 1000
@@ -119,13 +127,18 @@ def errors_file(path: str) -> str:
     return path.removesuffix(".prom") + ".write-errors.prom"
 
 
+def untrusted_textfile(path: str) -> str | None:
+    """Why fetches cannot count in the metrics file ``path`` (for ``check``)."""
+    return untrusted_log(path + ".lock", "metrics lock file", TEXTFILE_FIX)
+
+
 def count(path: str, samples: Samples, failed: Iterable[str] = ()) -> list[str]:
     """Add ``samples`` to the file at ``path``, without waiting for its
     lock, and count the records not written ``failed`` (WRITE_TARGETS);
     the reasons for what could not be done (never raised: the fetch's
     answer came first)."""
     try:
-        lock = open_append(path + ".lock", "metrics lock file")
+        lock = open_append(path + ".lock", "metrics lock file", TEXTFILE_FIX)
     except Untrusted as exc:
         return [str(exc)]
     failures = Counter(failed)
@@ -159,7 +172,7 @@ def lost(path: str, targets: Iterable[str]) -> list[str]:
     (the node agent's queue was full), ``targets`` being where they were
     due; the reasons it could not be."""
     try:
-        lock = open_append(path + ".lock", "metrics lock file")
+        lock = open_append(path + ".lock", "metrics lock file", TEXTFILE_FIX)
     except Untrusted as exc:
         return [str(exc)]
     try:
@@ -323,7 +336,7 @@ def _add_errors(path: str, lock: int, lost: Mapping[str, int]) -> list[str]:
 def _lengthen(path: str, by: int) -> str | None:
     """The file at ``path`` ``by`` bytes longer, none written: no block needed."""
     try:
-        fd = open_append(path, "metrics write-error count")
+        fd = open_append(path, "metrics write-error count", TEXTFILE_FIX)
     except Untrusted as exc:
         return str(exc)
     try:

@@ -25,6 +25,7 @@ import errno
 import os
 import stat
 
+OWNER_FIX = "chown it to root"
 _MAX_LINKS = 40  # as the kernel's path walk
 
 
@@ -43,13 +44,14 @@ def untrusted(path: str, what: str) -> str | None:
     return _owner_and_mode(st, path, what)
 
 
-def untrusted_ancestors(path: str) -> str | None:
+def untrusted_ancestors(path: str, owner_fix: str = OWNER_FIX) -> str | None:
     """Why a directory above ``path``, or a symlink on the way to it, lets
-    another user swap what it holds, or None."""
-    return _walk(path)[0]
+    another user swap what it holds, or None. ``owner_fix``: what to do
+    about a directory another user owns."""
+    return _walk(path, owner_fix)[0]
 
 
-def untrusted_directory(path: str, what: str) -> str | None:
+def untrusted_directory(path: str, what: str, owner_fix: str = OWNER_FIX) -> str | None:
     """Why the directory holding ``path`` may not hold a file root writes
     there and reads back, or None.
 
@@ -59,7 +61,7 @@ def untrusted_directory(path: str, what: str) -> str | None:
     user there plants the file (or its lock, or its temporary) before root
     does, and root then reads the user's bytes back, or writes nowhere.
     """
-    problem, directory = _walk(path)
+    problem, directory = _walk(path, owner_fix)
     if problem:
         return problem
     try:
@@ -75,7 +77,7 @@ def untrusted_directory(path: str, what: str) -> str | None:
     return None
 
 
-def _walk(path: str) -> tuple[str | None, str]:
+def _walk(path: str, owner_fix: str) -> tuple[str | None, str]:
     """The directories above ``path`` walked from / as the kernel walks
     them, each entry looked at without following it (lstat): why one lets
     another user swap what it holds (or None), and the directory the walk
@@ -92,7 +94,7 @@ def _walk(path: str) -> tuple[str | None, str]:
         path = os.path.join(os.getcwd(), path)
     names = [n for n in os.path.dirname(path.rstrip("/") or "/").split("/") if n]
     current, links = "/", 0
-    problem = _entered(current)
+    problem = _entered(current, owner_fix)
     while names and problem is None:
         name = names.pop(0)
         if name in (".", ".."):
@@ -104,7 +106,7 @@ def _walk(path: str) -> tuple[str | None, str]:
         except OSError as exc:
             return f"cannot check the directory {entry}: {exc.strerror}", entry
         if not stat.S_ISLNK(st.st_mode):
-            problem, current = _entered(entry, st), entry
+            problem, current = _entered(entry, owner_fix, st), entry
             continue
         links += 1
         if st.st_uid not in (os.geteuid(), 0):
@@ -124,7 +126,7 @@ def _walk(path: str) -> tuple[str | None, str]:
     return problem, current
 
 
-def _entered(directory: str, st: os.stat_result | None = None) -> str | None:
+def _entered(directory: str, owner_fix: str, st: os.stat_result | None = None) -> str | None:
     try:
         st = st or os.lstat(directory)
     except OSError as exc:
@@ -132,7 +134,7 @@ def _entered(directory: str, st: os.stat_result | None = None) -> str | None:
     if not stat.S_ISDIR(st.st_mode):
         return f"cannot check the directory {directory}: {os.strerror(errno.ENOTDIR)}"
     if st.st_uid not in (os.geteuid(), 0):
-        return f"the directory {directory} is owned by uid {st.st_uid}; chown it to root"
+        return f"the directory {directory} is owned by uid {st.st_uid}; {owner_fix}"
     if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
         return f"the directory {directory} is writable by group or others; chmod go-w {directory}"
     return None
@@ -145,7 +147,7 @@ def check(path: str, what: str) -> None:
         raise Untrusted(problem)
 
 
-def open_append(path: str, what: str) -> int:
+def open_append(path: str, what: str, owner_fix: str = OWNER_FIX) -> int:
     """An fd appending to the log file ``path``, created 0600 if missing.
 
     Opened without following a symlink and without blocking (a FIFO or a
@@ -154,7 +156,7 @@ def open_append(path: str, what: str) -> int:
     regular file, owned by us or root, writable by no one else, in a
     directory that passes ``untrusted_directory``. The caller owns the fd.
     """
-    problem = untrusted_directory(path, what)
+    problem = untrusted_directory(path, what, owner_fix)
     if problem:
         raise Untrusted(problem)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -194,10 +196,10 @@ def untrusted_socket(path: str, what: str) -> str | None:
     return untrusted_ancestors(path)
 
 
-def untrusted_log(path: str, what: str) -> str | None:
+def untrusted_log(path: str, what: str, owner_fix: str = OWNER_FIX) -> str | None:
     """Why ``open_append`` would refuse ``path``, without creating it (for
     ``check``)."""
-    problem = untrusted_directory(path, what)
+    problem = untrusted_directory(path, what, owner_fix)
     if problem or not os.path.lexists(path):
         return problem
     problem = untrusted(path, what)

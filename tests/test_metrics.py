@@ -28,9 +28,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def with_metrics(plugin_dir: Path, moto_endpoint: str, prom: Path) -> None:
-    block = doc_block(DOC, "[metrics]\nfile =").replace(
-        "/var/lib/prometheus/node-exporter/nomad-secrets.prom", str(prom)
-    )
+    block = doc_block(DOC, "[metrics]\nfile =")
+    assert "/var/lib/nomad-secrets/metrics/nomad-secrets.prom" in block
+    block = block.replace("/var/lib/nomad-secrets/metrics/nomad-secrets.prom", str(prom))
     write_config(plugin_dir, aws_config(moto_endpoint) + block)
 
 

@@ -8,16 +8,20 @@ written, without a scrape error."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT, aws_config, put_secret, write_config
+from attacker import ATTACKER, need_root
+from conftest import ROOT, aws_config, doc_block, put_secret, write_config
 from netutil import HangingServer, dead_port_url
 from node_exporter import node_exporter, promtool
 from nomad import NomadClient
 from test_metrics import samples
+from test_node_files import check_output
 
 from nomad_secrets import metrics
 from nomad_secrets.errors import KINDS
@@ -26,6 +30,7 @@ MONITORING = ROOT / "examples" / "monitoring"
 RULES = MONITORING / "nomad-secrets.rules.yml"
 RULES_TEST = MONITORING / "nomad-secrets.rules.test.yml"
 DASHBOARD = MONITORING / "nomad-secrets.dashboard.json"
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 # The plugin's families, and what node_exporter adds about reading them.
 WRITTEN = {
     name
@@ -302,3 +307,58 @@ def test_the_alerts_fire_on_series_the_plugin_wrote(
         [promtool(), "test", "rules", "plugin.test.yml"], cwd=tmp_path, capture_output=True, text=True
     )
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+
+
+def test_the_documented_textfile_directory_as_the_docs_make_it(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """docs/configuration.md's [metrics] commands, run as written but below
+    a directory of the test's: ``install -d`` makes a directory of root's,
+    node_exporter runs with the ARGS line, the plugin with the [metrics]
+    block, and every count arrives. Debian's layout, /var/lib/prometheus
+    given to the package's user (here uid 65534), is refused, and check
+    says to do the above, not to chown it back; the links the docs offer
+    instead serve the files through the package's own directory."""
+    need_root()
+    top = tmp_path / "node"
+    (top / "var" / "lib").mkdir(parents=True)
+    for directory in (top, *top.rglob("*")):
+        directory.chmod(0o755)
+    rebased = doc_block(CONFIGURATION, "--collector.textfile.directory=", "sh").replace(
+        "/var/", f"{top}/var/"
+    )
+    (install,) = [line for line in rebased.splitlines() if line.startswith("install ")]
+    subprocess.run(["sh", "-c", install], check=True)
+    (args,) = re.findall(r'^ARGS="(.*)"$', rebased, re.M)
+    block = doc_block(CONFIGURATION, "[metrics]\nfile =").replace("/var/", f"{top}/var/")
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint) + block)
+    prom = Path(re.findall(r'file = "(.*)"', block)[0])
+    assert prom.parent.stat().st_uid == 0 and prom.parent.stat().st_mode & 0o7777 == 0o755
+    put_secret(secretsmanager, "monitoring/db", "v")
+    with node_exporter(args=shlex.split(args)) as exporter:
+        assert nomad.fetch("aws", "monitoring/db").ok
+        scraped = exporter.scrape()
+    assert scraped[("node_textfile_scrape_error", ())] == 0
+    assert {sample: scraped.get(sample) for sample in shown(prom)} == shown(prom)
+    words = check_output(nomad)
+    assert f"ok metrics file {prom}" in words and "WARNING the directory" not in words
+
+    package = top / "var" / "lib" / "prometheus"  # as Debian's postinst leaves it
+    (package / "node-exporter").mkdir(parents=True, mode=0o755)
+    os.chown(package, ATTACKER, ATTACKER)
+    debian = package / "node-exporter" / "nomad-secrets.prom"
+    write_config(nomad.plugin_dir, aws_config(moto_endpoint) + f'[metrics]\nfile = "{debian}"\n')
+    words = check_output(nomad)
+    assert f"WARNING the directory {package} is owned by uid {ATTACKER}; do not chown it back" in words
+    assert (
+        "such as /var/lib/nomad-secrets/metrics, and point node_exporter's --collector.textfile.directory"
+        in words
+    )
+    assert "chown it to root" not in words
+
+    (link,) = re.findall(r"`(ln -s [^`]*)`", CONFIGURATION.read_text())
+    subprocess.run(["sh", "-c", " ".join(link.split()).replace("/var/", f"{top}/var/")], check=True)
+    with node_exporter(package / "node-exporter") as exporter:
+        scraped = exporter.scrape()
+    assert scraped[("node_textfile_scrape_error", ())] == 0
+    assert {sample: scraped.get(sample) for sample in shown(prom)} == shown(prom)
