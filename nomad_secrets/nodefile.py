@@ -16,7 +16,10 @@ operator names. Through here:
   or ``ENOSPC`` removes the temporary file and leaves the old file as it
   was; the caller counts it (metrics: ``write_errors``);
 - a line is appended in one ``write``, or not at all: the part of a short
-  append (the disk filled mid-line) is cut back off.
+  append (the disk filled mid-line) is cut back off;
+- a file of a fixed layout (the write-error counts) may be written over in
+  place, byte for byte the same length: that needs no new block, so it
+  works on a full disk, where nothing can be replaced.
 
 Every function returns the reason it could not, for the caller's message
 or log, or raises ``trust.Untrusted``; none writes outside the directory
@@ -127,6 +130,37 @@ def _temporary(path: str, data: bytes, mode: int, what: str, durable: bool) -> s
         remove(tmp)
         raise
     return tmp
+
+
+def overwrite(path: str, data: bytes, what: str) -> str | None:
+    """Write ``data`` over the file at ``path``, in place, when it holds as
+    many bytes (root's or ours, a regular file): the reason it could not,
+    or None. The blocks are the file's already, so a full disk does not
+    stop it (on a copy-on-write file system, btrfs or ZFS, it may). A
+    reader at the same moment may see old and new bytes mixed, where they
+    differ."""
+    problem = untrusted_directory(path, what)
+    if problem:
+        return problem
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"cannot write the {what} {path}: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or st.st_size != len(data):
+            return f"the {what} {path} is not as it was written; it was left as it was"
+        done = 0
+        while done < len(data):
+            written = os.pwrite(fd, data[done:], done)
+            if written == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += written
+    except OSError as exc:
+        return f"cannot write the {what} {path}: {exc.strerror}"
+    finally:
+        os.close(fd)
+    return None
 
 
 def append(fd: int, data: bytes) -> str | None:

@@ -93,9 +93,7 @@ class Observer:
                 outcome=error_kind or "ok",
                 seconds=seconds,
             )
-            for to in failed:
-                metrics.write_error(samples, to)
-            problems += metrics.count(self.config.metrics.file, samples)
+            problems += metrics.count(self.config.metrics.file, samples, failed)
         return problems
 
     def _read(self) -> tuple[list[str], list[str]]:
@@ -162,10 +160,20 @@ class _Writer:
 
 
 def _count_lost(observer: Observer) -> None:
-    file = observer.config.metrics.file
-    problem = metrics.lost(file) if file else None
-    lost = f"{MAX_QUEUED} records waited for the writer; this one was lost, and counted"
-    debuglog.warn("observe-skipped", reason=problem or lost)
+    """The fetch's count and its audit records, never tried: each counted
+    where it was due."""
+    config = observer.config
+    file = config.metrics.file
+    targets = [
+        "metrics",
+        *(["syslog"] if config.audit.syslog else []),
+        *(["audit-file"] if config.audit.file else []),
+    ]
+    problems = metrics.lost(file, targets) if file else ["not counted: no [metrics] file"]
+    lost = f"{MAX_QUEUED} records waited for the writer; this one was lost"
+    debuglog.warn(
+        "observe-skipped", reason="; ".join([lost, *problems]) if problems else lost + ", and counted"
+    )
 
 
 _writer = _Writer()

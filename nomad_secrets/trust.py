@@ -9,7 +9,8 @@ So a trusted path is:
 - owned by the running user or root;
 - writable by no one else (no group or other write bit);
 - below directories that are each owned by root or us and writable by no
-  one else, unless sticky (like /tmp, where others cannot rename our files).
+  one else, unless sticky (like /tmp, where others cannot rename our files),
+  reached through no symlink another user owns.
 
 Standard library only, and cheap to import: the executable's bootstrap uses
 it before anything is unpacked (``scripts/build`` stores a copy of this file
@@ -23,6 +24,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+
+OWNER_FIX = "chown it to root"
+_MAX_LINKS = 40  # as the kernel's path walk
 
 
 class Untrusted(Exception):
@@ -40,25 +44,14 @@ def untrusted(path: str, what: str) -> str | None:
     return _owner_and_mode(st, path, what)
 
 
-def untrusted_ancestors(path: str) -> str | None:
-    """Why a directory above ``path`` lets another user swap what it holds,
-    or None."""
-    parent = os.path.dirname(os.path.abspath(path))
-    while True:
-        try:
-            st = os.stat(parent)
-        except OSError as exc:
-            return f"cannot check the directory {parent}: {exc.strerror}"
-        if st.st_uid not in (os.geteuid(), 0):
-            return f"the directory {parent} is owned by uid {st.st_uid}; chown it to root"
-        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-            return f"the directory {parent} is writable by group or others; chmod go-w {parent}"
-        if parent == os.path.dirname(parent):
-            return None
-        parent = os.path.dirname(parent)
+def untrusted_ancestors(path: str, owner_fix: str = OWNER_FIX) -> str | None:
+    """Why a directory above ``path``, or a symlink on the way to it, lets
+    another user swap what it holds, or None. ``owner_fix``: what to do
+    about a directory another user owns."""
+    return _walk(path, owner_fix)[0]
 
 
-def untrusted_directory(path: str, what: str) -> str | None:
+def untrusted_directory(path: str, what: str, owner_fix: str = OWNER_FIX) -> str | None:
     """Why the directory holding ``path`` may not hold a file root writes
     there and reads back, or None.
 
@@ -68,20 +61,82 @@ def untrusted_directory(path: str, what: str) -> str | None:
     user there plants the file (or its lock, or its temporary) before root
     does, and root then reads the user's bytes back, or writes nowhere.
     """
-    problem = untrusted_ancestors(path)
+    problem, directory = _walk(path, owner_fix)
     if problem:
         return problem
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        st = os.stat(directory)
+        st = os.lstat(directory)  # the walk's end: no symlink left in it
     except OSError as exc:
         return f"cannot check the directory {directory}: {exc.strerror}"
-    if st.st_mode & 0o022:  # sticky, or untrusted_ancestors would have refused it
+    if st.st_mode & 0o022:  # sticky, or the walk would have refused it
         return (
             f"the directory {directory} of the {what} is writable by others (sticky, like /tmp), so"
             f" another user can create the {what}'s name there first; give the {what} a directory"
             " of its own, owned by root and writable by no one else"
         )
+    return None
+
+
+def _walk(path: str, owner_fix: str) -> tuple[str | None, str]:
+    """The directories above ``path`` walked from / as the kernel walks
+    them, each entry looked at without following it (lstat): why one lets
+    another user swap what it holds (or None), and the directory the walk
+    ends in, with no symlink left in it.
+
+    A symlink is followed only when root or we own it: in a sticky
+    directory (like /tmp) anyone may create one, and root follows it there
+    unless fs.protected_symlinks is 1. Every directory the walk enters,
+    including those a link leads to, passes the owner and mode rules; a
+    sticky world-writable one may be passed through (others cannot rename
+    what root made there).
+    """
+    if not os.path.isabs(path):
+        path = os.path.join(os.getcwd(), path)
+    names = [n for n in os.path.dirname(path.rstrip("/") or "/").split("/") if n]
+    current, links = "/", 0
+    problem = _entered(current, owner_fix)
+    while names and problem is None:
+        name = names.pop(0)
+        if name in (".", ".."):
+            current = os.path.dirname(current) if name == ".." else current
+            continue
+        entry = os.path.join(current, name)
+        try:
+            st = os.lstat(entry)
+        except OSError as exc:
+            return f"cannot check the directory {entry}: {exc.strerror}", entry
+        if not stat.S_ISLNK(st.st_mode):
+            problem, current = _entered(entry, owner_fix, st), entry
+            continue
+        links += 1
+        if st.st_uid not in (os.geteuid(), 0):
+            problem = (
+                f"{entry} is a symlink owned by uid {st.st_uid}, who can point it at any directory;"
+                " name the directory it should lead to by its real path (or have root own the link)"
+            )
+        elif links > _MAX_LINKS:
+            problem = f"cannot check the directory {entry}: {os.strerror(errno.ELOOP)}"
+        else:
+            try:
+                target = os.readlink(entry)  # root's (or ours): no one else re-points it
+            except OSError as exc:
+                return f"cannot check the directory {entry}: {exc.strerror}", entry
+            current = "/" if target.startswith("/") else current
+            names[:0] = [n for n in target.split("/") if n]
+    return problem, current
+
+
+def _entered(directory: str, owner_fix: str, st: os.stat_result | None = None) -> str | None:
+    try:
+        st = st or os.lstat(directory)
+    except OSError as exc:
+        return f"cannot check the directory {directory}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"cannot check the directory {directory}: {os.strerror(errno.ENOTDIR)}"
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"the directory {directory} is owned by uid {st.st_uid}; {owner_fix}"
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return f"the directory {directory} is writable by group or others; chmod go-w {directory}"
     return None
 
 
@@ -92,7 +147,7 @@ def check(path: str, what: str) -> None:
         raise Untrusted(problem)
 
 
-def open_append(path: str, what: str) -> int:
+def open_append(path: str, what: str, owner_fix: str = OWNER_FIX) -> int:
     """An fd appending to the log file ``path``, created 0600 if missing.
 
     Opened without following a symlink and without blocking (a FIFO or a
@@ -101,7 +156,7 @@ def open_append(path: str, what: str) -> int:
     regular file, owned by us or root, writable by no one else, in a
     directory that passes ``untrusted_directory``. The caller owns the fd.
     """
-    problem = untrusted_directory(path, what)
+    problem = untrusted_directory(path, what, owner_fix)
     if problem:
         raise Untrusted(problem)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -141,10 +196,10 @@ def untrusted_socket(path: str, what: str) -> str | None:
     return untrusted_ancestors(path)
 
 
-def untrusted_log(path: str, what: str) -> str | None:
+def untrusted_log(path: str, what: str, owner_fix: str = OWNER_FIX) -> str | None:
     """Why ``open_append`` would refuse ``path``, without creating it (for
     ``check``)."""
-    problem = untrusted_directory(path, what)
+    problem = untrusted_directory(path, what, owner_fix)
     if problem or not os.path.lexists(path):
         return problem
     problem = untrusted(path, what)

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,7 +50,9 @@ class NodeExporter:
 
 
 @contextmanager
-def node_exporter(textfile_dir: Path) -> Iterator[NodeExporter]:
+def node_exporter(textfile_dir: Path | None = None, args: Sequence[str] = ()) -> Iterator[NodeExporter]:
+    """node_exporter reading ``textfile_dir``, or as ``args`` (an
+    operator's ARGS) say."""
     binary = shutil.which(BINARY)
     if binary is None:
         pytest.skip(NEEDS)
@@ -63,7 +65,8 @@ def node_exporter(textfile_dir: Path) -> Iterator[NodeExporter]:
             f"--web.listen-address=127.0.0.1:{port}",
             "--collector.disable-defaults",
             "--collector.textfile",
-            f"--collector.textfile.directory={textfile_dir}",
+            *([f"--collector.textfile.directory={textfile_dir}"] if textfile_dir else []),
+            *args,
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -229,7 +229,8 @@ def test_the_readme_example(
     audit_file, prom = tmp_path / "audit.jsonl", tmp_path / "textfile" / "nomad-secrets.prom"
     prom.parent.mkdir()
     block = block.replace("/var/log/nomad-secrets/audit.jsonl", str(audit_file))
-    block = block.replace("/var/lib/prometheus/node-exporter/nomad-secrets.prom", str(prom))
+    assert "/var/lib/nomad-secrets/metrics/nomad-secrets.prom" in block
+    block = block.replace("/var/lib/nomad-secrets/metrics/nomad-secrets.prom", str(prom))
     block = block.replace("syslog = true", f'syslog = true\nsyslog_socket = "{devlog.path}"')
     write_config(nomad.plugin_dir, aws_config(moto_endpoint) + block)
     put_secret(secretsmanager, "audit/readme", "v")

@@ -28,9 +28,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def with_metrics(plugin_dir: Path, moto_endpoint: str, prom: Path) -> None:
-    block = doc_block(DOC, "[metrics]\nfile =").replace(
-        "/var/lib/prometheus/node-exporter/nomad-secrets.prom", str(prom)
-    )
+    block = doc_block(DOC, "[metrics]\nfile =")
+    assert "/var/lib/nomad-secrets/metrics/nomad-secrets.prom" in block
+    block = block.replace("/var/lib/nomad-secrets/metrics/nomad-secrets.prom", str(prom))
     write_config(plugin_dir, aws_config(moto_endpoint) + block)
 
 
@@ -90,8 +90,13 @@ def test_twenty_fetches_at_once_lose_nothing_and_tear_nothing(
     )
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
     assert 0 < got[(histogram + "_sum", (("provider", "aws"),))] < 20 * 10
-    assert sorted(p.name for p in prom.parent.iterdir()) == ["nomad-secrets.prom", "nomad-secrets.prom.lock"]
-    assert (prom.stat().st_mode & 0o777) == 0o644  # node_exporter reads it as its own user
+    assert sorted(p.name for p in prom.parent.iterdir()) == [
+        "nomad-secrets.prom",
+        "nomad-secrets.prom.lock",
+        "nomad-secrets.write-errors.prom",
+    ]
+    for file in prom.parent.glob("*.prom"):  # node_exporter reads them as its own user
+        assert file.stat().st_mode & 0o777 == 0o644
 
 
 def test_a_metrics_file_in_an_untrusted_directory_is_skipped(
@@ -116,3 +121,23 @@ def test_the_metrics_file_must_be_an_absolute_prom_file(value: str) -> None:
 
     with pytest.raises(ConfigError, match=r"metrics\.file in f must be an absolute path ending in \.prom"):
         config.parse(f"[metrics]\nfile = {value}\n".encode(), "f")
+
+
+def test_a_record_the_agents_queue_had_no_room_for_is_counted_where_it_was_due(tmp_path: Path) -> None:
+    """A fetch the node agent answered but could not queue for its writer
+    (observe.MAX_QUEUED waited): its count and both its audit records are
+    counted, each under its own target, and shown at once."""
+    from nomad_secrets import config, observe
+
+    textfile = tmp_path / "textfile"
+    textfile.mkdir(mode=0o755)
+    prom = textfile / "nomad-secrets.prom"
+    text = f'[audit]\nsyslog = true\nfile = "{tmp_path / "audit.jsonl"}"\n[metrics]\nfile = "{prom}"\n'
+    observer = observe.Observer(config.parse(text.encode(), "f"), "aws", "db", {}, 0.0)
+    observe._count_lost(observer)
+    got = samples((textfile / "nomad-secrets.write-errors.prom").read_text())
+    assert {dict(labels)["to"]: value for (_, labels), value in got.items()} == {
+        "metrics": 1,
+        "syslog": 1,
+        "audit-file": 1,
+    }

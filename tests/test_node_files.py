@@ -1,5 +1,6 @@
 """What the plugin writes on the node and reads back, on a bad day (issue 23,
-items 1 to 3), through the built executable run as root as Nomad runs it:
+items 1 to 3, and the operator's review after it), through the built
+executable run as root as Nomad runs it:
 an attacker as another uid (65534, through setpriv) plants files where the
 metrics and the audit go, a small tmpfs fills up, another process holds
 the metrics lock. No file outside the plugin's own is ever written or read,
@@ -14,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ from nomad import NomadClient
 from test_metrics import samples
 
 from nomad_secrets import metrics
+from nomad_secrets.errors import KINDS
 
 CANARY = "canary-nodefiles-7f3a"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
@@ -38,6 +41,11 @@ OK = ("nomad_secrets_fetches_total", (("outcome", "ok"), ("provider", "aws"), ("
 
 def lost(to: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return ("nomad_secrets_write_errors_total", (("to", to),))
+
+
+def written(prom: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the metrics file and of the write-errors file beside it."""
+    return samples(prom.read_text()) | samples(prom.with_suffix(".write-errors.prom").read_text())
 
 
 @contextmanager
@@ -133,6 +141,42 @@ def test_a_sticky_world_writable_directory_is_refused_and_nothing_planted_is_tou
     assert CANARY not in log + words
 
 
+def test_a_symlink_another_user_owns_is_not_followed_to_the_metrics_or_the_audit(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """In a sticky directory the attacker links a name to a directory of
+    root's; root follows another's link there when fs.protected_symlinks is
+    0 (it is, here), so the attacker would choose where root writes. The
+    metrics and the audit file named through the attacker's link are
+    skipped, nothing is written where it leads, and the debug log and check
+    say what to do. Root's own link there is followed."""
+    put_secret(secretsmanager, "nodefiles/db", "v")
+    roots = tmp_path / "roots"
+    roots.mkdir(mode=0o755)
+    debug = tmp_path / "debug.log"
+    with public_dir() as public:
+        as_attacker(f"ln -s {roots} {public}/theirs")
+        theirs = public / "theirs"
+        observed(
+            nomad, moto_endpoint, prom=theirs / "nomad-secrets.prom", audit=theirs / "a.jsonl", debug=debug
+        )
+        assert nomad.fetch("aws", "nodefiles/db").ok
+        assert list(roots.iterdir()) == []
+        words = check_output(nomad)
+
+        (public / "ours").symlink_to(roots)  # root's
+        ours = public / "ours"
+        observed(nomad, moto_endpoint, prom=ours / "nomad-secrets.prom", audit=ours / "a.jsonl", debug=debug)
+        assert nomad.fetch("aws", "nodefiles/db").ok
+    refused = (
+        f"{theirs} is a symlink owned by uid {ATTACKER}, who can point it at any directory; name the"
+        " directory it should lead to by its real path"
+    )
+    assert f"WARNING {refused}" in words and refused in debug.read_text()
+    assert samples((roots / "nomad-secrets.prom").read_text())[OK] == 1
+    assert (roots / "a.jsonl").read_text().count("\n") == 1
+
+
 def test_a_metrics_file_not_roots_or_too_large_is_not_read(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
 ) -> None:
@@ -196,18 +240,21 @@ def test_malformed_sample_lines_are_dropped_not_kept(
         text = prom.read_text()
         scraped = exporter.scrape()
         assert exporter.scrape_error() == 0
-    written = samples(text)
-    assert written[OK] == 42
-    assert {labels for name, labels in written if name == "nomad_secrets_fetches_total"} == {OK[1]}
-    assert {dict(labels)["le"] for name, labels in written if name.endswith("_bucket")} == {
+    got = samples(text)
+    assert got[OK] == 42
+    fetches = {labels: value for (name, labels), value in got.items() if name == OK[0]}
+    assert {dict(labels)["outcome"] for labels in fetches} == {"ok", *KINDS}  # the rest at 0
+    assert sum(fetches.values()) == 42 and {labels[1:] for labels in fetches} == {OK[1][1:]}
+    assert {dict(labels)["le"] for name, labels in got if name.endswith("_bucket")} == {
         *(f"{le:g}" for le in metrics.BUCKETS),
         "+Inf",
     }
-    assert {dict(labels)["to"] for name, labels in written if name == lost("x")[0]} == set(
+    assert not [name for name, _ in got if name == lost("x")[0]]  # beside it, in a file of their own
+    assert {dict(labels)["to"] for name, labels in written(prom) if name == lost("x")[0]} == set(
         metrics.WRITE_TARGETS
     )
     assert "node_cpu" not in text and "gauge" not in text and "elsewhere" not in text
-    for sample, value in written.items():
+    for sample, value in written(prom).items():
         assert scraped[sample] == value
 
 
@@ -218,36 +265,38 @@ def test_a_full_disk_leaves_whole_files_and_counts_what_it_lost(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
 ) -> None:
     """The audit file and the metrics each on a small tmpfs of their own,
-    the metrics file with 120 counters (~10 kB, as in the issue). With the
+    the metrics file with 128 counters (~10 kB, as in the issue). With the
     audit disk full, the record's line, longer than the room left in the
     file's last page, is not half written, and the loss is counted; with
     the metrics disk full too, the old file stays byte for byte, node_exporter
-    reads it without an error, and the loss is counted where no block is
-    needed. Once there is room again, nothing else is missing."""
+    reads it without an error, and both losses, the count and the audit
+    record it would have carried, are counted where no block is needed and
+    shown at once, while the disk is still full. Once there is room again,
+    nothing else is missing."""
     put_secret(secretsmanager, "nodefiles/db", "v")
     debug = tmp_path / "debug.log"
     with small_disk() as audit_disk, small_disk() as metrics_disk:
         textfile = metrics_disk / "textfile"
         textfile.mkdir(mode=0o755)
         prom, audit = textfile / "nomad-secrets.prom", audit_disk / "audit.jsonl"
-        old: metrics.Samples = {
-            "nomad_secrets_fetches_total": {
-                f'provider="p{i}",store="aws-sm",outcome="ok"': i + 1.0 for i in range(120)
-            }
+        counters = {
+            f'provider="p{i}",store="aws-sm",outcome="{outcome}"': 16.0 * i + j + 1
+            for i in range(8)
+            for j, outcome in enumerate(["ok", *KINDS])
         }
-        prom.write_text(metrics.render(old))
+        prom.write_text(metrics.render({"nomad_secrets_fetches_total": dict(counters)}))
         padding = json.dumps({"pad": "x" * 4000}) + "\n"  # ~50 bytes left in the page: less than a record
         audit.write_text(padding)
         observed(nomad, moto_endpoint, prom=prom, audit=audit, debug=debug)
         with node_exporter(textfile) as exporter:
             assert nomad.fetch("aws", "nodefiles/db").ok  # room: written (and the lock file made)
-            assert samples(prom.read_text())[OK] == 1
+            assert written(prom)[OK] == 1 and written(prom)[lost("audit-file")] == 0
             audit.write_text(padding)
 
             audit_filler = fill(audit_disk)
             assert nomad.fetch("aws", "nodefiles/db").ok
             assert audit.read_text() == padding  # no half line
-            assert samples(prom.read_text())[lost("audit-file")] == 1
+            assert exporter.scrape()[lost("audit-file")] == 1
 
             metrics_filler = fill(metrics_disk)
             before = prom.read_bytes()
@@ -256,28 +305,25 @@ def test_a_full_disk_leaves_whole_files_and_counts_what_it_lost(
             assert sorted(p.name for p in textfile.iterdir()) == [
                 "nomad-secrets.prom",
                 "nomad-secrets.prom.lock",
+                "nomad-secrets.prom.lost-audit-file",
+                "nomad-secrets.prom.lost-metrics",
+                "nomad-secrets.write-errors.prom",
             ]
             assert exporter.scrape_error() == 0
-            assert exporter.scrape()[OK] == 2
+            during = exporter.scrape()  # the disk still full
+            assert during[OK] == 2 and during[lost("metrics")] == 1 and during[lost("audit-file")] == 2
 
             audit_filler.unlink()
             metrics_filler.unlink()
             assert nomad.fetch("aws", "nodefiles/db").ok
-            after = samples(prom.read_text())
+            after = written(prom)
             assert exporter.scrape_error() == 0
             scraped = exporter.scrape()
     assert after[OK] == 3  # the fetch on the full disk is the one lost ...
-    assert after[lost("metrics")] == 1 and after[lost("audit-file")] == 1  # ... and counted
-    for i in range(120):
-        assert (
-            after[
-                (
-                    "nomad_secrets_fetches_total",
-                    (("outcome", "ok"), ("provider", f"p{i}"), ("store", "aws-sm")),
-                )
-            ]
-            == i + 1
-        )
+    assert after[lost("metrics")] == 1 and after[lost("audit-file")] == 2  # ... and counted, with its record
+    for labels, value in counters.items():
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        assert after[("nomad_secrets_fetches_total", tuple(sorted(fields.items())))] == value
     for sample, value in after.items():
         assert scraped[sample] == value
     log = debug.read_text()
@@ -285,6 +331,30 @@ def test_a_full_disk_leaves_whole_files_and_counts_what_it_lost(
     assert (
         f"cannot write the audit file {audit}: only " in log and "(is the disk full?); none were kept" in log
     )
+
+
+def test_a_disk_full_before_the_first_count_still_counts_what_it_lost(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """Nothing of the plugin's on the disk yet, and not a block free: the
+    first fetch's count and its audit record are lost, and counted all the
+    same (a count's file grows in length, no byte written); once there is
+    room, the write-errors file shows both, and check says so."""
+    put_secret(secretsmanager, "nodefiles/db", "v")
+    with small_disk() as disk:
+        textfile = disk / "textfile"
+        textfile.mkdir(mode=0o755)
+        prom, audit = textfile / "nomad-secrets.prom", disk / "audit.jsonl"
+        observed(nomad, moto_endpoint, prom=prom, audit=audit, debug=tmp_path / "debug.log")
+        filler = fill(disk)
+        assert nomad.fetch("aws", "nodefiles/db").ok
+        assert not prom.exists() and audit.read_text() == ""
+        assert Path(f"{prom}.lost-metrics").stat().st_blocks == 0  # its length is the count
+        filler.unlink()
+        assert "WARNING 1 fetch counts could not be written so far" in check_output(nomad)
+        assert nomad.fetch("aws", "nodefiles/db").ok
+        after = written(prom)
+    assert after[OK] == 1 and after[lost("metrics")] == 1 and after[lost("audit-file")] == 1
 
 
 # -- 3. a lock held by another process ----------------------------------------------------
@@ -327,7 +397,7 @@ def test_a_stuck_lock_delays_no_answer_and_loses_no_count(
         assert "WARNING 5 fetch counts wait beside" in check_output(nomad)
     assert len((tmp_path / "audit.jsonl").read_text().splitlines()) == 6  # the records did not wait either
     assert nomad.fetch("aws", "nodefiles/db").ok
-    got = samples(prom.read_text())
+    got = written(prom)
     assert got[OK] == 7 and got[lost("metrics")] == 0 and carried(textfile) == []
 
 
@@ -335,8 +405,9 @@ def test_counts_past_the_bound_are_lost_and_counted(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
 ) -> None:
     """A lock held for good: 1000 counts wait (metrics.MAX_CARRIED); the next
-    is lost, counted in the lock file's length, and shows as a write error
-    once the lock is free, beside the 1000 it kept."""
+    is lost, counted in the length of a file of its own, and shown at once
+    in the write-errors file, while the lock is still held; once it is
+    free, the file has the 1000 it kept."""
     put_secret(secretsmanager, "nodefiles/db", "v")
     textfile = tmp_path / "textfile"
     textfile.mkdir(mode=0o755)
@@ -348,15 +419,16 @@ def test_counts_past_the_bound_are_lost_and_counted(
         path = textfile / f".nomad-secrets.prom.carried.{i:04d}-0"
         path.write_text(one)
         path.chmod(0o600)
-    lock = Path(f"{prom}.lock")
-    length = lock.stat().st_size
-    with held(lock):
+    with node_exporter(textfile) as exporter, held(Path(f"{prom}.lock")):
+        assert exporter.scrape()[lost("metrics")] == 0
         assert nomad.fetch("aws", "nodefiles/db").ok
-        assert len(carried(textfile)) == metrics.MAX_CARRIED and lock.stat().st_size == length + 1
+        assert len(carried(textfile)) == metrics.MAX_CARRIED
+        assert Path(f"{prom}.lost-metrics").stat().st_size == 1
+        assert exporter.scrape()[lost("metrics")] == 1
     assert "1000 counts already wait for the lock" in (tmp_path / "debug.log").read_text()
     assert "WARNING 1 fetch counts could not be written so far" in check_output(nomad)
     assert nomad.fetch("aws", "nodefiles/db").ok
-    got = samples(prom.read_text())
+    got = written(prom)
     assert got[OK] == 1 + metrics.MAX_CARRIED + 1 and got[lost("metrics")] == 1
     assert carried(textfile) == []
 
