@@ -499,6 +499,9 @@ class Bench:
         woodpecker = PyWoodpecker(bytes(32))
         key_file = top / "woodpecker.pem"
         key_file.write_bytes(woodpecker.public_pem())
+        endpoint_token = "c" * 64
+        token_file = write_secret(top / "woodpecker-endpoint-token", endpoint_token)
+        woodpecker_path = f"/woodpecker/secrets/{endpoint_token}"
         port = free_port()
         config = write_secret(
             top / "config.toml",
@@ -506,7 +509,7 @@ class Bench:
             + self.aws_config()
             + f'[drone]\nsecret_file = "{secret_file}"\n'
             + '[[drone.policy]]\nrepo = "bench/*"\nallow = ["aws-sm:bench/*"]\n'
-            + f'[woodpecker]\npublic_key_file = "{key_file}"\n'
+            + f'[woodpecker]\npublic_key_file = "{key_file}"\nendpoint_token_file = "{token_file}"\n'
             + '[[woodpecker.rule]]\nrepo = "bench/*"\nsecrets = { password = "aws-sm:bench/0#password" }\n',
         )
         server = subprocess.Popen(
@@ -541,8 +544,8 @@ class Bench:
                     "ref": "refs/heads/main",
                 }
                 request = {"repo": {"full_name": "bench/app"}, "pipeline": pipeline}
-                data, headers = woodpecker.signed("/woodpecker/secrets", request)
-                conn.request("POST", "/woodpecker/secrets", data, headers)
+                data, headers = woodpecker.signed(woodpecker_path, request)
+                conn.request("POST", woodpecker_path, data, headers)
                 answer = conn.getresponse()
                 text = answer.read()
                 return answer.status == 200 and json.loads(text)["secrets"] == [
