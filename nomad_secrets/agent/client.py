@@ -54,8 +54,8 @@ MAX_ANSWER = 16 << 20  # above any max_output_bytes an operator sets
 # burst (it runs at a lower nice value than the plugins); one just started
 # needs its interpreter and imports first.
 ACK_SECONDS = 1.0
-ACK_SECONDS_STARTING = 4.0
-STARTING_SECONDS = 10.0  # a socket younger than this may have an agent still starting
+ACK_SECONDS_STARTING = 3.0
+STARTING_SECONDS = 5.0  # a socket younger than this may have an agent still starting
 HEARTBEAT_SECONDS = 0.25  # the agent's; the client allows SILENCE_SECONDS of quiet
 SILENCE_SECONDS = 1.5
 LOCK_SECONDS = 2.0  # to wait for another plugin starting the agent
