@@ -19,7 +19,7 @@ import os
 
 # The default deadline is 8 s (plugin.deadline_seconds, not read yet here):
 # past this age a fetch runs without a slot rather than wait on.
-WAIT_UNTIL_AGE = 6.5
+WAIT_UNTIL_AGE = 7.5
 MIN_SLOTS = 2
 # Under a descriptor limit this tight, the one a slot would hold is better
 # spent on a connection to the store (a Nomad client's is 65536).
