@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -329,3 +330,40 @@ def test_a_secret_file_readable_by_everyone_is_refused(tmp_path: Path, moto_endp
         assert accepted.returncode == 0, accepted.stderr
         path.chmod(0o600)
     assert pki.server_ca.exists()
+
+
+def test_sighup_stops_it_as_sigterm_does(tmp_path: Path, moto_endpoint: str, secretsmanager: Any) -> None:
+    """An operator sends SIGHUP after replacing a key file: its default ended
+    the server mid-request with nothing said (exit 129). Now the request in
+    flight is answered, the server says why it stops, and exits 0."""
+    put_secret(secretsmanager, "ci/lifecycle/hup", json.dumps({"v": "lifecycle-hunter2"}))
+    with RecordingProxy(moto_endpoint, delay=1.5) as slow:
+        config, port = drone_config(tmp_path, slow.url, "request_seconds = 8\n")
+        with Server(config, port) as running:
+            results: list[int] = []
+            thread = threading.Thread(
+                target=lambda: results.append(
+                    running.drone_secret(SECRET, secret_body("aws-sm:ci/lifecycle/hup", "v")).status
+                )
+            )
+            thread.start()
+            while not slow.requests:  # the request waits on the slow store
+                time.sleep(0.02)
+            assert running.proc is not None
+            running.proc.send_signal(signal.SIGHUP)
+            thread.join(10)
+            assert results == [200]
+            assert running.proc.wait(10) == 0
+            assert "SIGHUP: stopping as for SIGTERM" in "".join(running.stderr)
+
+
+def test_a_path_answered_before_routing_never_shows_the_endpoint_token() -> None:
+    """The 429 past a peer's share is answered before any route matched:
+    its log line showed the Woodpecker endpoint token in full."""
+    from starlette.requests import Request
+
+    from nomad_secrets.server.app import shown_path
+
+    scope = {"type": "http", "method": "POST", "path": "/woodpecker/secrets/" + "s3cret" * 8, "headers": []}
+    assert shown_path(Request(scope)) == "/woodpecker/secrets/{token}"
+    assert shown_path(Request({**scope, "path": "/drone/secret"})) == "/drone/secret"

@@ -418,3 +418,14 @@ def test_an_endpoint_token_that_cannot_serve_does_not_start(
     config, port = server_config(tmp_path, body)
     with pytest.raises(RuntimeError, match=re.escape(said)):
         Server(config, port).start()
+
+
+def test_a_stuck_store_is_answered_before_woodpecker_gives_up(tmp_path: Path, secretsmanager: Any) -> None:
+    """Woodpecker's client gives up at 10 s and tries again: with the
+    server's default request_seconds (10) its 504 came after that, never
+    seen. The door keeps 8 s, and says so."""
+    from netutil import HangingServer
+
+    with HangingServer() as stuck, woodpecker_server(tmp_path, stuck.url, secretsmanager) as running:
+        status, text = secrets(running, PyWoodpecker(SEED), branch="main", event="push")
+    assert status == 504 and "no answer within the server's 8 s deadline" in text, (status, text)

@@ -149,6 +149,19 @@ def run(settings: Settings, keys: Keys) -> int:
     # graceful stop ends with status 0 and a signal before it serves stops it.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+
+    def hangup(signum: int, frame: FrameType | None) -> None:
+        # SIGHUP's default ended the server mid-request, saying nothing; an
+        # operator sends it after replacing a key file: stop as for SIGTERM.
+        print(
+            "nomad-secrets serve: SIGHUP: stopping as for SIGTERM (requests in flight finish); start it"
+            " again to read changed files",
+            file=sys.stderr,
+            flush=True,
+        )
+        uvicorn_server.should_exit = True
+
+    signal.signal(signal.SIGHUP, hangup)
     print(
         f"nomad-secrets serve: {', '.join(_routes(settings))} on {_url(settings)}",
         file=sys.stderr,

@@ -458,8 +458,8 @@ def _public_key(path: str, key: str, ancestors: bool) -> Ed25519PublicKey:
     if not isinstance(public_key, Ed25519PublicKey):
         raise ConfigError(
             f"the file of {key} ({path}) does not hold an ed25519 public key in PEM: write what your"
-            " Woodpecker server serves, e.g."
-            f" curl -fsS https://<woodpecker>/api/signature/public-key > {path}"
+            " Woodpecker server serves to a signed-in user, e.g. curl -fsS -H 'Authorization: Bearer"
+            f" <personal access token>' https://<woodpecker>/api/signature/public-key > {path}"
         )
     return public_key
 

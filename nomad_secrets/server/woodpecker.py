@@ -98,6 +98,9 @@ class Pipeline:
 class Woodpecker:
     route: str = PREFIX + "{token}"
     methods: tuple[str, ...] = ("POST",)
+    # Woodpecker's client gives up at 10 s (server/services/utils/http.go),
+    # then tries again: a store's timeout must reach it first, as a 504.
+    max_seconds: float = 8.0
 
     def __init__(self, settings: Settings, keys: Keys, pool: ServerStores) -> None:
         assert settings.woodpecker is not None and keys.woodpecker is not None
