@@ -133,6 +133,21 @@ def test_keep_alive_requests_each_get_their_header_deadline(server: Server) -> N
     conn.close()
 
 
+def request_in_flight(
+    running: Server, slow: RecordingProxy, reference: str
+) -> tuple[threading.Thread, list[int]]:
+    """A Drone request for ``reference``, started and waiting on the slow
+    store; its status lands in the list once answered."""
+    results: list[int] = []
+    thread = threading.Thread(
+        target=lambda: results.append(running.drone_secret(SECRET, secret_body(reference, "v")).status)
+    )
+    thread.start()
+    while not slow.requests:
+        time.sleep(0.02)
+    return thread, results
+
+
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(
     tmp_path: Path, moto_endpoint: str, secretsmanager: Any
 ) -> None:
@@ -140,14 +155,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(
     with RecordingProxy(moto_endpoint, delay=1.5) as slow:
         config, port = drone_config(tmp_path, slow.url, "request_seconds = 8\n")
         with Server(config, port) as running:
-            results: list[int] = []
-            thread = threading.Thread(
-                target=lambda: results.append(
-                    running.drone_secret(SECRET, secret_body("aws-sm:ci/lifecycle/one", "v")).status
-                )
-            )
-            thread.start()
-            time.sleep(0.5)  # the request waits on the slow store
+            thread, results = request_in_flight(running, slow, "aws-sm:ci/lifecycle/one")
             assert running.proc is not None
             started = time.monotonic()
             running.proc.send_signal(15)
@@ -340,15 +348,7 @@ def test_sighup_stops_it_as_sigterm_does(tmp_path: Path, moto_endpoint: str, sec
     with RecordingProxy(moto_endpoint, delay=1.5) as slow:
         config, port = drone_config(tmp_path, slow.url, "request_seconds = 8\n")
         with Server(config, port) as running:
-            results: list[int] = []
-            thread = threading.Thread(
-                target=lambda: results.append(
-                    running.drone_secret(SECRET, secret_body("aws-sm:ci/lifecycle/hup", "v")).status
-                )
-            )
-            thread.start()
-            while not slow.requests:  # the request waits on the slow store
-                time.sleep(0.02)
+            thread, results = request_in_flight(running, slow, "aws-sm:ci/lifecycle/hup")
             assert running.proc is not None
             running.proc.send_signal(signal.SIGHUP)
             thread.join(10)
