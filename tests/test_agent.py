@@ -608,14 +608,21 @@ def test_an_agent_whose_code_is_damaged_steps_aside(
 
 def stopped_at_start(nomad: NomadClient, path: str, env: dict[str, str], seconds: float) -> dict[str, Any]:
     """A fetch whose process gets no CPU for ``seconds`` right after it
-    starts (SIGSTOP, then SIGCONT): a node too busy to run it, made exact."""
+    starts: a node too busy to run it, made exact. The process stops itself
+    before it execs the plugin (same pid, same start time), so the stop
+    cannot come after a fast fetch has already been answered (a SIGSTOP
+    sent from here once did, on a loaded machine)."""
+    stop_then_exec = (
+        "import os, signal, sys; os.kill(os.getpid(), signal.SIGSTOP); os.execv(sys.argv[1], sys.argv[1:])"
+    )
     proc = subprocess.Popen(
-        [str(nomad.executable("aws")), "fetch", path],
+        [interpreter(), "-I", "-S", "-c", stop_then_exec, str(nomad.executable("aws")), "fetch", path],
         env=nomad_env("fetch", env, "web", "default"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    proc.send_signal(signal.SIGSTOP)
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        time.sleep(0.005)  # not yet stopped
     time.sleep(seconds)
     proc.send_signal(signal.SIGCONT)
     out, err = proc.communicate(timeout=30)
