@@ -9,6 +9,7 @@ and cheap: fingerprint must not pay for anything else.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -64,10 +65,8 @@ def run(agent_note: str = "") -> NoReturn:
     # os.environ before any library can read it (proxies, CA bundles, AWS_*).
     environ = dict(os.environ)
     for key in environ:  # not clear(): unsetenv("") fails, and a job can write an empty key
-        try:
+        with contextlib.suppress(OSError):  # "": no library reads it; the allowlist refuses it by name
             del os.environ[key]
-        except OSError:
-            os.environ._data.pop(os.environ.encodekey(key), None)  # type: ignore[attr-defined]
     # Ours, set on a run started again after a damaged cache (cache.heal).
     again = cache.started_again(environ)
     if operation in OPERATOR_COMMANDS or operation in HELP_FLAGS:

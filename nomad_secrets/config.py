@@ -43,6 +43,8 @@ SYSTEM_CONFIG = "/etc/nomad-secrets/config.toml"
 STORES = ("aws-sm", "aws-ssm", "vault")
 # Provider names that mean a store with no config at all.
 BUILTIN_PROVIDERS = {"aws": "aws-sm", "aws-sm": "aws-sm", "aws-ssm": "aws-ssm"}
+# The largest plugin.max_output_bytes (agent/client.py's MAX_ANSWER holds it).
+MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 # Nomad matches its own providers first: files with these names never run.
 RESERVED_NAMES = ("nomad", "vault")
 # The sections of `nomad-secrets serve` (docs/ci.md).
@@ -502,7 +504,7 @@ def parse(text: bytes, path: str) -> Config:
     plugin = _build(PluginSettings, _table(data, "plugin", "", path), "plugin", path)
     if not 0 < plugin.deadline_seconds <= 3600:
         raise ConfigError(f"plugin.deadline_seconds in {path} must be between 0 and 3600")
-    if not 1024 <= plugin.max_output_bytes <= 64 * 1024 * 1024:
+    if not 1024 <= plugin.max_output_bytes <= MAX_OUTPUT_BYTES:
         raise ConfigError(f"plugin.max_output_bytes in {path} must be between 1024 and 67108864 (64 MiB)")
     agent = _build(AgentSettings, _table(data, "agent", "", path), "agent", path)
     if agent.socket is not None and not os.path.isabs(agent.socket):

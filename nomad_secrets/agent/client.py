@@ -49,7 +49,9 @@ STEPPING_ASIDE = b"~"
 KIND_FETCH = b"fetch"
 KIND_PING = b"ping"  # check's round trip: the agent answers what it is
 MAX_REQUEST = 256 * 1024  # a path is at most 16 KiB, a workload token 16 KiB
-MAX_ANSWER = 16 << 20  # above any max_output_bytes an operator sets
+# config.MAX_OUTPUT_BYTES (the largest max_output_bytes) and the JSON around
+# the values: a bigger answer is not the agent's (a test ties the two).
+MAX_ANSWER = (64 << 20) + (64 << 10)
 # An agent that has run a while acknowledges in milliseconds, even under a
 # burst (it runs at a lower nice value than the plugins); one just started
 # needs its interpreter and imports first.
