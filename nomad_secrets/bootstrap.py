@@ -150,8 +150,8 @@ def _admitted(socket_dir: str) -> str:
         import nomad_secrets_agent_client as client  # type: ignore[import-not-found,unused-ignore]
         import nomad_secrets_cache as cache  # type: ignore[import-not-found]
     except ImportError:  # the source tree and the installed package
-        from nomad_secrets import admission, cache
         from nomad_secrets.agent import client
+        from nomad_secrets.process import admission, cache
     directory = socket_dir or client.SOCKET_DIR
     problem = client.untrusted_directory(directory)
     if problem:

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from nomad_secrets import protocol
+from nomad_secrets.nomad import protocol
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ms, and a forwarded fetch needs none
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def run(agent_note: str = "") -> NoReturn:
         from nomad_secrets._version import GO_VERSION
 
         protocol.answer(protocol.fingerprint_line(GO_VERSION))
-    from nomad_secrets import cache
+    from nomad_secrets.process import cache
 
     start = time.monotonic() - cache.process_age()  # the deadline counts from Nomad's start of us
     # The environment is the job's input, not configuration: take it out of
@@ -77,7 +77,7 @@ def run(agent_note: str = "") -> NoReturn:
     protocol.guard_stdio()
     if operation == "fetch":
         plugin_fetch(argv, environ, start, again, agent_note)
-    from nomad_secrets.config import provider_name
+    from nomad_secrets.core.config import provider_name
 
     protocol.answer_error(
         f"unknown operation {operation[:64]!r}{_did_you_mean(operation)}: Nomad runs this plugin as"
@@ -90,11 +90,11 @@ def operator_command(operation: str, argv: list[str], environ: dict[str, str]) -
     """Commands a person runs: plain text on stdout, an exit status that says
     whether all is well. Never run by Nomad."""
     if operation == "check":
-        from nomad_secrets.check import main as check
+        from nomad_secrets.ops.check import main as check
 
         return check(argv[2:], argv[0])
     if operation == "install":
-        from nomad_secrets.install import main as install
+        from nomad_secrets.ops.install import main as install
 
         return install(argv[2:], argv[0])
     if operation == "agent":
@@ -103,7 +103,7 @@ def operator_command(operation: str, argv: list[str], environ: dict[str, str]) -
         return agent_main(argv[0], argv[2:], environ)
     if operation == "serve":
         try:
-            from nomad_secrets.server.main import main as serve
+            from nomad_secrets.serve.main import main as serve
         except ModuleNotFoundError:  # the plugin's executable carries no server
             print(
                 "serve is not part of this executable: it runs from the Python package with the server"
@@ -121,7 +121,7 @@ def operator_command(operation: str, argv: list[str], environ: dict[str, str]) -
 
 def by_hand(operation: str, executable: str) -> int:
     """No command, or an unknown one, typed at a terminal: say so, and how."""
-    from nomad_secrets.config import provider_name
+    from nomad_secrets.core.config import provider_name
 
     if operation:
         print(f"{provider_name(executable)}: unknown command {operation[:64]!r}{_did_you_mean(operation)}\n")
@@ -130,7 +130,7 @@ def by_hand(operation: str, executable: str) -> int:
 
 
 def usage(executable: str) -> str:
-    from nomad_secrets.config import provider_name
+    from nomad_secrets.core.config import provider_name
 
     return version_line() + "\n\n" + USAGE.format(name=provider_name(executable))
 
@@ -157,10 +157,10 @@ def plugin_fetch(
     protocol.on_sigterm_answer(SIGTERM_MESSAGE)
     executable = argv[0]
     try:  # the imports too: a damaged file among them gets an answer (and a heal)
-        from nomad_secrets import config as config_module
-        from nomad_secrets import debuglog
-        from nomad_secrets.deadline import DEFAULT_SECONDS, Deadline
-        from nomad_secrets.errors import PluginError
+        from nomad_secrets.core import config as config_module
+        from nomad_secrets.process import debuglog
+        from nomad_secrets.process.deadline import DEFAULT_SECONDS, Deadline
+        from nomad_secrets.process.errors import PluginError
 
         if len(argv) < 3:
             raise PluginError("no secret path: Nomad runs `fetch <path>`; set path in the secret block")
@@ -174,8 +174,8 @@ def plugin_fetch(
         deadline = Deadline(config.plugin.deadline_seconds or DEFAULT_SECONDS, start=start)
         if agent_note:
             debuglog.log("agent-not-used", reason=agent_note)
-        from nomad_secrets.answer import fetch_answer, observer_for
-        from nomad_secrets.config import provider_name
+        from nomad_secrets.core.config import provider_name
+        from nomad_secrets.nomad.answer import fetch_answer, observer_for
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
         protocol.answer(_error_answer(exc, start, _healer(environ, again)))
 
@@ -194,7 +194,7 @@ def _healer(environ: dict[str, str], again: bool) -> Callable[[str], bool]:
     place (cache.heal), with Nomad's environment."""
 
     def heal(entry: str) -> bool:
-        from nomad_secrets import cache
+        from nomad_secrets.process import cache
 
         return cache.heal(entry, environ, cache.process_age(), again)
 
@@ -203,9 +203,9 @@ def _healer(environ: dict[str, str], again: bool) -> Callable[[str], bool]:
 
 def _error_answer(exc: BaseException, start: float, heal: Callable[[str], bool]) -> bytes:
     try:
-        from nomad_secrets.answer import error_answer
+        from nomad_secrets.nomad.answer import error_answer
     except BaseException:  # noqa: BLE001 - our own modules damaged, answer.py among them
-        from nomad_secrets import cache
+        from nomad_secrets.process import cache
 
         found = cache.damaged(cache.held_by(__file__))
         if found is None:

@@ -41,7 +41,7 @@ def unpacked(archive: str, build_id: str, cache_root: str) -> str:
     held in use until this process exits. ``cache_root`` "" is the default."""
     # Imported here, not at the top: fingerprint must not pay for them.
     try:  # the source tree and the installed package
-        from nomad_secrets import cache, trust
+        from nomad_secrets.process import cache, trust
     except ImportError:  # the executable: scripts/build stores both beside __main__.py
         import nomad_secrets_cache as cache  # type: ignore[import-not-found,no-redef]
         import nomad_secrets_trust as trust  # type: ignore[import-not-found,no-redef]
@@ -296,7 +296,7 @@ def _answer_error(message: str) -> NoReturn:
 
 def _answer_fd() -> int:
     """Nomad's stdout: fd 1, or once cli.py guards it, protocol.py's copy."""
-    protocol = sys.modules.get("nomad_secrets.protocol")
+    protocol = sys.modules.get("nomad_secrets.nomad.protocol")
     fd = getattr(protocol, "_out_fd", None)
     return fd if isinstance(fd, int) else 1
 
@@ -419,7 +419,7 @@ def _start(archive: str, loader: object, stopped: type[BaseException], note: str
     except Exception as exc:  # noqa: BLE001 - our code failed before it could answer
         _failed(lib, exc, environ, again)
     except stopped:  # between here and cli.py's own answer to SIGTERM
-        protocol = sys.modules.get("nomad_secrets.protocol")
+        protocol = sys.modules.get("nomad_secrets.nomad.protocol")
         message = "stopped by Nomad (SIGTERM) while nomad-secrets started; Nomad's plugin timeout passed"
         if protocol is not None:
             protocol.answer_error(message)  # stdout may be guarded by now: its own way out
@@ -493,7 +493,7 @@ def _out_of(exc: BaseException | None) -> str:
 
 def _cache_module() -> Any:
     try:  # the source tree, the installed package, and the executable once unpacked
-        from nomad_secrets import cache
+        from nomad_secrets.process import cache
     except ImportError:  # the executable before: scripts/build stores it beside __main__.py
         import nomad_secrets_cache as cache  # type: ignore[no-redef]
     return cache

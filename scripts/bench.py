@@ -954,25 +954,25 @@ def step(name):
     steps[name] = (now - mark) * 1000
     mark = now
 import nomad_secrets.cli
-from nomad_secrets import protocol
+from nomad_secrets.nomad import protocol
 step("cli and protocol")
-from nomad_secrets import config
+from nomad_secrets.core import config
 cfg = config.load(executable)
 step("config: import and load")
-from nomad_secrets import fetch as fetch_module
-from nomad_secrets.backends import aws_sm
+from nomad_secrets.nomad import fetch as fetch_module
+from nomad_secrets.stores.registry import aws_sm
 step("fetch modules (ours)")
 import botocore.config, botocore.session
 step("botocore import")
-from nomad_secrets.deadline import Deadline
-from nomad_secrets.request import Identity, JobOptions
+from nomad_secrets.process.deadline import Deadline
+from nomad_secrets.core.request import Identity, JobOptions
 store = aws_sm.SecretsManager(cfg.aws, JobOptions(region="us-east-2"), Deadline(8), Identity("d", "b"))
 step("client creation and credentials")
-from nomad_secrets.reference import parse_reference
+from nomad_secrets.core.reference import parse_reference
 ref = parse_reference("bench/0")
 raw = store.read(ref)
 step("the call")
-from nomad_secrets.shape import shape
+from nomad_secrets.core.shape import shape
 protocol.encode_result(shape(ref, raw, "AWS Secrets Manager"))
 step("shaping and encoding")
 print(json.dumps(steps))

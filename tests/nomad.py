@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nomad_secrets.config import OPEN_POLICY
+from nomad_secrets.core.config import OPEN_POLICY
 
 DEFAULT_TIMEOUT = 10.0  # Nomad 1.11.0 to 1.11.3
 KILL_AFTER = 2.0

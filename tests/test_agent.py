@@ -404,7 +404,7 @@ def test_socket_names(tmp_path: Path) -> None:
 def test_the_client_takes_the_largest_answer_the_config_allows() -> None:
     """An answer of max_output_bytes at its largest, with the JSON around it,
     fits the client's bound: past it the fetch would run in process again."""
-    from nomad_secrets.config import MAX_OUTPUT_BYTES
+    from nomad_secrets.core.config import MAX_OUTPUT_BYTES
 
     assert client.MAX_ANSWER >= MAX_OUTPUT_BYTES + (64 << 10)
 
@@ -590,7 +590,7 @@ def test_an_agent_whose_code_is_damaged_steps_aside(
     from nomad import install_plugin
     from test_reliability import _cut, _pyc
 
-    from nomad_secrets import cache
+    from nomad_secrets.process import cache
 
     exe = build_artifact(
         tmp_path / "dist" / "nomad-secrets", tmp_path / "cache", "--socket-dir", str(socket_dir)
@@ -603,7 +603,7 @@ def test_an_agent_whose_code_is_damaged_steps_aside(
     try:
         agent.wait_for("listening")
         (entry,) = [p for p in (tmp_path / "cache").iterdir() if cache.is_entry(p.name)]
-        _cut(_pyc(entry, "lib/nomad_secrets/backends/aws_ssm"))  # the agent has not imported it yet
+        _cut(_pyc(entry, "lib/nomad_secrets/stores/aws_ssm"))  # the agent has not imported it yet
         assert nomad.fetch("aws-ssm", "/agent/damaged", REGION_ENV).result == {"value": "v"}
         agent.wait_for("stopping reason='its unpacked code is damaged; the next fetch heals it'")
         assert agent.proc.wait(timeout=15) == 0

@@ -209,8 +209,8 @@ def test_a_path_that_does_not_parse_is_recorded_as_written(
 
 
 def test_audit_keys_are_checked() -> None:
-    from nomad_secrets import config
-    from nomad_secrets.errors import ConfigError
+    from nomad_secrets.core import config
+    from nomad_secrets.process.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"audit\.syslog_facility in f is .mail."):
         config.parse(b"[audit]\nsyslog_facility = 'mail'\n", "f")

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from netutil import dead_port_url
 from serverutil import Answer, JsonService, Server, server_config
 
-from nomad_secrets.server import oidc
+from nomad_secrets.serve import oidc
 
 WORKSPACE = "{7d5b2b5e-1c2d-4e5f-8a9b-0c1d2e3f4a5b}"
 REPO = "{b3a6c0c2-9d8e-4f7a-8b6c-5d4e3f2a1b0c}"

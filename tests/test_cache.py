@@ -18,7 +18,7 @@ from conftest import aws_config, build_artifact, put_secret
 from netutil import HangingServer
 from nomad import NomadClient, install_plugin, with_policy
 
-from nomad_secrets import cache as cache_module
+from nomad_secrets.process import cache as cache_module
 
 MARK = cache_module.HELD_MARK
 

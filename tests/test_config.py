@@ -12,8 +12,8 @@ import pytest
 from conftest import aws_config, put_secret, write_config
 from nomad import NomadClient
 
-from nomad_secrets import config
-from nomad_secrets.errors import ConfigError, PolicyDenied
+from nomad_secrets.core import config
+from nomad_secrets.process.errors import ConfigError, PolicyDenied
 
 
 def test_no_file_means_builtin_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,7 +138,7 @@ WHOLE_FILES = [
 def _granted(text: str) -> tuple[set[tuple[str, str, str, str]], config.Config] | None:
     """What a config (possibly cut) lets jobs read, and the settings they
     read with; None when it is refused."""
-    from nomad_secrets import policy
+    from nomad_secrets.core import policy
 
     try:
         loaded = config.parse(text.encode(), "f")

@@ -182,7 +182,7 @@ def test_crash_inside_the_code_is_an_error_object(tmp_path: Path) -> None:
     and no traceback; run through the same entry point as the executable."""
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-        "import nomad_secrets.fetch as f\n"
+        "import nomad_secrets.nomad.fetch as f\n"
         "def boom(*a, **k): raise RuntimeError('secret-looking detail')\n"
         "f.fetch = boom\n"
         "sys.argv = [sys.argv[0], 'fetch', 'x']\n"

@@ -6,7 +6,7 @@ built executable, run as Nomad runs it, and ``hvac`` (against the same real
 OpenBao server) or ``boto3`` (against the same moto server). The library's
 answer, shaped by the rules docs/references.md writes down ("Result keys
 and values"), must equal the plugin's result. The rules are written again
-here from the docs, not imported from nomad_secrets.shape.
+here from the docs, not imported from nomad_secrets.core.shape.
 """
 
 from __future__ import annotations

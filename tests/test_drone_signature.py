@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from serverutil import DRONE_HEADERS, drone_headers, http_date
 
-from nomad_secrets.deadline import Deadline
-from nomad_secrets.server import aesgcm, httpsig
-from nomad_secrets.server.exchange import Incoming
+from nomad_secrets.process.deadline import Deadline
+from nomad_secrets.serve import aesgcm, httpsig
+from nomad_secrets.serve.exchange import Incoming
 
 SECRET = "e6b1f4c2a9d8e7f6a5b4c3d2e1f0a9b8"
 BODY = b'{"path":"aws-sm:ci/docker","name":"password"}'

@@ -137,7 +137,7 @@ def test_too_few_file_descriptors_to_start_leave_the_cache_alone(vault: Vault, a
     fails too), and does not take the failure for a damaged cache."""
     import zipfile
 
-    from nomad_secrets import cache
+    from nomad_secrets.process import cache
 
     path, expected = _vault_refs(vault, 2)
     first = answered(vault.fetch(path))

@@ -27,7 +27,7 @@ from openbao import Vault
 from test_metrics import samples
 from vault_faults import Fault, FaultProxy
 
-from nomad_secrets.errors import KINDS
+from nomad_secrets.process.errors import KINDS
 
 OBSERVED = '[audit]\nfile = "{audit}"\n[metrics]\nfile = "{prom}"\n'
 

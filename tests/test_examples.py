@@ -25,7 +25,7 @@ from conftest import ROOT, aws_config, put_secret
 from nomad import NomadClient, install_plugin
 from openbao import Session
 
-from nomad_secrets import config
+from nomad_secrets.core import config
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 

@@ -1,7 +1,7 @@
 """What the Nomad client makes of a plugin's stdout, decoded by Go itself
 (tests/gocheck/main.go: encoding/json and go-version into Nomad's types).
 
-First our own answers (nomad_secrets.protocol), then the rules that shaped
+First our own answers (nomad_secrets.nomad.protocol), then the rules that shaped
 them, pinned on crafted bytes: each row is a fact about Nomad's decoding
 that the plugin relies on, and fails if the decoder stops doing it.
 """
@@ -19,7 +19,7 @@ from conftest import ROOT
 from gocheck import FetchDecode, GoDecoder
 
 from nomad_secrets._version import GO_VERSION
-from nomad_secrets.protocol import encode_error, encode_result, fingerprint_line
+from nomad_secrets.nomad.protocol import encode_error, encode_result, fingerprint_line
 
 # --- our own answers -----------------------------------------------------------
 
@@ -154,7 +154,7 @@ FINGERPRINT_CASES: list[tuple[str, bytes, bool, bool, str | None, str | None]] =
     ("type-missing", b'{"version":"0.1.0"}', False, True, "0.1.0", None),
     ("version-missing", b'{"type":"secrets"}', False, True, None, "secrets"),
     ("version-null", b'{"type":"secrets","version":null}', False, True, None, "secrets"),
-    # PEP 440 spellings do not parse: why nomad_secrets/goversion.py exists.
+    # PEP 440 spellings do not parse: why scripts/goversion.py exists.
     ("pep440-post", b'{"type":"secrets","version":"1.0.0.post1"}', False, False, None, None),
     ("pep440-dev-local", b'{"type":"secrets","version":"1.0.0.dev3+g1a2b"}', False, False, None, None),
     ("version-empty", b'{"type":"secrets","version":""}', False, False, None, None),

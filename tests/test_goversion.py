@@ -8,10 +8,10 @@ import random
 
 import pytest
 from gocheck import GoDecoder
+from goversion import UnmappableVersion, to_go_version
 from packaging.version import Version
 
 from nomad_secrets._version import GO_VERSION, __version__
-from nomad_secrets.goversion import UnmappableVersion, to_go_version
 
 TABLE = [
     ("1.2", "1.2.0"),

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from nomad_secrets.errors import RequestError
-from nomad_secrets.identity import check_workload_token
-from nomad_secrets.request import Identity
+from nomad_secrets.core.identity import check_workload_token
+from nomad_secrets.core.request import Identity
+from nomad_secrets.process.errors import RequestError
 
 WEB = Identity(namespace="default", job_id="web")
 

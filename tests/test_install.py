@@ -15,7 +15,7 @@ from attacker import ATTACKER, as_attacker, public_dir
 from conftest import ROOT, aws_config, write_config
 from nomad import ContractViolation, NomadClient
 
-from nomad_secrets import config
+from nomad_secrets.core import config
 
 
 def install(

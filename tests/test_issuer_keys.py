@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from serverutil import Server, drone_headers, secret_body, server_config, write_secret
 from test_bitbucket import AUDIENCE, WORKSPACE, jwk, signed_token, step_claims
 
-from nomad_secrets.deadline import Deadline
-from nomad_secrets.server import oidc
+from nomad_secrets.process.deadline import Deadline
+from nomad_secrets.serve import oidc
 
 DRIP_EVERY = 0.5  # seconds between two bytes of a dripping answer
 BUSY = b"too many requests are waiting for the issuer's keys; try again\n"

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from woodpecker import LABEL, PyWoodpecker
 
-from nomad_secrets.deadline import Deadline
-from nomad_secrets.server.exchange import Incoming
-from nomad_secrets.server.message_signatures import BadSignature, Stale, verify
+from nomad_secrets.process.deadline import Deadline
+from nomad_secrets.serve.exchange import Incoming
+from nomad_secrets.serve.message_signatures import BadSignature, Stale, verify
 
 TARGET = "/woodpecker/secrets"
 BODY = {"repo": {"full_name": "acme/web"}, "pipeline": {"event": "push", "branch": "main"}}

@@ -116,8 +116,8 @@ def test_a_metrics_file_in_an_untrusted_directory_is_skipped(
     "value", ["'nomad-secrets.txt'", "'/var/lib/node-exporter/nomad-secrets.txt'", "'relative.prom'"]
 )
 def test_the_metrics_file_must_be_an_absolute_prom_file(value: str) -> None:
-    from nomad_secrets import config
-    from nomad_secrets.errors import ConfigError
+    from nomad_secrets.core import config
+    from nomad_secrets.process.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"metrics\.file in f must be an absolute path ending in \.prom"):
         config.parse(f"[metrics]\nfile = {value}\n".encode(), "f")
@@ -127,7 +127,8 @@ def test_a_record_the_agents_queue_had_no_room_for_is_counted_where_it_was_due(t
     """A fetch the node agent answered but could not queue for its writer
     (observe.MAX_QUEUED waited): its count and both its audit records are
     counted, each under its own target, and shown at once."""
-    from nomad_secrets import config, observe
+    from nomad_secrets.core import config
+    from nomad_secrets.records import observe
 
     textfile = tmp_path / "textfile"
     textfile.mkdir(mode=0o755)

@@ -23,8 +23,8 @@ from nomad import NomadClient
 from test_metrics import samples
 from test_node_files import check_output
 
-from nomad_secrets import metrics
-from nomad_secrets.errors import KINDS
+from nomad_secrets.process.errors import KINDS
+from nomad_secrets.records import metrics
 
 MONITORING = ROOT / "examples" / "monitoring"
 RULES = MONITORING / "nomad-secrets.rules.yml"

@@ -31,8 +31,8 @@ from node_exporter import node_exporter
 from nomad import NomadClient
 from test_metrics import samples
 
-from nomad_secrets import metrics
-from nomad_secrets.errors import KINDS
+from nomad_secrets.process.errors import KINDS
+from nomad_secrets.records import metrics
 
 CANARY = "canary-nodefiles-7f3a"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from nomad_secrets import policy
-from nomad_secrets.errors import PolicyDenied
-from nomad_secrets.policy import (
+from nomad_secrets.core import policy
+from nomad_secrets.core.policy import (
     ANY_CHILD,
     ANY_DESCENDANTS,
     Caller,
@@ -19,6 +18,7 @@ from nomad_secrets.policy import (
     nomad_caller,
     rule,
 )
+from nomad_secrets.process.errors import PolicyDenied
 
 WEB = nomad_caller("default", "web")
 README_RULE = rule(("aws-sm:nomad/{namespace}/{job}/**",))
@@ -183,8 +183,8 @@ def test_path_reads(pattern: str, below: Many, ok: bool) -> None:
     ],
 )
 def test_patterns_that_are_not_well_formed_are_config_errors(pattern: str, problem: str | None) -> None:
-    from nomad_secrets.config import parse
-    from nomad_secrets.errors import ConfigError
+    from nomad_secrets.core.config import parse
+    from nomad_secrets.process.errors import ConfigError
 
     found = policy.pattern_problem(pattern)
     assert (found is None) if problem is None else (problem in str(found))

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from conftest import aws_config
 
-from nomad_secrets import config as config_module
-from nomad_secrets import pool as pool_module
-from nomad_secrets.backends import Backend, open_backend
-from nomad_secrets.pool import StorePool
-from nomad_secrets.request import Identity, JobOptions
+from nomad_secrets.core import config as config_module
+from nomad_secrets.core.request import Identity, JobOptions
+from nomad_secrets.stores import pool as pool_module
+from nomad_secrets.stores.pool import StorePool
+from nomad_secrets.stores.registry import Backend, open_backend
 
 IDENTITY = Identity(namespace="default", job_id="web")
 

@@ -16,8 +16,8 @@ from conftest import REGION, ROOT, aws_client, doc_block, moto_process, put_secr
 from nomad import NomadClient, install_plugin
 from openbao import OpenBao, start
 
-from nomad_secrets import config
-from nomad_secrets.errors import ConfigError
+from nomad_secrets.core import config
+from nomad_secrets.process.errors import ConfigError
 
 DOC = ROOT / "docs" / "configuration.md"
 

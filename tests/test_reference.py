@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nomad_secrets.errors import RequestError
-from nomad_secrets.reference import MAX_PATH_BYTES, Reference, parse_path, parse_reference
+from nomad_secrets.core.reference import MAX_PATH_BYTES, Reference, parse_path, parse_reference
+from nomad_secrets.process.errors import RequestError
 
 
 def test_plain_name_has_no_scheme() -> None:

@@ -25,8 +25,8 @@ import pytest
 from conftest import aws_config, build_artifact, put_secret
 from nomad import NomadClient, install_plugin, limited, nomad_env, run_plugin
 
-from nomad_secrets import cache as cache_module
 from nomad_secrets.launch import MIN_ADDRESS_SPACE, UNPACK_LOCK, room_needed
+from nomad_secrets.process import cache as cache_module
 
 MiB = 1 << 20
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nomad_secrets.errors import RequestError
-from nomad_secrets.request import Identity, parse_environment
+from nomad_secrets.core.request import Identity, parse_environment
+from nomad_secrets.process.errors import RequestError
 
 
 def test_identity_and_region() -> None:

@@ -1,4 +1,4 @@
-"""The server stays out of the plugin: nothing outside nomad_secrets.server
+"""The server stays out of the plugin: nothing outside nomad_secrets.serve
 imports it but ``cli.operator_command``; the executable carries none of it;
 and the executable's fetch, even with a config file that has server
 sections, never imports the server, Starlette, uvicorn, anyio or PyJWT."""
@@ -24,15 +24,15 @@ def test_only_the_cli_imports_the_server() -> None:
     importers = {
         name
         for name, deps in graph().items()
-        if not name.startswith("nomad_secrets.server")
-        and any(d.startswith("nomad_secrets.server") for d in deps)
+        if not name.startswith("nomad_secrets.serve")
+        and any(d.startswith("nomad_secrets.serve") for d in deps)
     }
     assert importers == {"nomad_secrets.cli"}
 
 
 def test_no_module_outside_the_server_imports_its_libraries() -> None:
     for path in PACKAGE.rglob("*.py"):
-        if module_name(path).startswith("nomad_secrets.server"):
+        if module_name(path).startswith("nomad_secrets.serve"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
@@ -44,8 +44,8 @@ def test_no_module_outside_the_server_imports_its_libraries() -> None:
 def test_the_executable_carries_no_server(artifact: Path) -> None:
     with zipfile.ZipFile(artifact) as zf, zipfile.ZipFile(io.BytesIO(zf.read("lib.zip"))) as lib:
         names = lib.namelist()
-    assert "lib/nomad_secrets/fetch.py" in names
-    assert not [n for n in names if n.startswith("lib/nomad_secrets/server/")]
+    assert "lib/nomad_secrets/nomad/fetch.py" in names
+    assert not [n for n in names if n.startswith("lib/nomad_secrets/serve/")]
     assert not [n for n in names if n.split("/")[1] in SERVER_LIBRARIES]
 
 
@@ -93,8 +93,10 @@ allow = ["aws-sm:ci/{{repo}}/**"]
         for line in log.read_text().splitlines()
         if line.startswith("import time:")
     }
-    assert "nomad_secrets.backends.aws_sm" in imported and "botocore.client" in imported  # the log works
+    assert (
+        "nomad_secrets.stores.aws.secretsmanager" in imported and "botocore.client" in imported
+    )  # the log works
     found = sorted(
-        m for m in imported if m.startswith("nomad_secrets.server") or m.split(".")[0] in SERVER_LIBRARIES
+        m for m in imported if m.startswith("nomad_secrets.serve") or m.split(".")[0] in SERVER_LIBRARIES
     )
     assert found == []

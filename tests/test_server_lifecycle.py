@@ -22,10 +22,10 @@ from netutil import HangingServer, RecordingProxy
 from pki import make_pki
 from serverutil import ROOT, Server, secret_body, server_config, write_secret
 
-from nomad_secrets import config as config_module
-from nomad_secrets.deadline import Deadline
-from nomad_secrets.server.settings import parse_settings
-from nomad_secrets.server.stores import ServerStores
+from nomad_secrets.core import config as config_module
+from nomad_secrets.process.deadline import Deadline
+from nomad_secrets.serve.settings import parse_settings
+from nomad_secrets.serve.stores import ServerStores
 
 SECRET = "5feceb66ffc86f38d952786c6d696c795feceb66ffc86f38d9"
 DRONE = """
@@ -78,8 +78,8 @@ def test_the_access_log_writes_any_text_and_never_raises() -> None:
     stream that fails loses the line, not the request's answer."""
     from starlette.requests import Request
 
-    from nomad_secrets.server.app import AccessLog
-    from nomad_secrets.server.exchange import text
+    from nomad_secrets.serve.app import AccessLog
+    from nomad_secrets.serve.exchange import text
 
     scope = {
         "type": "http",
@@ -362,7 +362,7 @@ def test_a_path_answered_before_routing_never_shows_the_endpoint_token() -> None
     its log line showed the Woodpecker endpoint token in full."""
     from starlette.requests import Request
 
-    from nomad_secrets.server.app import shown_path
+    from nomad_secrets.serve.app import shown_path
 
     scope = {"type": "http", "method": "POST", "path": "/woodpecker/secrets/" + "s3cret" * 8, "headers": []}
     assert shown_path(Request(scope)) == "/woodpecker/secrets/{token}"

@@ -112,7 +112,7 @@ def test_the_wheel_installs_with_the_server_extra_and_serves(tmp_path: Path, mot
     assert wheel.name == f"nomad_secrets-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as zf:
         metadata = email.message_from_bytes(zf.read(f"nomad_secrets-{version}.dist-info/METADATA"))
-        assert "nomad_secrets/server/main.py" in zf.namelist()
+        assert "nomad_secrets/serve/main.py" in zf.namelist()
     requires = metadata.get_all("Requires-Dist") or []
     server_only = {canonicalize_name(r.name) for r in wanted(requires, {"server"})} - {
         canonicalize_name(r.name) for r in wanted(requires, set())
@@ -141,7 +141,7 @@ def test_the_wheel_installs_with_the_server_extra_and_serves(tmp_path: Path, mot
     assert {canonicalize_name(name) for name in found} >= SERVER_EXTRA  # the extra asked, pip found each
     assert f"Successfully installed nomad-secrets-{version}" in installed.stdout
     where = subprocess.run(
-        [str(python), "-c", "import nomad_secrets.server.main as m; print(m.__file__)"],
+        [str(python), "-c", "import nomad_secrets.serve.main as m; print(m.__file__)"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -219,7 +219,7 @@ def test_an_ipv6_peer_is_its_64() -> None:
     """One IPv6 host may hold a whole /64: its addresses share one share
     (as for the OIDC key refreshes). Loopback has one IPv6 address, so
     Peers is driven here with sockets of a pair standing for accepted ones."""
-    from nomad_secrets.server.listen import OVER_LIMIT_CONNECTIONS, Peers
+    from nomad_secrets.serve.listen import OVER_LIMIT_CONNECTIONS, Peers
 
     async def admitted() -> list[bool]:
         peers = Peers(2, header_seconds=10)

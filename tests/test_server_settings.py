@@ -10,10 +10,10 @@ import pytest
 from conftest import ROOT
 from test_examples import fenced, hcl_string
 
-from nomad_secrets import config
-from nomad_secrets.errors import ConfigError
-from nomad_secrets.policy import Caller, check
-from nomad_secrets.server.settings import DRONE_PLACEHOLDERS, Settings, parse_settings
+from nomad_secrets.core import config
+from nomad_secrets.core.policy import Caller, check
+from nomad_secrets.process.errors import ConfigError
+from nomad_secrets.serve.settings import DRONE_PLACEHOLDERS, Settings, parse_settings
 
 SERVER = '[server]\nlisten = "0.0.0.0:8443"\nplain_http = true\n'
 DRONE = '[drone]\nsecret_file = "/s"\n[[drone.policy]]\nrepo = "acme/*"\nallow = ["aws-sm:ci/{repo}/**"]\n'

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nomad_secrets.errors import InvalidSecret, PluginError, RequestError
-from nomad_secrets.reference import parse_path, parse_reference
-from nomad_secrets.shape import merge, shape
+from nomad_secrets.core.reference import parse_path, parse_reference
+from nomad_secrets.core.shape import merge, shape
+from nomad_secrets.process.errors import InvalidSecret, PluginError, RequestError
 
 STORE = "test store"
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import time
 
 from nomad_secrets.agent import nomad_jwks
-from nomad_secrets.config import Config
-from nomad_secrets.identity import nomad_parent
-from nomad_secrets.trust import untrusted
+from nomad_secrets.core.config import Config
+from nomad_secrets.core.identity import nomad_parent
+from nomad_secrets.process.trust import untrusted
 
 
 class NotVerified(Exception):

@@ -48,16 +48,16 @@ import threading
 import time
 from typing import Any
 
-from nomad_secrets import config as config_module
 from nomad_secrets.agent import client
 from nomad_secrets.agent.build import build_id, socket_dir
-from nomad_secrets.answer import error_answer, fetch_answer
-from nomad_secrets.config import Config, provider_name
-from nomad_secrets.deadline import Deadline
-from nomad_secrets.errors import ConfigError, NodeBusy, PluginError
-from nomad_secrets.limits import Exhausted
-from nomad_secrets.limits import exhausted as limit_of
-from nomad_secrets.pool import StorePool
+from nomad_secrets.core import config as config_module
+from nomad_secrets.core.config import Config, provider_name
+from nomad_secrets.nomad.answer import error_answer, fetch_answer
+from nomad_secrets.process.deadline import Deadline
+from nomad_secrets.process.errors import ConfigError, NodeBusy, PluginError
+from nomad_secrets.process.limits import Exhausted
+from nomad_secrets.process.limits import exhausted as limit_of
+from nomad_secrets.stores.pool import StorePool
 
 USAGE = """usage: nomad-secrets agent --plugin-dir DIR
 
@@ -645,7 +645,7 @@ def log(event: str, **fields: object) -> None:
     line = " ".join(parts)
     if _syslog:
         _to_syslog(_syslog[0], line, INFO if event in QUIET_EVENTS else WARNING)
-        from nomad_secrets import debuglog
+        from nomad_secrets.process import debuglog
 
         debuglog.log(f"agent-{event}", **fields)
         return
@@ -718,7 +718,7 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
         if self_started:
             _syslog[0] = config.audit.syslog_socket
             if config.plugin.debug_log:  # fd 2 is /dev/null: the debug log gets it instead
-                from nomad_secrets import debuglog
+                from nomad_secrets.process import debuglog
 
                 debuglog.enable(config.plugin.debug_log)
         if self_started:
@@ -736,7 +736,7 @@ def main(executable: str, argv: list[str], environ: dict[str, str]) -> int:
         print(f"nomad-secrets agent: {exc.message}", file=sys.stderr)
         return 2
     _raise_descriptor_limit()
-    from nomad_secrets import debuglog
+    from nomad_secrets.process import debuglog
 
     # An audit record or a count not written is said in the journal, or, for
     # a self-started agent (stderr is /dev/null), in its syslog lines.

@@ -1,0 +1,70 @@
+"""Nomad's front door: the path and the environment Nomad gives the plugin
+become references and a caller; the stores answer (stores/resolve.py).
+
+The node agent runs the same function, with warm clients from its pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from nomad_secrets.core import policy
+from nomad_secrets.core.config import Config, check_files, require_policy
+from nomad_secrets.core.identity import check_workload_token
+from nomad_secrets.core.reference import parse_path
+from nomad_secrets.core.request import Identity, parse_environment
+from nomad_secrets.process import limits
+from nomad_secrets.process.deadline import Deadline
+from nomad_secrets.stores.registry import Backend, open_backend
+from nomad_secrets.stores.resolve import check_policy, resolve
+
+if TYPE_CHECKING:
+    from nomad_secrets.stores.pool import StorePool
+
+
+def fetch(
+    path: str,
+    environ: Mapping[str, str],
+    provider_name: str,
+    config: Config,
+    deadline: Deadline,
+    *,
+    pool: StorePool | None = None,
+) -> dict[str, str]:
+    """Nomad's question, answered; ``pool`` lends warm clients (the agent)."""
+    identity, options = parse_environment(environ)
+    refs = parse_path(path)
+    caller = policy.nomad_caller(identity.namespace, identity.job_id)
+    provider = config.provider(provider_name)
+    stores = [ref.scheme or provider.store for ref in refs]
+    require_policy(config)
+    check_policy(refs, stores, caller, config.policy, deadline)
+    if "vault" in stores:
+        check_files(config, provider.vault)
+    if options.workload_token is not None:
+        claims = check_workload_token(options.workload_token, identity)
+        # The store sees the job as its token names it: a child as its parent.
+        identity = Identity(identity.namespace, str(claims["nomad_job_id"]))
+    backends: dict[str, Backend] = {}
+
+    def backend_for(store: str) -> Backend:
+        seconds = config.plugin.deadline_seconds
+        warm = None if pool is None else pool.backend(store, provider, seconds, options, identity, deadline)
+        if warm is not None:
+            return warm
+        if store not in backends:
+            backends[store] = open_backend(store, provider, options, identity, deadline)
+        return backends[store]
+
+    try:
+        return resolve(refs, stores, backend_for, deadline, config.plugin.max_output_bytes)
+    except BaseException as exc:
+        # A library reports a limit as something else ("cannot connect"): say which limit.
+        limit = limits.exhausted(exc)
+        if limit is None:
+            raise
+        raise limit from None
+    finally:
+        for backend in backends.values():
+            backend.close()
