@@ -209,7 +209,7 @@ DATA_FILE = "sdk-default-configuration.json"
 DAMAGE: dict[str, Callable[[Path], object]] = {
     "our module's .pyc cut short": lambda e: _cut(_pyc(e, "lib/nomad_secrets/cli")),
     # imported once stdout is guarded: the run started again must answer on Nomad's
-    "a .pyc the fetch imports first cut short": lambda e: _cut(_pyc(e, "lib/nomad_secrets/deadline")),
+    "a .pyc the fetch imports first cut short": lambda e: _cut(_pyc(e, "lib/nomad_secrets/process/deadline")),
     "botocore's .pyc cut short": lambda e: _cut(_pyc(e, "lib/botocore/endpoint")),
     "a botocore data file garbled": lambda e: (
         e / "lib/botocore/data/sdk-default-configuration.json"
