@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, aws_config, build_artifact, interpreter, run_build
-from nomad import NomadClient, install_plugin, nomad_env, run_plugin
+from support.nomad import NomadClient, install_plugin, nomad_env, run_plugin
 
 from nomad_secrets._version import GO_VERSION
 from nomad_secrets.launch import UNPACK_LOCK

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from conftest import aws_config, build_artifact, put_secret
-from netutil import HangingServer
-from nomad import NomadClient, install_plugin, with_policy
+from support.netutil import HangingServer
+from support.nomad import NomadClient, install_plugin, with_policy
 
 from nomad_secrets.process import cache as cache_module
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import aws_config, build_artifact, put_secret
-from nomad import NomadClient, install_plugin, limited, nomad_env, run_plugin
+from support.nomad import NomadClient, install_plugin, limited, nomad_env, run_plugin
 
 from nomad_secrets.launch import MIN_ADDRESS_SPACE, UNPACK_LOCK, room_needed
 from nomad_secrets.process import cache as cache_module
