@@ -603,7 +603,7 @@ def test_an_agent_whose_code_is_damaged_steps_aside(
     try:
         agent.wait_for("listening")
         (entry,) = [p for p in (tmp_path / "cache").iterdir() if cache.is_entry(p.name)]
-        _cut(_pyc(entry, "lib/nomad_secrets/stores/aws_ssm"))  # the agent has not imported it yet
+        _cut(_pyc(entry, "lib/nomad_secrets/stores/aws/ssm"))  # the agent has not imported it yet
         assert nomad.fetch("aws-ssm", "/agent/damaged", REGION_ENV).result == {"value": "v"}
         agent.wait_for("stopping reason='its unpacked code is damaged; the next fetch heals it'")
         assert agent.proc.wait(timeout=15) == 0
