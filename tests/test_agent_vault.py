@@ -1,5 +1,5 @@
 """Vault kept warm by the node agent, through the built executable and the
-real agent, against the real OpenBao server (tests/openbao.py): a fetch
+real agent, against the real OpenBao server (tests/support/openbao.py): a fetch
 costs one read (no login, no preflight, the connection reused), the
 operator's token is reused, renewed, replaced and revoked as docs/agent.md
 says, a job's own login (jwt) is never shared, and every message is the one
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AgentProcess, moved_aside
-from backend_contract import CANARY
-from nomad import Fetched
-from openbao import PROVIDER, Vault, unique
-from vault_faults import Fault, FaultProxy
+from support.agent_process import AgentProcess, moved_aside
+from support.backend_contract import CANARY
+from support.nomad import Fetched
+from support.openbao import PROVIDER, Vault, unique
+from support.vault_faults import Fault, FaultProxy
 
 ESTABLISHED = "01"  # the state column of /proc/net/tcp
 

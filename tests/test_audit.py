@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AgentProcess
 from conftest import ROOT, aws_config, doc_block, put_secret, write_config
-from netutil import HangingServer
-from nomad import NomadClient
+from support.agent_process import AgentProcess
+from support.netutil import HangingServer
+from support.nomad import NomadClient
 
 DOC = ROOT / "docs" / "configuration.md"
 # syslog(3)'s format on a local socket, as util-linux's logger writes it too.

@@ -16,11 +16,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import nomad as nomad_module
 import pytest
-from aws_double import NotAws
 from conftest import aws_config, write_config
-from nomad import Fetched, NomadClient, PluginRun
+from support import nomad as nomad_module
+from support.aws_double import NotAws
+from support.nomad import Fetched, NomadClient, PluginRun
 from test_check import check
 
 LABELS = {
@@ -83,7 +83,7 @@ def test_an_answer_that_is_not_aws(
 _PEAK = """
 import pickle, resource, sys
 sys.path.insert(0, sys.argv[1])
-from nomad import run_plugin
+from support.nomad import run_plugin
 args, kwargs = pickle.load(sys.stdin.buffer)
 run = run_plugin(*args, **kwargs)
 pickle.dump((run, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024), sys.stdout.buffer)
@@ -93,7 +93,7 @@ pickle.dump((run, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
 @pytest.fixture
 def peak_rss(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every plugin run of the test goes through a Python whose only child is
-    the plugin (run exactly as before: tests/nomad.py's run_plugin), so that
+    the plugin (run exactly as before: tests/support/nomad.py's run_plugin), so that
     its RUSAGE_CHILDREN peak is the plugin's own; the peaks, in bytes."""
     peaks: list[int] = []
 

@@ -17,8 +17,8 @@ import pytest
 from conftest import aws_config, put_secret
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from netutil import dead_port_url
-from serverutil import Answer, JsonService, Server, server_config
+from support.netutil import dead_port_url
+from support.serverutil import Answer, JsonService, Server, server_config
 
 from nomad_secrets.serve import oidc
 

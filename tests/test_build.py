@@ -1,5 +1,5 @@
 """The executable: reproducible, pruned, isolated; its unpack cache: trusted
-only when private, safe when many plugins start at once on a fresh node."""
+only when private (tests/test_reliability.py: many first fetches at once)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,13 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import pytest
-from conftest import ROOT, aws_config, build_artifact, interpreter, run_build
-from nomad import NomadClient, install_plugin, nomad_env, run_plugin
+from conftest import ROOT, build_artifact, interpreter, run_build
+from support.node import Node
+from support.nomad import nomad_env, run_plugin
 
 from nomad_secrets._version import GO_VERSION
-from nomad_secrets.launch import UNPACK_LOCK
-from nomad_secrets.process import cache as cache_module
 
 
 def test_same_source_and_lock_give_the_same_bytes(artifact: Path, tmp_path: Path) -> None:
@@ -114,33 +110,11 @@ def test_module_and_console_script_run_the_same_code() -> None:
     assert module.stderr == console.stderr == b""
 
 
-def _fresh_plugin(tmp_path: Path, moto_endpoint: str) -> tuple[Path, Path]:
-    cache = tmp_path / "cache"
-    exe = build_artifact(tmp_path / "nomad-secrets", cache)
-    install_plugin(exe, tmp_path / "plugins", ["aws"], aws_config(moto_endpoint))
-    return tmp_path / "plugins", cache
-
-
-def test_many_first_runs_at_once_share_one_unpack(
-    tmp_path: Path, moto_endpoint: str, secretsmanager: Any, decoder: Any
-) -> None:
-    plugins, cache = _fresh_plugin(tmp_path, moto_endpoint)
-    secretsmanager.create_secret(Name="concurrent-first-run", SecretString='{"k": "v"}')
-    nomad = NomadClient(plugins, decoder)
-    with ThreadPoolExecutor(8) as pool:
-        runs = list(pool.map(lambda _: nomad.fetch("aws", "concurrent-first-run"), range(8)))
-    assert [r.result for r in runs] == [{"k": "v"}] * 8
-    entries = sorted(os.listdir(cache))
-    assert entries[0] == UNPACK_LOCK and (os.stat(cache / UNPACK_LOCK).st_mode & 0o777) == 0o600
-    assert len(entries) == 2 and not entries[1].startswith(".unpack-"), entries
-    assert (os.stat(cache).st_mode & 0o077) == 0
-
-
-def test_cache_writable_by_others_is_refused(tmp_path: Path, moto_endpoint: str, decoder: Any) -> None:
-    plugins, cache = _fresh_plugin(tmp_path, moto_endpoint)
+def test_cache_writable_by_others_is_refused(node: Node) -> None:
+    cache = node.cache
     cache.mkdir()
     cache.chmod(0o777)
-    fetched = NomadClient(plugins, decoder).fetch("aws", "x")
+    fetched = node.nomad.fetch("aws", "x")
     assert fetched.run.returncode == 0 and not fetched.ok
     error = fetched.plugin_error or ""
     assert f"the cache directory {cache} is writable by group or others" in error
@@ -148,30 +122,24 @@ def test_cache_writable_by_others_is_refused(tmp_path: Path, moto_endpoint: str,
     assert os.listdir(cache) == []  # nothing unpacked into it
 
 
-def test_cache_under_a_directory_writable_by_others_is_refused(
-    tmp_path: Path, moto_endpoint: str, decoder: Any
-) -> None:
-    plugins, cache = _fresh_plugin(tmp_path, moto_endpoint)
-    tmp_path.chmod(0o777)  # the cache's parent: anyone could swap the cache for their own
+def test_cache_under_a_directory_writable_by_others_is_refused(node: Node) -> None:
+    top = node.cache.parent
+    top.chmod(0o777)  # the cache's parent: anyone could swap the cache for their own
     try:
-        fetched = NomadClient(plugins, decoder).fetch("aws", "x")
+        fetched = node.nomad.fetch("aws", "x")
     finally:
-        tmp_path.chmod(0o700)
+        top.chmod(0o700)
     assert fetched.run.returncode == 0 and not fetched.ok
-    assert f"the directory {tmp_path} is writable by group or others" in (fetched.plugin_error or "")
-    assert not cache.exists()  # refused before anything was written
+    assert f"the directory {top} is writable by group or others" in (fetched.plugin_error or "")
+    assert not node.cache.exists()  # refused before anything was written
 
 
-def test_cache_entry_replaced_by_a_symlink_is_refused(
-    tmp_path: Path, moto_endpoint: str, decoder: Any
-) -> None:
-    plugins, cache = _fresh_plugin(tmp_path, moto_endpoint)
-    nomad = NomadClient(plugins, decoder)
-    nomad.fetch("aws", "x")  # unpacks
-    (entry,) = [name for name in os.listdir(cache) if name != UNPACK_LOCK]
-    shutil.move(cache / entry, tmp_path / "elsewhere")
-    (cache / entry).symlink_to(tmp_path / "elsewhere")
-    fetched = nomad.fetch("aws", "x")
+def test_cache_entry_replaced_by_a_symlink_is_refused(node: Node, tmp_path: Path) -> None:
+    node.nomad.fetch("aws", "x")  # unpacks
+    entry = node.entry()
+    shutil.move(entry, tmp_path / "elsewhere")
+    entry.symlink_to(tmp_path / "elsewhere")
+    fetched = node.nomad.fetch("aws", "x")
     assert not fetched.ok and "is a symlink" in (fetched.plugin_error or "")
 
 
@@ -256,39 +224,3 @@ def test_a_first_download_filters_pip_noise(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "downloading the locked wheels" in run.stderr
     assert "is ignored" not in run.stderr, run.stderr
-
-
-@pytest.mark.parametrize(
-    "damage", ["lib/botocore/data/secretsmanager", "lib/nomad_secrets/nomad/fetch.py", "lib"]
-)
-def test_a_damaged_unpack_directory_is_healed_by_fetch_and_named_by_check(
-    tmp_path: Path, moto_endpoint: str, decoder: Any, damage: str
-) -> None:
-    """A cleanup job (find -delete) or a full disk can take files from the
-    cache after it was made. The fetch said "internal error, please report
-    it", or exited 1 with a traceback; now it unpacks afresh and answers
-    (tests/test_reliability.py has more), and check names the damage."""
-    plugins, cache = _fresh_plugin(tmp_path, moto_endpoint)
-    nomad = NomadClient(plugins, decoder)
-    nomad.fetch("aws", "x")  # unpacks
-    (entry,) = [cache / n for n in os.listdir(cache) if n != UNPACK_LOCK]
-
-    def break_it() -> None:
-        target = entry / damage
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-            for pyc in target.parent.glob(f"__pycache__/{target.stem}.*.pyc"):
-                pyc.unlink()
-
-    break_it()
-    fetched = nomad.fetch("aws", "x")
-    assert fetched.run.returncode == 0 and fetched.run.stderr == b""
-    assert "Secrets Manager can't find the specified secret" in str(fetched.plugin_error), fetched
-    assert cache_module.damage(str(entry)) is None
-    if damage == "lib":
-        return  # check would heal it the same way before it looks
-    break_it()
-    check = run_plugin(nomad.executable("aws"), ["check"], {})
-    assert f"the unpack directory {entry} is damaged: " in check.stdout.decode()

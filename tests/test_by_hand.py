@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from nomad import NomadClient
+from support.nomad import NomadClient
 
 from nomad_secrets._version import GO_VERSION, __version__
 

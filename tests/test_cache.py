@@ -14,54 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import aws_config, build_artifact, put_secret
-from netutil import HangingServer
-from nomad import NomadClient, install_plugin, with_policy
+from conftest import aws_config
+from support.netutil import HangingServer
+from support.node import SECRET, Node
+from support.nomad import NomadClient, with_policy
 
 from nomad_secrets.process import cache as cache_module
 
 MARK = cache_module.HELD_MARK
 
 
-class Node:
-    """One cache, two builds (old and new), each installed in a plugin dir."""
-
-    def __init__(self, top: Path, moto_endpoint: str, decoder: Any) -> None:
-        self.cache = top / "cache"
-        self.old = build_artifact(top / "old" / "nomad-secrets", self.cache, "--version", "0.2.0")
-        self.new = build_artifact(top / "new" / "nomad-secrets", self.cache, "--version", "0.3.0")
-        self.decoder = decoder
-        self.config = aws_config(moto_endpoint)
-        self.plugins = {}
-        for name, exe in (("old", self.old), ("new", self.new)):
-            install_plugin(exe, top / f"plugins-{name}", ["aws"], self.config)
-            self.plugins[name] = NomadClient(top / f"plugins-{name}", decoder)
-
-    def entries(self) -> dict[str, Path]:
-        """Build version -> its unpack directory."""
-        out = {}
-        for entry in sorted(self.cache.iterdir()):
-            if entry.name.startswith("."):  # the unpack lock, a prune or unpack under way
-                continue
-            version = (entry / "lib" / "nomad_secrets" / "_version.py").read_text()
-            out["old" if "'0.2.0'" in version else "new"] = entry
-        return out
-
-    def install(self, which: str) -> subprocess.CompletedProcess[str]:
-        exe = self.old if which == "old" else self.new
-        return subprocess.run(
-            [str(exe), "install", "--common-plugin-dir", str(exe.parent / "installed"), "--force"],
-            capture_output=True,
-            text=True,
-            env={},
-            timeout=120,
-        )
-
-
-@pytest.fixture
-def node(tmp_path: Path, moto_endpoint: str, decoder: Any, secretsmanager: Any) -> Node:
-    put_secret(secretsmanager, "cache/db", "v")
-    return Node(tmp_path, moto_endpoint, decoder)
+pytestmark = pytest.mark.node_builds(old="0.2.0", new="0.3.0")  # one cache, as on a node that upgrades
 
 
 def age(path: Path, hours: float) -> None:
@@ -70,23 +33,23 @@ def age(path: Path, hours: float) -> None:
 
 
 def test_a_fetch_that_unpacks_a_new_build_removes_the_old_one(node: Node) -> None:
-    assert node.plugins["old"].fetch("aws", "cache/db").ok
-    old = node.entries()["old"]
+    assert node.fetch("old").ok
+    old = node.unpacked()["old"]
     assert (old / MARK).is_file()
     age(old, 2)  # last unpacked two hours ago
-    assert node.plugins["new"].fetch("aws", "cache/db").ok  # unpacks the new build, prunes the old
-    assert list(node.entries()) == ["new"]
+    assert node.fetch("new").ok  # unpacks the new build, prunes the old
+    assert list(node.unpacked()) == ["new"]
     # A fetch that finds its directory in place lists nothing and removes nothing
-    assert node.plugins["old"].fetch("aws", "cache/db").ok  # the old build again: unpacked anew
-    assert sorted(node.entries()) == ["new", "old"]  # the new build's is younger than an hour: kept
+    assert node.fetch("old").ok  # the old build again: unpacked anew
+    assert sorted(node.unpacked()) == ["new", "old"]  # the new build's is younger than an hour: kept
 
 
 def test_install_removes_what_no_fetch_holds(node: Node) -> None:
-    assert node.plugins["old"].fetch("aws", "cache/db").ok
+    assert node.fetch("old").ok
     installed = node.install("new")
     assert installed.returncode == 0, installed.stdout
     assert f"removed 1 unpack directories of other builds from {node.cache}" in installed.stdout
-    assert list(node.entries()) == ["new"]  # install ran from it: unpacked and ready for fetches
+    assert list(node.unpacked()) == ["new"]  # install ran from it: unpacked and ready for fetches
 
 
 def test_a_running_fetch_keeps_its_directory(node: Node) -> None:
@@ -94,19 +57,19 @@ def test_a_running_fetch_keeps_its_directory(node: Node) -> None:
     still importing from its directory: install of the new build keeps it."""
     result: list[Any] = []
     with HangingServer() as hanging:
-        stuck_dir = node.plugins["old"].plugin_dir
+        stuck_dir = node.builds["old"].plugins
         (stuck_dir / "secrets" / "nomad-secrets.toml").write_text(
             with_policy(aws_config(hanging.url) + "[plugin]\ndeadline_seconds = 60\n")
         )
         stuck = NomadClient(stuck_dir, node.decoder, timeout=30)
-        thread = threading.Thread(target=lambda: result.append(stuck.fetch("aws", "cache/db")))
+        thread = threading.Thread(target=lambda: result.append(stuck.fetch("aws", SECRET)))
         thread.start()
         for _ in range(200):  # until the fetch is at the store: unpacked, imported, held
             if hanging.connections:
                 break
             time.sleep(0.05)
         assert hanging.connections
-        old = node.entries()["old"]
+        old = node.unpacked()["old"]
         installed = node.install("new")
         assert installed.returncode == 0, installed.stdout
         assert f"kept {old}: in use by a running fetch" in installed.stdout
@@ -114,14 +77,14 @@ def test_a_running_fetch_keeps_its_directory(node: Node) -> None:
     thread.join()  # the store is gone now: the stuck fetch fails and exits
     assert result and not result[0].ok
     again = node.install("new")
-    assert "removed 1 unpack directories" in again.stdout and list(node.entries()) == ["new"]
+    assert "removed 1 unpack directories" in again.stdout and list(node.unpacked()) == ["new"]
 
 
 def test_fetches_of_the_old_build_while_installs_prune_it(node: Node) -> None:
     """The race the lock is for: fetches of the old build start, look up
     their directory and import from it while installs of the new build
     prune; every fetch answers."""
-    assert node.plugins["old"].fetch("aws", "cache/db").ok
+    assert node.fetch("old").ok
     stop = threading.Event()
     installs: list[subprocess.CompletedProcess[str]] = []
 
@@ -139,7 +102,7 @@ def test_fetches_of_the_old_build_while_installs_prune_it(node: Node) -> None:
         with ThreadPoolExecutor(4) as pool:
             # batches until the old directory was removed under them at least once
             for _ in range(10):
-                fetched += pool.map(lambda _: node.plugins["old"].fetch("aws", "cache/db"), range(4))
+                fetched += pool.map(lambda _: node.fetch("old"), range(4))
                 if len(fetched) >= 12 and pruned():
                     break
     finally:
@@ -153,7 +116,7 @@ def test_fetches_of_the_old_build_while_installs_prune_it(node: Node) -> None:
 
 
 def test_symlinks_untrusted_and_older_directories_are_left_alone(node: Node, tmp_path: Path) -> None:
-    assert node.plugins["new"].fetch("aws", "cache/db").ok
+    assert node.fetch("new").ok
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / MARK).write_text("")
@@ -185,8 +148,8 @@ def test_a_warm_fetch_does_not_list_the_cache(node: Node) -> None:
     strace = "/usr/bin/strace"
     if not os.access(strace, os.X_OK):
         pytest.skip("needs strace (apt-get install strace)")
-    nomad = node.plugins["new"]
-    assert nomad.fetch("aws", "cache/db").ok  # unpacked
+    nomad = node.builds["new"].nomad
+    assert nomad.fetch("aws", SECRET).ok  # unpacked
     env = {"CPI_OPERATION": "fetch", "NOMAD_JOB_ID": "j", "NOMAD_NAMESPACE": "default"}
     trace = node.cache.parent / "trace"
     run = subprocess.run(
@@ -199,7 +162,7 @@ def test_a_warm_fetch_does_not_list_the_cache(node: Node) -> None:
             str(trace),
             str(nomad.executable("aws")),
             "fetch",
-            "cache/db",
+            SECRET,
         ],
         env=env,
         capture_output=True,
@@ -210,29 +173,3 @@ def test_a_warm_fetch_does_not_list_the_cache(node: Node) -> None:
     opened_cache = [line for line in lines if f'"{node.cache}"' in line]
     assert opened_cache == [], opened_cache  # the cache root itself is never opened (so never listed)
     assert any(f'"{node.cache}/' in line and "O_DIRECTORY" in line for line in lines)  # its entry is held
-
-
-def test_a_burst_of_first_fetches_unpacks_once(node: Node) -> None:
-    """Twenty first fetches of a build on a fresh node: one unpacks and
-    compiles, the others wait on the unpack lock (sleeping, not compiling
-    the same code on the same cores), then all answer. Seen from outside:
-    while the test holds the lock, nobody unpacks; once it lets go, one
-    directory appears and every fetch gets the secret."""
-    import fcntl
-
-    from nomad_secrets.launch import UNPACK_LOCK
-
-    node.cache.mkdir(mode=0o700, exist_ok=True)
-    lock = os.open(node.cache / UNPACK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    with ThreadPoolExecutor(20) as pool:
-        futures = [pool.submit(node.plugins["new"].fetch, "aws", "cache/db") for _ in range(20)]
-        time.sleep(1.0)  # well under the 7.5 s a fetch waits for the lock
-        waiting = [name for name in os.listdir(node.cache) if name != UNPACK_LOCK]
-        running = sum(not f.done() for f in futures)
-        os.close(lock)
-        fetched = [f.result() for f in futures]
-    assert waiting == [] and running == 20
-    assert [f.result for f in fetched] == [{"value": "v"}] * 20
-    assert list(node.entries()) == ["new"]
-    assert [n for n in os.listdir(node.cache) if n.startswith((".unpack-", ".prune-"))] == []

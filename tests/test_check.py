@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, aws_config, write_config
-from netutil import dead_port_url
+from support.netutil import dead_port_url
 
 
 def check(plugin_dir: Path, name: str = "aws") -> tuple[int, str]:

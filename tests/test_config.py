@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import aws_config, put_secret, write_config
-from nomad import NomadClient
+from support.nomad import NomadClient
 
 from nomad_secrets.core import config
 from nomad_secrets.process.errors import ConfigError, PolicyDenied

@@ -1,6 +1,6 @@
 """The built executable under Nomad's contract: fingerprint, fetch, failures.
 
-Every run goes through tests/nomad.py, which runs the plugin as Nomad's
+Every run goes through tests/support/nomad.py, which runs the plugin as Nomad's
 client does and fails the test on any stderr byte after exit 0.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, aws_config, write_config
-from netutil import HangingServer, dead_port_url
-from nomad import NomadClient, nomad_env, run_plugin
+from support.netutil import HangingServer, dead_port_url
+from support.nomad import NomadClient, nomad_env, run_plugin
 
 from nomad_secrets._version import GO_VERSION
 
@@ -247,8 +247,8 @@ def test_the_deadline_counts_from_when_nomad_started_the_process(
     same start time) stands for a slow start: with a 4 s deadline and a
     store that never answers, the answer comes 4 s after the start, not 6."""
     from conftest import aws_config, interpreter, write_config
-    from netutil import HangingServer
-    from nomad import nomad_env, run_plugin
+    from support.netutil import HangingServer
+    from support.nomad import nomad_env, run_plugin
 
     with HangingServer() as hanging:
         write_config(nomad.plugin_dir, aws_config(hanging.url, "[plugin]\ndeadline_seconds = 4\n"))

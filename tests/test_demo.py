@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gocheck
 import pytest
 from conftest import ROOT
+from support import gocheck
 
 
 def demo(*args: str, go: bool = True) -> subprocess.CompletedProcess[str]:

@@ -19,8 +19,8 @@ from typing import Any
 import boto3
 import hvac
 from conftest import REGION
-from nomad import NomadClient
-from openbao import Vault, unique
+from support.nomad import NomadClient
+from support.openbao import Vault, unique
 
 VALUE: dict[str, Any] = {
     "s": "text",

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from conftest import ROOT
-from jwt_issuer import new_issuer
-from nomad import NomadClient, install_plugin
-from openbao import JwksServer, start, toml
+from support.jwt_issuer import new_issuer
+from support.nomad import NomadClient, install_plugin
+from support.openbao import JwksServer, start, toml
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOMAD_JWKS = "https://nomad.service.consul:4646/.well-known/jwks.json"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from serverutil import (
+from support.serverutil import (
     ADMISSION_MEDIA,
     SECRET_MEDIA,
     Answer,

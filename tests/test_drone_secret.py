@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import aws_config, put_secret
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from serverutil import (
+from support.serverutil import (
     ADMISSION_MEDIA,
     Server,
     drone_headers,

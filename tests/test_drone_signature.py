@@ -10,7 +10,7 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from serverutil import DRONE_HEADERS, drone_headers, http_date
+from support.serverutil import DRONE_HEADERS, drone_headers, http_date
 
 from nomad_secrets.process.deadline import Deadline
 from nomad_secrets.serve import aesgcm, httpsig

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from openbao import Session, toml, unique
-from serverutil import Server, secret_body, server_config, write_secret
+from support.openbao import Session, toml, unique
+from support.serverutil import Server, secret_body, server_config, write_secret
 
 SECRET = "5d41402abc4b2a76b9719d911017c592ae9a9f6d7c1c0f6e2e7e0a1b2c3d4e5f"
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 from conftest import aws_config, put_secret, write_config
-from nomad import Fetched, NomadClient, limited
-from openbao import Vault, unique
+from support.nomad import Fetched, NomadClient, limited
+from support.openbao import Vault, unique
 
 from nomad_secrets.launch import MIN_ADDRESS_SPACE
 

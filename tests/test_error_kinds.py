@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_double import NotAws
 from conftest import MotoIam, aws_config, write_config
-from netutil import HangingServer, RecordingProxy, dead_port_url
-from nomad import NomadClient
-from openbao import Vault
+from support.aws_double import NotAws
+from support.netutil import HangingServer, RecordingProxy, dead_port_url
+from support.nomad import NomadClient
+from support.openbao import Vault
+from support.vault_faults import Fault, FaultProxy
 from test_metrics import samples
-from vault_faults import Fault, FaultProxy
 
 from nomad_secrets.process.errors import KINDS
 

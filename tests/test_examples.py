@@ -22,8 +22,8 @@ from typing import Any
 import hcl2
 import pytest
 from conftest import ROOT, aws_config, put_secret
-from nomad import NomadClient, install_plugin
-from openbao import Session
+from support.nomad import NomadClient, install_plugin
+from support.openbao import Session
 
 from nomad_secrets.core import config
 

@@ -1,5 +1,5 @@
 """What the Nomad client makes of a plugin's stdout, decoded by Go itself
-(tests/gocheck/main.go: encoding/json and go-version into Nomad's types).
+(tests/support/gocheck/main.go: encoding/json and go-version into Nomad's types).
 
 First our own answers (nomad_secrets.nomad.protocol), then the rules that shaped
 them, pinned on crafted bytes: each row is a fact about Nomad's decoding
@@ -13,10 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gocheck
 import pytest
 from conftest import ROOT
-from gocheck import FetchDecode, GoDecoder
+from support import gocheck
+from support.gocheck import FetchDecode, GoDecoder
 
 from nomad_secrets._version import GO_VERSION
 from nomad_secrets.nomad.protocol import encode_error, encode_result, fingerprint_line

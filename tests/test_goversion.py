@@ -1,15 +1,15 @@
 """PEP 440 -> go-version: each mapped string parses in Go's go-version, and a
 list of versions sorts the same in both worlds (the ``decoder`` runs the real
-hashicorp/go-version, tests/gocheck)."""
+hashicorp/go-version, tests/support/gocheck)."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
-from gocheck import GoDecoder
 from goversion import UnmappableVersion, to_go_version
 from packaging.version import Version
+from support.gocheck import GoDecoder
 
 from nomad_secrets._version import GO_VERSION, __version__
 

@@ -1,9 +1,11 @@
-"""The shape of the house: nomad_secrets has no import circle, and the
-bootstrap (the zip's ``__main__``) is the ground floor: nothing imports it."""
+"""The shape of the house: nomad_secrets has no import circle, the
+bootstrap (the zip's ``__main__``) is the ground floor: nothing imports it,
+and tests/ holds only tests beside their support package."""
 
 from __future__ import annotations
 
 import ast
+from fnmatch import fnmatch
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nomad_secrets"
@@ -83,3 +85,37 @@ def test_no_module_stands_beside_a_package_of_its_name() -> None:
     in the executable (the old backends/vault.py once came back that way)."""
     shadowed = [p for p in PACKAGE.rglob("*.py") if (p.parent / p.stem / "__init__.py").is_file()]
     assert shadowed == []
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def strays(tests: Path) -> list[str]:
+    """Every file of ``tests`` that is neither conftest.py, a test_*.py
+    module nor under support/: a helper left beside the tests."""
+    found = []
+    for path in tests.rglob("*"):
+        rel = path.relative_to(tests)
+        if path.is_dir() or "__pycache__" in rel.parts or rel.parts[0] == "support":
+            continue
+        if len(rel.parts) == 1 and (rel.name == "conftest.py" or fnmatch(rel.name, "test_*.py")):
+            continue
+        found.append(rel.as_posix())
+    return sorted(found)
+
+
+def test_tests_hold_only_tests_beside_support() -> None:
+    """Helpers (fixtures' machinery, the servers' starters, the doubles, the
+    Go programs) live in tests/support/, so tests/ reads as the list of tests."""
+    assert strays(TESTS) == []
+
+
+def test_a_helper_beside_the_tests_is_a_stray(tmp_path: Path) -> None:
+    for name in ("conftest.py", "test_a.py", "support/nomad.py", "support/gocheck/main.go", "helper.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    (tmp_path / "gocheck").mkdir()
+    (tmp_path / "gocheck" / "main.go").touch()
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / "test_b.py").touch()
+    assert strays(tmp_path) == ["deep/test_b.py", "gocheck/main.go", "helper.py"]

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attacker import ATTACKER, as_attacker, public_dir
 from conftest import ROOT, aws_config, write_config
-from nomad import ContractViolation, NomadClient
+from support.attacker import ATTACKER, as_attacker, public_dir
+from support.nomad import ContractViolation, NomadClient
 
 from nomad_secrets.core import config
 

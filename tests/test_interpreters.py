@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import aws_config, build_artifact
-from nomad import NomadClient, install_plugin, nomad_env, run_plugin
+from support.nomad import NomadClient, install_plugin, nomad_env, run_plugin
 
 from nomad_secrets.launch import UNPACK_LOCK
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import aws_config, put_secret
 from cryptography.hazmat.primitives.asymmetric import rsa
-from serverutil import Server, drone_headers, secret_body, server_config, write_secret
+from support.serverutil import Server, drone_headers, secret_body, server_config, write_secret
 from test_bitbucket import AUDIENCE, WORKSPACE, jwk, signed_token, step_claims
 
 from nomad_secrets.process.deadline import Deadline

@@ -1,5 +1,5 @@
 """The RFC 9421 verifier of Woodpecker's requests, on its own: what it
-accepts is exactly what Woodpecker sends (signed here by tests/woodpecker.py,
+accepts is exactly what Woodpecker sends (signed here by tests/support/woodpecker.py,
 not by the server's code), and each way a signature can be off is refused
 with its reason. test_woodpecker.py drives the same over HTTP."""
 
@@ -12,7 +12,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from woodpecker import LABEL, PyWoodpecker
+from support.woodpecker import LABEL, PyWoodpecker
 
 from nomad_secrets.process.deadline import Deadline
 from nomad_secrets.serve.exchange import Incoming

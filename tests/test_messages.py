@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from conftest import REGION, aws_config, put_secret, write_config
-from netutil import dead_port_url
-from nomad import NomadClient
+from support.netutil import dead_port_url
+from support.nomad import NomadClient
 
 
 def error_of(nomad: NomadClient, path: str, env: dict[str, str] | None = None) -> str:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, aws_config, doc_block, put_secret, write_config
-from nomad import NomadClient
 from prometheus_client.parser import text_string_to_metric_families
+from support.nomad import NomadClient
 
 DOC = ROOT / "docs" / "configuration.md"
 

@@ -15,11 +15,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from attacker import ATTACKER, need_root
 from conftest import ROOT, aws_config, doc_block, put_secret, write_config
-from netutil import HangingServer, dead_port_url
-from node_exporter import node_exporter, promtool
-from nomad import NomadClient
+from support.attacker import ATTACKER, need_root
+from support.netutil import HangingServer, dead_port_url
+from support.node_exporter import node_exporter, promtool
+from support.nomad import NomadClient
 from test_metrics import samples
 from test_node_files import check_output
 

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AgentProcess
-from attacker import ATTACKER, NEEDS_ROOT, as_attacker, public_dir
 from conftest import aws_config, put_secret, write_config
-from node_exporter import node_exporter
-from nomad import NomadClient
+from support.agent_process import AgentProcess
+from support.attacker import ATTACKER, NEEDS_ROOT, as_attacker, public_dir
+from support.node_exporter import node_exporter
+from support.nomad import NomadClient
 from test_metrics import samples
 
 from nomad_secrets.process.errors import KINDS

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
-from jwt_issuer import b64url, new_issuer
+from support.jwt_issuer import b64url, new_issuer
 
 from nomad_secrets.agent.nomad_jwks import JwksError, TokenRejected, load_jwks, verified_claims
 
@@ -319,7 +319,7 @@ def test_key_rotation(tmp_path: Path, key_a: rsa.RSAPrivateKey, key_b: rsa.RSAPr
 
 
 def test_the_openbao_tests_issuer(tmp_path: Path) -> None:
-    """The token form that the real OpenBao accepts in tests/openbao.py."""
+    """The token form that the real OpenBao accepts in tests/support/openbao.py."""
     issuer = new_issuer()
     keys = load_jwks(write(tmp_path, issuer.jwks()))
     token = issuer.sign(nomad_namespace="default", nomad_job_id="web")

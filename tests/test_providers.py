@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from conftest import REGION, ROOT, aws_client, doc_block, moto_process, put_secret
-from nomad import NomadClient, install_plugin
-from openbao import OpenBao, start
+from support.nomad import NomadClient, install_plugin
+from support.openbao import OpenBao, start
 
 from nomad_secrets.core import config
 from nomad_secrets.process.errors import ConfigError
@@ -217,7 +217,7 @@ def test_the_node_agent_keeps_each_accounts_client_apart(
     team-b's fetch never gets team-a's client."""
     import uuid
 
-    from agent_process import AgentProcess
+    from support.agent_process import AgentProcess
 
     put_secret(aws_client(moto_endpoint, "secretsmanager"), "team/db", '{"password": "account-a"}')
     put_secret(aws_client(other_account, "secretsmanager"), "team/db", '{"password": "account-b"}')

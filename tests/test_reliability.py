@@ -23,51 +23,13 @@ from typing import Any
 
 import pytest
 from conftest import aws_config, build_artifact, put_secret
-from nomad import NomadClient, install_plugin, limited, nomad_env, run_plugin
+from support.node import SECRET, Node
+from support.nomad import limited, nomad_env, run_plugin
 
 from nomad_secrets.launch import MIN_ADDRESS_SPACE, UNPACK_LOCK, room_needed
 from nomad_secrets.process import cache as cache_module
 
 MiB = 1 << 20
-
-
-class Node:
-    """A fresh node: one build, its own empty cache directory, installed."""
-
-    def __init__(self, top: Path, moto_endpoint: str, decoder: Any, cache: Path | None = None) -> None:
-        self.cache = cache or top / "cache"
-        self.exe = build_artifact(top / "dist" / "nomad-secrets", self.cache)
-        self.plugins = top / "plugins"
-        install_plugin(self.exe, self.plugins, ["aws"], aws_config(moto_endpoint))
-        self.nomad = NomadClient(self.plugins, decoder)
-
-    def entries(self) -> list[Path]:
-        if not self.cache.exists():
-            return []
-        return [p for p in self.cache.iterdir() if cache_module.is_entry(p.name)]
-
-    def entry(self) -> Path:
-        (entry,) = self.entries()
-        return entry
-
-    def leftovers(self) -> list[str]:
-        if not self.cache.exists():  # stopped before it made the cache directory
-            return []
-        return sorted(n for n in os.listdir(self.cache) if n.startswith((".unpack-", ".prune-")))
-
-    def fetch(self, **kwargs: Any) -> Any:
-        return self.nomad.fetch("aws", "reliability/db", **kwargs)
-
-    def sigterm_at(self, seconds: float) -> Any:
-        """A fetch that Nomad stops (SIGTERM) after ``seconds``, as it is."""
-        env = nomad_env("fetch", {}, "web", "default")
-        return run_plugin(self.nomad.executable("aws"), ["fetch", "reliability/db"], env, seconds)
-
-
-@pytest.fixture
-def node(tmp_path: Path, moto_endpoint: str, decoder: Any, secretsmanager: Any) -> Node:
-    put_secret(secretsmanager, "reliability/db", "v")
-    return Node(tmp_path, moto_endpoint, decoder)
 
 
 def answer(run: Any) -> dict[str, Any]:
@@ -89,7 +51,7 @@ def test_sigterm_while_waiting_for_the_unpacker_gets_an_answer(node: Node) -> No
     try:
         run = run_plugin(
             node.nomad.executable("aws"),
-            ["fetch", "reliability/db"],
+            ["fetch", SECRET],
             nomad_env("fetch", {}, "web", "default"),
             1.0,
         )
@@ -130,7 +92,7 @@ def test_sigterm_while_unpacking_leaves_nothing_behind(node: Node, after: float)
     message, never empty; no temporary directory is left, and the next
     fetch works."""
     proc = subprocess.Popen(
-        [str(node.nomad.executable("aws")), "fetch", "reliability/db"],
+        [str(node.nomad.executable("aws")), "fetch", SECRET],
         env=nomad_env("fetch", {}, "web", "default"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -189,6 +151,40 @@ def test_abandoned_unpack_directories_are_removed(node: Node) -> None:
     assert live.exists() and any(k.startswith(".unpack-working: in use") for k in kept)
 
 
+def test_a_burst_of_first_fetches_unpacks_once(node: Node) -> None:
+    """Many first fetches of a build at once share one unpack: on a node
+    without a cache, they make it (root's only) and its lock among
+    themselves; with the cache there, the others wait on the unpack lock
+    (sleeping, not compiling the same code on the same cores) while one
+    unpacks. Seen from outside: while the test holds the lock, nobody
+    unpacks; once it lets go, one directory appears and every fetch gets
+    the secret."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        runs = list(pool.map(lambda _: node.fetch(), range(8)))
+    assert [r.result for r in runs] == [{"value": "v"}] * 8
+    entries = sorted(os.listdir(node.cache))
+    assert entries[0] == UNPACK_LOCK and (os.stat(node.cache / UNPACK_LOCK).st_mode & 0o777) == 0o600
+    assert len(entries) == 2 and not entries[1].startswith(".unpack-"), entries
+    assert (os.stat(node.cache).st_mode & 0o077) == 0
+
+    shutil.rmtree(node.entry())  # the cache and its lock stay: the build is to be unpacked again
+    lock = os.open(node.cache / UNPACK_LOCK, os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(node.fetch) for _ in range(20)]
+        time.sleep(1.0)  # well under the 7.5 s a fetch waits for the lock
+        waiting = [name for name in os.listdir(node.cache) if name != UNPACK_LOCK]
+        running = sum(not f.done() for f in futures)
+        os.close(lock)
+        fetched = [f.result() for f in futures]
+    assert waiting == [] and running == 20
+    assert [f.result for f in fetched] == [{"value": "v"}] * 20, {f.error for f in fetched if not f.ok}
+    assert list(node.unpacked()) == ["dist"]
+    assert node.leftovers() == []
+
+
 # --- a damaged cache -----------------------------------------------------------------------------
 
 
@@ -205,31 +201,66 @@ def _pyc(entry: Path, module: str) -> Path:
     return entry / folder / "__pycache__" / f"{name}.{tag}.pyc"
 
 
-DATA_FILE = "sdk-default-configuration.json"
+def _remove(entry: Path, path: str) -> None:
+    """``path`` taken from the unpack directory: a directory, or a module
+    with its compiled code (as `find -delete` of a cleanup job would)."""
+    target = entry / path
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+        for pyc in target.parent.glob(f"__pycache__/{target.stem}.*.pyc"):
+            pyc.unlink()
+
+
+def _garble(entry: Path, pattern: str) -> None:
+    (found,) = entry.glob(pattern)
+    found.write_bytes(b"{")
+
+
 DAMAGE: dict[str, Callable[[Path], object]] = {
     "our module's .pyc cut short": lambda e: _cut(_pyc(e, "lib/nomad_secrets/cli")),
     # imported once stdout is guarded: the run started again must answer on Nomad's
     "a .pyc the fetch imports first cut short": lambda e: _cut(_pyc(e, "lib/nomad_secrets/process/deadline")),
     "botocore's .pyc cut short": lambda e: _cut(_pyc(e, "lib/botocore/endpoint")),
-    "a botocore data file garbled": lambda e: (
-        e / "lib/botocore/data/sdk-default-configuration.json"
-    ).write_text("{"),
+    "a botocore data file garbled": lambda e: _garble(e, "lib/botocore/data/sdk-default-configuration.json"),
     "an empty build directory": lambda e: shutil.rmtree(e / "lib"),
+    "a module removed": lambda e: _remove(e, "lib/nomad_secrets/nomad/fetch.py"),
+    "a store's data removed": lambda e: _remove(e, "lib/botocore/data/secretsmanager"),
+    "a store's model garbled": lambda e: _garble(e, "lib/botocore/data/secretsmanager/*/service-2.json*"),
+}
+# What check names of a damage (a pattern), where check's own run does not
+# import the damaged file; where it does, that run heals it before it looks.
+MISSING = r"\d+ of \d+ files are missing \(such as "
+CHECK_NAMES = {
+    "a module removed": MISSING + "lib/nomad_secrets/nomad/",
+    "a store's data removed": MISSING + "lib/botocore/data/secretsmanager/",
+    "a store's model garbled": r"lib/botocore/data/secretsmanager/[^ ]+/service-2\.json[^ ]* has 1 bytes",
 }
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_a_damaged_cache_heals_within_the_fetch(node: Node, damage: str) -> None:
+def test_a_damaged_cache_heals_within_the_fetch_and_check_names_it(node: Node, damage: str) -> None:
     """Damage after the unpack (a cleanup job, a full disk, a bad block): the
     fetch moves the directory aside, unpacks afresh and answers. On today's
-    main: a traceback and exit 1, or "internal error", on every fetch."""
+    main: a traceback and exit 1, or "internal error", on every fetch.
+    check, which reads the same cache, names the damage and fails."""
     assert node.fetch().ok
     DAMAGE[damage](node.entry())
     assert cache_module.damage(str(node.entry())) is not None
     fetched = node.fetch()
+    assert fetched.run.returncode == 0 and fetched.run.stderr == b""
     assert fetched.result == {"value": "v"}, fetched
-    assert cache_module.damage(str(node.entry())) is None
+    entry = node.entry()
+    assert cache_module.damage(str(entry)) is None
     assert node.leftovers() == []
+    if damage not in CHECK_NAMES:
+        return
+    DAMAGE[damage](entry)
+    check = run_plugin(node.nomad.executable("aws"), ["check"], {})
+    assert check.returncode == 1, check
+    said = f"the unpack directory {re.escape(str(entry))} is damaged: {CHECK_NAMES[damage]}"
+    assert re.search(said, check.stdout.decode()), check.stdout.decode()
 
 
 def test_damage_found_late_is_named(node: Node) -> None:
@@ -279,19 +310,6 @@ def test_a_heal_does_not_break_the_fetches_running_beside_it(node: Node) -> None
     assert cache_module.damage(str(node.entry())) is None
 
 
-def test_check_names_damage(node: Node) -> None:
-    assert node.fetch().ok
-    entry = node.entry()
-    (model,) = entry.glob("lib/botocore/data/secretsmanager/*/service-2.json*")  # check reads STS only
-    model.write_bytes(b"{")
-    proc = subprocess.run(
-        [str(node.nomad.executable("aws")), "check"], capture_output=True, text=True, env={}, timeout=60
-    )
-    assert proc.returncode == 1, proc
-    damaged = f"{model.relative_to(entry)} has 1 bytes"
-    assert f"the unpack directory {entry} is damaged: {damaged}" in proc.stdout, proc.stdout
-
-
 # --- a disk too small, a cache that cannot be used -------------------------------------------------
 
 
@@ -316,7 +334,7 @@ def test_a_disk_too_small_for_the_build_is_named_at_once(
     temporary directory stayed (af21d35); then each fetch waited its turn
     to fail the unpack again, and one of a burst said another run had been
     unpacking for 7.3 s (the operator review of issue #15)."""
-    put_secret(secretsmanager, "reliability/db", "v")
+    put_secret(secretsmanager, SECRET, "v")
     probe = build_artifact(tmp_path / "probe" / "nomad-secrets", tmp_path / "probe-cache")
     with zipfile.ZipFile(probe) as outer, zipfile.ZipFile(BytesIO(outer.read("lib.zip"))) as inner:
         sources = sum(info.file_size for info in inner.infolist())
@@ -326,7 +344,7 @@ def test_a_disk_too_small_for_the_build_is_named_at_once(
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"{options},mode=0700", "tmpfs", str(small_disk)], check=True
     )
-    node = Node(tmp_path / "n", moto_endpoint, decoder, cache=small_disk / "cache")
+    node = Node(tmp_path / "n", aws_config(moto_endpoint), decoder, cache=small_disk / "cache")
     room = (
         r"\(\d+\.\d MB free on its disk; this build needs at least \d+\.\d MB\)"
         if short_of == "bytes"
@@ -355,12 +373,12 @@ def test_a_disk_that_reports_no_limits_is_unpacked_into(
     """A tmpfs without limits (size=0, nr_inodes=0) reports no blocks and no
     inodes, as btrfs reports no inodes: not "0 free" (the operator review
     of issue #15: every first fetch was refused)."""
-    put_secret(secretsmanager, "reliability/db", "v")
+    put_secret(secretsmanager, SECRET, "v")
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=0,nr_inodes=0,mode=0700", "tmpfs", str(small_disk)], check=True
     )
     assert os.statvfs(small_disk).f_files == 0 and os.statvfs(small_disk).f_blocks == 0
-    node = Node(tmp_path / "n", moto_endpoint, decoder, cache=small_disk / "cache")
+    node = Node(tmp_path / "n", aws_config(moto_endpoint), decoder, cache=small_disk / "cache")
     fetched = node.fetch()
     assert fetched.ok and fetched.result == {"value": "v"}, fetched.plugin_error
     assert node.entry().is_dir() and node.leftovers() == []

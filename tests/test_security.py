@@ -19,8 +19,8 @@ import pytest
 from conftest import aws_config, put_secret, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from netutil import RecordingProxy
-from nomad import NomadClient, nomad_env, run_plugin
+from support.netutil import RecordingProxy
+from support.nomad import NomadClient, nomad_env, run_plugin
 
 REGION_ENV = {"AWS_REGION": "us-east-2"}
 
@@ -581,7 +581,7 @@ def test_an_ssm_path_read_with_empty_segments_is_refused_before_the_policy(
 def test_a_hanging_sts_is_bounded_by_the_deadline(nomad: NomadClient, moto_endpoint: str) -> None:
     """The web identity exchange runs before the reads, where nothing else
     bounds it: botocore's 4 attempts of 8 s each took 32 s, past Nomad's kill."""
-    from netutil import HangingServer
+    from support.netutil import HangingServer
 
     with HangingServer() as hanging:
         config = aws_config(moto_endpoint, f'endpoint_urls = {{ sts = "{hanging.url}" }}\n') + WEB_IDENTITY

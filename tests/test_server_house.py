@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import REGION, aws_config, interpreter, put_secret, write_config
-from nomad import nomad_env
+from support.nomad import nomad_env
 from test_house import PACKAGE, graph, module_name
 
 SERVER_LIBRARIES = ("starlette", "uvicorn", "anyio", "jwt", "h11")

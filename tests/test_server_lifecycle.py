@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 from conftest import aws_config, put_secret
-from netutil import HangingServer, RecordingProxy
-from pki import make_pki
-from serverutil import ROOT, Server, secret_body, server_config, write_secret
+from support.netutil import HangingServer, RecordingProxy
+from support.pki import make_pki
+from support.serverutil import ROOT, Server, secret_body, server_config, write_secret
 
 from nomad_secrets.core import config as config_module
 from nomad_secrets.process.deadline import Deadline

@@ -29,7 +29,7 @@ from pathlib import Path
 from conftest import aws_config
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from serverutil import ROOT, Server, server_config, write_secret
+from support.serverutil import ROOT, Server, server_config, write_secret
 
 SERVER_EXTRA = {"starlette", "uvicorn", "pyjwt", "cryptography"}
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from conftest import put_secret
-from pki import make_pki
-from serverutil import Server, drone_headers, secret_body
+from support.pki import make_pki
+from support.serverutil import Server, drone_headers, secret_body
 from test_server_lifecycle import SECRET, drone_config
 
 RUNNER = "127.0.0.2"

@@ -9,10 +9,10 @@ import uuid
 from typing import Any
 
 import pytest
-from backend_contract import StoreContract
 from conftest import MotoIam, aws_config, put_secret, write_config
-from netutil import RecordingProxy
-from nomad import NomadClient
+from support.backend_contract import StoreContract
+from support.netutil import RecordingProxy
+from support.nomad import NomadClient
 
 ACCOUNT = "123456789012"  # moto's default account
 

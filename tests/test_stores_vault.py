@@ -1,5 +1,5 @@
 """Vault / OpenBao through the built executable, run as Nomad runs it, against
-the real OpenBao server (tests/openbao.py): the shared store contract, then
+the real OpenBao server (tests/support/openbao.py): the shared store contract, then
 Vault's own features. What the server saw is read from its audit log and
 its token accessors, not from a double."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_contract import CANARY, StoreContract
-from nomad import NomadClient
-from openbao import PROVIDER, ApiError, Vault, start, unique
+from support.backend_contract import CANARY, StoreContract
+from support.nomad import NomadClient
+from support.openbao import PROVIDER, ApiError, Vault, start, unique
 
 
 class TestVaultContract(StoreContract):

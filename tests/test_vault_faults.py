@@ -1,5 +1,5 @@
 """What no real server can be made to answer on demand, through the built
-executable: the fault proxy (tests/vault_faults.py, a test double) in front
+executable: the fault proxy (tests/support/vault_faults.py, a test double) in front
 of the real OpenBao server, answering one path with a fault and passing the
 rest through."""
 
@@ -12,9 +12,9 @@ import time
 
 import hvac
 import pytest
-from nomad import Fetched
-from openbao import Vault, unique
-from vault_faults import Fault, FaultProxy
+from support.nomad import Fetched
+from support.openbao import Vault, unique
+from support.vault_faults import Fault, FaultProxy
 
 
 def answer(status: int, body: object, **headers: str) -> Fault:

@@ -1,7 +1,7 @@
 """Woodpecker's secret extension over real HTTP: ``nomad-secrets serve`` on
 127.0.0.1, AWS on moto's server, and requests signed and sent as a
 Woodpecker server does, by two signers independent of the server's
-verifier (tests/woodpecker.py): Go's crypto/ed25519 and net/http, and one
+verifier (tests/support/woodpecker.py): Go's crypto/ed25519 and net/http, and one
 written on cryptography. Both hold one key, so one server serves both."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import gocheck
 import pytest
 from conftest import aws_config, put_secret
-from serverutil import Server, server_config, write_secret
-from woodpecker import PyWoodpecker, Woodpecker, go_woodpecker
+from support import gocheck
+from support.serverutil import Server, server_config, write_secret
+from support.woodpecker import PyWoodpecker, Woodpecker, go_woodpecker
 
 SEED = bytes(range(32))  # the Woodpecker server's key (made on its first start)
 ENDPOINT_TOKEN = "5d41402abc4b2a76b9719d911017c592aa5ef0b9b2a4e1f3c6d7e8f90a1b2c3d"  # openssl rand -hex 32
@@ -424,7 +424,7 @@ def test_a_stuck_store_is_answered_before_woodpecker_gives_up(tmp_path: Path, se
     """Woodpecker's client gives up at 10 s and tries again: with the
     server's default request_seconds (10) its 504 came after that, never
     seen. The door keeps 8 s, and says so."""
-    from netutil import HangingServer
+    from support.netutil import HangingServer
 
     with HangingServer() as stuck, woodpecker_server(tmp_path, stuck.url, secretsmanager) as running:
         status, text = secrets(running, PyWoodpecker(SEED), branch="main", event="push")

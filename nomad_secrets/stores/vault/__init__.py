@@ -33,7 +33,7 @@ The parts, each named after Vault's own vocabulary:
 
 Messages name the reference and the store and say what to check; they never
 carry a secret value, a token, a secret_id or a JWT. The tests are
-tests/backend_contract.py (every store's) and tests/test_stores_vault.py,
+tests/support/backend_contract.py (every store's) and tests/test_stores_vault.py,
 against a real OpenBao server.
 """
 

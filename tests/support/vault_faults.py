@@ -2,7 +2,7 @@
 
 Everything a real server can show (KV, versions, namespaces, logins,
 denials, throttling with quotas, sealing) is tested against the real
-server, tests/openbao.py. This proxy forwards each request there unchanged
+server, tests/support/openbao.py. This proxy forwards each request there unchanged
 and records it, except where a ``Fault`` matches the request's path: then
 it answers what no real server can be made to answer on demand, and only
 that:

@@ -9,7 +9,7 @@ Read from hashicorp/nomad client/commonplugins/{secrets_plugin,commonplugins}.go
   duplicate, so the job can override CPI_OPERATION but not the identity);
 - at the timeout the process gets SIGTERM, and SIGKILL 2 s later;
 - a non-zero exit throws stdout and stderr away; on exit 0, stdout is decoded
-  by Go's encoding/json and go-version (tests/gocheck) and any stderr byte
+  by Go's encoding/json and go-version (tests/support/gocheck) and any stderr byte
   goes to a nil logger in the client: this harness counts it as a contract
   failure.
 """

@@ -5,7 +5,7 @@ request as Woodpecker 3.x does (RFC 9421, ed25519, label
 ``content-digest``, ``created`` then ``alg``; the body is Go's
 json.Encoder output).
 
-- ``GoWoodpecker``: tests/woodpecker_sign/main.go, Go's own crypto/ed25519,
+- ``GoWoodpecker``: tests/support/woodpecker_sign/main.go, Go's own crypto/ed25519,
   encoding/json and net/http (needs Go; the tests skip with that reason
   where it is missing);
 - ``PyWoodpecker``: written here on ``cryptography`` from the RFC, sending
@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Union
 from urllib.parse import urlsplit
 
-import gocheck
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from support import gocheck
 
 SIGN_GO = Path(__file__).resolve().parent / "woodpecker_sign" / "main.go"
 NEEDS_GO = "needs Go (its crypto/ed25519 signs as Woodpecker does): apt-get install golang-go"

@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from netutil import HangingServer, dead_port_url
-from nomad import Fetched, NomadClient
+from support.netutil import HangingServer, dead_port_url
+from support.nomad import Fetched, NomadClient
 
 CANARY = "canary-" + uuid.uuid4().hex  # must never show up in an error
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET_MEDIA = "application/vnd.drone.secret.v1+json"
 ADMISSION_MEDIA = "application/vnd.drone.admission.v1+json"
 DRONE_HEADERS = ("accept", "accept-encoding", "content-type", "date", "digest")

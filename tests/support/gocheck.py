@@ -1,6 +1,6 @@
 """Nomad's decoding of a plugin's stdout, by Go itself.
 
-``build`` compiles tests/gocheck/main.go (the real ``encoding/json`` and
+``build`` compiles tests/support/gocheck/main.go (the real ``encoding/json`` and
 ``hashicorp/go-version``, with Nomad's struct types) with the local Go in
 GOPATH mode: no module download, no network. ``GoDecoder`` runs it.
 

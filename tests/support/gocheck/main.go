@@ -1,5 +1,5 @@
 // Command gocheck decodes a secrets plugin's stdout as the Nomad client does,
-// with the real encoding/json and hashicorp/go-version (tests/gocheck.py
+// with the real encoding/json and hashicorp/go-version (tests/support/gocheck.py
 // builds it in GOPATH mode and runs it).
 //
 //	gocheck fingerprint   < stdout    client/fingerprint/secrets.go
