@@ -31,9 +31,10 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nomad_secrets.core import config as config_module
-from nomad_secrets.core.config import STORES, Config
+from nomad_secrets.core.config import Config
 from nomad_secrets.core.policy import Rule, rule
 from nomad_secrets.core.reference import Reference, parse_reference
+from nomad_secrets.core.schemes import SCHEMES
 from nomad_secrets.process.errors import ConfigError, RequestError
 
 if TYPE_CHECKING:  # cryptography is the server extra's: imported when a key is read
@@ -270,8 +271,8 @@ def _server(table: dict[str, Any], path: str) -> ServerSettings:
         )
     if server.tls_cert and server.plain_http:
         raise ConfigError(f"server.plain_http in {path} contradicts server.tls_cert; keep one")
-    if server.store not in STORES:
-        raise ConfigError(f"server.store in {path} is {server.store!r}; use one of {', '.join(STORES)}")
+    if server.store not in SCHEMES:
+        raise ConfigError(f"server.store in {path} is {server.store!r}; use one of {', '.join(SCHEMES)}")
     for key, low, high in (
         ("request_seconds", 0.1, 300),
         ("header_seconds", 0.1, 300),

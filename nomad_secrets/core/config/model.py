@@ -9,15 +9,15 @@ default, and nothing else to register.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Union
 
 from nomad_secrets.core.policy import Rule
+from nomad_secrets.core.schemes import DECLARED, SCHEMES, section_of
 from nomad_secrets.process.deadline import DEFAULT_SECONDS
 from nomad_secrets.process.errors import ConfigError
 
 CONFIG_FILE_NAME = "nomad-secrets.toml"
 SYSTEM_CONFIG = "/etc/nomad-secrets/config.toml"
-STORES = ("aws-sm", "aws-ssm", "vault")
 # Provider names that mean a store with no config at all.
 BUILTIN_PROVIDERS = {"aws": "aws-sm", "aws-sm": "aws-sm", "aws-ssm": "aws-ssm"}
 # The largest plugin.max_output_bytes (agent/client.py's MAX_ANSWER holds it).
@@ -39,6 +39,9 @@ class PluginSettings:
 
 @dataclass(frozen=True)
 class AwsSettings:
+    # Keys naming files that hold secrets: none (VaultSettings has some).
+    secret_files: ClassVar[tuple[str, ...]] = ()
+
     region: str | None = None
     endpoint_url: str | None = None  # every AWS service: a local server, a proxy
     endpoint_urls: dict[str, str] = field(default_factory=dict)  # per service, e.g. VPC endpoints
@@ -59,6 +62,10 @@ VAULT_AUTH_METHODS = ("token", "approle", "cert", "jwt")
 
 @dataclass(frozen=True)
 class VaultSettings:
+    # Keys naming files that hold secrets: trust-checked when the config
+    # loads (reader.load_file), refused to the fetch that uses one.
+    secret_files: ClassVar[tuple[str, ...]] = ("token_file", "secret_id_file", "client_key")
+
     address: str | None = None  # https://vault.example:8200
     namespace: str | None = None  # X-Vault-Namespace (Vault Enterprise, OpenBao)
     # TLS: verification is always on; these add trust and a client cert.
@@ -143,6 +150,19 @@ class Provider:
     vault: VaultSettings = field(default_factory=VaultSettings)
     own_keys: tuple[str, ...] = ()  # the store keys its own section sets
 
+    @property
+    def settings(self) -> Settings:
+        """The settings its store reads: its section's, with its own keys."""
+        settings: Settings = getattr(self, section_of(self.store))
+        return settings
+
+
+# The settings of a store, per config section (core/schemes.py says each
+# store's section). A section is also a field of Config and of Provider.
+Settings = Union[AwsSettings, VaultSettings]
+SECTIONS: dict[str, type[Settings]] = {"aws": AwsSettings, "vault": VaultSettings}
+if {scheme.section for scheme in DECLARED} - set(SECTIONS):  # a store with nowhere to read settings
+    raise ImportError(f"a store's section has no settings class: {DECLARED} against {list(SECTIONS)}")
 
 # Keys whose values are credentials: never shown (check blanks them).
 SECRET_KEYS = ("secret_access_key", "session_token", "role_id")
@@ -180,7 +200,7 @@ class Config:
         where = self.path or f"{SYSTEM_CONFIG} (or {CONFIG_FILE_NAME} beside the plugin)"
         raise ConfigError(
             f"provider {name!r} is not configured: add [providers.{name}] with"
-            f" store = one of {', '.join(STORES)} to {where}, or install the"
+            f" store = one of {', '.join(SCHEMES)} to {where}, or install the"
             f" plugin under a built-in name ({', '.join(BUILTIN_PROVIDERS)})"
         )
 

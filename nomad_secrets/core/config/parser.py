@@ -18,20 +18,21 @@ from typing import Any, TypeVar
 from nomad_secrets.core.config.model import (
     MAX_OUTPUT_BYTES,
     RESERVED_NAMES,
+    SECTIONS,
     SERVER_SECTIONS,
-    STORES,
     SYSLOG_FACILITIES,
     VAULT_AUTH_METHODS,
     AgentSettings,
     AuditSettings,
-    AwsSettings,
     Config,
     MetricsSettings,
     PluginSettings,
     Provider,
+    Settings,
     VaultSettings,
 )
 from nomad_secrets.core.policy import Rule, rule
+from nomad_secrets.core.schemes import SCHEMES, section_of
 from nomad_secrets.process.errors import ConfigError
 
 
@@ -46,11 +47,12 @@ def parse(text: bytes, path: str) -> Config:
         raise ConfigError(f"the config file {path} is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
-    known = {"plugin", "aws", "vault", "providers", "policy", "agent", "audit", "metrics", *SERVER_SECTIONS}
+    known = {"plugin", *SECTIONS, "providers", "policy", "agent", "audit", "metrics", *SERVER_SECTIONS}
     reject_unknown(data, known, "", path)
-    aws = build_settings(AwsSettings, _table(data, "aws", "", path), "aws", path)
-    vault = build_settings(VaultSettings, _table(data, "vault", "", path), "vault", path)
-    _check_vault(vault, "vault", path)
+    sections: dict[str, Settings] = {}  # the stores' top-level sections: [aws], [vault]
+    for section, settings_class in SECTIONS.items():
+        sections[section] = build_settings(settings_class, _table(data, section, "", path), section, path)
+        _check_section(sections[section], section, path)
     providers: dict[str, Provider] = {}
     for name, table in _table(data, "providers", "", path).items():
         where = f"providers.{name}"
@@ -61,7 +63,7 @@ def parse(text: bytes, path: str) -> Config:
                 f"{where} in {path}: Nomad never runs a plugin named {name!r}"
                 " (its built-in provider wins); pick another name"
             )
-        providers[name] = _provider(name, table, aws, vault, path)
+        providers[name] = _provider(name, table, sections, path)
     plugin = build_settings(PluginSettings, _table(data, "plugin", "", path), "plugin", path)
     if not 0 < plugin.deadline_seconds <= 3600:
         raise ConfigError(f"plugin.deadline_seconds in {path} must be between 0 and 3600")
@@ -78,13 +80,11 @@ def parse(text: bytes, path: str) -> Config:
         raise ConfigError(f"agent.nomad_jwks_file in {path} must be an absolute path")
     if "policy" in data:
         _policy_last(text.decode("utf-8"), path, tomllib.loads)
-    return Config(
+    config = Config(
         agent=agent,
         policy=_policy(data.get("policy"), path),
         path=path,
         plugin=plugin,
-        aws=aws,
-        vault=vault,
         providers=providers,
         audit=_audit(build_settings(AuditSettings, _table(data, "audit", "", path), "audit", path), path),
         metrics=_metrics(
@@ -92,6 +92,8 @@ def parse(text: bytes, path: str) -> Config:
         ),
         server_tables={key: data[key] for key in SERVER_SECTIONS if key in data},
     )
+    chosen: dict[str, Any] = {**sections}  # each section is the field of its name
+    return replace(config, **chosen)
 
 
 def _audit(audit: AuditSettings, path: str) -> AuditSettings:
@@ -116,35 +118,42 @@ def _metrics(metrics: MetricsSettings, path: str) -> MetricsSettings:
     return metrics
 
 
-def _provider(
-    name: str, table: dict[str, Any], aws: AwsSettings, vault: VaultSettings, path: str
-) -> Provider:
+def _provider(name: str, table: dict[str, Any], sections: dict[str, Settings], path: str) -> Provider:
     """``[providers.NAME]``: its store, and its own keys over the top-level
-    section of that store's kind."""
+    section its store reads (core/schemes.py says which)."""
     where = f"providers.{name}"
     store = table.get("store")
-    if store not in STORES:
+    if store not in SCHEMES:
         raise ConfigError(
-            f"{where}.store in {path} is {store!r}; use one of {', '.join(STORES)}"
+            f"{where}.store in {path} is {store!r}; use one of {', '.join(SCHEMES)}"
             if store is not None
-            else f"{where} in {path} has no store; set store = one of {', '.join(STORES)}"
+            else f"{where} in {path} has no store; set store = one of {', '.join(SCHEMES)}"
         )
     own = {key: value for key, value in table.items() if key != "store"}
-    kind, other = ("vault", "aws") if store == "vault" else ("aws", "vault")
-    other_keys = {f.name for f in fields(AwsSettings if other == "aws" else VaultSettings)}
+    section = section_of(store)
+    keys = {f.name for f in fields(SECTIONS[section])}
     for key in own:
-        if key in other_keys:
+        other = next((s for s, cls in SECTIONS.items() if key not in keys and key in _names(cls)), None)
+        if other is not None:
             raise ConfigError(
-                f"{where}.{key} in {path} is {'an' if other == 'aws' else 'a'} [{other}] key,"
+                f"{where}.{key} in {path} is {'an' if other[0] in 'aeiou' else 'a'} [{other}] key,"
                 f" and {where} reads {store}:"
-                f" a provider sets keys of its own store's section, [{kind}]"
+                f" a provider sets keys of its own store's section, [{section}]"
             )
-    if kind == "vault":
-        own_vault = build_settings(VaultSettings, own, where, path, base=vault)
-        _check_vault(own_vault, where, path)
-        return Provider(name, str(store), aws=aws, vault=own_vault, own_keys=tuple(own))
-    own_aws = build_settings(AwsSettings, own, where, path, base=aws)
-    return Provider(name, str(store), aws=own_aws, vault=vault, own_keys=tuple(own))
+    settings = build_settings(SECTIONS[section], own, where, path, base=sections[section])
+    _check_section(settings, where, path)
+    chosen: dict[str, Any] = {**sections, section: settings}  # each section is the field of its name
+    return replace(Provider(name, store, own_keys=tuple(own)), **chosen)
+
+
+def _names(settings_class: type[Settings]) -> set[str]:
+    return {f.name for f in fields(settings_class)}
+
+
+def _check_section(settings: Settings, where: str, path: str) -> None:
+    """The checks of a store section's values beyond their types."""
+    if isinstance(settings, VaultSettings):
+        _check_vault(settings, where, path)
 
 
 def _check_vault(vault: VaultSettings, where: str, path: str) -> None:

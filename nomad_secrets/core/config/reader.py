@@ -10,10 +10,19 @@ is waited out (``find_config``, ``_settled_read``), never read half-way.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
-from nomad_secrets.core.config.model import CONFIG_FILE_NAME, SYSTEM_CONFIG, Config, VaultSettings
+from nomad_secrets.core.config.model import (
+    CONFIG_FILE_NAME,
+    SECTIONS,
+    SYSTEM_CONFIG,
+    Config,
+    Provider,
+    Settings,
+)
 from nomad_secrets.core.config.parser import parse
+from nomad_secrets.core.schemes import section_of
 from nomad_secrets.process.errors import ConfigError
 from nomad_secrets.process.trust import Untrusted, untrusted
 from nomad_secrets.process.trust import check as check_trust
@@ -103,15 +112,15 @@ def load(executable: str, *, cache: dict[tuple[str, bytes], Config] | None = Non
     return Config() if path is None else load_file(path, cache=cache, strict=False)
 
 
-def check_files(config: Config, vault: VaultSettings) -> None:
-    """Raise the trust problem of a secret file ``vault`` uses, if any."""
-    for key in SECRET_FILE_KEYS:
-        problem = config.unusable_files.get(getattr(vault, key) or "")
-        if problem:
-            raise ConfigError(problem)
-
-
-SECRET_FILE_KEYS = ("token_file", "secret_id_file", "client_key")
+def check_files(config: Config, provider: Provider, stores: Iterable[str]) -> None:
+    """Raise the trust problem of a secret file that ``provider`` reads
+    ``stores`` with, if any."""
+    for section in sorted({section_of(store) for store in stores}):
+        settings = getattr(provider, section)
+        for key in settings.secret_files:
+            problem = config.unusable_files.get(getattr(settings, key) or "")
+            if problem:
+                raise ConfigError(problem)
 
 
 def load_file(
@@ -142,11 +151,9 @@ def load_file(
                 cache.clear()
             cache[(path, text)] = config
     unusable: dict[str, str] = {}
-    for where, vault in [("vault", config.vault)] + [
-        (f"providers.{p.name}", p.vault) for p in config.providers.values() if p.store == "vault"
-    ]:
-        for key in SECRET_FILE_KEYS:
-            secret_file = getattr(vault, key)
+    for where, settings in _secret_file_places(config):
+        for key in settings.secret_files:
+            secret_file = getattr(settings, key)
             if secret_file and secret_file not in unusable:
                 try:
                     require_trusted(secret_file, f"file of {where}.{key}", ancestors=ancestors)
@@ -155,6 +162,18 @@ def load_file(
                         raise
                     unusable[secret_file] = exc.message
     return replace(config, unusable_files=unusable) if unusable else config
+
+
+def _secret_file_places(config: Config) -> Iterator[tuple[str, Settings]]:
+    """Every store section whose keys may name secret files: the top-level
+    one (used by the built-in names and by providers that leave a key out),
+    then each provider's of that section."""
+    for section, settings_class in SECTIONS.items():
+        if settings_class.secret_files:
+            yield section, getattr(config, section)
+            for p in config.providers.values():
+                if section_of(p.store) == section:
+                    yield f"providers.{p.name}", p.settings
 
 
 WRITER_WAIT_SECONDS = 2.0  # a config still open for writing after this: refused
