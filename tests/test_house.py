@@ -139,3 +139,19 @@ def test_the_private_name_finder_finds_both_forms(tmp_path: Path) -> None:
         "line 4: nomad_secrets.core.config._build",
         "line 5: nomad_secrets.core.reference._NAME",
     ]
+
+
+def test_each_failure_class_is_defined_once() -> None:
+    """A failure is matched by its class, so each name in process/errors.py
+    is that class alone: the server's fetchjson once had its own
+    ``Unreachable``, which read like the store kind and was not."""
+    errors = PACKAGE / "process" / "errors.py"
+    kinds = {node.name for node in ast.parse(errors.read_text()).body if isinstance(node, ast.ClassDef)}
+    elsewhere = {
+        f"{module_name(path)}.{node.name}"
+        for path in PACKAGE.rglob("*.py")
+        if path != errors
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and node.name in kinds
+    }
+    assert "Unreachable" in kinds and elsewhere == set()

@@ -208,7 +208,7 @@ def _agent(executable: str, config: Config, report: Report) -> None:
     try:
         info = json.loads(agent.ask(client.request(client.KIND_PING, executable, "", agent.build, {})))
     except client.NoAgent as exc:
-        if "stopped answering" in str(exc):
+        if exc.hung:
             then = "replaces it" if config.agent.auto else "runs in process"
             report.warn(f"{exc}: each fetch waits for it, then {then}")
         elif config.agent.auto:
