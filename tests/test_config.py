@@ -17,7 +17,7 @@ from nomad_secrets.process.errors import ConfigError, PolicyDenied
 
 
 def test_no_file_means_builtin_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setattr(config.reader, "SYSTEM_CONFIG", str(tmp_path / "absent.toml"))
     loaded = config.load(str(tmp_path / "aws"))
     assert loaded.path is None
     assert loaded.provider("aws").store == "aws-sm"
@@ -28,7 +28,7 @@ def test_no_file_means_builtin_defaults(tmp_path: Path, monkeypatch: pytest.Monk
 def test_file_beside_the_executable_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     system = tmp_path / "etc.toml"
     system.write_text("[plugin]\ndeadline_seconds = 3\n")
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(system))
+    monkeypatch.setattr(config.reader, "SYSTEM_CONFIG", str(system))
     assert config.load(str(tmp_path / "aws")).plugin.deadline_seconds == 3
     (tmp_path / "nomad-secrets.toml").write_text("[plugin]\ndeadline_seconds = 5\n")
     assert config.load(str(tmp_path / "aws")).plugin.deadline_seconds == 5
@@ -299,7 +299,7 @@ def test_a_config_being_redeployed_is_waited_for_not_passed_over(
 
     system = tmp_path / "etc.toml"
     system.write_text('[[policy]]\nallow = ["*:**"]\n')
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(system))
+    monkeypatch.setattr(config.reader, "SYSTEM_CONFIG", str(system))
     plugin = tmp_path / "secrets"
     plugin.mkdir()
     beside = plugin / config.CONFIG_FILE_NAME
@@ -321,7 +321,7 @@ def test_a_quiet_or_future_dated_directory_is_not_waited_on(
     etc, plugin = tmp_path / "etc", tmp_path / "secrets"
     for folder in (etc, plugin):
         folder.mkdir()
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(etc / "absent.toml"))
+    monkeypatch.setattr(config.reader, "SYSTEM_CONFIG", str(etc / "absent.toml"))
     waits: list[float] = []
     monkeypatch.setattr(time, "sleep", waits.append)
     for when in (time.time() - 60, time.time() + 3600):

@@ -144,3 +144,21 @@ class contextless:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def test_a_limit_is_told_by_its_class() -> None:
+    """The agent steps aside when it runs out of memory and only skips the
+    request when out of descriptors: it tells them by class, not by words
+    of the message."""
+    import errno
+
+    from nomad_secrets.process import limits
+
+    assert limits.exhausted(RuntimeError("x")) is None  # nothing of a limit in an unrelated failure
+    wrapped = RuntimeError("cannot connect")
+    wrapped.__context__ = MemoryError()
+    assert isinstance(limits.exhausted(wrapped), limits.OutOfMemory)
+    emfile = limits.exhausted(OSError(errno.EMFILE, "Too many open files"))
+    assert isinstance(emfile, limits.OutOfDescriptors) and not isinstance(emfile, limits.OutOfMemory)
+    assert isinstance(limits.out_of_descriptors("x", errno.ENFILE), limits.OutOfDescriptors)
+    assert emfile.kind == limits.out_of_memory("x").kind == "resource-limit"

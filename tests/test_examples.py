@@ -26,6 +26,7 @@ from support.nomad import NomadClient, install_plugin
 from support.openbao import Session
 
 from nomad_secrets.core import config
+from nomad_secrets.core.schemes import SCHEMES
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -53,7 +54,7 @@ JOBS = [(p.name, p.read_text()) for p in sorted((ROOT / "examples" / "jobs").glo
 def test_config_examples_parse_and_validate(where: str, text: str) -> None:
     parsed = config.parse(text.encode(), where)
     for name in parsed.providers:
-        assert parsed.provider(name).store in config.STORES
+        assert parsed.provider(name).store in SCHEMES
     if where.endswith(".toml"):  # a whole file, not a block of docs: it must say who reads what
         config.require_policy(parsed)
 

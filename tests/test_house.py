@@ -119,3 +119,75 @@ def test_a_helper_beside_the_tests_is_a_stray(tmp_path: Path) -> None:
     (tmp_path / "deep").mkdir()
     (tmp_path / "deep" / "test_b.py").touch()
     assert strays(tmp_path) == ["deep/test_b.py", "gocheck/main.go", "helper.py"]
+
+
+def private_reaches(path: Path, known: set[str]) -> list[str]:
+    """Where ``path`` takes another module's private (``_x``) name: by
+    ``from nomad_secrets... import _x``, or as ``module._x`` on a module it
+    imported (``import nomad_secrets.a as m`` or ``from nomad_secrets import a``)."""
+    tree = ast.parse(path.read_text())
+    modules: dict[str, str] = {}  # local name -> the nomad_secrets module it is
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "nomad_secrets":
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+                if f"{node.module}.{alias.name}" in known:
+                    modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in known and alias.asname:
+                    modules[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+        ):
+            found.append(f"line {node.lineno}: {modules[node.value.id]}.{node.attr}")
+    return sorted(found, key=lambda said: int(said.split(":")[0].split()[1]))
+
+
+def test_no_module_takes_another_modules_private_name() -> None:
+    """A name with a leading underscore is its module's own: another module
+    that needs it gets a public name for it (config's build_settings,
+    reject_unknown and require_trusted were private once)."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    known = set(files)
+    found = {name: private_reaches(path, known) for name, path in files.items()}
+    assert {name: reaches for name, reaches in found.items() if reaches} == {}
+
+
+def test_the_private_name_finder_finds_both_forms(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from nomad_secrets.core.config import _table\n"
+        "from nomad_secrets.core import config as c\n"
+        "import nomad_secrets.core.reference as ref\n"
+        "c._build(1)\nref._NAME\nc.parse\nc.__doc__\n"
+    )
+    known = {"nomad_secrets.core.config", "nomad_secrets.core.reference"}
+    assert private_reaches(source, known) == [
+        "line 1: from nomad_secrets.core.config import _table",
+        "line 4: nomad_secrets.core.config._build",
+        "line 5: nomad_secrets.core.reference._NAME",
+    ]
+
+
+def test_each_failure_class_is_defined_once() -> None:
+    """A failure is matched by its class, so each name in process/errors.py
+    is that class alone: the server's fetchjson once had its own
+    ``Unreachable``, which read like the store kind and was not."""
+    errors = PACKAGE / "process" / "errors.py"
+    kinds = {node.name for node in ast.parse(errors.read_text()).body if isinstance(node, ast.ClassDef)}
+    elsewhere = {
+        f"{module_name(path)}.{node.name}"
+        for path in PACKAGE.rglob("*.py")
+        if path != errors
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and node.name in kinds
+    }
+    assert "Unreachable" in kinds and elsewhere == set()

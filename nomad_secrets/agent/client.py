@@ -68,7 +68,14 @@ AGENT_NICE = -15
 
 
 class NoAgent(Exception):
-    """Why a fetch does not go to the agent (for the plugin's debug log)."""
+    """Why a fetch does not go to the agent (for the plugin's debug log).
+    ``hung``: an agent was there but stopped answering (check warns of it)."""
+
+    hung = False
+
+
+class Hung(NoAgent):
+    hung = True
 
 
 def socket_name(plugin_dir: str, socket_dir: str = SOCKET_DIR) -> str:
@@ -191,12 +198,12 @@ class Agent:
                 return self._exchange(sock, message)
             except _Replace as replace:
                 if self.starter is None or replaced:
-                    raise NoAgent(str(replace)) from None
+                    raise (Hung if replace.hung else NoAgent)(str(replace)) from None
                 replaced = True
                 try:
                     self._start(seen)
                 except NoAgent as why:  # both: a hung agent is news even when none may replace it
-                    raise NoAgent(f"{replace}; {why}") from None
+                    raise (Hung if replace.hung else NoAgent)(f"{replace}; {why}") from None
             finally:
                 sock.close()
         raise NoAgent(f"no agent answered at {self.path}, even one started for this fetch")
@@ -264,7 +271,7 @@ class Agent:
                     raise _Replace(f"the agent at {self.path} is stepping aside: {reason}")
                 raise NoAgent(f"the agent refused the request: {reason}")
         except TimeoutError:
-            raise _Replace(f"the agent at {self.path} stopped answering (hung?)") from None
+            raise _Hung(f"the agent at {self.path} stopped answering (hung?)") from None
         except (ConnectionError, Closed) as exc:  # killed, or out of memory: start another
             raise _Replace(f"the agent at {self.path} went away: {exc}") from None
 
@@ -316,6 +323,12 @@ class Agent:
 
 class _Replace(Exception):
     """The agent is hung or stepping aside: start another."""
+
+    hung = False
+
+
+class _Hung(_Replace):
+    hung = True
 
 
 class Closed(Exception):

@@ -55,7 +55,7 @@ from nomad_secrets.core.config import Config, provider_name
 from nomad_secrets.nomad.answer import error_answer, fetch_answer
 from nomad_secrets.process.deadline import Deadline
 from nomad_secrets.process.errors import ConfigError, NodeBusy, PluginError
-from nomad_secrets.process.limits import Exhausted
+from nomad_secrets.process.limits import Exhausted, OutOfMemory
 from nomad_secrets.process.limits import exhausted as limit_of
 from nomad_secrets.stores.pool import StorePool
 
@@ -197,7 +197,7 @@ class Agent:
     def _exhausted(self, limit: Exhausted) -> None:
         """error_answer's word that a limit of this process ran out: the
         agent's own, not the plugin's, which fetches in process instead."""
-        if " of memory " in limit.message:
+        if isinstance(limit, OutOfMemory):
             self.step_aside(OUT_OF_MEMORY)
         else:
             self._request.short = True

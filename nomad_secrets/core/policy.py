@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar, Union
 
-from nomad_secrets.core.reference import SCHEMES as STORES
+from nomad_secrets.core.schemes import SCHEMES
 from nomad_secrets.process.errors import PolicyDenied
 
 GLOBSTAR = "**"
@@ -215,10 +215,10 @@ def pattern_problem(text: str, placeholders: Mapping[str, int] = NOMAD_PLACEHOLD
     store, colon, path = text.partition(":")
     if not colon:
         return f"{text!r} names no store; write <store>:<path>, e.g. 'aws-sm:app/**' (or '*:**' for all)"
-    if not any(glob_match(store, s) for s in STORES):
+    if not any(glob_match(store, s) for s in SCHEMES):
         return (
             f"{text!r} starts with {store!r}; patterns start with the store"
-            f" ({', '.join(STORES)}), not the provider name, e.g. 'aws-sm:app/*'"
+            f" ({', '.join(SCHEMES)}), not the provider name, e.g. 'aws-sm:app/*'"
         )
     unknown = sorted({"{" + n + "}" for n in _PLACEHOLDER.findall(path) if n not in placeholders})
     stray = set("{}") & set(_PLACEHOLDER.sub("", path))

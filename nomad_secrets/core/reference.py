@@ -23,9 +23,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from nomad_secrets.core.schemes import SCHEMES
 from nomad_secrets.process.errors import RequestError
 
-SCHEMES = ("aws-sm", "aws-ssm", "vault")
 MAX_PATH_BYTES = 16 * 1024
 MAX_REFERENCES = 64
 MAX_LOCATOR = 2048

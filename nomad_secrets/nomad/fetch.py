@@ -40,8 +40,7 @@ def fetch(
     stores = [ref.scheme or provider.store for ref in refs]
     require_policy(config)
     check_policy(refs, stores, caller, config.policy, deadline)
-    if "vault" in stores:
-        check_files(config, provider.vault)
+    check_files(config, provider, stores)
     if options.workload_token is not None:
         claims = check_workload_token(options.workload_token, identity)
         # The store sees the job as its token names it: a child as its parent.

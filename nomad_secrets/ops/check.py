@@ -23,13 +23,11 @@ from collections.abc import Callable
 from typing import Any
 
 from nomad_secrets.core import config as config_module
-from nomad_secrets.core.config import AwsSettings, Config, Provider, VaultSettings, require_policy
-from nomad_secrets.core.policy import everyone_reads_everything, template_ambiguity
-from nomad_secrets.core.request import Identity, JobOptions
-from nomad_secrets.process.deadline import Deadline
+from nomad_secrets.core.config import Config, Provider, Settings, VaultSettings, require_policy
+from nomad_secrets.core.policy import everyone_reads_everything
 from nomad_secrets.process.errors import ConfigError, PluginError
 from nomad_secrets.process.trust import untrusted, untrusted_ancestors, untrusted_log
-from nomad_secrets.stores.registry import STORE_LABELS
+from nomad_secrets.stores import registry
 
 PROBE_SECONDS = 5.0
 
@@ -165,17 +163,7 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
     _observers(config, report)
     providers = _providers(executable, config, report)
     report.start("stores")
-    for settings, names in _distinct_settings(providers):
-        if isinstance(settings, AwsSettings):
-            # A provider that sets its own endpoint: a message about it names its section.
-            own = [
-                p
-                for p in providers
-                if p.name in names and {"endpoint_url", "endpoint_urls"} & set(p.own_keys)
-            ]
-            _probe_aws(settings, names, report, own[0] if own else None)
-        else:
-            _probe_vault(settings, names, report)
+    probe_stores(providers, report)
     if not providers:
         report.warn("no provider name here resolves to a store")
     report.start("agent")
@@ -220,7 +208,7 @@ def _agent(executable: str, config: Config, report: Report) -> None:
     try:
         info = json.loads(agent.ask(client.request(client.KIND_PING, executable, "", agent.build, {})))
     except client.NoAgent as exc:
-        if "stopped answering" in str(exc):
+        if exc.hung:
             then = "replaces it" if config.agent.auto else "runs in process"
             report.warn(f"{exc}: each fetch waits for it, then {then}")
         elif config.agent.auto:
@@ -375,11 +363,11 @@ def _providers(executable: str, config: Config, report: Report) -> list[Provider
             report.problem(f"{name}: {exc.message}")
             continue
         source = f"[providers.{name}]" if name in config.providers else "built-in name"
-        report.ok(f"{name} -> {STORE_LABELS[provider.store]} ({source})")
-        kind = _kind(provider.store)
-        settings = _shown(getattr(provider, kind))
+        report.ok(f"{name} -> {registry.store(provider.store).label} ({source})")
+        kind = registry.store(provider.store).section
+        settings = _shown(provider.settings)
         for key, value in settings.items():
-            if value != _shown(type(getattr(provider, kind))())[key]:
+            if value != _shown(type(provider.settings)())[key]:
                 origin = f"[providers.{name}]" if key in provider.own_keys else f"[{kind}]"
                 report.detail(f"{kind}.{key} = {value!r}  (from {origin})")
         report.providers[name] = {
@@ -393,11 +381,7 @@ def _providers(executable: str, config: Config, report: Report) -> list[Provider
     return found
 
 
-def _kind(store: str) -> str:
-    return "vault" if store == "vault" else "aws"
-
-
-def _shown(settings: AwsSettings | VaultSettings) -> dict[str, Any]:
+def _shown(settings: Settings) -> dict[str, Any]:
     """Every key's effective value, credentials blanked."""
     return {
         key: (HIDDEN if key in config_module.SECRET_KEYS and value else value)
@@ -408,7 +392,7 @@ def _shown(settings: AwsSettings | VaultSettings) -> dict[str, Any]:
 def _warn_borrowed_credentials(provider: Provider, report: Report) -> None:
     """A provider that names another Vault but takes the top-level section's
     credentials would send them to that other server."""
-    if provider.store != "vault" or "address" not in provider.own_keys:
+    if not isinstance(provider.settings, VaultSettings) or "address" not in provider.own_keys:
         return
     borrowed = [
         key
@@ -423,76 +407,25 @@ def _warn_borrowed_credentials(provider: Provider, report: Report) -> None:
         )
 
 
-def _distinct_settings(providers: list[Provider]) -> list[tuple[AwsSettings | VaultSettings, list[str]]]:
-    """Each distinct store connection, and the provider names that use it."""
-    out: list[tuple[AwsSettings | VaultSettings, list[str]]] = []
+def probe_stores(providers: list[Provider], report: Report) -> None:
+    """Each distinct store connection, probed once by its store's probe
+    (stores/registry.py) for the providers that use it."""
+    for settings, users in _distinct_settings(providers):
+        registry.store(users[0].store).probe(settings, users, report, PROBE_SECONDS)
+
+
+def _distinct_settings(providers: list[Provider]) -> list[tuple[Settings, list[Provider]]]:
+    """Each distinct store connection, and the providers that use it."""
+    out: list[tuple[Settings, list[Provider]]] = []
     for provider in providers:
-        settings: AwsSettings | VaultSettings = provider.vault if provider.store == "vault" else provider.aws
-        for seen, names in out:
+        settings = provider.settings
+        for seen, users in out:
             if seen == settings:  # dataclass equality: same class, same values
-                names.append(provider.name)
+                users.append(provider)
                 break
         else:
-            out.append((settings, [provider.name]))
+            out.append((settings, [provider]))
     return out
-
-
-def _probe_aws(settings: AwsSettings, names: list[str], report: Report, provider: Provider | None) -> None:
-    where = f"region {settings.region or '(job sets AWS_REGION)'}, endpoint {settings.endpoint_url or 'AWS'}"
-    used_by = f"AWS for {', '.join(names)}"
-    if settings.web_identity_role_arn:
-        problem = template_ambiguity(settings.web_identity_role_arn)
-        if problem:
-            report.warn(f"aws.web_identity_role_arn: {problem}")
-        report.ok(
-            f"{used_by}: {where}; reads use the job's workload identity and role"
-            f" {settings.web_identity_role_arn!r} (not testable without a job's token)"
-        )
-        return
-    from nomad_secrets.stores.aws.store import aws_errors, make_client, store_error
-
-    credentials = "static keys from the config" if settings.access_key_id else "the node's default chain"
-    try:
-        # The probe's region is not a job's: with aws.region set (and pinned by
-        # job_region = false), it is the config's own.
-        options = JobOptions(region=None if settings.region or not settings.job_region else "us-east-1")
-        sts = make_client("sts", settings, options, Deadline(PROBE_SECONDS), Identity(None, None), provider)
-        arn = sts.get_caller_identity()["Arn"]
-    except PluginError as exc:
-        report.problem(f"{used_by} ({where}, {credentials}): {exc.message}")
-    except aws_errors() as exc:
-        error = store_error(
-            exc,
-            "sts:GetCallerIdentity",
-            "AWS STS",
-            action="sts:GetCallerIdentity",
-            resource="the node's identity",
-            region=options.region,
-            region_source="aws.region in the config",
-        )
-        report.problem(f"{used_by} ({where}, {credentials}): {error.message}")
-    else:
-        report.ok(f"{used_by}: {where}; {credentials} are {arn}")
-
-
-def _probe_vault(settings: VaultSettings, names: list[str], report: Report) -> None:
-    where = f"Vault for {', '.join(names)}: {settings.address}, auth {settings.auth_method}"
-    if settings.auth_method == "jwt":
-        report.ok(f"{where}: logs in with the job's workload identity (not testable without a token)")
-        return
-    from nomad_secrets.stores.vault import Vault
-
-    vault = None
-    try:
-        vault = Vault(settings, JobOptions(), Deadline(PROBE_SECONDS))
-        vault.probe()
-    except PluginError as exc:
-        report.problem(f"{where}: {exc.message}")
-    else:
-        report.ok(f"{where}: the token is valid")
-    finally:
-        if vault is not None:
-            vault.close()
 
 
 def _policy(config: Config, report: Report) -> None:

@@ -32,6 +32,14 @@ class Exhausted(PluginError):
     kind = "resource-limit"
 
 
+class OutOfDescriptors(Exhausted):
+    """RLIMIT_NOFILE, or the node's fs.file-max."""
+
+
+class OutOfMemory(Exhausted):
+    """RLIMIT_AS, or an allocation the node refused."""
+
+
 def descriptors_free() -> int | None:
     """File descriptors this process can still open, or None when unlimited
     or unknown. The limit bounds fd numbers: count the ones below it."""
@@ -45,14 +53,14 @@ def descriptors_free() -> int | None:
     return soft - sum(1 for name in names if name.isdigit() and int(name) < soft) + 1
 
 
-def out_of_descriptors(doing: str, error: int = errno.EMFILE) -> Exhausted:
+def out_of_descriptors(doing: str, error: int = errno.EMFILE) -> OutOfDescriptors:
     if error == errno.ENFILE:
-        return Exhausted(
+        return OutOfDescriptors(
             f"the node ran out of file descriptors (ENFILE: the kernel's fs.file-max) while {doing};"
             " the operator finds the process that holds them, or raises fs.file-max (sysctl)"
         )
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return Exhausted(
+    return OutOfDescriptors(
         f"nomad-secrets ran out of file descriptors while {doing}: its limit (RLIMIT_NOFILE) is {soft},"
         " the limit of the process that started it; for a fetch that is the Nomad client: the operator"
         " raises LimitNOFILE in its systemd unit (HashiCorp's sets 65536), or ulimit -n where it starts,"
@@ -60,10 +68,10 @@ def out_of_descriptors(doing: str, error: int = errno.EMFILE) -> Exhausted:
     )
 
 
-def out_of_memory(doing: str) -> Exhausted:
+def out_of_memory(doing: str) -> OutOfMemory:
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
     limit = "" if soft == resource.RLIM_INFINITY else f" (its address space limit: {soft >> 20} MiB)"
-    return Exhausted(
+    return OutOfMemory(
         f"nomad-secrets ran out of memory while {doing}{limit}; the operator raises the Nomad client's"
         " memory limits (LimitAS or MemoryMax in its systemd unit, ulimit -v where it starts), or the job"
         " reads fewer secrets in one secret block"

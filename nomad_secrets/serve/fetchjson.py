@@ -10,7 +10,7 @@ the time is up, which ends whatever read is waiting on it. One connection
 per GET: these calls are rare (a login, a key refresh), so keeping
 connections warm saves nothing worth a pool.
 
-Any transport failure is ``Unreachable``, naming the URL and the error's
+Any transport failure is ``NoAnswer``, naming the URL and the error's
 type only (never a header: they carry tokens)."""
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from nomad_secrets.process.deadline import Deadline
 CONNECT_TIMEOUT = 3.0
 
 
-class Unreachable(Exception):
-    """No answer (or no complete one) from the URL."""
+class NoAnswer(Exception):
+    """No answer (or no complete one) from the URL. Not a store's
+    ``errors.Unreachable``: the doors turn it into their own failure
+    (``github.GitHubUnavailable``, ``oidc.IssuerUnavailable``)."""
 
 
 class Fetcher:
@@ -47,7 +49,7 @@ class Fetcher:
         seconds = deadline.call_timeout()
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Unreachable(f"{url!r} is not an http(s) URL")
+            raise NoAnswer(f"{url!r} is not an http(s) URL")
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         timeout = min(CONNECT_TIMEOUT, seconds)
         conn: http.client.HTTPConnection
@@ -67,8 +69,8 @@ class Fetcher:
             cutoff.check()
         except (OSError, http.client.HTTPException, ValueError) as exc:
             if cutoff.fired.is_set():
-                raise Unreachable(f"no complete answer from {url} within {deadline.seconds:g} s") from None
-            raise Unreachable(f"no answer from {url} ({type(exc).__name__})") from None
+                raise NoAnswer(f"no complete answer from {url} within {deadline.seconds:g} s") from None
+            raise NoAnswer(f"no answer from {url} ({type(exc).__name__})") from None
         finally:
             cutoff.cancel()
             conn.close()

@@ -51,7 +51,7 @@ class GitHub:
     def _active(self, path: str, deadline: Deadline) -> bool:
         try:
             status, document = self._http.get(self.base + path, self._headers, deadline, MAX_ANSWER_BYTES)
-        except fetchjson.Unreachable as exc:
+        except fetchjson.NoAnswer as exc:
             raise GitHubUnavailable(str(exc)) from None
         if status == 404:
             return False

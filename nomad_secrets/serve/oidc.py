@@ -195,7 +195,7 @@ class IssuerKeys:
         headers = {"Accept": "application/json"}
         try:
             status, document = self._fetcher.get(url, headers, deadline, MAX_DOCUMENT_BYTES)
-        except fetchjson.Unreachable as exc:
+        except fetchjson.NoAnswer as exc:
             raise IssuerUnavailable(str(exc)) from None
         if status != 200 or not isinstance(document, dict):
             raise IssuerUnavailable(f"{url} answered {status}, not a JSON object")

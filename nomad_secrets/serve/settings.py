@@ -2,7 +2,7 @@
 
 ``config.parse`` keeps these tables as read (the plugin never uses them);
 here each key is checked the way config.py checks the plugin's, with
-``config._build``, so that a typo is an error that names the key::
+``config.build_settings``, so that a typo is an error that names the key::
 
     [server]             # listen address, TLS, limits (ServerSettings)
     [drone]              # the secret extension's shared secret
@@ -31,9 +31,10 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nomad_secrets.core import config as config_module
-from nomad_secrets.core.config import STORES, Config
+from nomad_secrets.core.config import Config
 from nomad_secrets.core.policy import Rule, rule
 from nomad_secrets.core.reference import Reference, parse_reference
+from nomad_secrets.core.schemes import SCHEMES
 from nomad_secrets.process.errors import ConfigError, RequestError
 
 if TYPE_CHECKING:  # cryptography is the server extra's: imported when a key is read
@@ -184,7 +185,7 @@ def load(path: str, *, nomad_task: bool = False) -> tuple[Settings, Keys]:
     ancestors = not nomad_task
     server = settings.server
     if server.tls_key:
-        config_module._check_trust(server.tls_key, "file of server.tls_key", ancestors=ancestors)
+        config_module.require_trusted(server.tls_key, "file of server.tls_key", ancestors=ancestors)
         _private(server.tls_key, "server.tls_key")
         _readable(server.tls_cert or "", "server.tls_cert", path)
     vault = settings.config.vault
@@ -257,7 +258,7 @@ def parse_settings(config: Config) -> Settings:
 
 def _server(table: dict[str, Any], path: str) -> ServerSettings:
     share_set = "max_connections_per_peer" in table
-    server = config_module._build(ServerSettings, table, "server", path)
+    server = config_module.build_settings(ServerSettings, table, "server", path)
     host, colon, port = server.listen.rpartition(":")
     if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"server.listen in {path} is {server.listen!r}; write host:port, e.g. 0.0.0.0:8443")
@@ -270,8 +271,8 @@ def _server(table: dict[str, Any], path: str) -> ServerSettings:
         )
     if server.tls_cert and server.plain_http:
         raise ConfigError(f"server.plain_http in {path} contradicts server.tls_cert; keep one")
-    if server.store not in STORES:
-        raise ConfigError(f"server.store in {path} is {server.store!r}; use one of {', '.join(STORES)}")
+    if server.store not in SCHEMES:
+        raise ConfigError(f"server.store in {path} is {server.store!r}; use one of {', '.join(SCHEMES)}")
     for key, low, high in (
         ("request_seconds", 0.1, 300),
         ("header_seconds", 0.1, 300),
@@ -305,8 +306,8 @@ def _server(table: dict[str, Any], path: str) -> ServerSettings:
 
 def _drone(table: dict[str, Any], path: str) -> DroneSettings:
     rules = table.pop("policy", None)
-    config_module._reject_unknown(table, {"secret_file"}, "drone", path)
-    drone = config_module._build(DroneSettings, table, "drone", path)
+    config_module.reject_unknown(table, {"secret_file"}, "drone", path)
+    drone = config_module.build_settings(DroneSettings, table, "drone", path)
     _required(drone.secret_file, "drone.secret_file", path)
     if rules is None:
         raise ConfigError(
@@ -369,8 +370,8 @@ def _admission(table: dict[str, Any], path: str) -> AdmissionSettings:
 def _bitbucket(table: dict[str, Any], path: str) -> BitbucketSettings:
     rules = table.pop("rule", None)
     policy = table.pop("policy", None)
-    config_module._reject_unknown(table, {"issuer", "audience", "jwks_cache_seconds"}, "bitbucket", path)
-    bitbucket = config_module._build(BitbucketSettings, table, "bitbucket", path)
+    config_module.reject_unknown(table, {"issuer", "audience", "jwks_cache_seconds"}, "bitbucket", path)
+    bitbucket = config_module.build_settings(BitbucketSettings, table, "bitbucket", path)
     _required(bitbucket.issuer, "bitbucket.issuer", path)
     _required(bitbucket.audience, "bitbucket.audience", path)
     if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", bitbucket.issuer):
@@ -415,8 +416,8 @@ def normalize_bitbucket(values: Mapping[str, str]) -> dict[str, str]:
 def _woodpecker(table: dict[str, Any], path: str) -> WoodpeckerSettings:
     rules = table.pop("rule", None)
     policy = table.pop("policy", None)
-    config_module._reject_unknown(table, {"public_key_file", "endpoint_token_file"}, "woodpecker", path)
-    woodpecker = config_module._build(WoodpeckerSettings, table, "woodpecker", path)
+    config_module.reject_unknown(table, {"public_key_file", "endpoint_token_file"}, "woodpecker", path)
+    woodpecker = config_module.build_settings(WoodpeckerSettings, table, "woodpecker", path)
     _required(woodpecker.public_key_file, "woodpecker.public_key_file", path)
     if not woodpecker.endpoint_token_file:
         raise ConfigError(
@@ -445,7 +446,7 @@ def _public_key(path: str, key: str, ancestors: bool) -> Ed25519PublicKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-    config_module._check_trust(path, f"file of {key}", ancestors=ancestors)
+    config_module.require_trusted(path, f"file of {key}", ancestors=ancestors)
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_PUBLIC_KEY_BYTES + 1)
@@ -485,7 +486,7 @@ def _named_rules(
     parsed = []
     for number, rule_table in enumerate(tables, start=1):
         here = f"{where} #{number}"
-        config_module._reject_unknown(rule_table, {*names, "secrets"}, here, path)
+        config_module.reject_unknown(rule_table, {*names, "secrets"}, here, path)
         when = _globs(rule_table, names, here, path)
         secrets = rule_table.get("secrets")
         if not isinstance(secrets, dict) or not secrets:
@@ -515,7 +516,7 @@ def _rules(
     out = []
     for number, table in enumerate(tables, start=1):
         here = f"{where} #{number}"
-        config_module._reject_unknown(table, {*names, "allow"}, here, path)
+        config_module.reject_unknown(table, {*names, "allow"}, here, path)
         allow = table.get("allow")
         if not isinstance(allow, list) or not all(isinstance(p, str) and p for p in allow):
             raise ConfigError(f"{here}.allow in {path} must be a list of patterns such as 'aws-sm:ci/**'")
@@ -560,8 +561,8 @@ T = TypeVar("T")
 def _build_with_lists(
     cls: type[T], table: dict[str, Any], lists: tuple[str, ...], where: str, path: str
 ) -> T:
-    """``config._build`` for a dataclass with lists of strings too."""
-    config_module._reject_unknown(table, {f.name for f in fields(cls)}, where, path)  # type: ignore[arg-type]
+    """``config.build_settings`` for a dataclass with lists of strings too."""
+    config_module.reject_unknown(table, {f.name for f in fields(cls)}, where, path)  # type: ignore[arg-type]
     values: dict[str, tuple[str, ...]] = {}
     for key in lists:
         if key in table:
@@ -569,13 +570,13 @@ def _build_with_lists(
             if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
                 raise ConfigError(f"{where}.{key} in {path} must be a list of strings")
             values[key] = tuple(items)
-    return replace(config_module._build(cls, table, where, path), **values)  # type: ignore[type-var]
+    return replace(config_module.build_settings(cls, table, where, path), **values)  # type: ignore[type-var]
 
 
 def _secret(path: str, key: str, ancestors: bool, minimum: int = MIN_SECRET_BYTES) -> bytes:
     """A shared secret from its file (trusted like every secret file, and
     private), the trailing newline dropped."""
-    config_module._check_trust(path, f"file of {key}", ancestors=ancestors)
+    config_module.require_trusted(path, f"file of {key}", ancestors=ancestors)
     _private(path, key)
     try:
         with open(path, "rb") as f:

@@ -2,14 +2,16 @@
 
 A fetch in process makes its clients and drops them; a process that answers
 many fetches keeps them, so that each answer costs the call alone. Only a
-client that does not depend on the job is kept:
+client that does not depend on the job is kept. Each store's row in the
+registry (registry.py) says how:
 
-- an AWS client made with the operator's credentials, per store, settings
-  and region; one made with a job's workload identity is that job's;
-- a Vault backend per provider's effective Vault settings
-  (backends/vault/warm.py: connections, the operator's token, found
-  mounts), lent to each fetch with the fetch's deadline; a ``jwt`` login is
-  the job's, so Vault is then opened per fetch.
+- ``SharedClient`` (AWS): a client made with the operator's credentials,
+  per store, settings and region; one made with a job's workload identity
+  is that job's;
+- ``LentClient`` (Vault): a warm object per store and effective settings
+  (stores/vault/warm.py: connections, the operator's token, found mounts),
+  lent to each fetch with the fetch's deadline; a ``jwt`` login is the
+  job's, so Vault is then opened per fetch.
 
 A client is made outside the pool's lock: making one resolves credentials
 (an instance profile's are a request away), and another fetch's warm client
@@ -31,16 +33,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 from nomad_secrets.core.config import Provider
 from nomad_secrets.core.request import Identity, JobOptions
 from nomad_secrets.process.deadline import Deadline
-from nomad_secrets.stores.aws.store import region_for
-from nomad_secrets.stores.registry import Backend, open_backend
-
-if TYPE_CHECKING:
-    from nomad_secrets.stores.vault.warm import WarmVault
+from nomad_secrets.stores import registry
+from nomad_secrets.stores.registry import Backend, Lender, LentClient, open_backend
 
 MAX_CLIENTS = 32
 MAX_NEW = 8
@@ -55,7 +53,7 @@ class StorePool:
         self._clients: OrderedDict[_Key, Backend] = OrderedDict()  # warm: asked for more than once
         self._new: OrderedDict[_Key, Backend] = OrderedDict()  # on probation: asked for once
         self._making: dict[_Key, threading.Lock] = {}  # one maker per key
-        self._vaults: OrderedDict[str, WarmVault] = OrderedDict()
+        self._lenders: OrderedDict[tuple[str, str], Lender] = OrderedDict()  # store, its settings
 
     def backend(
         self,
@@ -69,11 +67,12 @@ class StorePool:
         """A warm client for ``store`` with ``provider``'s settings, or None
         when this fetch needs its own. ``seconds``: plugin.deadline_seconds;
         ``deadline``: the fetch's, without which Vault is not lent."""
-        if store == "vault":
-            return self._vault(provider, seconds, deadline) if deadline is not None else None
-        if store not in ("aws-sm", "aws-ssm") or provider.aws.web_identity_role_arn:
+        warm = registry.store(store).warm
+        if warm.own(provider):
             return None
-        key = (store, repr(provider.aws), region_for(provider.aws, options))
+        if isinstance(warm, LentClient):
+            return self._lent(store, warm, provider, seconds, deadline) if deadline is not None else None
+        key = (store, repr(provider.settings), warm.region(provider, options))
         with self._lock:
             client = self._kept(key)
             if client is not None:
@@ -111,42 +110,39 @@ class StorePool:
                 old.close()  # an AWS client's close gives back nothing: cheap under the lock
         return client
 
-    def _vault(self, provider: Provider, seconds: float, deadline: Deadline) -> Backend | None:
-        settings = provider.vault  # the provider's own, over the top-level [vault]
-        if settings.auth_method == "jwt":
-            return None
-        key = repr(settings)
-        evicted: list[WarmVault] = []
+    def _lent(
+        self, store: str, warm: LentClient, provider: Provider, seconds: float, deadline: Deadline
+    ) -> Backend:
+        key = (store, repr(provider.settings))  # the provider's own, over the top-level section
+        evicted: list[Lender] = []
         with self._lock:
-            warm = self._vaults.get(key)
-            if warm is None:
-                from nomad_secrets.stores.vault.warm import WarmVault
-
-                warm = WarmVault(settings, Deadline(seconds))
-                self._vaults[key] = warm
-                while len(self._vaults) > MAX_VAULTS:
-                    evicted.append(self._vaults.popitem(last=False)[1])
-            self._vaults.move_to_end(key)
+            lender = self._lenders.get(key)
+            if lender is None:
+                lender = warm.make(provider, Deadline(seconds))
+                self._lenders[key] = lender
+                while len(self._lenders) > MAX_VAULTS:
+                    evicted.append(self._lenders.popitem(last=False)[1])
+            self._lenders.move_to_end(key)
         for old in evicted:  # revoking is a request: not under the lock
             old.close()
-        return warm.lend(deadline)
+        return lender.lend(deadline)
 
     def close(self) -> None:
         """Give back what the pool holds (the Vault logins' tokens); never raises."""
         with self._lock:
-            held: list[Backend | WarmVault] = [
+            held: list[Backend | Lender] = [
                 *self._clients.values(),
                 *self._new.values(),
-                *self._vaults.values(),
+                *self._lenders.values(),
             ]
             self._clients.clear()
             self._new.clear()
-            self._vaults.clear()
+            self._lenders.clear()
         for client in held:
             client.close()
 
     def __len__(self) -> int:
-        return len(self._clients) + len(self._new) + len(self._vaults)
+        return len(self._clients) + len(self._new) + len(self._lenders)
 
 
 def _over(kept: OrderedDict[_Key, Backend], bound: int) -> list[Backend]:

@@ -63,6 +63,11 @@ class AwsStore:
         )
 
 
+class NoRegion(RequestError):
+    """Neither the job (AWS_REGION) nor the config (aws.region) names a
+    region: the server, which has no job, says it its own way."""
+
+
 def region_for(settings: AwsSettings, options: JobOptions) -> str | None:
     if options.region is not None:
         if not settings.job_region:
@@ -121,7 +126,7 @@ def make_client(
             service, config=config, endpoint_url=_endpoint(settings, service, provider), **credentials
         )
     except botocore.exceptions.NoRegionError:
-        raise RequestError(
+        raise NoRegion(
             "no AWS region: set AWS_REGION in the secret block's env, or aws.region in the config"
         ) from None
     except botocore.exceptions.InvalidRegionError:
