@@ -83,7 +83,10 @@ def main(loader: object) -> None:
 
         os.write(1, json.dumps({"result": {}, "error": message}).encode() + b"\n")
         os._exit(0)
-    if operation == "fingerprint":
+    # `fetch --help` at a terminal: cli.py prints the help (never for Nomad,
+    # whose stdout is a pipe and whose `--help` is a job's path).
+    person = len(sys.argv) == 3 and sys.argv[2] in ("--help", "-h") and os.isatty(1)
+    if operation == "fingerprint" and not person:
         os.write(1, loader.get_data("fingerprint.json"))  # type: ignore[attr-defined]
         os._exit(0)
     if operation == "fetch":
@@ -98,7 +101,7 @@ def main(loader: object) -> None:
     try:
         archive = _versioned(loader)  # before anything else is read from the zip
         loader = sys.path_importer_cache.get(archive, loader)
-        if operation == "fetch" and len(sys.argv) == 3:
+        if operation == "fetch" and len(sys.argv) == 3 and not person:
             stopped = STOPPED_AT_AGENT
             info = loader.get_data("build-info").decode().split("\n")  # type: ignore[attr-defined]
             note = _through_agent(archive, info[0], info[2] if len(info) > 3 else "")

@@ -44,6 +44,34 @@ For operators:
 
 Docs: README.md and docs/ in the source of nomad-secrets.
 """
+# Nomad's two commands, asked for help by a person: at a terminal only. Nomad
+# reads stdout from a pipe and passes the job's path verbatim, so there
+# `fetch --help` is a fetch of the secret named "--help", answered in JSON.
+NOMAD_COMMAND_HELP = {
+    "fetch": """\
+usage: {name} fetch <path>
+
+Read the secret(s) in <path> as Nomad does for a task's secret block, and
+print one JSON object: {{"result": {{...}}}}, or {{"result": {{}}, "error": "..."}};
+exit status 0 either way. The environment is the job's: its env {{}} block,
+NOMAD_NAMESPACE and NOMAD_JOB_ID. By hand, give it that and nothing else:
+
+  env -i AWS_REGION=us-east-2 NOMAD_NAMESPACE=default NOMAD_JOB_ID=web \\
+      {name} fetch 'prod/db#password'
+
+<path> is one reference, [aws-sm: | aws-ssm: | vault:] name [?options] [#field],
+or NAME = reference lines (docs/references.md). It is a path whatever it
+starts with: --help and -h are help only at a terminal; piped, as Nomad runs
+it, `fetch --help` reads the secret named "--help" (write aws-sm:--help to
+read it at a terminal).
+""",
+    "fingerprint": """\
+usage: {name} fingerprint
+
+Print the plugin's fingerprint, as Nomad reads it at agent start and on
+SIGHUP: one JSON line, {{"type": "secrets", "version": "<go-version>"}}.
+""",
+}
 OPERATOR_COMMANDS = ("check", "install", "agent", "serve", "version", "help")
 COMMANDS = ("fingerprint", "fetch", *OPERATOR_COMMANDS)
 HELP_FLAGS = ("--help", "-h", "--version", "-V")
@@ -54,7 +82,8 @@ def run(agent_note: str = "") -> NoReturn:
     answer (the executable's fetch), for the debug log."""
     argv = list(sys.argv)
     operation = argv[1] if len(argv) > 1 else os.environ.get("CPI_OPERATION", "")
-    if operation == "fingerprint":
+    person_asks_help = operation in NOMAD_COMMAND_HELP and argv[2:] in (["--help"], ["-h"]) and os.isatty(1)
+    if operation == "fingerprint" and not person_asks_help:
         from nomad_secrets._version import GO_VERSION
 
         protocol.answer(protocol.fingerprint_line(GO_VERSION))
@@ -71,6 +100,11 @@ def run(agent_note: str = "") -> NoReturn:
     again = cache.started_again(environ)
     if operation in OPERATOR_COMMANDS or operation in HELP_FLAGS:
         sys.exit(operator_command(operation, argv, environ))
+    if person_asks_help:
+        from nomad_secrets.core.config import provider_name
+
+        print(NOMAD_COMMAND_HELP[operation].format(name=provider_name(argv[0])), end="")
+        sys.exit(0)
     if operation != "fetch" and os.isatty(1):
         # A person at a terminal, never Nomad (Nomad reads stdout from a pipe).
         sys.exit(by_hand(operation, argv[0]))

@@ -13,7 +13,8 @@ command's own cost: interpreter start, imports, client set-up. The plugin
 always runs as Nomad runs it: environment from scratch, `fetch <path>`.
 
 The comparison tools (boto3, hvac, awscli) live in their own virtualenv,
-.venv-bench, made on first use.
+.venv-bench, made on first use from locks/bench.txt (and again when the
+lock changes), so that runs on two machines compare like with like.
 """
 
 from __future__ import annotations
@@ -108,10 +109,13 @@ def free_port() -> int:
 
 def bench_venv() -> Path:
     python = BENCH_VENV / "bin" / "python"
-    if not python.exists():
-        print("bench: creating .venv-bench with boto3, hvac and awscli (first run only)", flush=True)
-        base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-        subprocess.run([base, "-m", "venv", str(BENCH_VENV)], check=True)
+    lock = ROOT / "locks" / "bench.txt"
+    stamp = BENCH_VENV / ".lock-stamp"
+    if not python.exists() or not stamp.exists() or stamp.read_bytes() != lock.read_bytes():
+        print("bench: installing locks/bench.txt (boto3, hvac, awscli) into .venv-bench", flush=True)
+        if not python.exists():
+            base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+            subprocess.run([base, "-m", "venv", str(BENCH_VENV)], check=True)
         subprocess.run(
             [
                 str(python),
@@ -120,13 +124,14 @@ def bench_venv() -> Path:
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                "boto3",
-                "hvac",
-                "awscli",
+                "--require-hashes",
+                "-r",
+                str(lock),
             ],
             check=True,
             stderr=subprocess.DEVNULL,
         )
+        stamp.write_bytes(lock.read_bytes())
     return python
 
 

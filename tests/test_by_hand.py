@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.nomad import NomadClient
+from support.nomad import NomadClient, nomad_env, run_plugin
 
 from nomad_secrets._version import GO_VERSION, __version__
 
@@ -96,9 +96,36 @@ def test_nomads_calls_keep_their_answers(aws: str, nomad: NomadClient) -> None:
     assert fingerprint.ok and fingerprint.run.stdout == (
         b'{"type": "secrets", "version": "%s"}\n' % GO_VERSION.encode()
     )
-    # a job's path is never a flag: `fetch --help` is a fetch of the secret "--help"
-    fetched = nomad.fetch("aws", "--help", {"AWS_REGION": "us-east-2"})
-    assert not fetched.ok and "'--help' (AWS Secrets Manager): not found" in (fetched.plugin_error or "")
+    # a job's path is never a flag: `fetch --help` is a fetch of the secret
+    # "--help", and so is any path that starts with "-": a JSON error object
+    # that Go decodes, never the help text a person gets at a terminal
+    for path in ("--help", "-h", "-x"):
+        fetched = nomad.fetch("aws", path, {"AWS_REGION": "us-east-2"})
+        error = fetched.plugin_error or ""
+        assert not fetched.ok and f"'{path}' (AWS Secrets Manager): not found" in error, fetched
+        assert "usage:" not in fetched.run.stdout.decode()
+    asked = run_plugin(
+        nomad.executable("aws"), ["fingerprint", "--help"], nomad_env("fingerprint", None, None, None)
+    )
+    assert asked.stderr == b""
+    assert asked.stdout == b'{"type": "secrets", "version": "%s"}\n' % GO_VERSION.encode()
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_fetch_and_fingerprint_help_at_a_terminal(aws: str, plugin_dir: Path, flag: str) -> None:
+    """README and docs/troubleshooting.md: --help after any command. At a
+    terminal (a person: Nomad reads a pipe) `fetch --help` is help, read
+    without the config (an unusable one is no matter) or the agent."""
+    (plugin_dir / "secrets" / "nomad-secrets.toml").chmod(0o666)  # a fetch would refuse it
+    code, out, err = on_terminal([aws, "fetch", flag])
+    assert (code, err) == (0, b""), out
+    assert out.startswith("usage: aws fetch <path>\n") and "aws fetch 'prod/db#password'" in out
+    assert 'piped, as Nomad runs\nit, `fetch --help` reads the secret named "--help"' in out
+    code, out, err = on_terminal([aws, "fingerprint", flag])
+    assert (code, err) == (0, b"") and out.startswith("usage: aws fingerprint\n"), out
+    # any other path that starts with "-" is still a path there
+    code, out, _ = on_terminal([aws, "fetch", "-x"])
+    assert code == 0 and json.loads(out)["error"].startswith("refusing to run: the config file"), out
 
 
 def test_fetch_at_a_terminal_is_still_a_fetch(aws: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import aws_config, put_secret, write_config
+from conftest import ROOT, aws_config, doc_block, put_secret, write_config
 from support.nomad import NomadClient
 
 from nomad_secrets.core import config
@@ -132,6 +132,13 @@ WHOLE_FILES = [
     '[[policy]]\njob = "billing"\nallow = ["aws-ssm:/shared/**"]\n',
     # every rule spread over lines, a list over lines.
     '[[policy]]\nnamespace = "ops"\njob = "web"\nallow = [\n  "aws-sm:nomad/**",\n  "vault:secret/**",\n]\n',
+    # the natural edit of issue 24: sections appended after the rules, then one more rule.
+    '[aws]\nregion = "us-east-2"\n[audit]\nsyslog = true\n[[policy]]\nnamespace = "payments"\n'
+    'allow = ["vault:secret/payments/**"]\n[agent]\nauto = false\nusers = ["nomad"]\n'
+    'nomad_jwks_file = "/etc/nomad-secrets/jwks.json"\nidle_exit_seconds = 600\n'
+    "[plugin]\ndeadline_seconds = 30\nmax_output_bytes = 4096\n[metrics]\n"
+    'file = "/var/lib/nomad-secrets/metrics/nomad-secrets.prom"\n'
+    '[[policy]]\njob = "web"\nallow = ["aws-sm:**"]\n',
 ]
 
 
@@ -177,23 +184,103 @@ def test_no_cut_of_a_config_grants_more_than_the_whole_file(whole: str) -> None:
         if cut is None:
             continue
         assert cut[0] <= full, (whole[:end], cut[0] - full)
-        # and whatever it grants is read with the whole file's settings
-        assert replace(cut[1], policy=None) == replace(settings, policy=None), whole[:end]
+        # and whatever it grants is read with the whole file's settings, but
+        # for the sections that may follow the rules, which a cut may lose
+        trailing = {key: getattr(settings, key) for key in config.AFTER_RULES}
+        assert replace(cut[1], policy=None, **trailing) == replace(settings, policy=None), whole[:end]
+        for key in config.AFTER_RULES:
+            _lost_at_most(getattr(cut[1], key), getattr(settings, key), whole[:end])
+
+
+def _lost_at_most(cut: Any, whole: Any, text: str) -> None:
+    """Each setting of a section that may follow the rules is, in a cut, the
+    whole file's, left out (the default), or a number cut short: no other
+    value, and no callers that the whole file does not name."""
+    from dataclasses import fields
+
+    default = type(whole)()
+    for item in fields(whole):
+        got, want = getattr(cut, item.name), getattr(whole, item.name)
+        if got in (want, getattr(default, item.name)):
+            continue
+        assert isinstance(got, (int, float)) and not isinstance(got, bool), (item.name, text)
+        assert str(want).startswith(str(got).removesuffix(".0")), (item.name, got, want, text)
+    # agent.users kept and nomad_jwks_file lost: those callers are refused
+    # (tests/test_agent.py, "agent.nomad_jwks_file is not set")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[[policy]]\nallow = ["*:**"]\n[aws]\nregion = "us-east-2"\n', "[aws] comes after"),
+        ('[[policy]]\nallow = ["*:**"]\n[providers.x]\nstore = "aws-sm"\n', "[providers] comes after"),
+        ('[plugin]\n[[policy]]\nallow = ["*:**"]\n[audit]\nsyslog = true\n', "[audit] comes after"),
+        ('[[policy]]\nallow = ["*:**"]\n[drone]\nsecret_file = "/x"\n', "[drone] comes after"),
+        ('policy = [{ allow = ["*:**"] }]\n[aws]\nregion = "us-east-2"\n', "as [[policy]] tables"),
+    ],
+)
+def test_rules_come_after_every_setting_whose_loss_grants_more(text: str, needle: str) -> None:
+    """A setting after the rules would be lost first by a cut, and its loss
+    can grant more (a provider's own credentials, web_identity_role_arn) or
+    read unrecorded (the audit): the message names the section and the line
+    of the first rule."""
+    with pytest.raises(ConfigError) as caught:
+        config.parse(text.encode(), "f")
+    assert needle in caught.value.message
+    if "comes after" in needle:
+        line = 2 if text.startswith("[plugin]") else 1
+        assert (
+            f"the [[policy]] rules (the first is on line {line}): move it above them." in caught.value.message
+        )
+        assert "Only [agent], [plugin] and [metrics] may follow the rules" in caught.value.message
+
+
+def test_agent_plugin_and_metrics_may_follow_the_rules() -> None:
+    """Issue 24: `[agent] auto = false` appended to a file (docs/agent.md's
+    step, the natural edit) made every fetch fail. A cut can lose these
+    sections and nothing else: losing them grants nothing
+    (test_no_cut_of_a_config_grants_more_than_the_whole_file)."""
+    loaded = config.parse(
+        b'[[policy]]\nallow = ["*:**"]\n[agent]\nauto = false\n[plugin]\ndeadline_seconds = 5\n'
+        b'[metrics]\nfile = "/var/lib/m/n.prom"\n',
+        "f",
+    )
+    assert loaded.agent.auto is False and loaded.plugin.deadline_seconds == 5
+    assert loaded.metrics.file == "/var/lib/m/n.prom" and loaded.policy and len(loaded.policy) == 1
 
 
 @pytest.mark.parametrize(
     "text",
     [
-        '[[policy]]\nallow = ["*:**"]\n[aws]\nregion = "us-east-2"\n',
-        '[[policy]]\nallow = ["*:**"]\n[providers.x]\nstore = "aws-sm"\n',
-        'policy = [{ allow = ["*:**"] }]\n[aws]\nregion = "us-east-2"\n',
+        '[aws]\nregion = "us-east-2"\n[policy]\nallow = ["*:**"]\n',
+        'policy = { allow = ["*:**"] }\n[aws]\nregion = "us-east-2"\n',
     ],
 )
-def test_rules_come_last(text: str) -> None:
-    """A setting after the rules would be lost first by a cut, and its loss
-    can grant more (a provider's own credentials, web_identity_role_arn)."""
-    with pytest.raises(ConfigError, match=r"write the \[\[policy\]\] rules at the end of the file"):
+def test_a_policy_table_in_single_brackets_names_the_brackets(text: str) -> None:
+    """Last in the file, [policy] was told to go at the end of the file,
+    where it was: the brackets are what is wrong."""
+    with pytest.raises(ConfigError) as caught:
         config.parse(text.encode(), "f")
+    assert caught.value.message == (
+        "in f, policy is one table ([policy], single brackets): write each rule under [[policy]],"
+        " with double brackets (TOML's array of tables: one table per rule)"
+    )
+
+
+def test_an_agent_section_after_the_rules_works_through_the_executable(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: object
+) -> None:
+    """docs/agent.md's section, appended below the rules as an operator
+    would: the fetch answers, and reads by the rules."""
+    put_secret(secretsmanager, "appended/db", "granted")
+    path = nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
+    path.write_text(aws_config(moto_endpoint, DENIED_TO_WEB))  # not write_config: it adds [agent]
+    with open(path, "a") as f:
+        f.write(doc_block(ROOT / "docs" / "agent.md", "auto = false"))
+    assert path.read_text().rstrip().endswith("[agent]\nauto = false")
+    assert nomad.fetch("aws", "appended/db", job_id="billing").result == {"value": "granted"}
+    denied = nomad.fetch("aws", "appended/db", job_id="web").plugin_error or ""
+    assert "no rule of the operator's policy matches namespace 'default', job 'web'" in denied
 
 
 def test_allow_is_written_after_namespace_and_job() -> None:

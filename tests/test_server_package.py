@@ -164,3 +164,47 @@ def test_the_wheel_installs_with_the_server_extra_and_serves(tmp_path: Path, mot
             assert answer.read() == b"ok\n"
         assert running.terminate() == 0
     assert json.loads(running.stdout[0])["path"] == "/healthz"
+
+
+def test_a_checkout_installs_as_docs_ci_says_today(tmp_path: Path) -> None:
+    """docs/ci.md's route while there is no release: its lines as written, in
+    a copy of this checkout, the venv's path aside. Offline here, so the
+    extra's dependencies and setuptools are lent, and pip is told
+    --no-index --no-build-isolation (the operator's index makes both needless)."""
+    import shlex
+
+    from conftest import doc_block
+
+    block = doc_block(ROOT / "docs" / "ci.md", "pip install '.[server]'", "sh")
+    venv = tmp_path / "venv"
+    lines = [line.replace("/usr/local/lib/nomad-secrets", str(venv)) for line in block.splitlines()]
+    assert lines == [
+        f"python3 -m venv {venv}",
+        f"{venv}/bin/pip install '.[server]'",
+        f"{venv}/bin/nomad-secrets version",
+    ]
+    checkout = checkout_copy(tmp_path / "checkout")
+    subprocess.run([sys.executable, *shlex.split(lines[0])[1:]], check=True, timeout=120)
+    # Python < 3.12 seeds a venv with an old setuptools, which would shadow
+    # the lent one; with an index, pip's build isolation gets setuptools>=77.
+    pip = (str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check")
+    subprocess.run([*pip, "uninstall", "--yes", "--quiet", "setuptools"], capture_output=True, timeout=120)
+    site = tmp_path / "lent"
+    site.mkdir()
+    requires = importlib.metadata.requires("nomad-secrets") or []
+    lent = lend([*wanted(requires, {"server"}), Requirement("setuptools")], site)
+    assert lent >= SERVER_EXTRA | {"setuptools"} and "nomad-secrets" not in lent
+    purelib = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
+    (Path(purelib) / "lent-from-the-checkout.pth").write_text(f"{site}\n")
+    installed = subprocess.run(
+        [*shlex.split(lines[1]), "--no-index", "--no-build-isolation", "--disable-pip-version-check"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    version = importlib.metadata.version("nomad-secrets")
+    assert f"Successfully installed nomad-secrets-{version}" in installed.stdout
+    said = subprocess.run(shlex.split(lines[2]), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert said.returncode == 0 and said.stdout.startswith(f"nomad-secrets {version} "), said

@@ -79,6 +79,18 @@ class Report:
     def result(self) -> str:
         return "OK" if not self.problems else "NOT OK"
 
+    def summary(self) -> str:
+        """The last line, one form for every run: a config that cannot be
+        loaded ends as a check that found problems further on does."""
+        counted = f"{_count(self.problems, 'problem')}, {_count(self.warnings, 'warning')}"
+        if self.problems:
+            counted += " (a fetch that meets a PROBLEM above fails until it is fixed)"
+        return f"result: {self.result}: {counted}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
 
 def main(argv: list[str], executable: str) -> int:
     parser = argparse.ArgumentParser(prog=f"{os.path.basename(executable)} check", description=DESCRIPTION)
@@ -123,7 +135,7 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
         config = config_module.load(executable)
     except PluginError as exc:
         report.problem(exc.message)
-        write("result: 1 problem; fetches fail until it is fixed")
+        write(report.summary())
         return 1
     plugin_dir = os.path.dirname(os.path.abspath(executable))
     report.ok(f"plugin directory {plugin_dir} {_owner_mode(plugin_dir)}, and every directory above it")
@@ -170,8 +182,7 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
     _agent(executable, config, report)
     report.start("policy")
     _policy(config, report)
-    summary = f"{report.problems} problem(s), {report.warnings} warning(s)"
-    write(f"result: {report.result}: {summary}")
+    write(report.summary())
     return 1 if report.problems else 0
 
 

@@ -77,7 +77,9 @@ deadline_seconds = 8                 # Nomad 1.11.0-1.11.3 kill plugins at 10 s
 
 # Which jobs may read what (docs/policy.md): the first rule whose namespace
 # and job match decides. With no [[policy]] at all no job reads anything;
-# every job reading everything is a rule too: allow = ["*:**"].
+# every job reading everything is a rule too: allow = ["*:**"]. The rules
+# stay below every other section; only [agent], [plugin] and [metrics] may
+# follow them (docs/configuration.md: a file cut short loses its end).
 [[policy]]
 allow = ["aws-sm:nomad/{namespace}/{job}/**"]
 """

@@ -46,7 +46,7 @@ from nomad_secrets.core.config.model import (
     VaultSettings,
     require_policy,
 )
-from nomad_secrets.core.config.parser import allow_last, build_settings, parse, reject_unknown
+from nomad_secrets.core.config.parser import AFTER_RULES, allow_last, build_settings, parse, reject_unknown
 from nomad_secrets.core.config.reader import (
     check_files,
     find_config,
@@ -57,6 +57,7 @@ from nomad_secrets.core.config.reader import (
 )
 
 __all__ = [
+    "AFTER_RULES",
     "BUILTIN_PROVIDERS",
     "CONFIG_FILE_NAME",
     "MAX_OUTPUT_BYTES",

@@ -79,7 +79,7 @@ def parse(text: bytes, path: str) -> Config:
     if agent.nomad_jwks_file is not None and not os.path.isabs(agent.nomad_jwks_file):
         raise ConfigError(f"agent.nomad_jwks_file in {path} must be an absolute path")
     if "policy" in data:
-        _policy_last(text.decode("utf-8"), path, tomllib.loads)
+        _policy_last(text.decode("utf-8"), data["policy"], path, tomllib.loads)
     config = Config(
         agent=agent,
         policy=_policy(data.get("policy"), path),
@@ -179,28 +179,49 @@ def allow_last(table: dict[str, Any], where: str, path: str) -> None:
         )
 
 
+# The sections that may follow the rules. A cut loses the file's end first;
+# losing these, whole or their last keys, changes neither what a job may
+# read, nor the store, address or credentials it is read with, nor the
+# audit record of the read: [agent] (users without nomad_jwks_file are
+# refused), [plugin] (the deadline, the output cap, the debug log) and
+# [metrics] (counters). Every other section holds such a setting.
+AFTER_RULES = ("agent", "plugin", "metrics")
 _POLICY_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*policy[ \t]*\]\]", re.M)
 
 
-def _policy_last(text: str, path: str, loads: Callable[[str], dict[str, Any]]) -> None:
-    """The rules come last in the file, after every other section: a file
-    cut short (a writer that died, a full disk, appends caught between two
-    writes) then loses rules, which grants less, and never a setting such
-    as a provider's own credentials or web_identity_role_arn, which could
-    grant more. With require_policy and allow last in each rule, no prefix
-    of the file grants more than the whole file (docs/configuration.md)."""
-    first = _POLICY_HEADER.search(text)
-    after = None
-    if first is not None:
-        try:
-            after = sorted(set(loads(text[first.start() :])) - {"policy"})
-        except ValueError:  # the header was inside a string: say it the plain way
-            after = ["?"]
-    if first is None or after:
+def _policy_last(text: str, rules: Any, path: str, loads: Callable[[str], dict[str, Any]]) -> None:
+    """The rules come after every section whose loss could grant more: a
+    file cut short (a writer that died, a full disk, appends caught between
+    two writes) then loses rules, which grants less, or a section of
+    AFTER_RULES, and never a setting such as a provider's own credentials
+    or web_identity_role_arn, which could grant more. With require_policy
+    and allow last in each rule, no prefix of the file grants more than the
+    whole file (docs/configuration.md)."""
+    if isinstance(rules, dict):  # [policy], or policy = {...}: one table, read as no rule
         raise ConfigError(
-            f"in {path}, write the [[policy]] rules at the end of the file, after every other section"
-            + (f" ([{after[0]}] comes after a rule)" if after and after != ["?"] else "")
-            + ": a file cut short must lose rules, never settings"
+            f"in {path}, policy is one table ([policy], single brackets): write each rule under"
+            " [[policy]], with double brackets (TOML's array of tables: one table per rule)"
+        )
+    after: list[str] | None = None
+    for first in _POLICY_HEADER.finditer(text):
+        try:
+            after = sorted(set(loads(text[first.start() :])) - {"policy", *AFTER_RULES})
+            break
+        except ValueError:  # this header is inside a multi-line string: the next one
+            continue
+    if after is None:
+        raise ConfigError(
+            f"in {path}, write the [[policy]] rules at the end of the file, as [[policy]] tables:"
+            " policy = [...] is a key, which TOML puts above every section, where a file cut short"
+            " keeps it and loses the settings below"
+        )
+    if after:
+        line = text.count("\n", 0, first.start()) + 1
+        raise ConfigError(
+            f"in {path}, [{after[0]}] comes after the [[policy]] rules (the first is on line {line}):"
+            " move it above them. Only [agent], [plugin] and [metrics] may follow the rules: a file"
+            " cut short loses its end first, which must be rules or those, never a store's settings"
+            " or the audit"
         )
 
 
