@@ -83,6 +83,16 @@ NO_DESCRIPTORS_TO_START = (
     " limit): the operator raises LimitNOFILE in the Nomad client's systemd unit, or ulimit -n where it"
     " starts, and restarts it"
 )
+# Why the node agent stops, or leaves a request, when a limit of its own runs
+# out: the plugin can still fetch in process.
+AGENT_OUT_OF_MEMORY = (
+    "it ran out of memory under its own address space limit (LimitAS in the agent's unit); the plugin"
+    " fetches in process, and the next fetch (or systemd's socket) starts the agent again"
+)
+AGENT_OUT_OF_DESCRIPTORS = (
+    "it ran out of file descriptors under its own limit (LimitNOFILE in the agent's unit) for this request;"
+    " the plugin fetches it in process"
+)
 MEMORY = "memory"
 DESCRIPTORS = "file descriptors"
 # OpenSSL's words when its allocation fails (ERR_R_MALLOC_FAILURE), which
@@ -156,6 +166,34 @@ def ran_out(limit: str, doing: str) -> str:
         f"ran out of {limit}{limit_value(limit)} while it {doing}: the limits (RLIMIT_NOFILE, RLIMIT_AS)"
         " of the process that started it apply; for a fetch, the Nomad client's: LimitNOFILE, LimitAS"
         " or MemoryMax in its systemd unit (docs/troubleshooting.md)"
+    )
+
+
+def out_of_descriptors(doing: str, error: int = errno.EMFILE) -> str:
+    """A fetch that ran out of file descriptors while ``doing``: its own
+    limit (EMFILE), or the kernel's for the node (ENFILE)."""
+    if error == errno.ENFILE:
+        return (
+            f"the node ran out of file descriptors (ENFILE: the kernel's fs.file-max) while {doing};"
+            " the operator finds the process that holds them, or raises fs.file-max (sysctl)"
+        )
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (
+        f"nomad-secrets ran out of file descriptors while {doing}: its limit (RLIMIT_NOFILE) is {soft},"
+        " the limit of the process that started it; for a fetch that is the Nomad client: the operator"
+        " raises LimitNOFILE in its systemd unit (HashiCorp's sets 65536), or ulimit -n where it starts,"
+        " and restarts it"
+    )
+
+
+def out_of_memory(doing: str) -> str:
+    """A fetch that ran out of memory while ``doing``."""
+    return (
+        f"nomad-secrets ran out of memory while {doing}{limit_value(MEMORY)}; the operator raises the"
+        " Nomad client's memory limits (LimitAS or MemoryMax in its systemd unit, ulimit -v where it"
+        " starts), or the job reads fewer secrets in one secret block"
     )
 
 
