@@ -20,6 +20,10 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # not typing's: its import costs a fetch's start ms
+if TYPE_CHECKING:
+    from typing import Any
+
 MIN_PYTHON = (3, 10)
 
 
@@ -53,21 +57,6 @@ def _versioned(loader: object) -> str:
     return real
 
 
-STOPPED_STARTING = (
-    b'{"result": {}, "error": "stopped by Nomad (SIGTERM) while nomad-secrets started;'
-    b" Nomad's plugin timeout passed\"}\n"
-)
-STOPPED_AT_AGENT = (
-    b'{"result": {}, "error": "stopped by Nomad (SIGTERM) while nomad-secrets waited for the node agent\'s'
-    b" answer: Nomad's plugin timeout passed; check that the store answers quickly from this node\"}\n"
-)
-STOPPED_WAITING = (
-    b'{"result": {}, "error": "stopped by Nomad (SIGTERM) while nomad-secrets waited for a slot to fetch in'
-    b" process: the node is starting more tasks than its cores can serve within Nomad's plugin timeout,"
-    b' and the node agent (docs/agent.md) is not taking them"}\n'
-)
-
-
 def main(loader: object) -> None:
     operation = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CPI_OPERATION", "")
     if sys.version_info < MIN_PYTHON:
@@ -79,10 +68,7 @@ def main(loader: object) -> None:
         if operation == "fingerprint":  # not registered: Nomad logs the failed fingerprint
             os.write(2, message.encode() + b"\n")
             os._exit(1)
-        import json
-
-        os.write(1, json.dumps({"result": {}, "error": message}).encode() + b"\n")
-        os._exit(0)
+        _endings().answer_error(message)
     # `fetch --help` at a terminal: cli.py prints the help (never for Nomad,
     # whose stdout is a pipe and whose `--help` is a job's path).
     person = len(sys.argv) == 3 and sys.argv[2] in ("--help", "-h") and os.isatty(1)
@@ -96,26 +82,37 @@ def main(loader: object) -> None:
         import _signal  # type: ignore[import-not-found]
 
         _signal.signal(_signal.SIGTERM, _stop)
-    stopped = STOPPED_STARTING
+    stopped = ""  # the answer to a SIGTERM now (endings' words): "" while it starts
     note = ""
     try:
         archive = _versioned(loader)  # before anything else is read from the zip
         loader = sys.path_importer_cache.get(archive, loader)
+        endings = _endings()
         if operation == "fetch" and len(sys.argv) == 3 and not person:
-            stopped = STOPPED_AT_AGENT
+            stopped = endings.STOPPED_AT_AGENT
             info = loader.get_data("build-info").decode().split("\n")  # type: ignore[attr-defined]
             note = _through_agent(archive, info[0], info[2] if len(info) > 3 else "")
-            stopped = STOPPED_WAITING
+            stopped = endings.STOPPED_WAITING
             note += _admitted(info[2] if len(info) > 3 else "")
-            stopped = STOPPED_STARTING
+            stopped = ""
         try:  # the source tree and the installed package
             from nomad_secrets import launch
         except ImportError:  # the executable: scripts/build stores it beside this file
             import nomad_secrets_launch as launch  # type: ignore[import-not-found,no-redef]
     except Stopped:
-        os.write(1, stopped)
-        os._exit(0)
+        endings = _endings()  # imported by now, unless the SIGTERM came first
+        endings.answer_error(stopped or endings.STOPPED_STARTING)
     launch.start(archive, loader, Stopped, note)
+
+
+def _endings() -> Any:
+    """How a run ends (process/endings.py): the words of its answers to
+    Nomad's SIGTERM, and the error object, before anything is unpacked."""
+    try:  # the executable: scripts/build stores it beside this file (looked for first)
+        import nomad_secrets_endings as endings  # type: ignore[import-not-found]
+    except ImportError:  # the source tree and the installed package
+        from nomad_secrets.process import endings
+    return endings
 
 
 def _through_agent(archive: str, build: str, socket_dir: str) -> str:

@@ -15,6 +15,7 @@ import sys
 import time
 
 from nomad_secrets.nomad import protocol
+from nomad_secrets.process import endings
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ms, and a forwarded fetch needs none
 if TYPE_CHECKING:
@@ -188,7 +189,7 @@ def _did_you_mean(operation: str) -> str:
 def plugin_fetch(
     argv: list[str], environ: dict[str, str], start: float, again: bool, agent_note: str = ""
 ) -> NoReturn:
-    protocol.on_sigterm_answer(SIGTERM_MESSAGE)
+    protocol.on_sigterm_answer(endings.STOPPED_FETCHING)
     executable = argv[0]
     try:  # the imports too: a damaged file among them gets an answer (and a heal)
         from nomad_secrets.core import config as config_module
@@ -216,7 +217,7 @@ def plugin_fetch(
     name = provider_name(executable)
     observer = observer_for(config, name, argv[2], environ, start)
     if observer is not None:  # Nomad's SIGTERM is a fetch's end too: record it
-        protocol.on_sigterm_answer(SIGTERM_MESSAGE, before=lambda: observer.finish("terminated"))
+        protocol.on_sigterm_answer(endings.STOPPED_FETCHING, before=lambda: observer.finish("terminated"))
     answer = fetch_answer(
         argv[2], environ, name, config, deadline, observer=observer, heal=_healer(environ, again)
     )
@@ -241,17 +242,6 @@ def _error_answer(exc: BaseException, start: float, heal: Callable[[str], bool])
     except BaseException:  # noqa: BLE001 - our own modules damaged, answer.py among them
         from nomad_secrets.process import cache
 
-        found = cache.damaged(cache.held_by(__file__))
-        if found is None:
-            return protocol.encode_error(
-                f"nomad-secrets cannot run: {type(exc).__name__} while it started; please report it"
-            )
-        entry, damage = found
-        return protocol.encode_error(cache.damaged_message(entry, damage, heal(entry)))
+        said = cache.healed(cache.held_by(__file__), heal)
+        return protocol.encode_error(said or endings.not_started(exc))
     return error_answer(exc, start, heal)
-
-
-SIGTERM_MESSAGE = (
-    "stopped by Nomad (SIGTERM) before the fetch finished: Nomad's plugin timeout"
-    " passed; check that the store answers quickly from this node"
-)

@@ -29,11 +29,17 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 
+try:  # the source tree and the installed package
+    from nomad_secrets.process import endings
+except ImportError:  # the executable: scripts/build stores it beside __main__.py
+    import nomad_secrets_endings as endings  # type: ignore[import-not-found,no-redef]
+
+
 class CacheError(Exception):
     pass
 
 
-_phase = ["started"]  # what this run was doing, for the SIGTERM message
+_phase = [""]  # what this run was doing, for the SIGTERM message: "" while it starts
 
 
 def unpacked(archive: str, build_id: str, cache_root: str) -> str:
@@ -108,7 +114,7 @@ class _one_unpacker:
             return
         finally:
             os.umask(old_umask)
-        fetch = _operation() == "fetch"
+        fetch = endings.operation() == "fetch"
         _phase[0] = "waited for another run to unpack a new build into"
         start, said = time.monotonic(), False
         end = start + (max(FETCH_WAIT_UNTIL_AGE - self.age, 0.0) if fetch else UNPACK_WAIT_SECONDS)
@@ -193,9 +199,11 @@ def _unpack(
         finally:
             os.close(held)
     except OSError as exc:
-        limit = _out_of(exc)
+        limit = endings.limit_in(exc)
         if limit:
-            raise CacheError(_ran_out(limit, f"unpacked into the cache directory {cache_root}")) from None
+            raise CacheError(
+                endings.ran_out(limit, f"unpacked into the cache directory {cache_root}")
+            ) from None
         room = _free_space(exc, cache_root, need)
         raise CacheError(
             f"cannot unpack into the cache directory {cache_root}: {exc.strerror}{room}"
@@ -283,81 +291,17 @@ def _free_space(exc: OSError, cache_root: str, need: tuple[int, int]) -> str:
     return f" ({size / 1e6:.1f} MB free on its disk; {needs})"
 
 
-def _answer_error(message: str) -> NoReturn:
-    """Nomad's answer (an error object, exit 0) for fetch; a line on stderr
-    and exit 1 for the commands people and their tools run (check, install),
-    which must not look like success."""
-    if _operation() == "fetch" or not _operation():
-        os.write(_answer_fd(), b'{"result": {}, "error": ' + _json_string(message) + b"}\n")
-        os._exit(0)
-    os.write(2, message.encode() + b"\n")
-    os._exit(1)
-
-
-def _answer_fd() -> int:
-    """Nomad's stdout: fd 1, or once cli.py guards it, protocol.py's copy."""
-    protocol = sys.modules.get("nomad_secrets.nomad.protocol")
-    fd = getattr(protocol, "_out_fd", None)
-    return fd if isinstance(fd, int) else 1
-
-
-# Written as it is when even an answer cannot be made: no memory left to
-# format one. start() makes it again with the limit's value while it still can.
-_OUT_OF_MEMORY = (
-    b"nomad-secrets ran out of memory: the limits (RLIMIT_AS) of the process that started it apply;"
-    b" for a fetch, the Nomad client's: LimitAS or MemoryMax in its systemd unit (docs/troubleshooting.md)"
-)
-
-
-def _out_of_memory_answers() -> tuple[bytes, bytes]:
-    """What to write when memory runs out anywhere, made before it does
-    (formatting a message then may itself fail): Nomad's answer for a
-    fetch, and one line on stderr for the commands people run."""
-    message = _OUT_OF_MEMORY
-    try:
-        message = message.replace(b"of memory:", b"of memory" + _limit_value("memory").encode() + b":", 1)
-        return b'{"result": {}, "error": "' + message + b'"}\n', message + b"\n"
-    except MemoryError:
-        return b'{"result": {}, "error": "' + _OUT_OF_MEMORY + b'"}\n', _OUT_OF_MEMORY + b"\n"
-
-
-def _json_string(text: str) -> bytes:
-    """``text`` as a JSON string, ASCII only, without importing json: out of
-    file descriptors, not even that import works."""
-    out = []
-    for char in text:
-        code = ord(char)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif 0x20 <= code < 0x7F:
-            out.append(char)
-        elif code > 0xFFFF:  # a surrogate pair, as JSON writes it
-            code -= 0x10000
-            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
-        else:
-            out.append(f"\\u{code:04x}")
-    return ('"' + "".join(out) + '"').encode()
-
-
-def _operation() -> str:
-    return sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CPI_OPERATION", "")
-
-
 def start(archive: str, loader: object, stopped: type[BaseException], note: str = "") -> None:
     """Unpack (or find) this build, then run the plugin from it. ``stopped``:
     what the bootstrap's SIGTERM handler raises, for a fetch; ``note``: why
     the node agent did not answer it, for the debug log."""
-    answer, line = _out_of_memory_answers()
-    if _operation() in ("fetch", "agent"):
-        _refuse_a_small_address_space(_operation())
+    out_of_memory = endings.out_of_memory_answers()
+    if endings.operation() in ("fetch", "agent"):
+        _refuse_a_small_address_space(endings.operation())
     try:
         _start(archive, loader, stopped, note)
     except MemoryError:  # anywhere, our answers to it included: the one answer that needs nothing
-        if _operation() == "fetch":
-            os.write(_answer_fd(), answer)
-            os._exit(0)
-        os.write(2, line)  # check, install: not a traceback
-        os._exit(1)
+        endings.ran_out_of_memory(out_of_memory)
 
 
 # A fetch needs about 40 MiB of address space (botocore, TLS, the answer).
@@ -385,7 +329,7 @@ def _refuse_a_small_address_space(operation: str) -> None:
             " fetches in process meanwhile)\n".encode(),
         )
         os._exit(2)
-    _answer_error(
+    endings.end(
         f"nomad-secrets cannot start: its address space limit (RLIMIT_AS) is {soft >> 20} MiB, under the"
         f" {MIN_ADDRESS_SPACE >> 20} MiB a fetch needs; it is the Nomad client's: raise LimitAS in its"
         " systemd unit, or ulimit -v where it starts (docs/troubleshooting.md)"
@@ -393,6 +337,7 @@ def _refuse_a_small_address_space(operation: str) -> None:
 
 
 def _start(archive: str, loader: object, stopped: type[BaseException], note: str) -> None:
+    global endings  # the plugin's own copy once its code is imported: its protocol keeps stdout there
     environ = dict(os.environ)  # as Nomad gave it, for a run started again
     again = _cache_module().started_again(environ)  # cli.py takes the mark out of os.environ
     build_id, cache_dir = loader.get_data("build-info").decode().split("\n")[:2]  # type: ignore[attr-defined]
@@ -402,16 +347,20 @@ def _start(archive: str, loader: object, stopped: type[BaseException], note: str
         sys.dont_write_bytecode = True  # everything is compiled; the cache stays as published
         try:
             from nomad_secrets.cli import run
+            from nomad_secrets.process import endings as plugins  # imported by cli already
         except Exception as exc:  # noqa: BLE001 - the unpacked files, damaged since it was made
             _failed(lib, exc, environ, again)
+        endings = plugins
     except stopped:
-        _answer_error(_stopped_message(cache_dir))
+        cache = _cache_module()
+        where = cache_dir or cache.default_cache_dir()
+        endings.end(endings.stopped_unpacking(_phase[0], where, cache.process_age()))
     except CacheError as exc:
-        _answer_error(f"nomad-secrets cannot start: {exc}")
+        endings.end(f"nomad-secrets cannot start: {exc}")
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - Nomad must get an answer
-        _answer_error(f"nomad-secrets cannot start: {type(exc).__name__} while unpacking")
+        endings.end(endings.not_unpacked(exc))
     try:
         run(note)
     except MemoryError:
@@ -419,11 +368,7 @@ def _start(archive: str, loader: object, stopped: type[BaseException], note: str
     except Exception as exc:  # noqa: BLE001 - our code failed before it could answer
         _failed(lib, exc, environ, again)
     except stopped:  # between here and cli.py's own answer to SIGTERM
-        protocol = sys.modules.get("nomad_secrets.nomad.protocol")
-        message = "stopped by Nomad (SIGTERM) while nomad-secrets started; Nomad's plugin timeout passed"
-        if protocol is not None:
-            protocol.answer_error(message)  # stdout may be guarded by now: its own way out
-        _answer_error(message)
+        endings.end(endings.STOPPED_STARTING)  # stdout may be guarded by now
 
 
 def _failed(lib: str, exc: Exception, environ: dict[str, str], again: bool) -> NoReturn:
@@ -432,63 +377,15 @@ def _failed(lib: str, exc: Exception, environ: dict[str, str], again: bool) -> N
     job, a full disk, a bad block), which is moved aside, and this run
     started again to unpack afresh, when it is early enough and not already
     the second try."""
-    limit = _out_of(exc)
+    limit = endings.limit_in(exc)
     if limit:
-        _answer_error(f"nomad-secrets {_ran_out(limit, 'started')}")
+        endings.end(f"nomad-secrets {endings.ran_out(limit, 'started')}")
     cache = _cache_module()
-    found = cache.damaged(os.path.dirname(lib))
-    if found is None:  # nothing to heal: ours to hear of
-        _answer_error(
-            f"nomad-secrets cannot start: {type(exc).__name__} while it started, with its unpacked code"
-            f" in {os.path.realpath(os.path.dirname(lib))} as unpacked; please report it"
-        )
-    entry, what = found
-    moved = cache.heal(entry, environ, cache.process_age(), again)
-    _answer_error(cache.damaged_message(entry, what, moved))
-
-
-def _ran_out(limit: str, doing: str) -> str:
-    return (
-        f"ran out of {limit}{_limit_value(limit)} while it {doing}: the limits (RLIMIT_NOFILE, RLIMIT_AS)"
-        " of the process that started it apply; for a fetch, the Nomad client's: LimitNOFILE, LimitAS"
-        " or MemoryMax in its systemd unit (docs/troubleshooting.md)"
+    said = cache.healed(
+        os.path.dirname(lib), lambda entry: cache.heal(entry, environ, cache.process_age(), again)
     )
-
-
-def _limit_value(limit: str) -> str:
-    """ " (its address space limit: 28 MiB)" for "memory", " (its limit
-    (RLIMIT_NOFILE) is 64)" for "file descriptors", or "" when unlimited or
-    unknown: limits.py's words, which docs/troubleshooting.md lists."""
-    try:  # the limit's value, when there is room left to import resource
-        import resource
-
-        which = resource.RLIMIT_AS if limit == "memory" else resource.RLIMIT_NOFILE
-        soft = resource.getrlimit(which)[0]
-    except MemoryError:
-        raise
-    except Exception:  # noqa: BLE001 - the answer matters more than the number
-        return ""
-    if soft == resource.RLIM_INFINITY:
-        return ""
-    if limit == "memory":
-        return f" (its address space limit: {soft >> 20} MiB)"
-    return f" (its limit (RLIMIT_NOFILE) is {soft})"
-
-
-def _out_of(exc: BaseException | None) -> str:
-    """ "file descriptors" or "memory" when that is what ``exc`` (or its
-    cause) ran into, else "": a limit of the process, not a damaged cache."""
-    import errno
-
-    for _ in range(8):
-        if exc is None:
-            break
-        if isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM:
-            return "memory"
-        if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
-            return "file descriptors"
-        exc = exc.__cause__ or exc.__context__
-    return ""
+    # Else nothing to heal: ours to hear of.
+    endings.end(said or endings.not_started(exc, unpacked=os.path.realpath(os.path.dirname(lib))))
 
 
 def _cache_module() -> Any:
@@ -497,19 +394,3 @@ def _cache_module() -> Any:
     except ImportError:  # the executable before: scripts/build stores it beside __main__.py
         import nomad_secrets_cache as cache  # type: ignore[no-redef]
     return cache
-
-
-def _stopped_message(cache_dir: str) -> str:
-    cache = _cache_module()
-    where = cache_dir or cache.default_cache_dir()
-    if _phase[0] == "started":
-        return (
-            f"stopped by Nomad (SIGTERM) while nomad-secrets started, after {cache.process_age():.1f} s:"
-            " Nomad's plugin timeout passed; a node starting many tasks at once may need the node"
-            " agent (docs/agent.md)"
-        )
-    return (
-        f"stopped by Nomad (SIGTERM) while nomad-secrets {_phase[0]} {where}, after"
-        f" {cache.process_age():.1f} s: the first fetches after an install or upgrade do this once;"
-        " `nomad-secrets install` (or `check`) unpacks it before tasks start (docs/upgrading.md)"
-    )

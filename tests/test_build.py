@@ -35,7 +35,7 @@ def test_shebang_runs_the_interpreter_isolated(artifact: Path) -> None:
 def test_contents_are_pure_python_with_botocore_data_pruned(artifact: Path) -> None:
     with zipfile.ZipFile(artifact) as zf:
         start = ["__main__", "nomad_secrets_admission", "nomad_secrets_agent_client", "nomad_secrets_cache"]
-        start += ["nomad_secrets_launch", "nomad_secrets_trust"]
+        start += ["nomad_secrets_endings", "nomad_secrets_launch", "nomad_secrets_trust"]
         # Each start module as its source, and compiled for the shebang's
         # interpreter (the .pyc zipimport takes first, when its magic fits).
         assert sorted(zf.namelist()) == sorted(

@@ -70,14 +70,18 @@ def test_the_cycle_finder_finds_one() -> None:
 
 
 def test_bootstrap_is_the_ground_floor() -> None:
-    """The zip's __main__ is imported by no module, and trust, which it
-    needs before anything is unpacked, imports none of ours."""
+    """The zip's __main__ is imported by no module, and trust and endings,
+    which it needs before anything is unpacked, import none of ours."""
     edges = graph()
     assert [name for name, deps in edges.items() if "nomad_secrets.bootstrap" in deps] == []
     assert edges["nomad_secrets.process.trust"] == set()
+    assert edges["nomad_secrets.process.endings"] == set()
     packages = {"nomad_secrets", "nomad_secrets.process"}  # their __init__ runs no code of ours
     # in the zip too:
-    assert edges["nomad_secrets.process.cache"] - packages == {"nomad_secrets.process.trust"}
+    assert edges["nomad_secrets.process.cache"] - packages == {
+        "nomad_secrets.process.trust",
+        "nomad_secrets.process.endings",
+    }
 
 
 def test_no_module_stands_beside_a_package_of_its_name() -> None:

@@ -53,6 +53,7 @@ from nomad_secrets.agent.build import build_id, socket_dir
 from nomad_secrets.core import config as config_module
 from nomad_secrets.core.config import Config, provider_name
 from nomad_secrets.nomad.answer import error_answer, fetch_answer
+from nomad_secrets.process import endings
 from nomad_secrets.process.deadline import Deadline
 from nomad_secrets.process.errors import ConfigError, NodeBusy, PluginError
 from nomad_secrets.process.limits import Exhausted, OutOfMemory
@@ -76,19 +77,6 @@ ANSWER_SECONDS = 0.25
 BUSY_SECONDS = 0.5
 REFUSAL_LOG_SECONDS = 10.0
 CHECK_SECONDS = 2.0  # how often it looks at its config and its executable
-
-# Why it stops when a limit of its own runs out: the plugin can still fetch.
-OUT_OF_MEMORY = (
-    "it ran out of memory under its own address space limit (LimitAS in the agent's unit); the plugin"
-    " fetches in process, and the next fetch (or systemd's socket) starts the agent again"
-)
-# A shortage of descriptors passes with the requests that hold them: the
-# one request is not answered (the plugin fetches it in process), and the
-# agent serves on; stopping would let one job's burst stop it at will.
-OUT_OF_DESCRIPTORS = (
-    "it ran out of file descriptors under its own limit (LimitNOFILE in the agent's unit) for this request;"
-    " the plugin fetches it in process"
-)
 
 # After a stop is asked for, the requests in flight get this long to
 # finish (each within its own deadline) before the process ends anyway
@@ -197,11 +185,15 @@ class Agent:
     def _exhausted(self, limit: Exhausted) -> None:
         """error_answer's word that a limit of this process ran out: the
         agent's own, not the plugin's, which fetches in process instead."""
-        if isinstance(limit, OutOfMemory):
-            self.step_aside(OUT_OF_MEMORY)
+        if isinstance(limit, OutOfMemory):  # it stops: the plugin can still fetch
+            self.step_aside(endings.AGENT_OUT_OF_MEMORY)
         else:
+            # A shortage of descriptors passes with the requests that hold
+            # them: this one is not answered (the plugin fetches it in
+            # process), and the agent serves on; stopping would let one
+            # job's burst stop it at will.
             self._request.short = True
-            log("not-answered", reason=OUT_OF_DESCRIPTORS)
+            log("not-answered", reason=endings.AGENT_OUT_OF_DESCRIPTORS)
 
     def step_aside(self, reason: str) -> None:
         if not self.stepped_aside:
@@ -394,7 +386,7 @@ class Server:
             self._handle(connection)
         except MemoryError:  # no answer: the plugin fetches in process
             with contextlib.suppress(MemoryError):
-                self.agent.step_aside(OUT_OF_MEMORY)
+                self.agent.step_aside(endings.AGENT_OUT_OF_MEMORY)
         except OSError:
             pass  # the plugin went away (Nomad's SIGTERM): nothing to answer
         except BaseException as exc:  # noqa: BLE001 - one line, never a traceback

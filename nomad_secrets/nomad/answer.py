@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from nomad_secrets.core.config import Config
 from nomad_secrets.nomad import protocol
 from nomad_secrets.nomad.fetch import fetch
-from nomad_secrets.process import debuglog
+from nomad_secrets.process import debuglog, endings
 from nomad_secrets.process.deadline import Deadline
 from nomad_secrets.process.errors import PluginError
 from nomad_secrets.process.limits import Exhausted
@@ -95,21 +95,18 @@ def error_answer(
     import nomad_secrets
     from nomad_secrets.process import cache
 
-    found = cache.damaged(cache.held_by(nomad_secrets.__file__))
-    if found is not None:
-        entry, damage = found
-        debuglog.log("damaged", directory=entry, damage=damage)
-        return protocol.encode_error(
-            cache.damaged_message(entry, damage, None if heal is None else heal(entry))
-        )
+    said = cache.healed(
+        cache.held_by(nomad_secrets.__file__),
+        heal,
+        lambda entry, damage: debuglog.log("damaged", directory=entry, damage=damage),
+    )
+    if said is not None:
+        return protocol.encode_error(said)
     import traceback
 
     for frame in traceback.extract_tb(exc.__traceback__):
         debuglog.log("  at", file=frame.filename, line=frame.lineno, function=frame.name)
-    return protocol.encode_error(
-        f"internal error in nomad-secrets ({type(exc).__name__}); please report it."
-        " The operator's debug log (plugin.debug_log) has the trace"
-    )
+    return protocol.encode_error(endings.internal_error(exc))
 
 
 def _ms(start: float) -> int:

@@ -9,12 +9,14 @@ What Nomad requires (../shared/NOMAD_CONTRACT.md, from Nomad's source):
   empty, fails the fetch, so success leaves the key out);
 - nothing on stderr after exit 0: the client logs it through a nil logger.
 
-So ``guard_stdio`` keeps a private duplicate of the real stdout and points
-fds 1 and 2 at /dev/null (or the operator's debug log; a memory file where
-/dev/null cannot be opened), before any library can print; ``answer``
-writes the one object to the private fd with SIGTERM blocked and leaves
-through ``os._exit(0)``, which skips atexit hooks and interpreter
-teardown, where warnings and finalizers would print.
+So ``guard_stdio`` keeps a private duplicate of the real stdout
+(endings.keep_stdout) and points fds 1 and 2 at /dev/null (or the
+operator's debug log; a memory file where /dev/null cannot be opened),
+before any library can print; ``answer`` (endings.answer) writes the one
+object to the private fd with SIGTERM blocked and leaves through
+``os._exit(0)``, which skips atexit hooks and interpreter teardown, where
+warnings and finalizers would print. The error object and the words of
+every last answer are endings.py's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import signal
 import sys
 
+from nomad_secrets.process import endings
 from nomad_secrets.process.errors import PluginError
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ms, and a forwarded fetch needs none
@@ -31,9 +34,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import NoReturn
 
-_out_fd: int | None = None
-# The audit record and metrics (observe.py): written once the answer is out.
-_after: Callable[[], None] | None = None
+# The one answer and the error object: endings', whose private stdout both write to.
+answer = endings.answer
+encode_error = endings.encode_error
 # Why /dev/null could not be used, for the debug log once it is open.
 discard_note: str | None = None
 
@@ -52,23 +55,20 @@ def guard_stdio() -> None:
     good (the copy of stdout): when not even that is left, the answer says
     so on fd 1 itself.
     """
-    global _out_fd, discard_note
-    if _out_fd is not None:
+    global discard_note
+    if endings.stdout_kept():
         return
     try:  # what an answer needs, loaded while a module can still be opened
-        import json  # noqa: F401 - for encode_error
+        import json  # noqa: F401 - for encode_result
 
         import nomad_secrets.process.limits  # noqa: F401 - for _answer_exhausted
     except OSError:
-        os.write(1, NO_DESCRIPTORS_TO_START)
-        os._exit(0)
+        answer(encode_error(endings.NO_DESCRIPTORS_TO_START))
     try:
-        out_fd = os.dup(1)
+        endings.keep_stdout()
     except OSError as exc:
         _answer_exhausted(exc, "starting")
         os._exit(1)  # fd 1 is not open: there is no one to answer
-    os.set_inheritable(out_fd, False)
-    _out_fd = out_fd
     try:
         discard = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
@@ -95,14 +95,6 @@ def guard_stdio() -> None:
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - ditto
 
 
-# Out of file descriptors before a module could be loaded: nothing else is left to say it.
-NO_DESCRIPTORS_TO_START = (
-    b'{"result": {}, "error": "nomad-secrets ran out of file descriptors while starting (RLIMIT_NOFILE,'
-    b" the Nomad client's own limit): the operator raises LimitNOFILE in the Nomad client's systemd"
-    b' unit, or ulimit -n where it starts, and restarts it"}\n'
-)
-
-
 def _answer_exhausted(exc: OSError, doing: str) -> None:
     """Answer now when ``exc`` is a file descriptor limit; else return."""
     if exc.errno in (errno.EMFILE, errno.ENFILE):
@@ -115,43 +107,6 @@ def encode_result(result: Mapping[str, str]) -> bytes:
     import json
 
     return json.dumps({"result": dict(result)}, ensure_ascii=True).encode() + b"\n"
-
-
-def encode_error(message: str) -> bytes:
-    import json
-
-    return json.dumps({"result": {}, "error": message or "error"}, ensure_ascii=True).encode() + b"\n"
-
-
-def after_answer(work: Callable[[], None]) -> bool:
-    """Run ``work`` once this process's answer is written, before it exits
-    (one piece of work: the audit record and metrics); False when this
-    process answers no one through ``answer`` (the node agent)."""
-    global _after
-    if _out_fd is None:
-        return False
-    _after = work
-    return True
-
-
-def answer(payload: bytes) -> NoReturn:
-    """Write one answer to Nomad and exit 0, whatever else is running."""
-    # A SIGTERM between two writes would interleave a second answer.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    fd = _out_fd if _out_fd is not None else 1
-    view = memoryview(payload)
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError:
-        pass  # Nomad is gone; nobody is left to tell
-    if _after is not None:
-        try:
-            os.close(fd)  # the answer is whole: Nomad's reader sees its end now
-            _after()  # bounded, never waits (observe.py); SIGTERM stays blocked
-        except BaseException:  # noqa: BLE001, S110 - the answer is out; nothing may follow it
-            pass
-    os._exit(0)
 
 
 def answer_error(error: PluginError | str) -> NoReturn:

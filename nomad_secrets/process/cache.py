@@ -28,9 +28,14 @@ import sys
 import time
 
 try:  # the source tree and the installed package
-    from nomad_secrets.process import trust
-except ImportError:  # the executable's bootstrap: scripts/build stores trust.py beside it
+    from nomad_secrets.process import endings, trust
+except ImportError:  # the executable's bootstrap: scripts/build stores both beside it
+    import nomad_secrets_endings as endings  # type: ignore[import-not-found,no-redef]
     import nomad_secrets_trust as trust  # type: ignore[import-not-found,no-redef]
+
+TYPE_CHECKING = False  # not typing's: importing typing costs a fetch's start ms
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROOT_CACHE = "/var/cache/nomad-secrets"
 HELD_MARK = ".held-while-in-use"  # written into each directory before it is published
@@ -293,28 +298,29 @@ def heal(entry: str, environ: dict[str, str], age: float, again: bool) -> bool:
     # cannot say "already tried" for a run it does not know the pid of.
     marked = {**environ, AGAIN: str(os.getpid())}
     # Nomad's stdout back on fd 1 for the new run: once protocol.py guards
-    # it, fd 1 is /dev/null and the real one its private copy.
-    guarded = getattr(sys.modules.get("nomad_secrets.nomad.protocol"), "_out_fd", None)
-    if isinstance(guarded, int):
-        os.dup2(guarded, 1)
+    # it, fd 1 is /dev/null and the real one endings' private copy.
+    endings.restore_stdout()
     try:
         os.execve(sys.executable, sys.orig_argv, marked)  # noqa: S606 - ourselves, as Nomad ran us
     except OSError:
         return moved
 
 
-def damaged_message(entry: str, what: str, moved: bool | None) -> str:
-    """What a run says of a damaged unpack directory; ``moved`` None: a
-    long-lived process (the agent), which moves nothing."""
-    said = f"nomad-secrets cannot run: its unpacked files in {entry} were damaged ({what}); "
-    if moved is None:
-        return said + "the operator removes that directory and restarts the node agent"
-    if moved:
-        return said + "they have been moved aside, and the next fetch unpacks them again"
-    return (
-        said
-        + "they could not be moved aside: the operator removes them, and the next fetch unpacks them again"
-    )
+def healed(
+    held: str, heal: Callable[[str], bool] | None, seen: Callable[[str, str], None] | None = None
+) -> str | None:
+    """What a run says when the unpack directory it imports from (``held``)
+    is damaged, once ``heal`` moved it aside (and maybe started this run
+    again: it returns only when it did not); None when nothing is wrong.
+    ``heal`` None: a long-lived process (the agent), which moves nothing;
+    ``seen``: told the directory and its damage first, for the debug log."""
+    found = damaged(held)
+    if found is None:
+        return None
+    entry, what = found
+    if seen is not None:
+        seen(entry, what)
+    return endings.damaged(entry, what, None if heal is None else heal(entry))
 
 
 def process_age() -> float:

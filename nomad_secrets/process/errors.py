@@ -18,7 +18,7 @@ from __future__ import annotations
 
 
 class PluginError(Exception):
-    """Any failure that ends a fetch with ``{"result": {}, "error": msg}``."""
+    """Any failure that ends a fetch with an error object (endings.encode_error)."""
 
     kind = "error"
 

@@ -6,7 +6,7 @@ record and the counts are written after the answer, so that neither ever
 sits between a fetch and its answer.
 
 - In the plugin, after the answer is written to Nomad and before the
-  process exits (``protocol.after_answer``). Nothing there waits: the
+  process exits (``endings.after_answer``). Nothing there waits: the
   syslog datagram is sent without blocking, the audit line is one write,
   and the metrics lock is tried, never waited for (metrics.py).
 - In a long-lived process (the node agent), by one writer thread, while
@@ -28,8 +28,7 @@ from collections.abc import Mapping
 
 from nomad_secrets.core.config import Config
 from nomad_secrets.core.reference import parse_path
-from nomad_secrets.nomad import protocol
-from nomad_secrets.process import debuglog
+from nomad_secrets.process import debuglog, endings
 from nomad_secrets.process.errors import PluginError
 from nomad_secrets.records import audit, metrics
 
@@ -45,7 +44,7 @@ class Observer:
         self.job = environ.get("NOMAD_JOB_ID") or None
         self._ended: tuple[str | None, float] | None = None
         # The plugin's own process: the record is written once the answer is out.
-        self._after_answer = protocol.after_answer(self.write)
+        self._after_answer = endings.after_answer(self.write)
 
     def finish(self, error_kind: str | None) -> None:
         """Note the fetch ending in ``error_kind`` (None: answered); the
