@@ -195,3 +195,25 @@ def test_each_failure_class_is_defined_once() -> None:
         if isinstance(node, ast.ClassDef) and node.name in kinds
     }
     assert "Unreachable" in kinds and elsewhere == set()
+
+
+def test_the_design_shows_the_house_the_code_draws() -> None:
+    """docs/design.md's picture is scripts/house.py's, drawn from the code's
+    imports now: at most 9 floors, no import running back up, at most six
+    modules directly in nomad_secrets/ (the entry and the package's own)."""
+    import house  # scripts/house.py, on pytest's pythonpath
+
+    drawn = house.picture()
+    assert "RUNS BACK UP" not in drawn, drawn
+    assert house.documented() == drawn, "run: .venv/bin/python scripts/house.py, and put it in docs/design.md"
+    floors = house.floors(house.graph())[0]
+    assert max(floors.values()) <= 9, drawn
+    assert len(list(PACKAGE.glob("*.py"))) <= 6, drawn
+
+
+def test_the_house_finds_an_import_that_runs_back_up() -> None:
+    import house
+
+    floor, up = house.floors({"low": {"high"}, "high": {"low"}, "top": {"high"}})
+    assert up == [("low", "high")] or up == [("high", "low")]
+    assert floor["top"] > floor["high"]
