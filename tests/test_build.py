@@ -121,6 +121,7 @@ def _fresh_plugin(tmp_path: Path, moto_endpoint: str) -> tuple[Path, Path]:
     return tmp_path / "plugins", cache
 
 
+@pytest.mark.serial
 def test_many_first_runs_at_once_share_one_unpack(
     tmp_path: Path, moto_endpoint: str, secretsmanager: Any, decoder: Any
 ) -> None:

@@ -212,6 +212,7 @@ def test_a_warm_fetch_does_not_list_the_cache(node: Node) -> None:
     assert any(f'"{node.cache}/' in line and "O_DIRECTORY" in line for line in lines)  # its entry is held
 
 
+@pytest.mark.serial
 def test_a_burst_of_first_fetches_unpacks_once(node: Node) -> None:
     """Twenty first fetches of a build on a fresh node: one unpacks and
     compiles, the others wait on the unpack lock (sleeping, not compiling

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from attacker import ATTACKER, as_attacker, public_dir
 from conftest import ROOT, aws_config, write_config
 from nomad import ContractViolation, NomadClient
@@ -142,6 +143,7 @@ def test_the_docs_and_the_option_use_the_same_words(artifact: Path, tmp_path: Pa
     assert "which holds the plugin directory secrets/" in words
 
 
+@pytest.mark.serial
 def test_each_build_is_its_own_file_and_the_name_a_symlink_swapped_at_install(
     tmp_path: Path, decoder: Any, moto_endpoint: str, secretsmanager: Any
 ) -> None:

@@ -261,6 +261,7 @@ def test_a_job_cannot_say_the_run_was_started_again(node: Node) -> None:
     assert node.fetch().result == {"value": "v"}
 
 
+@pytest.mark.serial
 def test_a_heal_does_not_break_the_fetches_running_beside_it(node: Node) -> None:
     """One run finds a module damaged and moves the directory aside while
     others of the same build are running: they import through the directory
@@ -306,6 +307,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("short_of", ["bytes", "inodes"])
 def test_a_disk_too_small_for_the_build_is_named_at_once(
     tmp_path: Path, small_disk: Path, moto_endpoint: str, decoder: Any, secretsmanager: Any, short_of: str

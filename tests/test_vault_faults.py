@@ -154,6 +154,7 @@ def test_a_kv_mount_tuned_to_version_2_is_read_once_its_upgrade_ends(vault: Vaul
     assert statuses[0] == 400 and statuses[-1] == 200, statuses
 
 
+@pytest.mark.serial
 def test_an_upgrade_longer_than_the_deadline_is_named(vault: Vault) -> None:
     """Still upgrading when the deadline comes (a mount of many keys): the
     answer says so and when to try again, before the deadline; the pause
@@ -183,6 +184,7 @@ def test_an_upgrade_longer_than_the_deadline_is_named(vault: Vault) -> None:
         assert data_reads(proxy) == [400], other
 
 
+@pytest.mark.serial
 def test_references_to_a_mount_in_its_window_poll_it_once(vault: Vault) -> None:
     """Twenty references to one mount that stays in its upgrade window: one
     read polls it, the others wait for that one and read once more when it

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import gocheck
 import pytest
-from conftest import aws_config, put_secret
+from conftest import aws_config, put_secret, run_lock
 from serverutil import Server, server_config, write_secret
 from woodpecker import PyWoodpecker, Woodpecker, go_woodpecker
 
@@ -109,10 +109,11 @@ def pipeline_body(
 def woodpecker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Woodpecker:
     if request.param == "python":
         return PyWoodpecker(SEED)
-    try:
-        return go_woodpecker(tmp_path_factory.mktemp("woodpecker-go"), SEED)
-    except gocheck.GoMissing as missing:
-        pytest.skip(str(missing))
+    with run_lock(tmp_path_factory, "woodpecker-go") as shared:  # compiled once for the run
+        try:
+            return go_woodpecker(shared, SEED)
+        except gocheck.GoMissing as missing:
+            pytest.skip(str(missing))
 
 
 def woodpecker_server(tmp: Path, moto_endpoint: str, secretsmanager: Any) -> Server:
