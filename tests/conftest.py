@@ -168,8 +168,38 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterat
             terminalreporter.write_line(f"{count} test{'s' * (count != 1)} skipped: {reason}")
 
 
+# The unit tier (`scripts/test --unit`, or `-m unit`): every test that needs
+# none of these fixtures and is not marked `process`. Such a test may start
+# no process and listen on no socket (the guard below fails it if it does):
+# the tier stays fast, and says so when a test stops belonging to it.
+PROCESS_FIXTURES = frozenset({"artifact", "moto_endpoint", "moto_iam", "bao_binary", "decoder"})
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "unit: starts no process and no server (set by conftest.py)")
+    config.addinivalue_line("markers", "process: starts a process or a server itself: not in the unit tier")
     config.addinivalue_line("markers", "serial: runs while no other worker runs a test (the _serial fixture)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if not fixtures & PROCESS_FIXTURES and item.get_closest_marker("process") is None:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(
+            "a unit-tier test started a process or a server: mark it pytest.mark.process (tests/conftest.py)"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    monkeypatch.setattr(socket.socket, "listen", refuse)
 
 
 @pytest.fixture(autouse=True)

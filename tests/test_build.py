@@ -24,6 +24,8 @@ from nomad_secrets._version import GO_VERSION
 from nomad_secrets.launch import UNPACK_LOCK
 from nomad_secrets.process import cache as cache_module
 
+pytestmark = pytest.mark.process  # every test here runs a process (the unit tier: conftest.py)
+
 
 def test_same_source_and_lock_give_the_same_bytes(artifact: Path, tmp_path: Path) -> None:
     again = build_artifact(tmp_path / "again", artifact.parent / "cache")

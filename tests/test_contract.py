@@ -177,6 +177,7 @@ def test_config_errors_name_key_and_file(nomad: NomadClient, config: str, needle
     assert_failed(nomad.fetch("aws", "x", SPEC_ENV), *needles)
 
 
+@pytest.mark.process
 def test_crash_inside_the_code_is_an_error_object(tmp_path: Path) -> None:
     """An unexpected exception still gives Nomad an error object, exit 0,
     and no traceback; run through the same entry point as the executable."""

@@ -83,6 +83,7 @@ def test_a_foreign_file_under_a_name_needs_force(artifact: Path, tmp_path: Path)
     assert proc.returncode == 1 and "is not this plugin's symlink" in proc.stdout
 
 
+@pytest.mark.process
 def test_install_needs_the_built_executable(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "nomad_secrets", "install", "--plugin-dir", str(tmp_path)],
@@ -292,6 +293,7 @@ def test_the_new_build_is_unpacked_before_the_link_is_swapped(artifact: Path, tm
     assert (plugins / before).read_bytes() == artifact.read_bytes()
 
 
+@pytest.mark.process
 def test_a_relative_common_plugin_dir_keeps_the_previous_build(tmp_path: Path) -> None:
     """The keep-list compared a real path with a joined one: given as a
     relative path, the previous build's file went at once, under the

@@ -246,6 +246,7 @@ def test_made_up_key_ids_start_one_refresh_per_address_and_hold_few_threads(
             assert waiting.result(60)[0] == 503
 
 
+@pytest.mark.process
 def test_a_failing_key_server_is_asked_again_no_sooner_than_the_interval(
     keys: KeyServerDouble, monkeypatch: pytest.MonkeyPatch
 ) -> None:

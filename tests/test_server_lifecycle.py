@@ -308,6 +308,7 @@ def test_plain_http_on_loopback_is_not_warned(tmp_path: Path, moto_endpoint: str
     assert checked.returncode == 0 and checked.stderr == ""
 
 
+@pytest.mark.process
 def test_a_store_too_slow_gets_504_naming_the_servers_setting(tmp_path: Path) -> None:
     with HangingServer() as hanging:
         config, port = drone_config(tmp_path, hanging.url, "request_seconds = 1\n")

@@ -169,6 +169,7 @@ def names(answer: tuple[int, Any]) -> dict[str, str]:
     return {s["name"]: s["value"] for s in body["secrets"]}
 
 
+@pytest.mark.process
 def test_both_signers_hold_the_key_the_server_reads(woodpecker: Woodpecker) -> None:
     assert woodpecker.public_pem() == PyWoodpecker(SEED).public_pem()
     assert woodpecker.public_pem().startswith(b"-----BEGIN PUBLIC KEY-----\n")
