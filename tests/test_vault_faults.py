@@ -166,7 +166,7 @@ def test_an_upgrade_longer_than_the_deadline_is_named(vault: Vault) -> None:
         started = time.monotonic()
         fetched = vault.fetch("vault:secret/app", timeout=6)
     message = str(fetched.plugin_error)
-    assert not fetched.run.terminated and fetched.result == {} and fetched.run.seconds < 2, fetched
+    assert not fetched.run.terminated and fetched.result == {}, fetched
     assert "the KV mount of secret/data/app is being upgraded to version 2" in message, message
     assert "start the task again in a moment" in message, message
     reads = [seen for seen in proxy.seen if "/data/" in seen.path]
