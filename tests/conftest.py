@@ -8,6 +8,7 @@ its endpoint and static test credentials, so no credential chain ever runs
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
@@ -73,10 +74,11 @@ def build_artifact(output: Path, cache_dir: Path, *extra: str) -> Path:
     return output
 
 
-# The node agents' socket directory of every executable this run builds:
-# its own (short: a unix socket path holds 107 bytes), so that no agent a
-# test starts meets the machine's, and every one still running at the end
-# is stopped (the socket_dir fixture).
+# The node agents' socket directory of every executable this process
+# builds: its own (short: a unix socket path holds 107 bytes), so that no
+# agent a test starts meets the machine's, nor another worker's (xdist: each
+# worker is a process of its own), and every one still running at the end
+# is stopped (the socket_dir fixture), that worker's only.
 SOCKETS = Path(tempfile.mkdtemp(prefix="ns-run-", dir="/tmp"))
 SOCKETS.chmod(0o755)
 
@@ -85,6 +87,11 @@ SOCKETS.chmod(0o755)
 def socket_dir() -> Iterator[Path]:
     yield SOCKETS
     stop_agents(SOCKETS)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Every process made a socket directory on import, xdist's controller
+    too, which runs no test: none is left behind."""
     shutil.rmtree(SOCKETS, ignore_errors=True)
 
 
@@ -117,13 +124,32 @@ def reshebang(source: Path, output: Path, python: str) -> Path:
     return output
 
 
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory of this whole run: with xdist, the one that holds each
+    worker's own (a worker's base temp is <run>/<worker id>)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def run_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """``<run>/<name>``, held by one worker at a time: what one makes there,
+    the others find made."""
+    shared = run_dir(tmp_path_factory) / name
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield shared
+
+
 @pytest.fixture(scope="session")
 def decoder(tmp_path_factory: pytest.TempPathFactory) -> GoDecoder:
-    """Go's encoding/json and go-version, as the Nomad client decodes."""
-    try:
-        return gocheck.decoder(tmp_path_factory.mktemp("gocheck"))
-    except gocheck.GoMissing as missing:
-        pytest.skip(str(missing))
+    """Go's encoding/json and go-version, as the Nomad client decodes:
+    compiled once for the run, not once a worker."""
+    with run_lock(tmp_path_factory, "gocheck") as shared:
+        try:
+            return gocheck.decoder(shared)
+        except gocheck.GoMissing as missing:
+            pytest.skip(str(missing))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -141,6 +167,62 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterat
         terminalreporter.section("skipped for what this machine lacks")
         for reason, count in needs.most_common():
             terminalreporter.write_line(f"{count} test{'s' * (count != 1)} skipped: {reason}")
+
+
+# The unit tier (`scripts/test --unit`, or `-m unit`): every test that needs
+# none of these fixtures and is not marked `process`. Such a test may start
+# no process and listen on no socket (the guard below fails it if it does):
+# the tier stays fast, and says so when a test stops belonging to it.
+PROCESS_FIXTURES = frozenset({"artifact", "moto_endpoint", "moto_iam", "bao_binary", "decoder"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "unit: starts no process and no server (set by conftest.py)")
+    config.addinivalue_line("markers", "process: starts a process or a server itself: not in the unit tier")
+    config.addinivalue_line("markers", "serial: runs while no other worker runs a test (the _serial fixture)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if not fixtures & PROCESS_FIXTURES and item.get_closest_marker("process") is None:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(
+            "a unit-tier test started a process or a server: mark it pytest.mark.process (tests/conftest.py)"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    monkeypatch.setattr(socket.socket, "listen", refuse)
+
+
+@pytest.fixture(autouse=True)
+def _serial(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """With xdist, a test marked ``serial`` (a burst that needs the cores,
+    a bound only one machine's load can meet) runs alone: it holds the
+    run's machine lock exclusively, every other test holds it shared. The
+    turnstile keeps new tests out while a serial one waits for the running
+    ones to end, so that it cannot starve."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    run = run_dir(tmp_path_factory)
+    with open(run / "turnstile.lock", "w") as turnstile, open(run / "machine.lock", "w") as machine:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if request.node.get_closest_marker("serial") is not None:
+            fcntl.flock(machine, fcntl.LOCK_EX)
+            yield
+            return  # closing the files lets both go
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        fcntl.flock(machine, fcntl.LOCK_SH)
+        yield
 
 
 @pytest.fixture(scope="session")

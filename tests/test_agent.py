@@ -182,6 +182,7 @@ def test_auto_false_starts_no_agent_and_no_config_no_agent(
     assert "AWS_ACCESS_KEY_ID" in (fetched.plugin_error or "")  # in process, the built-in defaults
 
 
+@pytest.mark.serial
 def test_a_burst_on_a_cold_node_starts_one_agent(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
 ) -> None:
@@ -797,6 +798,7 @@ def test_a_caller_that_is_not_root_is_answered_for_its_verified_job_only(
         assert running.stop() == 0
 
 
+@pytest.mark.serial
 def test_a_store_gets_the_same_time_through_the_agent(
     nomad: NomadClient, agent: AgentProcess, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
 ) -> None:

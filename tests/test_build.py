@@ -14,11 +14,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, build_artifact, interpreter, run_build
 from support.node import Node
 from support.nomad import nomad_env, run_plugin
 
 from nomad_secrets._version import GO_VERSION
+
+pytestmark = pytest.mark.process  # every test here runs a process (the unit tier: conftest.py)
 
 
 def test_same_source_and_lock_give_the_same_bytes(artifact: Path, tmp_path: Path) -> None:

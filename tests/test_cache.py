@@ -9,7 +9,6 @@ import os
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,41 +77,6 @@ def test_a_running_fetch_keeps_its_directory(node: Node) -> None:
     assert result and not result[0].ok
     again = node.install("new")
     assert "removed 1 unpack directories" in again.stdout and list(node.unpacked()) == ["new"]
-
-
-def test_fetches_of_the_old_build_while_installs_prune_it(node: Node) -> None:
-    """The race the lock is for: fetches of the old build start, look up
-    their directory and import from it while installs of the new build
-    prune; every fetch answers."""
-    assert node.fetch("old").ok
-    stop = threading.Event()
-    installs: list[subprocess.CompletedProcess[str]] = []
-
-    def keep_installing() -> None:
-        while not stop.is_set():
-            installs.append(node.install("new"))
-
-    def pruned() -> bool:
-        return any("removed 1 unpack directories" in i.stdout for i in list(installs))
-
-    pruner = threading.Thread(target=keep_installing)
-    pruner.start()
-    fetched: list[Any] = []
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            # batches until the old directory was removed under them at least once
-            for _ in range(10):
-                fetched += pool.map(lambda _: node.fetch("old"), range(4))
-                if len(fetched) >= 12 and pruned():
-                    break
-    finally:
-        stop.set()
-        pruner.join()
-    assert [f.result for f in fetched] == [{"value": "v"}] * len(fetched), [
-        (f.error, f.run.returncode, f.run.stdout[:200]) for f in fetched if not f.ok
-    ]
-    assert installs and {i.returncode for i in installs} == {0}
-    assert pruned()
 
 
 def test_symlinks_untrusted_and_older_directories_are_left_alone(node: Node, tmp_path: Path) -> None:

@@ -332,6 +332,7 @@ def _fetches_while(
     return path, fetched
 
 
+@pytest.mark.serial
 def test_a_config_rewritten_in_place_never_grants_more(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: object
 ) -> None:
@@ -355,6 +356,7 @@ def test_a_config_rewritten_in_place_never_grants_more(
         assert "policy matches namespace 'default', job 'web'" in message or "open for writing" in message, f
 
 
+@pytest.mark.serial
 def test_a_config_deployed_by_remove_and_create_never_grants_more(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: object
 ) -> None:

@@ -177,6 +177,7 @@ def test_config_errors_name_key_and_file(nomad: NomadClient, config: str, needle
     assert_failed(nomad.fetch("aws", "x", SPEC_ENV), *needles)
 
 
+@pytest.mark.process
 def test_crash_inside_the_code_is_an_error_object(tmp_path: Path) -> None:
     """An unexpected exception still gives Nomad an error object, exit 0,
     and no traceback; run through the same entry point as the executable."""
@@ -201,13 +202,15 @@ def test_crash_inside_the_code_is_an_error_object(tmp_path: Path) -> None:
 # --- deadline and SIGTERM ------------------------------------------------------
 
 
-def test_sigterm_during_a_slow_fetch_answers_within_a_second(nomad: NomadClient, moto_endpoint: str) -> None:
+def test_sigterm_during_a_slow_fetch_answers_before_the_kill(nomad: NomadClient, moto_endpoint: str) -> None:
+    """Nomad's SIGTERM to a fetch stuck on its store: the answer and exit 0
+    come before the SIGKILL (a killed run has no exit 0). How soon is
+    scripts/bench's "sigterm" case."""
     with HangingServer() as hanging:
         write_config(nomad.plugin_dir, aws_config(hanging.url, "[plugin]\ndeadline_seconds = 60\n"))
         fetched = nomad.fetch("aws", "slow", SPEC_ENV, timeout=1.5)
     run = fetched.run
     assert run.terminated and run.returncode == 0, run
-    assert run.seconds_after_term is not None and run.seconds_after_term < 1.0, run.seconds_after_term
     assert "stopped by Nomad (SIGTERM)" in json.loads(run.stdout)["error"]
 
 
@@ -244,21 +247,24 @@ def test_the_deadline_counts_from_when_nomad_started_the_process(
     """Nomad's timeout counts from its exec; the plugin's deadline did from
     when its own code ran, which under a burst of task starts came seconds
     later. A wrapper that sleeps 2 s and then execs the plugin (WRAPPER: same pid,
-    same start time) stands for a slow start: with a 4 s deadline and a
-    store that never answers, the answer comes 4 s after the start, not 6."""
+    same start time) stands for a slow start: with a 1.5 s deadline, spent
+    before the plugin's code runs, it says the node was too busy and asks
+    no store (the one here never answers: counting from its code, it would
+    ask it, and say there was no answer)."""
     from conftest import aws_config, interpreter, write_config
     from support.netutil import HangingServer
     from support.nomad import nomad_env, run_plugin
 
     with HangingServer() as hanging:
-        write_config(nomad.plugin_dir, aws_config(hanging.url, "[plugin]\ndeadline_seconds = 4\n"))
+        write_config(nomad.plugin_dir, aws_config(hanging.url, "[plugin]\ndeadline_seconds = 1.5\n"))
         run = run_plugin(
             Path(interpreter()),
             ["-I", "-S", "-c", WRAPPER, str(nomad.executable("aws")), "fetch", "x"],
             nomad_env("fetch", {"AWS_REGION": "us-east-2"}, "j", "default"),
         )
-    assert run.returncode == 0 and b"no answer" in run.stdout, run
-    assert run.seconds < 5.5, run.seconds  # 2 s asleep + 4 s deadline was 6 s and more
+    assert run.returncode == 0 and not run.terminated, run
+    said = json.loads(run.stdout)["error"]
+    assert "of the plugin's 1.5 s deadline had passed before it could ask any store" in said, said
 
 
 WRAPPER = "import os, sys, time; time.sleep(2); os.execv(sys.argv[1], sys.argv[1:])"

@@ -13,6 +13,8 @@ import pytest
 from conftest import ROOT
 from support import gocheck
 
+pytestmark = pytest.mark.process  # every test here runs a process (the unit tier: conftest.py)
+
 
 def demo(*args: str, go: bool = True) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)

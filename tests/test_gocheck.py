@@ -216,6 +216,7 @@ def test_without_go_version_the_reason_is_the_same(tmp_path: Path, monkeypatch: 
     assert str(missing.value) == gocheck.NEEDS_GO
 
 
+@pytest.mark.process
 def test_without_go_tests_skip_with_one_reason_and_the_count_prints(tmp_path: Path) -> None:
     (tmp_path / "test_needs.py").write_text(
         "import pytest\n"

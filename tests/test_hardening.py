@@ -40,6 +40,7 @@ def jq() -> str:
     return found
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("spec", "ok"),
     [

@@ -34,6 +34,7 @@ def with_metrics(plugin_dir: Path, moto_endpoint: str, prom: Path) -> None:
     write_config(plugin_dir, aws_config(moto_endpoint) + block)
 
 
+@pytest.mark.serial
 def test_twenty_fetches_at_once_lose_nothing_and_tear_nothing(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
 ) -> None:

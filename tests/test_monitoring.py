@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import ROOT, aws_config, doc_block, put_secret, write_config
 from support.attacker import ATTACKER, need_root
 from support.netutil import HangingServer, dead_port_url
@@ -76,6 +77,7 @@ def dashboard_queries() -> list[str]:
     return queries
 
 
+@pytest.mark.process
 def test_the_alert_rules_pass_promtools_test() -> None:
     tool = promtool()
     checked = subprocess.run(
@@ -99,6 +101,7 @@ def test_every_alert_is_tested() -> None:
     assert len(alerts) == 6 and set(alerts) == tested
 
 
+@pytest.mark.process
 def test_the_dashboards_queries_are_promql(tmp_path: Path) -> None:
     """Grafana's variables filled in as Grafana does, each query checked by
     promtool as a recording rule's expression."""

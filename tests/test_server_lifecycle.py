@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import select
 import signal
 import socket
 import subprocess
@@ -100,29 +101,32 @@ def test_the_access_log_writes_any_text_and_never_raises() -> None:
 
 
 def test_slow_headers_are_cut_off(server: Server) -> None:
+    """Headers that never end, a byte every 0.4 s (under the 1 s header
+    deadline between any two): the server hangs up while they still come,
+    which it never would if each byte reset a timer."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        start = time.monotonic()
         sock.sendall(b"POST /drone/secret HTTP/1.1\r\nHost: x\r\n")
         closed = False
-        for _ in range(8):  # a byte every 0.4 s: each resets no timer
-            time.sleep(0.4)
+        for _ in range(100):  # 40 s of bytes at most: the test's bound, not the server's
+            readable, _, _ = select.select([sock], [], [], 0.4)
             try:
-                sock.sendall(b"X")
+                closed = bool(readable) and sock.recv(1024) == b""
+                if not closed:
+                    sock.sendall(b"X")
             except OSError:
                 closed = True
+            if closed:
                 break
-        if not closed:
-            sock.settimeout(3)
-            closed = sock.recv(1024) == b""
-        assert closed and time.monotonic() - start < 4.5
+        assert closed, "the server waited for headers that never end"
 
 
-def test_a_slow_body_gets_408_within_the_deadline(server: Server) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+def test_a_slow_body_gets_408(server: Server) -> None:
+    """A body that stops short of its Content-Length: the request deadline
+    answers 408 while the rest is still awaited."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(b"POST /drone/secret HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
-        start = time.monotonic()
         answer = sock.recv(4096)
-        assert answer.startswith(b"HTTP/1.1 408 ") and time.monotonic() - start < 3
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
 
 
 def test_keep_alive_requests_each_get_their_header_deadline(server: Server) -> None:
@@ -157,7 +161,6 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(
         with Server(config, port) as running:
             thread, results = request_in_flight(running, slow, "aws-sm:ci/lifecycle/one")
             assert running.proc is not None
-            started = time.monotonic()
             running.proc.send_signal(15)
             time.sleep(0.3)
             with pytest.raises(OSError):
@@ -165,7 +168,6 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(
             thread.join(10)
             assert results == [200]
             assert running.proc.wait(10) == 0
-            assert time.monotonic() - started < 5
             assert "Finished server process" in "".join(running.stderr)
 
 
@@ -308,6 +310,7 @@ def test_plain_http_on_loopback_is_not_warned(tmp_path: Path, moto_endpoint: str
     assert checked.returncode == 0 and checked.stderr == ""
 
 
+@pytest.mark.process
 def test_a_store_too_slow_gets_504_naming_the_servers_setting(tmp_path: Path) -> None:
     with HangingServer() as hanging:
         config, port = drone_config(tmp_path, hanging.url, "request_seconds = 1\n")

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import aws_config, put_secret
+from conftest import aws_config, put_secret, run_lock
 from support import gocheck
 from support.serverutil import Server, server_config, write_secret
 from support.woodpecker import PyWoodpecker, Woodpecker, go_woodpecker
@@ -109,10 +109,11 @@ def pipeline_body(
 def woodpecker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Woodpecker:
     if request.param == "python":
         return PyWoodpecker(SEED)
-    try:
-        return go_woodpecker(tmp_path_factory.mktemp("woodpecker-go"), SEED)
-    except gocheck.GoMissing as missing:
-        pytest.skip(str(missing))
+    with run_lock(tmp_path_factory, "woodpecker-go") as shared:  # compiled once for the run
+        try:
+            return go_woodpecker(shared, SEED)
+        except gocheck.GoMissing as missing:
+            pytest.skip(str(missing))
 
 
 def woodpecker_server(tmp: Path, moto_endpoint: str, secretsmanager: Any) -> Server:
@@ -168,6 +169,7 @@ def names(answer: tuple[int, Any]) -> dict[str, str]:
     return {s["name"]: s["value"] for s in body["secrets"]}
 
 
+@pytest.mark.process
 def test_both_signers_hold_the_key_the_server_reads(woodpecker: Woodpecker) -> None:
     assert woodpecker.public_pem() == PyWoodpecker(SEED).public_pem()
     assert woodpecker.public_pem().startswith(b"-----BEGIN PUBLIC KEY-----\n")

@@ -38,6 +38,7 @@ import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -78,7 +79,10 @@ class IssuerKeys:
         refresh_seconds: float,
         max_waiting: int,
         ca_cert: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock``: seconds, only ever compared (time.monotonic; a test's
+        own, so that the intervals pass without waiting them out)."""
         self.issuer = issuer
         self.cache_seconds = cache_seconds
         # One refresh, discovery and keys, in all: shorter than a request's
@@ -94,10 +98,11 @@ class IssuerKeys:
         self._started_by: dict[str, float] = {}  # peer -> its last refresh for an unknown kid
         self._lock = threading.Lock()
         self._fetcher = fetchjson.Fetcher(ca_cert)
+        self._clock = clock
 
     def key(self, kid: str, deadline: Deadline, peer: str) -> jwt.PyJWK:
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             found = self._keys.get(kid)
             if found is not None:
                 if now - self._fetched >= self.cache_seconds and now - self._attempted >= MIN_REFRESH_SECONDS:
