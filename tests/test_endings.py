@@ -175,6 +175,7 @@ def run_ending(body: str, *argv: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
+@pytest.mark.process
 def test_the_answer_goes_to_the_kept_stdout_then_the_work_after_it() -> None:
     """Once fd 1 is silenced, the answer still reaches Nomad's stdout, whole,
     and its copy (fd 3, the lowest free) is closed before the work after
@@ -206,6 +207,7 @@ def test_the_answer_goes_to_the_kept_stdout_then_the_work_after_it() -> None:
         ("install", 1, b"", b"the cache is not private\n"),
     ],
 )
+@pytest.mark.process
 def test_a_start_that_cannot_go_on_answers_nomad_or_a_person(
     operation: str, code: int, out: bytes, err: bytes
 ) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import hcl2
+import pytest
 from conftest import ROOT, doc_block, put_secret
 from support.nomad import NomadClient
 from test_examples import fenced, hcl_string, secret_blocks
@@ -91,18 +92,23 @@ def test_the_minimal_job_shows_the_answer_nomad_gets(nomad: NomadClient, secrets
     )
 
 
+@pytest.mark.process
 def test_the_inner_loop_runs_as_written(tmp_path: Path) -> None:
-    """`scripts/lint`, one test and one file, from the README's lines, in a
-    checkout whose .venv is set up (these tests run from it)."""
+    """`scripts/lint`, one test, one file and the unit tier, from the
+    README's lines, in a checkout whose .venv is set up (these tests run
+    from it)."""
     lines = commands(doc_block(ROOT / "README.md", "scripts/lint", "sh"))
-    assert lines[0] == "scripts/lint" and len(lines) == 3
+    assert lines[0] == "scripts/lint" and lines[-1] == "scripts/test --unit" and len(lines) == 4
     env = dict(os.environ, PYTEST_ADDOPTS=f"--basetemp={tmp_path / 'inner'}")  # not this run's temp root
     for line in lines:
         run = subprocess.run(
             shlex.split(line), cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
         )
         assert run.returncode == 0, (line, run.stdout[-2000:], run.stderr[-2000:])
-        if "pytest" in line:
+        if "--unit" in line:  # pytest's summary, then the script's own time
+            summary = run.stdout.splitlines()[-2]
+            assert re.search(r"\b\d{2,} passed\b", summary) and "failed" not in summary, run.stdout[-500:]
+        elif "pytest" in line:
             assert re.search(r"\b1 passed\b", run.stdout.splitlines()[-1]), run.stdout[-500:]
         else:
             assert "All checks passed!" in run.stdout and "Success: no issues found" in run.stdout

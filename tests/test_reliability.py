@@ -151,6 +151,7 @@ def test_abandoned_unpack_directories_are_removed(node: Node) -> None:
     assert live.exists() and any(k.startswith(".unpack-working: in use") for k in kept)
 
 
+@pytest.mark.serial
 def test_a_burst_of_first_fetches_unpacks_once(node: Node) -> None:
     """Many first fetches of a build at once share one unpack: on a node
     without a cache, they make it (root's only) and its lock among

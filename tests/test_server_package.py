@@ -26,6 +26,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import pytest
 from conftest import aws_config
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -166,6 +167,7 @@ def test_the_wheel_installs_with_the_server_extra_and_serves(tmp_path: Path, mot
     assert json.loads(running.stdout[0])["path"] == "/healthz"
 
 
+@pytest.mark.process
 def test_a_checkout_installs_as_docs_ci_says_today(tmp_path: Path) -> None:
     """docs/ci.md's route while there is no release: its lines as written, in
     a copy of this checkout, the venv's path aside. Offline here, so the
