@@ -46,15 +46,20 @@ def fetch_answer(
         job=environ.get("NOMAD_JOB_ID"),
         namespace=environ.get("NOMAD_NAMESPACE"),
     )
+    tally = None
+    if pool is not None and pool.shared is not None:  # the agent's: what its reads cost the stores
+        from nomad_secrets.agent.reads import Tally
+
+        tally = Tally()
     try:
-        result = fetch(path, environ, provider, config, deadline, pool=pool)
+        result = fetch(path, environ, provider, config, deadline, pool=pool, tally=tally)
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
         if observer is not None:
-            observer.finish(exc.kind if isinstance(exc, PluginError) else "internal")
+            observer.finish(exc.kind if isinstance(exc, PluginError) else "internal", tally)
         return error_answer(exc, start, heal, exhausted)
     debuglog.log("fetched", provider=provider, keys=len(result), ms=_ms(start))
     if observer is not None:
-        observer.finish(None)
+        observer.finish(None, tally)
     return protocol.encode_result(result)
 
 

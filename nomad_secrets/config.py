@@ -45,6 +45,9 @@ STORES = ("aws-sm", "aws-ssm", "vault")
 BUILTIN_PROVIDERS = {"aws": "aws-sm", "aws-sm": "aws-sm", "aws-ssm": "aws-ssm"}
 # The largest plugin.max_output_bytes (agent/client.py's MAX_ANSWER holds it).
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+# The node agent's cache, per provider (cache_max_bytes): a few MiB by default.
+DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
+MAX_CACHE_SECONDS = 86400.0
 # Nomad matches its own providers first: files with these names never run.
 RESERVED_NAMES = ("nomad", "vault")
 # The sections of `nomad-secrets serve` (docs/ci.md).
@@ -75,6 +78,12 @@ class AwsSettings:
     # uses STS AssumeRoleWithWebIdentity with this role, never the node's
     # credentials. {namespace} and {job} are filled from Nomad's identity.
     web_identity_role_arn: str | None = None
+    # The node agent's memory cache of this store's values (docs/agent.md):
+    # seconds a value is kept after it was read (0: off), its bound in bytes,
+    # and how long past that a value may stand in for a store that is down.
+    cache_seconds: float = 0.0
+    cache_max_bytes: int = DEFAULT_CACHE_BYTES
+    stale_if_error_seconds: float = 0.0
 
 
 VAULT_AUTH_METHODS = ("token", "approle", "cert", "jwt")
@@ -101,6 +110,12 @@ class VaultSettings:
     # KV mounts and their version (1 or 2); unlisted mounts are detected
     # with the sys/internal/ui/mounts preflight.
     kv_mounts: dict[str, int] = field(default_factory=dict)
+    # The node agent's memory cache of this store's values (docs/agent.md):
+    # seconds a value is kept after it was read (0: off), its bound in bytes,
+    # and how long past that a value may stand in for a store that is down.
+    cache_seconds: float = 0.0
+    cache_max_bytes: int = DEFAULT_CACHE_BYTES
+    stale_if_error_seconds: float = 0.0
 
 
 # syslog(3)'s facility codes (RFC 5424, section 6.2.1).
@@ -490,6 +505,8 @@ def parse(text: bytes, path: str) -> Config:
     aws = _build(AwsSettings, _table(data, "aws", "", path), "aws", path)
     vault = _build(VaultSettings, _table(data, "vault", "", path), "vault", path)
     _check_vault(vault, "vault", path)
+    _check_cache(aws, "aws", path)
+    _check_cache(vault, "vault", path)
     providers: dict[str, Provider] = {}
     for name, table in _table(data, "providers", "", path).items():
         where = f"providers.{name}"
@@ -579,8 +596,10 @@ def _provider(
     if kind == "vault":
         own_vault = _build(VaultSettings, own, where, path, base=vault)
         _check_vault(own_vault, where, path)
+        _check_cache(own_vault, where, path)
         return Provider(name, str(store), aws=aws, vault=own_vault, own_keys=tuple(own))
     own_aws = _build(AwsSettings, own, where, path, base=aws)
+    _check_cache(own_aws, where, path)
     return Provider(name, str(store), aws=own_aws, vault=vault, own_keys=tuple(own))
 
 
@@ -593,6 +612,14 @@ def _check_vault(vault: VaultSettings, where: str, path: str) -> None:
     for mount, version in vault.kv_mounts.items():
         if version not in (1, 2):
             raise ConfigError(f"{where}.kv_mounts.{mount} in {path} is {version}; KV versions are 1 and 2")
+
+
+def _check_cache(settings: AwsSettings | VaultSettings, where: str, path: str) -> None:
+    for key in ("cache_seconds", "stale_if_error_seconds"):
+        if not 0 <= getattr(settings, key) <= MAX_CACHE_SECONDS:
+            raise ConfigError(f"{where}.{key} in {path} must be between 0 (off) and 86400 (a day)")
+    if not 0 <= settings.cache_max_bytes <= 1 << 30:
+        raise ConfigError(f"{where}.cache_max_bytes in {path} must be between 0 and 1073741824 (1 GiB)")
 
 
 def allow_last(table: dict[str, Any], where: str, path: str) -> None:

@@ -31,6 +31,7 @@ from nomad_secrets.request import Identity, parse_environment
 from nomad_secrets.shape import merge, shape
 
 if TYPE_CHECKING:
+    from nomad_secrets.agent.reads import Tally
     from nomad_secrets.pool import StorePool
 
 
@@ -42,8 +43,10 @@ def fetch(
     deadline: Deadline,
     *,
     pool: StorePool | None = None,
+    tally: Tally | None = None,
 ) -> dict[str, str]:
-    """Nomad's question, answered; ``pool`` lends warm clients (the agent)."""
+    """Nomad's question, answered; ``pool`` lends warm clients (the agent),
+    and with ``tally`` reads through its single flight and cache."""
     identity, options = parse_environment(environ)
     refs = parse_path(path)
     caller = policy.nomad_caller(identity.namespace, identity.job_id)
@@ -53,20 +56,26 @@ def fetch(
     check_policy(refs, stores, caller, config.policy, deadline)
     if "vault" in stores:
         check_files(config, provider.vault)
+    claims = None
     if options.workload_token is not None:
         claims = check_workload_token(options.workload_token, identity)
         # The store sees the job as its token names it: a child as its parent.
         identity = Identity(identity.namespace, str(claims["nomad_job_id"]))
     backends: dict[str, Backend] = {}
+    shared = None if pool is None else pool.shared
 
     def backend_for(store: str) -> Backend:
         seconds = config.plugin.deadline_seconds
         warm = None if pool is None else pool.backend(store, provider, seconds, options, identity, deadline)
-        if warm is not None:
+        if warm is None:
+            if store not in backends:
+                backends[store] = open_backend(store, provider, options, identity, deadline)
+            warm = backends[store]
+        if shared is None or tally is None:
             return warm
-        if store not in backends:
-            backends[store] = open_backend(store, provider, options, identity, deadline)
-        return backends[store]
+        from nomad_secrets.agent.reads import SharedBackend
+
+        return SharedBackend(shared, warm, store, provider, options, claims, deadline, tally)
 
     try:
         return resolve(refs, stores, backend_for, deadline, config.plugin.max_output_bytes)

@@ -31,6 +31,10 @@ from nomad_secrets.config import Config
 from nomad_secrets.errors import PluginError
 from nomad_secrets.reference import parse_path
 
+TYPE_CHECKING = False  # not typing's (see cli.py)
+if TYPE_CHECKING:
+    from nomad_secrets.agent.reads import Tally
+
 MAX_QUEUED = 1000  # a long-lived process's records waiting for its writer thread
 
 
@@ -42,14 +46,18 @@ class Observer:
         self.namespace = environ.get("NOMAD_NAMESPACE") or None  # set by Nomad, not the job
         self.job = environ.get("NOMAD_JOB_ID") or None
         self._ended: tuple[str | None, float] | None = None
+        self._reads: dict[str, dict[str, int]] = {}  # the node agent's store reads, per store
         # The plugin's own process: the record is written once the answer is out.
         self._after_answer = protocol.after_answer(self.write)
 
-    def finish(self, error_kind: str | None) -> None:
-        """Note the fetch ending in ``error_kind`` (None: answered); the
-        first call counts, even if SIGTERM comes while it runs."""
+    def finish(self, error_kind: str | None, tally: Tally | None = None) -> None:
+        """Note the fetch ending in ``error_kind`` (None: answered), with
+        what its reads cost the stores (the agent's ``tally``); the first
+        call counts, even if SIGTERM comes while it runs."""
         if self._ended is not None:
             return
+        if tally is not None:
+            self._reads = tally.counts()
         self._ended = (error_kind, time.monotonic() - self.start)
         if not self._after_answer:
             _writer.submit(self)
@@ -83,6 +91,9 @@ class Observer:
             )
             if not references:
                 entry["path"] = self.path[:1024]  # not references: show what the job wrote
+            if self._reads:  # the node agent's: store calls, shared ones, cache hits, stale answers
+                entry["store_reads"] = self._reads
+                entry["stale"] = any(counts["stale"] for counts in self._reads.values())
             for to, problem in audit.send(settings, entry):
                 problems.append(problem)
                 failed.append(to)
@@ -93,6 +104,7 @@ class Observer:
                 outcome=error_kind or "ok",
                 seconds=seconds,
             )
+            metrics.merge(samples, metrics.read_samples(self.provider, self._reads))
             problems += metrics.count(self.config.metrics.file, samples, failed)
         return problems
 

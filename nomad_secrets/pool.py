@@ -40,6 +40,7 @@ from nomad_secrets.deadline import Deadline
 from nomad_secrets.request import Identity, JobOptions
 
 if TYPE_CHECKING:
+    from nomad_secrets.agent.reads import SharedReads
     from nomad_secrets.backends.vault.warm import WarmVault
 
 MAX_CLIENTS = 32
@@ -56,6 +57,8 @@ class StorePool:
         self._new: OrderedDict[_Key, Backend] = OrderedDict()  # on probation: asked for once
         self._making: dict[_Key, threading.Lock] = {}  # one maker per key
         self._vaults: OrderedDict[str, WarmVault] = OrderedDict()
+        # The node agent's single flight and cache (agent/reads.py): its own, set by it.
+        self.shared: SharedReads | None = None
 
     def backend(
         self,

@@ -51,6 +51,7 @@ from typing import Any
 from nomad_secrets import config as config_module
 from nomad_secrets.agent import client
 from nomad_secrets.agent.build import build_id, socket_dir
+from nomad_secrets.agent.reads import SharedReads
 from nomad_secrets.answer import error_answer, fetch_answer
 from nomad_secrets.config import Config, provider_name
 from nomad_secrets.deadline import Deadline
@@ -116,6 +117,8 @@ class Agent:
         self.plugin_dir = plugin_dir
         self.self_started = self_started
         self.pool = StorePool()
+        self.pool.shared = SharedReads()
+        self.pool.shared.config_seen(config)
         self.root_like = {0, os.geteuid()}
         self.users = {_uid(user) for user in config.agent.users} - self.root_like
         self.slots = threading.BoundedSemaphore(MAX_REQUESTS)
@@ -161,6 +164,8 @@ class Agent:
         config = config_module.load(executable, cache=self._parsed)
         if config.path is None:
             raise _NotServed("no config file: an agent serves only a plugin directory with one")
+        if self.pool.shared is not None:
+            self.pool.shared.config_seen(config)  # a changed config empties the cache at once
         return config
 
     def _answer(self, executable: str, path: str, environ: dict[str, str], start: float) -> bytes:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from nomad_secrets import debuglog
+from nomad_secrets import debuglog, keep
 from nomad_secrets.backends.vault.auth import Auth
 from nomad_secrets.backends.vault.client import LABEL, UI_MOUNTS, Answer, Client
 from nomad_secrets.errors import AccessDenied, NotFound, RequestError, StoreError
@@ -206,6 +206,7 @@ class Reader:
         status, body = answer
         said = self.client.said(body)
         if status == 200:
+            keep.lease(body)  # for the node agent's cache: a leased value is never kept
             data = body.get("data") if body else None
             if not isinstance(data, dict):
                 raise StoreError(
