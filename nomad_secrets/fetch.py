@@ -71,6 +71,10 @@ def fetch(
             if store not in backends:
                 backends[store] = open_backend(store, provider, options, identity, deadline)
             warm = backends[store]
+        if store == "aws-sm":  # several secrets of the block: one BatchGetSecretValue
+            from nomad_secrets.backends.aws_batch import batched
+
+            warm = batched(warm, [ref for ref, at in zip(refs, stores, strict=True) if at == store])
         if shared is None or tally is None:
             return warm
         from nomad_secrets.agent.reads import SharedBackend

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from agent_process import AgentProcess
-from conftest import aws_client, aws_config, moto_process, put_secret, write_config
+from conftest import MotoIam, aws_client, aws_config, moto_process, put_secret, write_config
 from netutil import RecordingProxy
 from nomad import Fetched, NomadClient
 from test_agent import REGION_ENV, operator_agent
@@ -338,3 +338,74 @@ def _until(store: Store, done: Callable[[Fetched], bool], path: str = "reads/sta
         assert fetched.ok, fetched.error  # a kept value, until then
         time.sleep(0.1)
     raise AssertionError(f"{path}: the awaited answer never came")
+
+
+BLOCK = (
+    "a = reads/batch-a\nb = reads/batch-b\nc = reads/batch-a#k\nd = reads/batch-c?version_stage=AWSCURRENT\n"
+)
+
+
+def batch_calls(proxy: RecordingProxy) -> tuple[int, int]:
+    """(BatchGetSecretValue calls, GetSecretValue calls) that passed the proxy."""
+    targets = [r.headers.get("x-amz-target") for r in proxy.requests]
+    return targets.count("secretsmanager.BatchGetSecretValue"), targets.count(GET_SECRET_VALUE)
+
+
+@pytest.mark.parametrize("through", ["agent", "in process"])
+def test_a_block_of_several_secrets_is_one_batch_call(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path, through: str
+) -> None:
+    """Secrets Manager references of one block reading the current version
+    are one BatchGetSecretValue; one with a version option is read alone;
+    each failure is the one GetSecretValue gives, in the reference's words."""
+    put_secret(secretsmanager, "reads/batch-a", json.dumps({"k": "A"}))
+    put_secret(secretsmanager, "reads/batch-b", "B")
+    put_secret(secretsmanager, "reads/batch-c", "C")
+    doomed_name = f"reads/batch-doomed-{uuid.uuid4().hex[:8]}"
+    put_secret(secretsmanager, doomed_name, "D")
+    secretsmanager.delete_secret(SecretId=doomed_name)  # scheduled for deletion
+    with RecordingProxy(moto_endpoint) as proxy:
+        store = Store(nomad, proxy, tmp_path)
+        try:
+            if through == "agent":
+                store.start()
+            else:
+                write_config(nomad.plugin_dir, aws_config(proxy.url))  # no [agent]: in process
+            fetched = store.fetch(BLOCK)
+            assert fetched.result == {"a_k": "A", "b": "B", "c": "A", "d": "C"}, fetched.error
+            assert batch_calls(proxy) == (1, 1)
+            missing = store.fetch("a = reads/batch-a\nb = reads/batch-nothing\n")
+            assert (missing.plugin_error or "").startswith(
+                "'reads/batch-nothing' (AWS Secrets Manager): not found"
+            ), missing
+            doomed = store.fetch(f"a = reads/batch-a\nb = {doomed_name}\n")
+            said = f"'{doomed_name}' (AWS Secrets Manager): the secret is scheduled for deletion"
+            assert said in (doomed.plugin_error or ""), doomed
+            assert batch_calls(proxy) == (3, 1)
+            if through == "agent":
+                (record, *_) = store.records()
+                assert record["store_reads"]["aws-sm"]["calls"] == 2  # the batch, and the version's read
+                assert record["store_reads"]["aws-sm"]["shared"] == 2
+        finally:
+            store.stop()
+
+
+def test_without_leave_to_batch_each_secret_is_read_alone(nomad: NomadClient, tmp_path: Path) -> None:
+    """An IAM policy that grants GetSecretValue only (written before the
+    batch call existed): the block still reads, one call each."""
+    with moto_process({"INITIAL_NO_AUTH_ACTION_COUNT": "5"}) as endpoint:
+        iam = aws_client(endpoint, "iam")
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        allow = {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": "*"}
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [allow]})
+        iam.put_user_policy(UserName="reader", PolicyName="get-only", PolicyDocument=policy)
+        own = aws_client(endpoint, "secretsmanager")
+        own.create_secret(Name="reads/one", SecretString="1")
+        own.create_secret(Name="reads/two", SecretString="2")
+        with RecordingProxy(endpoint) as proxy:
+            config = MotoIam(proxy.url, key["AccessKeyId"], key["SecretAccessKey"]).config()
+            write_config(nomad.plugin_dir, config)
+            fetched = nomad.fetch("aws", "one = reads/one\ntwo = reads/two\n", REGION_ENV)
+            assert fetched.result == {"one": "1", "two": "2"}, fetched.error
+            assert batch_calls(proxy) == (1, 2)

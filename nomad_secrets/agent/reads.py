@@ -28,6 +28,7 @@ from nomad_secrets import debuglog, keep
 from nomad_secrets.agent.flight import Call, Flights
 from nomad_secrets.agent.memo import PINNED_FACTOR, Memo, undumpable
 from nomad_secrets.backends import STORE_LABELS, Backend
+from nomad_secrets.backends.aws_batch import rode_along
 from nomad_secrets.config import AwsSettings, Config, Provider, VaultSettings
 from nomad_secrets.deadline import Deadline
 from nomad_secrets.errors import AccessDenied, NotFound, PluginError, TimedOut
@@ -132,7 +133,8 @@ class SharedBackend:
             return kept[0]
         stale = kept[0] if kept is not None and settings.stale_if_error_seconds > 0 else None
         call, led = self.shared.flights.join((self.part, key), lambda: self._call(ref, key), ref.text)
-        self.tally.add(self.store, "calls" if led else "shared")
+        if not led:
+            self.tally.add(self.store, "shared")
         wait = self.deadline.remaining() - (STALE_MARGIN if stale is not None else 0.0)
         if not call.done.wait(max(wait, 0.0)):
             if stale is not None:
@@ -162,6 +164,8 @@ class SharedBackend:
         except (NotFound, AccessDenied):
             self.shared.memo.drop(self.part, key)  # deleted or revoked: never served again
             raise
+        finally:  # a read that took its answer from the fetch's one BatchGetSecretValue shared it
+            self.tally.add(self.store, "shared" if rode_along() else "calls")
         keepable, at_most = keep.verdict()
         if settings.cache_seconds <= 0 or not keepable:
             return value
