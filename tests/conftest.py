@@ -26,7 +26,10 @@ from agent_process import stop_agent
 from gocheck import GoDecoder
 from nomad import NomadClient, install_plugin, with_policy
 
-pytest_plugins = ["openbao"]  # the real OpenBao server's fixtures (tests/openbao.py)
+pytest_plugins = [
+    "openbao",
+    "postgres",
+]  # the real OpenBao and PostgreSQL servers (tests/openbao.py, postgres.py)
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-2"
 

@@ -162,3 +162,49 @@ def test_an_engine_that_is_not_kv_is_never_kept(vault: Vault, tmp_path: Path) ->
             assert not served.agent.fetch("vault:pki/cert/ca").ok  # nothing kept to stand in
         finally:
             served.agent.process.stop()
+
+
+def test_a_dynamic_secret_is_never_kept(vault: Vault, tmp_path: Path, postgres_url: str) -> None:
+    """Vault's database engine on a real PostgreSQL: each read of
+    database/creds makes a new user, with a lease. Through the agent with
+    cache_seconds = 60, two reads give two different users: a read that
+    returned a lease is never kept."""
+    mount = unique("db")
+    server = vault.server
+    server.mount(mount, "database")
+    server.api(
+        "POST",
+        f"{mount}/config/pg",
+        {
+            "plugin_name": "postgresql-database-plugin",
+            "connection_url": postgres_url,
+            "username": "postgres",
+            "password": "unused-with-trust",
+            "allowed_roles": ["app"],
+            "verify_connection": True,
+        },
+    )
+    server.api(
+        "POST",
+        f"{mount}/roles/app",
+        {
+            "db_name": "pg",
+            "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}';"],
+            "default_ttl": "5m",
+        },
+    )
+    server.policy(mount, f'path "{mount}/creds/*" {{ capabilities = ["read"] }}')
+    with FaultProxy(server.address) as proxy:
+        served = Served(vault, proxy, tmp_path)
+        try:
+            served.configure(token=server.token(mount), cache_seconds=60, stale_if_error_seconds=3600)
+            first = served.agent.fetch(f"vault:{mount}/creds/app")
+            second = served.agent.fetch(f"vault:{mount}/creds/app")
+            assert first.ok and second.ok, (first.error, second.error)
+            assert first.result["username"] != second.result["username"]
+            assert first.result["password"] != second.result["password"]
+            assert reads(proxy, f"{mount}/creds/app") == 2
+            hits = [r["store_reads"]["vault"]["hits"] for r in served.records()]
+            assert hits == [0, 0]
+        finally:
+            served.agent.process.stop()
