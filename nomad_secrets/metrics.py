@@ -87,7 +87,6 @@ HELP = {
         "Fetches answered, by provider name, store(s) read and outcome (ok or the error kind).",
     ),
     DURATION: ("histogram", "Seconds from the plugin's start to its answer, by provider name."),
-    **{name: ("counter", text) for name, text in READS.values()},
 }
 ERRORS_HELP = (
     "counter",
@@ -296,7 +295,10 @@ def render(samples: Samples) -> str:
         for outcome in OUTCOMES:
             fetches.setdefault(f"{pair},{_labels(outcome=outcome)}", 0)
     lines = []
-    for family, (kind, text) in HELP.items():
+    # The node agent's store reads: only once an agent has counted them (a
+    # fetch in process makes no shared call and keeps nothing).
+    agent = {name: ("counter", text) for name, text in READS.values() if name in samples}
+    for family, (kind, text) in {**HELP, **agent}.items():
         lines += [f"# HELP {family} {text}", f"# TYPE {family} {kind}"]
         lines += _sample_lines(samples, _names(family, kind))
     return "\n".join(lines) + "\n"

@@ -257,7 +257,7 @@ def test_the_cache_is_bounded_and_evicts_the_least_recently_used(store: Store, s
     tag = uuid.uuid4().hex[:8]
     for name in "abc":
         put_secret(secretsmanager, f"reads/{tag}/{name}", name * 400)
-    store.start("cache_seconds = 60\ncache_max_bytes = 1000\n")
+    store.start("cache_seconds = 60\ncache_max_bytes = 1300\n")
     for name in "aba":  # a is the most recently used
         store.fetch(f"reads/{tag}/{name}")
     calls = get_calls(store.proxy)

@@ -60,8 +60,9 @@ class Memo:
     def put(
         self, part: Hashable, key: Hashable, value: Raw, seconds: float, stale_seconds: float, max_bytes: int
     ) -> int:
-        """Keep ``value``; how many entries were evicted to make room."""
-        size = _size(value)
+        """Keep ``value``; how many entries were evicted to make room. The
+        key counts too: its name and options come from jobs."""
+        size = _size(value) + len(repr(key))
         if size > max_bytes:
             return 0
         now = time.monotonic()
