@@ -586,6 +586,8 @@ def _provider(
     own = {key: value for key, value in table.items() if key != "store"}
     kind, other = ("vault", "aws") if store == "vault" else ("aws", "vault")
     other_keys = {f.name for f in fields(AwsSettings if other == "aws" else VaultSettings)}
+    # Keys both sections have (cache_*) are its own store's too.
+    other_keys -= {f.name for f in fields(VaultSettings if other == "aws" else AwsSettings)}
     for key in own:
         if key in other_keys:
             raise ConfigError(
