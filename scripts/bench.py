@@ -62,11 +62,13 @@ CASES = (
     "cold-burst",
     "burst-vault",
     "burst-faults",
+    "burst-calls",
     "server-load",
 )
 BURSTS = (100, 300)
 FAULT_BURSTS = (20, 50, 100)  # the agent gone wrong, beside no agent at all (issue #20)
 COLD_BURST = 30  # first fetches at once on an empty cache (issue #15)
+CALLS_BURST, STORE_DELAY = 100, 0.2  # identical fetches at once, a store 200 ms away (issue #22)
 LOAD_CLIENTS = 32  # concurrent clients of the server-load case
 LOAD_SECONDS = 60.0  # each side of it stops here, whatever its count
 DRONE_LOAD, WOODPECKER_LOAD, BOTO3_LOAD = (
@@ -854,6 +856,47 @@ class Bench:
                 self.record(f"faults {n}, {fault}", {"right answers": [float(right)], "wall ms": [wall]})
         stop_agent(sock)
 
+    def case_burst_calls(self) -> None:
+        """CALLS_BURST identical fetches at once through the node agent, the
+        store 200 ms away (moto behind tests/support/netutil.py's RecordingProxy, its
+        calls counted): GetSecretValue calls and wall time, with no cache
+        setting (single flight alone) and with cache_seconds = 60. Each round
+        starts a new agent, made warm by a fetch of another secret."""
+        from support.netutil import RecordingProxy
+
+        rounds = 1 if self.args.quick else 3
+        launcher = self.launcher()
+        with RecordingProxy(self.endpoint, delay=STORE_DELAY) as store:
+            config = self.aws_config().replace(self.endpoint, store.url)
+            for mode, extra in (("no cache", ""), ("cache_seconds = 60", "cache_seconds = 60\n")):
+                name = "calls-" + ("cache" if extra else "none")
+                text = (
+                    config
+                    + extra
+                    + f'[providers.{name}]\nstore = "aws-sm"\n[agent]\nidle_exit_seconds = 600\n'
+                )
+                plugin = self.plugin(name, text)
+                argv, env = self.fetch_cmd(plugin, "bench/0")
+                warm, _ = self.fetch_cmd(plugin, "bench/1")
+                sock = self.agent_socket(plugin)
+                expected = {"result": {"user": "u", "password": "pw0"}}
+                rows: dict[str, list[float]] = {"store calls": [], "wall ms": [], "right answers": []}
+                for _ in range(rounds):
+                    stop_agent(sock)
+                    timed(warm, env)  # the agent started, its client warm; bench/0 not kept
+                    before = _get_calls(store)
+                    wall, _, runs = go_burst(launcher, argv, env, CALLS_BURST, self.tmp)
+                    right = sum(1 for run in runs if _decoded(run["stdout"]) == expected)
+                    rows["store calls"].append(float(_get_calls(store) - before))
+                    rows["wall ms"].append(wall)
+                    rows["right answers"].append(float(right))
+                    print(
+                        f"bench: {CALLS_BURST} identical, {mode}: {rows['store calls'][-1]:.0f} calls",
+                        flush=True,
+                    )
+                self.record(f"burst {CALLS_BURST} identical, store 200 ms away, {mode}", rows)
+                stop_agent(sock)
+
     def launcher(self) -> str:
         """scripts/burst built once (Go, as the Nomad client is)."""
         out = self.tmp / "burst"
@@ -997,6 +1040,11 @@ def go_burst(
     )
     result = json.loads(out.stdout)
     return float(result["wall_ms"]), float(result["cpu_ms"]), list(result["runs"])
+
+
+def _get_calls(proxy: Any) -> int:
+    """GetSecretValue calls that passed the counting proxy."""
+    return sum(1 for r in proxy.requests if r.headers.get("x-amz-target") == "secretsmanager.GetSecretValue")
 
 
 def _decoded(stdout: str) -> object:

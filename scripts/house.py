@@ -95,15 +95,11 @@ def floors(edges: dict[str, set[str]]) -> tuple[dict[str, int], list[tuple[str, 
 def picture() -> str:
     edges = graph()
     floor, up = floors(edges)
-    counts: dict[str, int] = {}
-    for name in modules():
-        if name != "nomad_secrets":
-            counts[wing(name)] = counts.get(wing(name), 0) + 1
     lines = []
     for level in range(max(floor.values()), 0, -1):
         for name in sorted(w for w in floor if floor[w] == level):
             is_package = (PACKAGE / name).is_dir()
-            label = f"{name}/ ({counts[name]} modules)" if is_package else f"{name}.py"
+            label = f"{name}/" if is_package else f"{name}.py"
             imported = ", ".join(sorted(edges[name], key=lambda w: (-floor[w], w))) or "-"
             lines.append(f"{level:>2}  {label:<22} imports {imported}")
     top = len(list(PACKAGE.glob("*.py")))

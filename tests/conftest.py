@@ -27,8 +27,8 @@ from support.agent_process import stop_agent
 from support.gocheck import GoDecoder
 from support.nomad import NomadClient, install_plugin, with_policy
 
-# the real OpenBao server's fixtures, and a fresh node's (tests/support/)
-pytest_plugins = ["support.openbao", "support.node"]
+# the real OpenBao and PostgreSQL servers' fixtures, and a fresh node's (tests/support/)
+pytest_plugins = ["support.openbao", "support.postgres", "support.node"]
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-2"
 

@@ -146,6 +146,9 @@ def test_json_format_says_the_same_with_the_same_exit_status(plugin_dir: Path, m
                     "session_token": None,
                     "job_region": True,
                     "web_identity_role_arn": None,
+                    "cache_seconds": 0.0,
+                    "cache_max_bytes": 4 * 1024 * 1024,
+                    "stale_if_error_seconds": 0.0,
                 }
             },
             "set_by_provider": [],
@@ -199,3 +202,18 @@ def test_a_pinned_region_is_probed_with_the_config_region(plugin_dir: Path, moto
     code, out = check(plugin_dir)
     assert code == 0, out
     assert "pins the AWS region" not in out
+
+
+def test_check_says_what_the_cache_means_for_a_revoked_secret(plugin_dir: Path, moto_endpoint: str) -> None:
+    """Off by default, and said so; once set, how long a secret revoked in
+    the store can still be served, and that a store's not found ends it."""
+    out = check(plugin_dir)[1]
+    assert "cache: off (cache_seconds = 0)" in out
+    write_config(plugin_dir, aws_config(moto_endpoint, "cache_seconds = 30\nstale_if_error_seconds = 600\n"))
+    code, out = check(plugin_dir)
+    assert code == 0
+    assert "aws.cache_seconds = 30  (from [aws])" in out
+    assert "revoked in the store can still be served for up to 30 s (300 s for a read pinned" in out
+    assert "for up to 600 s more (stale_if_error_seconds), but never once the store has said not found" in out
+    write_config(plugin_dir, aws_config(moto_endpoint, "cache_seconds = -1\n"))
+    assert "aws.cache_seconds in" in check(plugin_dir)[1]

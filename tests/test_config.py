@@ -42,6 +42,21 @@ def test_providers_section() -> None:
     assert loaded.provider("params").store == "aws-ssm"
 
 
+def test_cache_settings_in_each_store_section_and_provider() -> None:
+    """cache_seconds and its companions are keys of [aws] and [vault] alike,
+    so a provider of either store sets them, over the top-level section's."""
+    loaded = config.parse(
+        b"[aws]\ncache_seconds = 30\n[vault]\nstale_if_error_seconds = 60\n"
+        b'[providers.openbao]\nstore = "vault"\ncache_seconds = 5\n'
+        b'[providers.params]\nstore = "aws-ssm"\ncache_max_bytes = 1024\n',
+        "f",
+    )
+    openbao, params = loaded.provider("openbao"), loaded.provider("params")
+    assert (openbao.vault.cache_seconds, openbao.vault.stale_if_error_seconds) == (5, 60)
+    assert (params.aws.cache_seconds, params.aws.cache_max_bytes) == (30, 1024)
+    assert loaded.provider("aws").aws.cache_max_bytes == config.DEFAULT_CACHE_BYTES
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
@@ -54,6 +69,9 @@ def test_providers_section() -> None:
         ("[providers.x]\nstore = 'vault'\nextra = 1\n", "unknown key 'providers.x.extra'"),
         ("[providers.nomad]\nstore = 'vault'\n", "never runs a plugin named 'nomad'"),
         ("providers = 1\n", "providers in f must be a table"),
+        ("[aws]\ncache_seconds = -1\n", "aws.cache_seconds in f must be between 0"),
+        ("[vault]\nstale_if_error_seconds = 100000\n", "vault.stale_if_error_seconds in f must be between"),
+        ("[providers.x]\nstore = 'vault'\ncache_max_bytes = -5\n", "providers.x.cache_max_bytes in f"),
     ],
 )
 def test_errors_name_the_key_and_the_file(text: str, needle: str) -> None:

@@ -50,6 +50,7 @@ from typing import Any
 
 from nomad_secrets.agent import client
 from nomad_secrets.agent.build import build_id, socket_dir
+from nomad_secrets.agent.reads import FetchReads, SharedReads
 from nomad_secrets.core import config as config_module
 from nomad_secrets.core.config import Config, provider_name
 from nomad_secrets.nomad.answer import error_answer, fetch_answer
@@ -104,6 +105,8 @@ class Agent:
         self.plugin_dir = plugin_dir
         self.self_started = self_started
         self.pool = StorePool()
+        self.shared = SharedReads()  # single flight and the cache (agent/reads.py)
+        self.shared.config_seen(config)
         self.root_like = {0, os.geteuid()}
         self.users = {_uid(user) for user in config.agent.users} - self.root_like
         self.slots = threading.BoundedSemaphore(MAX_REQUESTS)
@@ -149,6 +152,7 @@ class Agent:
         config = config_module.load(executable, cache=self._parsed)
         if config.path is None:
             raise _NotServed("no config file: an agent serves only a plugin directory with one")
+        self.shared.config_seen(config)  # a changed config empties the cache at once
         return config
 
     def _answer(self, executable: str, path: str, environ: dict[str, str], start: float) -> bytes:
@@ -170,6 +174,7 @@ class Agent:
                 config,
                 deadline,
                 pool=self.pool,
+                reads=FetchReads(self.shared),
                 heal=self._damaged,
                 exhausted=self._exhausted,
             )

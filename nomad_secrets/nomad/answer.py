@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 from nomad_secrets.core.config import Config
 from nomad_secrets.nomad import protocol
-from nomad_secrets.nomad.fetch import fetch
+from nomad_secrets.nomad.fetch import Reads, fetch
 from nomad_secrets.process import debuglog, endings
 from nomad_secrets.process.deadline import Deadline
 from nomad_secrets.process.errors import PluginError
@@ -31,6 +31,7 @@ def fetch_answer(
     deadline: Deadline,
     *,
     pool: StorePool | None = None,
+    reads: Reads | None = None,
     observer: Observer | None = None,
     heal: Callable[[str], bool] | None = None,
     exhausted: Callable[[Exhausted], None] | None = None,
@@ -48,14 +49,15 @@ def fetch_answer(
         namespace=environ.get("NOMAD_NAMESPACE"),
     )
     try:
-        result = fetch(path, environ, provider, config, deadline, pool=pool)
+        result = fetch(path, environ, provider, config, deadline, pool=pool, reads=reads)
     except BaseException as exc:  # noqa: BLE001 - Nomad must get an answer
         if observer is not None:
-            observer.finish(exc.kind if isinstance(exc, PluginError) else "internal")
+            kind = exc.kind if isinstance(exc, PluginError) else "internal"
+            observer.finish(kind, None if reads is None else reads.counts())
         return error_answer(exc, start, heal, exhausted)
     debuglog.log("fetched", provider=provider, keys=len(result), ms=_ms(start))
     if observer is not None:
-        observer.finish(None)
+        observer.finish(None, None if reads is None else reads.counts())
     return protocol.encode_result(result)
 
 

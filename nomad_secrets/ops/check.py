@@ -388,6 +388,9 @@ def _providers(executable: str, config: Config, report: Report) -> list[Provider
             "set_by_provider": sorted(provider.own_keys),
         }
         _warn_borrowed_credentials(provider, report)
+        from nomad_secrets.agent.memo import meaning
+
+        report.detail(meaning(getattr(provider, kind), provider.store))
         found.append(provider)
     return found
 

@@ -55,6 +55,25 @@ from nomad_secrets.process.trust import Untrusted, open_append, untrusted_log
 FETCHES = "nomad_secrets_fetches_total"
 DURATION = "nomad_secrets_fetch_duration_seconds"
 WRITE_ERRORS = "nomad_secrets_write_errors_total"
+# The node agent's store reads, per provider and store (agent/reads.py):
+# its event name there, the metric, and what it counts.
+READS = {
+    "calls": ("nomad_secrets_store_calls_total", "Calls the node agent made to a store."),
+    "shared": (
+        "nomad_secrets_store_calls_shared_total",
+        "Reads that shared another's call in flight (single flight) instead of calling the store.",
+    ),
+    "hits": ("nomad_secrets_cache_hits_total", "Reads answered from the node agent's cache (cache_seconds)."),
+    "stale": (
+        "nomad_secrets_stale_answers_total",
+        "Reads answered with a value past its cache time because the store was down, throttling or"
+        " slow (stale_if_error_seconds).",
+    ),
+    "evictions": (
+        "nomad_secrets_cache_evictions_total",
+        "Values the node agent's cache let go before their time to stay within cache_max_bytes.",
+    ),
+}
 # Seconds: a fetch costs about 0.2 s; Nomad's timeout is 10 s (60 s later).
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Where a record or a count was due: the label ``to`` of WRITE_ERRORS.
@@ -101,6 +120,7 @@ _KEYS = {
     DURATION + "_bucket": ("provider", "le"),
     DURATION + "_sum": ("provider",),
     DURATION + "_count": ("provider",),
+    **{name: ("provider", "store") for name, _ in READS.values()},
 }
 _LINE = {
     name: re.compile(re.escape(name) + r"\{(" + ",".join(f'{k}="{_VALUE}"' for k in keys) + r")\} (\S+)\Z")
@@ -119,6 +139,16 @@ def fetch_samples(*, provider: str, store: str, outcome: str, seconds: float) ->
     _inc(samples, DURATION + "_bucket", _labels(provider=provider, le="+Inf"), 1)
     _inc(samples, DURATION + "_sum", _labels(provider=provider), seconds)
     _inc(samples, DURATION + "_count", _labels(provider=provider), 1)
+    return samples
+
+
+def read_samples(provider: str, reads: Mapping[str, Mapping[str, int]]) -> Samples:
+    """The node agent's store reads of one fetch (store -> event -> count),
+    every event of a store at 0 until it happens, as for the outcomes."""
+    samples: Samples = {}
+    for store, counts in reads.items():
+        for event, (name, _) in READS.items():
+            _inc(samples, name, _labels(provider=provider, store=store), counts.get(event, 0))
     return samples
 
 
@@ -265,7 +295,10 @@ def render(samples: Samples) -> str:
         for outcome in OUTCOMES:
             fetches.setdefault(f"{pair},{_labels(outcome=outcome)}", 0)
     lines = []
-    for family, (kind, text) in HELP.items():
+    # The node agent's store reads: only once an agent has counted them (a
+    # fetch in process makes no shared call and keeps nothing).
+    agent = {name: ("counter", text) for name, text in READS.values() if name in samples}
+    for family, (kind, text) in {**HELP, **agent}.items():
         lines += [f"# HELP {family} {text}", f"# TYPE {family} {kind}"]
         lines += _sample_lines(samples, _names(family, kind))
     return "\n".join(lines) + "\n"

@@ -43,14 +43,18 @@ class Observer:
         self.namespace = environ.get("NOMAD_NAMESPACE") or None  # set by Nomad, not the job
         self.job = environ.get("NOMAD_JOB_ID") or None
         self._ended: tuple[str | None, float] | None = None
+        self._reads: dict[str, dict[str, int]] = {}  # the node agent's store reads, per store
         # The plugin's own process: the record is written once the answer is out.
         self._after_answer = endings.after_answer(self.write)
 
-    def finish(self, error_kind: str | None) -> None:
-        """Note the fetch ending in ``error_kind`` (None: answered); the
-        first call counts, even if SIGTERM comes while it runs."""
+    def finish(self, error_kind: str | None, reads: Mapping[str, Mapping[str, int]] | None = None) -> None:
+        """Note the fetch ending in ``error_kind`` (None: answered), with
+        what its reads cost the stores (the agent's counts, per store and
+        event); the first call counts, even if SIGTERM comes while it runs."""
         if self._ended is not None:
             return
+        if reads:
+            self._reads = {store: dict(counts) for store, counts in reads.items()}
         self._ended = (error_kind, time.monotonic() - self.start)
         if not self._after_answer:
             _writer.submit(self)
@@ -84,6 +88,9 @@ class Observer:
             )
             if not references:
                 entry["path"] = self.path[:1024]  # not references: show what the job wrote
+            if self._reads:  # the node agent's: store calls, shared ones, cache hits, stale answers
+                entry["store_reads"] = self._reads
+                entry["stale"] = any(counts["stale"] for counts in self._reads.values())
             for to, problem in audit.send(settings, entry):
                 problems.append(problem)
                 failed.append(to)
@@ -94,6 +101,7 @@ class Observer:
                 outcome=error_kind or "ok",
                 seconds=seconds,
             )
+            metrics.merge(samples, metrics.read_samples(self.provider, self._reads))
             problems += metrics.count(self.config.metrics.file, samples, failed)
         return problems
 

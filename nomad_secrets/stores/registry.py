@@ -49,6 +49,7 @@ __all__ = [
     "Said",
     "SharedClient",
     "Store",
+    "batched",
     "open_backend",
     "store",
 ]
@@ -82,6 +83,9 @@ class Store:
     warm: SharedClient | LentClient
     probe: Prober
     scope: Callable[[Reference], policy.Many | None] | None = None
+    # Reads several references of one block in one call where the store can
+    # (Secrets Manager's BatchGetSecretValue): the backend, wrapped or not.
+    batch: Callable[[Backend, list[Reference]], Backend] | None = None
 
     @property
     def label(self) -> str:
@@ -177,8 +181,17 @@ def _ssm_scope(ref: Reference) -> policy.Many | None:
 
 _AWS_WARM = SharedClient(region=_aws_region, own=_aws_own)
 
+
+def _batch_secretsmanager(backend: Backend, refs: list[Reference]) -> Backend:
+    from nomad_secrets.stores.aws.batch import batched
+
+    return batched(backend, refs)
+
+
 STORES: dict[str, Store] = {
-    "aws-sm": Store("aws-sm", open=_open_secretsmanager, warm=_AWS_WARM, probe=_probe_aws),
+    "aws-sm": Store(
+        "aws-sm", open=_open_secretsmanager, warm=_AWS_WARM, probe=_probe_aws, batch=_batch_secretsmanager
+    ),
     "aws-ssm": Store("aws-ssm", open=_open_ssm, warm=_AWS_WARM, probe=_probe_aws, scope=_ssm_scope),
     "vault": Store(
         "vault", open=_open_vault, warm=LentClient(make=_warm_vault, own=_vault_own), probe=_probe_vault
@@ -207,6 +220,13 @@ def store(scheme: str) -> Store:
         return STORES[scheme]
     except KeyError:
         raise ConfigError(f"no store {scheme!r}: the stores are {', '.join(STORES)}") from None
+
+
+def batched(scheme: str, backend: Backend, refs: list[Reference]) -> Backend:
+    """``backend`` reading these references of its store together where the
+    store can, else itself."""
+    together = store(scheme).batch
+    return backend if together is None else together(backend, refs)
 
 
 def read_scope(scheme: str, ref: Reference) -> policy.Many | None:

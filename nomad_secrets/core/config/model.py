@@ -22,6 +22,9 @@ SYSTEM_CONFIG = "/etc/nomad-secrets/config.toml"
 BUILTIN_PROVIDERS = {"aws": "aws-sm", "aws-sm": "aws-sm", "aws-ssm": "aws-ssm"}
 # The largest plugin.max_output_bytes (agent/client.py's MAX_ANSWER holds it).
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+# The node agent's cache, per provider (cache_max_bytes): a few MiB by default.
+DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
+MAX_CACHE_SECONDS = 86400.0
 # Nomad matches its own providers first: files with these names never run.
 RESERVED_NAMES = ("nomad", "vault")
 # The sections of `nomad-secrets serve` (docs/ci.md).
@@ -38,7 +41,19 @@ class PluginSettings:
 
 
 @dataclass(frozen=True)
-class AwsSettings:
+class CacheSettings:
+    """What every store section has: the node agent's memory cache of its
+    values (docs/agent.md): seconds a value is kept after it was read (0:
+    off), its bound in bytes, and how long past that a value may stand in
+    for a store that is down."""
+
+    cache_seconds: float = 0.0
+    cache_max_bytes: int = DEFAULT_CACHE_BYTES
+    stale_if_error_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class AwsSettings(CacheSettings):
     # Keys naming files that hold secrets: none (VaultSettings has some).
     secret_files: ClassVar[tuple[str, ...]] = ()
 
@@ -61,7 +76,7 @@ VAULT_AUTH_METHODS = ("token", "approle", "cert", "jwt")
 
 
 @dataclass(frozen=True)
-class VaultSettings:
+class VaultSettings(CacheSettings):
     # Keys naming files that hold secrets: trust-checked when the config
     # loads (reader.load_file), refused to the fetch that uses one.
     secret_files: ClassVar[tuple[str, ...]] = ("token_file", "secret_id_file", "client_key")
@@ -153,7 +168,12 @@ class Provider:
     @property
     def settings(self) -> Settings:
         """The settings its store reads: its section's, with its own keys."""
-        settings: Settings = getattr(self, section_of(self.store))
+        return self.settings_for(self.store)
+
+    def settings_for(self, store: str) -> Settings:
+        """The settings this provider reads ``store`` with (a reference may
+        name another store than the provider's own)."""
+        settings: Settings = getattr(self, section_of(store))
         return settings
 
 

@@ -16,6 +16,7 @@ from dataclasses import fields, replace
 from typing import Any, TypeVar
 
 from nomad_secrets.core.config.model import (
+    MAX_CACHE_SECONDS,
     MAX_OUTPUT_BYTES,
     RESERVED_NAMES,
     SECTIONS,
@@ -24,6 +25,7 @@ from nomad_secrets.core.config.model import (
     VAULT_AUTH_METHODS,
     AgentSettings,
     AuditSettings,
+    CacheSettings,
     Config,
     MetricsSettings,
     PluginSettings,
@@ -152,8 +154,17 @@ def _names(settings_class: type[Settings]) -> set[str]:
 
 def _check_section(settings: Settings, where: str, path: str) -> None:
     """The checks of a store section's values beyond their types."""
+    _check_cache(settings, where, path)
     if isinstance(settings, VaultSettings):
         _check_vault(settings, where, path)
+
+
+def _check_cache(settings: CacheSettings, where: str, path: str) -> None:
+    for key in ("cache_seconds", "stale_if_error_seconds"):
+        if not 0 <= getattr(settings, key) <= MAX_CACHE_SECONDS:
+            raise ConfigError(f"{where}.{key} in {path} must be between 0 (off) and 86400 (a day)")
+    if not 0 <= settings.cache_max_bytes <= 1 << 30:
+        raise ConfigError(f"{where}.cache_max_bytes in {path} must be between 0 and 1073741824 (1 GiB)")
 
 
 def _check_vault(vault: VaultSettings, where: str, path: str) -> None:

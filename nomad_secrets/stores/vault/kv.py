@@ -20,6 +20,7 @@ from nomad_secrets.core.reference import Reference
 from nomad_secrets.core.shape import Raw
 from nomad_secrets.process import debuglog
 from nomad_secrets.process.errors import AccessDenied, NotFound, RequestError, StoreError
+from nomad_secrets.stores import keep
 from nomad_secrets.stores.vault.auth import Auth
 from nomad_secrets.stores.vault.client import LABEL, UI_MOUNTS, Answer, Client
 
@@ -206,6 +207,7 @@ class Reader:
         status, body = answer
         said = self.client.said(body)
         if status == 200:
+            keep.lease(body)  # for the node agent's cache: a leased value is never kept
             data = body.get("data") if body else None
             if not isinstance(data, dict):
                 raise StoreError(

@@ -8,6 +8,7 @@ from nomad_secrets.core.request import JobOptions
 from nomad_secrets.core.shape import Raw
 from nomad_secrets.process.deadline import Deadline
 from nomad_secrets.process.errors import AccessDenied, RequestError
+from nomad_secrets.stores import keep
 from nomad_secrets.stores.vault.auth import Auth, Login
 from nomad_secrets.stores.vault.client import LABEL, Client
 from nomad_secrets.stores.vault.kv import Mounts, ReadAsV1, Reader, check_locator, version_option
@@ -67,9 +68,14 @@ class Vault:
                 f" {mount.path!r} is {kind}"
             )
         if mount.kv_version == 2:
-            return self.reader.kv2(ref, token, mount, rest, version)
+            raw = self.reader.kv2(ref, token, mount, rest, version)
+            keep.kv()
+            return raw
         try:
-            return self.reader.data(ref, token, locator)
+            raw = self.reader.data(ref, token, locator)
+            if mount.kv_version == 1:
+                keep.kv()  # any other engine's value is never kept (keep.py)
+            return raw
         except ReadAsV1:
             # Tuned to v2 since the preflight a long-lived process kept
             # (the node agent): ask again, and read once more.
