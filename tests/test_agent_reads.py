@@ -242,6 +242,30 @@ def test_two_jobs_identities_never_share_a_call_or_an_entry(store: Store, secret
     assert get_calls(store.proxy) == calls + 1
 
 
+def test_a_token_that_copies_anothers_claims_shares_nothing_with_it(
+    store: Store, secretsmanager: Any
+) -> None:
+    """The plugin does not verify a workload identity token's signature (the
+    store does, at its call): a token with the same claims as one already
+    read but a signature of its own (forged) must not be served the kept
+    value, nor join its call. It makes a call of its own, which a real
+    store refuses (moto's STS does not check signatures, so here it counts)."""
+    value = "token-" + uuid.uuid4().hex
+    put_secret(secretsmanager, "reads/token", value)
+    store.start("cache_seconds = 60\n" + WEB_IDENTITY)
+    genuine = token(job="web")
+    header, payload, _ = genuine.split(".")
+    forged = f"{header}.{payload}.{'A' * 43}"
+    calls = get_calls(store.proxy)
+    assert store.fetch("reads/token", {**REGION_ENV, "NOMAD_WORKLOAD_TOKEN": genuine}).result == {
+        "value": value
+    }
+    assert store.fetch("reads/token", {**REGION_ENV, "NOMAD_WORKLOAD_TOKEN": genuine}).ok  # kept: no call
+    assert get_calls(store.proxy) == calls + 1
+    assert store.fetch("reads/token", {**REGION_ENV, "NOMAD_WORKLOAD_TOKEN": forged}).ok
+    assert get_calls(store.proxy) == calls + 2, "the forged token was served the genuine one's entry"
+
+
 def test_a_config_change_empties_the_cache(store: Store, secretsmanager: Any) -> None:
     put_secret(secretsmanager, "reads/config", "one")
     store.start("cache_seconds = 60\n")

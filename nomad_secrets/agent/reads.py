@@ -7,9 +7,10 @@ this serves, the caller was allowed to read. Two reads are the same read
 (``SharedBackend.key``) when they name the same store, locator and options (the
 ``#selector`` and ``NAME =`` are each caller's own: shape.py applies them
 per caller), through the same provider with the same store settings, in
-the same region, with the same credentials: the node's, or one job's
-workload identity (its token's claims, those that change at each issue
-left out). A job's identity never shares a call or an entry with another's.
+the same region, with the same credentials: the node's, or one workload
+identity token, byte for byte (the store verifies its signature, not the
+plugin: a token that copies another's claims shares nothing with it). A
+job's identity never shares a call or an entry with another's.
 
 The key is names and digests: no value, no token, no credential is in it,
 and nothing here logs. A change of the config file empties the cache at
@@ -50,8 +51,6 @@ STALE_KINDS = ("unreachable", "store-error", "throttled", "timed-out")
 # fetch's deadline if the store has not answered by then.
 STALE_MARGIN = 0.5
 PINNED_OPTIONS = ("version", "version_id")
-# Claims that differ at each issue of one identity's token.
-PER_ISSUE_CLAIMS = ("iat", "nbf", "exp", "jti", "nomad_allocation_id")
 
 
 class Tally:
@@ -226,10 +225,14 @@ def _credentials(
         region, job_identity = None, settings.auth_method == "jwt"
     if not job_identity:
         return region, "node"
-    if claims is None:  # the store will refuse the read: nothing to share
+    token = options.workload_token
+    if claims is None or token is None:  # the store will refuse the read: nothing to share
         return region, "none:" + _digest(str(time.monotonic_ns()))
-    lasting = sorted((k, repr(v)) for k, v in claims.items() if k not in PER_ISSUE_CLAIMS)
-    return region, "job:" + _digest(repr(lasting))
+    # The exact token the store checks, not its claims: the plugin does not
+    # verify the signature (the store does, at the call), so a token that
+    # copies another's claims with a signature of its own must never share
+    # that one's call or entry. Each allocation's token is its own key.
+    return region, "token:" + _digest(token)
 
 
 def _as_own(call: Call[Raw], ref: Reference) -> BaseException:

@@ -22,7 +22,7 @@ from nomad_secrets.core.reference import Reference
 from nomad_secrets.core.shape import Raw
 from nomad_secrets.stores.aws.secretsmanager import SecretsManager
 from nomad_secrets.stores.aws.store import aws_errors
-from nomad_secrets.stores.registry import Backend
+from nomad_secrets.stores.backend import Backend
 
 BATCH = 20  # BatchGetSecretValue's most names in one call
 _local = threading.local()
