@@ -417,6 +417,26 @@ def test_a_block_of_several_secrets_is_one_batch_call(
             store.stop()
 
 
+def test_a_batch_that_fails_whole_gives_no_name_its_failure(
+    nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, tmp_path: Path
+) -> None:
+    """One name can fail the whole BatchGetSecretValue (moto: a secret that
+    has no value yet). That failure is no other name's: each is read alone,
+    the good one answers, and the fetch fails with the bad name's own
+    error, never the good one's."""
+    put_secret(secretsmanager, "reads/whole-good", "G")
+    empty = f"reads/whole-empty-{uuid.uuid4().hex[:8]}"
+    secretsmanager.create_secret(Name=empty)  # no value: GetSecretValue says not found
+    with RecordingProxy(moto_endpoint) as proxy:
+        write_config(nomad.plugin_dir, aws_config(proxy.url))  # in process
+        for block in (f"a = reads/whole-good\nb = {empty}\n", f"b = {empty}\na = reads/whole-good\n"):
+            failed = nomad.fetch("aws", block, REGION_ENV)
+            said = failed.plugin_error or ""
+            assert said.startswith(f"'{empty}' (AWS Secrets Manager): not found"), said
+            assert "whole-good" not in said
+        assert batch_calls(proxy)[0] == 2  # each block tried the batch, then read alone
+
+
 def test_without_leave_to_batch_each_secret_is_read_alone(nomad: NomadClient, tmp_path: Path) -> None:
     """An IAM policy that grants GetSecretValue only (written before the
     batch call existed): the block still reads, one call each."""

@@ -9,8 +9,10 @@ reader makes the call, the others take their answer from it. Each one's
 failure is the one its own GetSecretValue gives (not found, scheduled for
 deletion, denied, ...), in its own words. A reference the answer does not
 name back (a partial ARN, say) is read alone, and so is every one when the
-node's identity may not call BatchGetSecretValue (an IAM policy written for
-GetSecretValue alone): nothing that read before fails now.
+batch call fails as a whole: the node's identity may not call
+BatchGetSecretValue (an IAM policy written for GetSecretValue alone), the
+store is down, or one name fails them all. No name takes another's
+failure, and nothing that read before fails now.
 """
 
 from __future__ import annotations
@@ -74,10 +76,11 @@ class Batched:
             names = self.names[start : start + BATCH]
             try:
                 response = self.backend.client.batch_get_secret_value(SecretIdList=names)
-            except aws_errors() as exc:
-                if self.backend.failure(exc, ref).kind == "denied":
-                    return {}  # no batch for this identity: each reads alone, as before
-                answers.update(dict.fromkeys(names, exc))
+            except aws_errors():
+                # The whole call failed (denied for this identity, the store
+                # down, one bad name failing them all): no name takes that
+                # failure as its own; each is read alone, as without a batch,
+                # and gets its own answer or error.
                 continue
             for value in response.get("SecretValues") or []:
                 for name in (value.get("Name"), value.get("ARN")):
