@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -568,6 +569,12 @@ def test_the_shipped_systemd_units_verify(tmp_path: Path, artifact: Path) -> Non
     assert "ProtectHome=read-only" in service and "Type=notify" in service and "WatchdogSec=" in service
     expected = client.socket_name("/opt/nomad/data/common_plugins/secrets")
     assert f"ListenStream={expected}" in (units / "nomad-secrets-agent.socket").read_text()
+    # ProtectSystem=strict: the files the docs tell the agent to write must be writable in the unit.
+    writable = next(line for line in service.splitlines() if line.startswith("ReadWritePaths="))
+    paths = [p.lstrip("-") for p in writable.split("=", 1)[1].split()]
+    documented = (units.parent.parent / "docs" / "configuration.md").read_text()
+    for file in re.findall(r'^file = "(/[^"]+)"', documented, re.M):
+        assert any(file == p or file.startswith(p.rstrip("/") + "/") for p in paths), (file, paths)
 
 
 def test_an_agent_under_the_address_space_floor_does_not_start(nomad: NomadClient) -> None:

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 from conftest import MotoIam, aws_client, aws_config, moto_process, put_secret, write_config
-from support.agent_process import AgentProcess
+from support.agent_process import AgentProcess, agent_pid, stop_agent
 from support.netutil import RecordingProxy
 from support.nomad import Fetched, NomadClient
-from test_agent import REGION_ENV, operator_agent
+from test_agent import REGION_ENV, agent_config, operator_agent, socket_of
 from test_security import WEB_IDENTITY, token
 
 from nomad_secrets.agent import client
@@ -347,6 +347,49 @@ def test_stale_if_error_answers_a_kept_value_while_the_store_is_down(
                 assert b"gone-soon" not in deleted.run.stdout
             finally:
                 store.stop()
+
+
+def test_an_agent_keeping_values_does_not_idle_out_before_they_can_stand_in(
+    nomad: NomadClient, tmp_path: Path, socket_dir: Path
+) -> None:
+    """A self-started agent idles out (agent.idle_exit_seconds), and its
+    kept values with it: after a quiet spell, the next outage found no value
+    to stand in, whatever stale_if_error_seconds said (operator's review).
+    It now stays while a kept value may still stand in: past its idle time
+    it says so once, and the outage after it is answered stale, by it."""
+    log = tmp_path / "debug.log"
+    with moto_process() as endpoint:
+        aws_client(endpoint, "secretsmanager").create_secret(Name="reads/idle", SecretString="kept")
+        with RecordingProxy(endpoint) as proxy:
+            write_config(
+                nomad.plugin_dir,
+                agent_config(
+                    proxy.url,
+                    log,
+                    "cache_seconds = 1\nstale_if_error_seconds = 3600\n",
+                    "idle_exit_seconds = 1\n",
+                ),
+            )
+            sock = socket_of(nomad, socket_dir)
+            try:
+                assert store_fetch(nomad, "reads/idle").result == {"value": "kept"}
+                started = agent_pid(sock)
+                assert started is not None
+                for _ in range(600):  # past its idle time: held, and said once
+                    if "agent-idle-held" in log.read_text():
+                        break
+                    time.sleep(0.05)
+                assert "agent-idle-held" in log.read_text() and "agent-stopped" not in log.read_text()
+                down(proxy)
+                stale = store_fetch(nomad, "reads/idle")
+                assert stale.result == {"value": "kept"}, stale.error
+                assert agent_pid(sock) == started
+            finally:
+                stop_agent(sock)
+
+
+def store_fetch(nomad: NomadClient, path: str) -> Fetched:
+    return nomad.fetch("aws", path, REGION_ENV)
 
 
 def down(proxy: RecordingProxy) -> None:

@@ -209,11 +209,14 @@ def test_check_says_what_the_cache_means_for_a_revoked_secret(plugin_dir: Path, 
     the store can still be served, and that a store's not found ends it."""
     out = check(plugin_dir)[1]
     assert "cache: off (cache_seconds = 0)" in out
+    assert "but no agent runs" not in out
     write_config(plugin_dir, aws_config(moto_endpoint, "cache_seconds = 30\nstale_if_error_seconds = 600\n"))
     code, out = check(plugin_dir)
     assert code == 0
     assert "aws.cache_seconds = 30  (from [aws])" in out
     assert "revoked in the store can still be served for up to 30 s (300 s for a read pinned" in out
     assert "for up to 600 s more (stale_if_error_seconds), but never once the store has said not found" in out
+    # The tests' config says [agent] auto = false and no agent runs: kept values would live nowhere.
+    assert "WARNING  cache_seconds or stale_if_error_seconds is set, but no agent runs" in out
     write_config(plugin_dir, aws_config(moto_endpoint, "cache_seconds = -1\n"))
     assert "aws.cache_seconds in" in check(plugin_dir)[1]

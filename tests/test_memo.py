@@ -55,3 +55,14 @@ def test_the_agent_that_keeps_values_is_undumpable() -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.split() == ["1", "True", "0"], out
+
+
+def test_kept_until_is_the_last_stale_end() -> None:
+    memo = Memo()
+    assert memo.kept_until() == 0.0
+    before = time.monotonic()
+    memo.put("p", "a", "v", 1, 10, 1 << 20)
+    memo.put("q", "b", "v", 1, 100, 1 << 20)
+    assert before + 101 <= memo.kept_until() <= time.monotonic() + 101
+    memo.clear()
+    assert memo.kept_until() == 0.0

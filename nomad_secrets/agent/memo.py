@@ -85,6 +85,14 @@ class Memo:
             if key in self._parts.get(part, {}):
                 self._remove(part, key)
 
+    def kept_until(self) -> float:
+        """When the last kept value may no longer stand in for a store that
+        is down (time.monotonic()); 0 when none is kept."""
+        with self._lock:
+            return max(
+                (e.stale_until for entries in self._parts.values() for e in entries.values()), default=0.0
+            )
+
     def clear(self) -> int:
         """Forget everything (the config changed); how many entries were kept."""
         with self._lock:

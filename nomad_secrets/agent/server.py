@@ -338,6 +338,7 @@ class Server:
         self.refusals_logged = 0.0
         self.per_user: dict[int, int] = {}  # connections in flight of each agent.users caller
         self.checked = time.monotonic()
+        self.idle_held = False  # logged once: idling out waits for kept values (stale_if_error)
 
     def serve(self) -> None:
         self.sock.settimeout(0.5)
@@ -512,7 +513,14 @@ class Server:
         with self.settled:
             busy = self.in_flight
         if idle and not busy and now - agent.last_request > idle:
-            agent.step_aside(f"no request for {idle:g} s (agent.idle_exit_seconds)")
+            # Kept values live in this process alone: it does not idle out
+            # while one may still stand in for a store that is down.
+            kept = agent.shared.memo.kept_until() - now
+            if kept <= 0:
+                agent.step_aside(f"no request for {idle:g} s (agent.idle_exit_seconds)")
+            elif not self.idle_held:
+                self.idle_held = True
+                log("idle-held", reason="values kept for stale_if_error_seconds", seconds=round(kept))
 
     def close(self) -> None:
         """Stop listening (and free the path, if still ours), then let the
