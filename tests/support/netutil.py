@@ -61,6 +61,12 @@ def dead_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
+class _Backlogged(ThreadingHTTPServer):
+    # A burst of plugins connects at once: http.server's backlog of 5 would
+    # refuse some, which no real store endpoint does.
+    request_queue_size = 1024
+
+
 @dataclass
 class Recorded:
     method: str
@@ -112,7 +118,7 @@ class RecordingProxy:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Backlogged(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def __enter__(self) -> RecordingProxy:
