@@ -128,7 +128,8 @@ def test_check_probes_every_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ) -> None:
             probed.append((name, type(settings), [p.name for p in users]))
 
-        monkeypatch.setitem(registry.STORES, name, dataclasses.replace(entry, probe=record))
+        stand_in = registry.Store(entry.scheme, entry.open, entry.warm, record, entry.scope, entry.batch)
+        monkeypatch.setitem(registry.STORES, name, stand_in)
     config = config_for_every_store(tmp_path)
     providers = [config.provider(f"p-{name}") for name in schemes.SCHEMES]
     check.probe_stores(providers, check.Report(lambda _: None))

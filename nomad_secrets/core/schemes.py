@@ -10,14 +10,19 @@ by the same schemes: it refuses to load when the two tables disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
 class Scheme:
-    name: str  # in a reference and in `store = ...`
-    label: str  # the store's own name, in messages
-    section: str  # the config section of its settings
+    """One row (a plain class: a dataclass costs its making at every fetch)."""
+
+    __slots__ = ("label", "name", "section")
+
+    def __init__(self, name: str, label: str, section: str) -> None:
+        self.name = name  # in a reference and in `store = ...`
+        self.label = label  # the store's own name, in messages
+        self.section = section  # the config section of its settings
+
+    def __repr__(self) -> str:
+        return f"Scheme({self.name!r}, {self.label!r}, section={self.section!r})"
 
 
 DECLARED = (

@@ -25,7 +25,6 @@ product (config, check, the pool, the server, docs/references.md) to it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nomad_secrets.core import policy
@@ -55,37 +54,55 @@ __all__ = [
 ]
 
 
-Opener = Callable[[Provider, JobOptions, Identity, Deadline], Backend]
-Prober = Callable[[Settings, list[Provider], Said, float], None]
+if TYPE_CHECKING:  # the table's types; plain classes below, not dataclasses,
+    # whose making costs about half a millisecond each at every fetch
+    Opener = Callable[[Provider, JobOptions, Identity, Deadline], Backend]
+    Prober = Callable[[Settings, list[Provider], Said, float], None]
 
 
-@dataclass(frozen=True)
 class SharedClient:
     """One thread-safe client for every fetch with the same settings and
     region, made with ``open`` at the process's deadline."""
 
-    region: Callable[[Provider, JobOptions], str | None]  # part of the client's key
-    own: Callable[[Provider], bool]  # True: the job's own client (its identity): never kept
+    __slots__ = ("own", "region")
+
+    def __init__(
+        self,
+        region: Callable[[Provider, JobOptions], str | None],  # part of the client's key
+        own: Callable[[Provider], bool],  # True: the job's own client (its identity): never kept
+    ) -> None:
+        self.region, self.own = region, own
 
 
-@dataclass(frozen=True)
 class LentClient:
     """A warm object per settings, lent to each fetch with its deadline."""
 
-    make: Callable[[Provider, Deadline], Lender]  # with the process's deadline
-    own: Callable[[Provider], bool]  # True: the job's own login: never kept
+    __slots__ = ("make", "own")
+
+    def __init__(
+        self,
+        make: Callable[[Provider, Deadline], Lender],  # with the process's deadline
+        own: Callable[[Provider], bool],  # True: the job's own login: never kept
+    ) -> None:
+        self.make, self.own = make, own
 
 
-@dataclass(frozen=True)
 class Store:
-    scheme: str
-    open: Opener
-    warm: SharedClient | LentClient
-    probe: Prober
-    scope: Callable[[Reference], policy.Many | None] | None = None
-    # Reads several references of one block in one call where the store can
-    # (Secrets Manager's BatchGetSecretValue): the backend, wrapped or not.
-    batch: Callable[[Backend, list[Reference]], Backend] | None = None
+    __slots__ = ("batch", "open", "probe", "scheme", "scope", "warm")
+
+    def __init__(
+        self,
+        scheme: str,
+        open: Opener,
+        warm: SharedClient | LentClient,
+        probe: Prober,
+        scope: Callable[[Reference], policy.Many | None] | None = None,
+        # Reads several references of one block in one call where the store
+        # can (Secrets Manager's BatchGetSecretValue): the backend, wrapped or not.
+        batch: Callable[[Backend, list[Reference]], Backend] | None = None,
+    ) -> None:
+        self.scheme, self.open, self.warm, self.probe = scheme, open, warm, probe
+        self.scope, self.batch = scope, batch
 
     @property
     def label(self) -> str:
@@ -226,7 +243,7 @@ def batched(scheme: str, backend: Backend, refs: list[Reference]) -> Backend:
     """``backend`` reading these references of its store together where the
     store can, else itself."""
     together = store(scheme).batch
-    return backend if together is None else together(backend, refs)
+    return backend if together is None or len(refs) < 2 else together(backend, refs)
 
 
 def read_scope(scheme: str, ref: Reference) -> policy.Many | None:
