@@ -1008,7 +1008,7 @@ from nomad_secrets.core import config
 cfg = config.load(executable)
 step("config: import and load")
 from nomad_secrets.nomad import fetch as fetch_module
-from nomad_secrets.stores.registry import aws_sm
+from nomad_secrets.stores.aws import secretsmanager as aws_sm
 step("fetch modules (ours)")
 import botocore.config, botocore.session
 step("botocore import")
