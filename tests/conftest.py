@@ -187,6 +187,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = set(getattr(item, "fixturenames", ()))
         if not fixtures & PROCESS_FIXTURES and item.get_closest_marker("process") is None:
             item.add_marker(pytest.mark.unit)
+    # The tests that run alone go first, one after another: a serial test
+    # met later waits for every running test to end while the other workers
+    # stand idle (the _serial fixture). Stable, so every worker collects the
+    # same order, as xdist requires.
+    items.sort(key=lambda item: item.get_closest_marker("serial") is None)
 
 
 @pytest.fixture(autouse=True)

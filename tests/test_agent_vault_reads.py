@@ -57,8 +57,18 @@ class Served:
         raise AssertionError(f"{answered} answered, {len(lines)} records")
 
     def counted(self, metric: str) -> float:
+        """A count of the metrics file, once every answered fetch counted
+        itself (the record comes first, the counts after it)."""
+        answered = len(self.agent.process.answered())
+        for _ in range(1000):
+            if self._count("nomad_secrets_fetches_total", 'provider="openbao",') >= answered:
+                break
+            time.sleep(0.01)
+        return self._count(metric, 'provider="openbao",store="vault"} ')
+
+    def _count(self, metric: str, labels: str) -> float:
         text = self.prom.read_text() if self.prom.exists() else ""
-        wanted = f'{metric}{{provider="openbao",store="vault"}} '
+        wanted = f"{metric}{{{labels}"
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted))
 
     def until(self, path: str, done: Callable[[Fetched], bool]) -> Fetched:
