@@ -217,6 +217,6 @@ def test_check_says_what_the_cache_means_for_a_revoked_secret(plugin_dir: Path, 
     assert "revoked in the store can still be served for up to 30 s (300 s for a read pinned" in out
     assert "for up to 600 s more (stale_if_error_seconds), but never once the store has said not found" in out
     # The tests' config says [agent] auto = false and no agent runs: kept values would live nowhere.
-    assert "WARNING  cache_seconds or stale_if_error_seconds is set, but no agent runs" in out
+    assert "WARNING  cache_seconds is set, but no agent runs" in out
     write_config(plugin_dir, aws_config(moto_endpoint, "cache_seconds = -1\n"))
     assert "aws.cache_seconds in" in check(plugin_dir)[1]

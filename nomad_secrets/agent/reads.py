@@ -117,7 +117,7 @@ class SharedReads:
             dropped = self.memo.clear()
             if dropped:
                 debuglog.log("agent-cache-emptied", reason="the config changed", entries=dropped)
-        if not self.undumpable and _caches(config):
+        if not self.undumpable and config.keeps_values():
             self.undumpable = undumpable()
 
 
@@ -253,13 +253,6 @@ def _as_own(call: Call[Raw], ref: Reference) -> BaseException:
     if hasattr(own, "reference"):
         own.reference = ref.text
     return own
-
-
-def _caches(config: Config) -> bool:
-    settings: list[AwsSettings | VaultSettings] = [config.aws, config.vault]
-    settings += [p.aws for p in config.providers.values()]
-    settings += [p.vault for p in config.providers.values()]
-    return any(s.cache_seconds > 0 for s in settings)
 
 
 def _digest(text: str) -> str:

@@ -186,12 +186,6 @@ def run_check(executable: str, write: Callable[[str], None] = print, report: Rep
     return 1 if report.problems else 0
 
 
-def _caches(config: Config) -> bool:
-    """Whether a store section or a provider keeps values in the agent."""
-    sections = [config.aws, config.vault, *(provider.settings for provider in config.providers.values())]
-    return any(s.cache_seconds > 0 or s.stale_if_error_seconds > 0 for s in sections)
-
-
 def _agent(executable: str, config: Config, report: Report) -> None:
     """Whether fetches will reach the node agent, proved by a round trip
     with it, and why not (docs/agent.md)."""
@@ -235,9 +229,9 @@ def _agent(executable: str, config: Config, report: Report) -> None:
                 f"{exc}, and agent.auto = false: fetches run in process, slower under a burst of task"
                 " starts (docs/agent.md)"
             )
-            if _caches(config):  # kept values live in an agent only: an outage fails these fetches
+            if config.keeps_values():  # kept values live in an agent only: an outage fails these fetches
                 report.warn(
-                    "cache_seconds or stale_if_error_seconds is set, but no agent runs and agent.auto ="
+                    "cache_seconds is set, but no agent runs and agent.auto ="
                     " false: fetches in process keep nothing, and a store outage fails them; start the"
                     " agent (docs/agent.md) or remove the cache settings"
                 )

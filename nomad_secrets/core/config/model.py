@@ -210,6 +210,14 @@ class Config:
     # uses them, and their checks live with the server (settings.py there).
     server_tables: dict[str, Any] = field(default_factory=dict)
 
+    def keeps_values(self) -> bool:
+        """Whether any store section, top-level or a provider's, has the node
+        agent keep values (cache_seconds; stale_if_error_seconds only
+        lengthens what is kept)."""
+        sections = [self.aws, self.vault]
+        sections += [s for p in self.providers.values() for s in (p.aws, p.vault)]
+        return any(s.cache_seconds > 0 for s in sections)
+
     def provider(self, name: str) -> Provider:
         """What the executable called ``name`` reads by default, and with
         which settings."""
