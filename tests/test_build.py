@@ -25,8 +25,25 @@ pytestmark = pytest.mark.process  # every test here runs a process (the unit tie
 
 
 def test_same_source_and_lock_give_the_same_bytes(artifact: Path, tmp_path: Path) -> None:
-    again = build_artifact(tmp_path / "again", artifact.parent / "cache")
+    again = tmp_path / "again"
+    run = run_build(again, artifact.parent / "cache")
+    assert run.returncode == 0, run.stdout + run.stderr
     assert again.read_bytes() == artifact.read_bytes()
+
+
+@pytest.mark.parametrize("extra", [(), ("--version", "0.9.0")], ids=["source version", "stamped version"])
+def test_a_build_written_again_for_a_cache_is_scripts_builds_own(
+    artifact: Path, tmp_path: Path, extra: tuple[str, ...]
+) -> None:
+    """The tests' fresh nodes take a build written again for their own cache
+    directory (support/builds.py): byte for byte what scripts/build makes."""
+    first = build_artifact(tmp_path / "first", tmp_path / "first-cache", *extra)
+    written = build_artifact(tmp_path / "written", tmp_path / "other-cache", *extra)
+    real = tmp_path / "real"
+    run = run_build(real, tmp_path / "other-cache", *extra)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert written.read_bytes() == real.read_bytes() != first.read_bytes()
+    assert os.stat(written).st_mode & 0o777 == os.stat(real).st_mode & 0o777 == 0o755
 
 
 def test_shebang_runs_the_interpreter_isolated(artifact: Path) -> None:
@@ -188,7 +205,7 @@ def _warm_wheel_cache() -> Path:
 def test_a_second_build_runs_offline_from_the_wheel_cache(artifact: Path, tmp_path: Path) -> None:
     """No index at all (pip would fail): the cached wheels give the same bytes."""
     if os.environ.get("NOMAD_SECRETS_TEST_ARTIFACT"):
-        build_artifact(tmp_path / "warm", tmp_path / "warm-cache")  # fills the default wheel cache
+        run_build(tmp_path / "warm", tmp_path / "warm-cache")  # fills the default wheel cache
     offline = tmp_path / "pip-offline.conf"
     offline.write_text("[global]\nno-index = true\nindex-url = http://127.0.0.1:9/\n")
     wheels = tmp_path / "wheels"
