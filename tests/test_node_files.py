@@ -452,6 +452,10 @@ def test_through_the_node_agent_a_stuck_lock_delays_no_answer(
         agent.wait_for("listening")
         assert nomad.fetch("aws", "nodefiles/agent", job_id="web").ok
         agent.wait_for("answered provider='aws'")
+        for _ in range(500):  # its writer thread counts after the answer: the first count made the lock
+            if prom.exists():
+                break
+            subprocess.run(["sleep", "0.02"], check=True)
         with held(Path(f"{prom}.lock")):
             assert nomad.fetch("aws", "nodefiles/agent", job_id="web").ok
             for _ in range(500):  # the agent's writer thread leaves the count beside the file
