@@ -64,7 +64,12 @@ def run_build(
         ],
         env=env,
         capture_output=True,
-        text=Tr# The builds this process made with scripts/build, by interpreter and the
+        text=True,
+        check=False,
+    )
+
+
+# The builds this process made with scripts/build, by interpreter and the
 # arguments but the cache directory (support/builds.py).
 _BUILT: dict[tuple[str, ...], Built] = {}
 
@@ -80,8 +85,6 @@ def build_artifact(output: Path, cache_dir: Path, *extra: str) -> Path:
     run = run_build(output, cache_dir, *extra)
     assert run.returncode == 0, run.stdout + run.stderr
     _BUILT[key] = Built(output)
-    return output
-t + run.stderr
     return output
 
 
@@ -190,7 +193,9 @@ PROCESS_FIXTURES = frozenset({"artifact", "moto_endpoint", "moto_iam", "bao_bina
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "unit: starts no process and no server (set by conftest.py)")
     config.addinivalue_line("markers", "process: starts a process or a server itself: not in the unit tier")
-    config.addinivalue_line("markers", "serial: runs while no other worker runs a test (the _serial fixture)")
+    config.addinivalue_line(
+        "markers", "serial: runs while no other worker runs a test (pytest_runtest_protocol here)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -198,11 +203,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = set(getattr(item, "fixturenames", ()))
         if not fixtures & PROCESS_FIXTURES and item.get_closest_marker("process") is None:
             item.add_marker(pytest.mark.unit)
+
     # The tests that run alone go first, one after another: a serial test
     # met later waits for every running test to end while the other workers
-    # stand idle (the _serial fixture). Stable, so every worker collects the
-    # same order, as xdist requires.
-    items.sort(key=lambda item: item.get_closest_marker("serial") is None)
+    # stand idle (pytest_runtest_protocol). The unit tier goes last: tests of a
+    # few milliseconds fill the end of the run, where a worker that drew a
+    # long wait last would otherwise hold it up alone. Stable, so every
+    # worker collects the same order, as xdist requires.
+    def phase(item: pytest.Item) -> int:
+        if item.get_closest_marker("serial") is not None:
+            return 0
+        return 2 if item.get_closest_marker("unit") is not None else 1
+
+    items.sort(key=phase)
 
 
 @pytest.fixture(autouse=True)
@@ -219,20 +232,22 @@ def _unit_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(socket.socket, "listen", refuse)
 
 
-@pytest.fixture(autouse=True)
-def _serial(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """With xdist, a test marked ``serial`` (a burst that needs the cores,
     a bound only one machine's load can meet) runs alone: it holds the
     run's machine lock exclusively, every other test holds it shared. The
     turnstile keeps new tests out while a serial one waits for the running
-    ones to end, so that it cannot starve."""
+    ones to end, so that it cannot starve. Held around the whole test, its
+    fixtures' setup included: a worker's first test starts that worker's
+    servers and makes its build, and that must not run beside a burst."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         yield
         return
-    run = run_dir(tmp_path_factory)
+    run = run_dir(item.config._tmp_path_factory)  # type: ignore[attr-defined]  # the tmp_path_factory fixture's
     with open(run / "turnstile.lock", "w") as turnstile, open(run / "machine.lock", "w") as machine:
         fcntl.flock(turnstile, fcntl.LOCK_EX)
-        if request.node.get_closest_marker("serial") is not None:
+        if item.get_closest_marker("serial") is not None:
             fcntl.flock(machine, fcntl.LOCK_EX)
             yield
             return  # closing the files lets both go

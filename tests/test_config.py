@@ -341,7 +341,7 @@ def _fetches_while(
     writer = threading.Thread(target=deploy)
     writer.start()
     try:
-        with ThreadPoolExecutor(10) as pool:
+        with ThreadPoolExecutor(count) as pool:  # all at once: each may wait out a writer
             fetched = list(pool.map(lambda _: nomad.fetch("aws", name, job_id="web"), range(count)))
     finally:
         stop.set()

@@ -52,7 +52,9 @@ def closed_by_server(conns: list[socket.socket], settle: float = 2.0) -> list[so
     quiet_until = time.monotonic() + settle
     while time.monotonic() < quiet_until:
         waiting = [c for c in conns if c not in closed]
-        readable, _, _ = select.select(waiting, [], [], 0.1) if waiting else ([], [], [])
+        if not waiting:  # every one is closed: nothing more to wait for
+            break
+        readable, _, _ = select.select(waiting, [], [], 0.1)
         for conn in readable:
             try:
                 data = conn.recv(1)
