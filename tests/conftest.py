@@ -196,6 +196,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "serial: runs while no other worker runs a test (pytest_runtest_protocol here)"
     )
+    config.addinivalue_line(
+        "markers", "long: waits seconds (a timeout, a slow store, an install): started early in its phase"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -206,16 +209,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     # The tests that run alone go first, one after another: a serial test
     # met later waits for every running test to end while the other workers
-    # stand idle (pytest_runtest_protocol). The unit tier goes last: tests of a
-    # few milliseconds fill the end of the run, where a worker that drew a
-    # long wait last would otherwise hold it up alone. Stable, so every
-    # worker collects the same order, as xdist requires.
+    # stand idle (pytest_runtest_protocol). Then the tests marked long, then
+    # the others, and the unit tier last: tests of a few milliseconds fill
+    # the end of the run, where a worker that drew a long wait last would
+    # hold it up alone. Stable, so every worker collects the same order, as
+    # xdist requires.
     def phase(item: pytest.Item) -> int:
         if item.get_closest_marker("serial") is not None:
             return 0
-        return 2 if item.get_closest_marker("unit") is not None else 1
+        if item.get_closest_marker("unit") is not None:
+            return 3
+        return 1 if item.get_closest_marker("long") is not None else 2
 
     items.sort(key=phase)
+
+
+# How many serial tests this run holds, once collected and selected.
+SERIAL_TESTS = pytest.StashKey[int]()
+SERIAL_WAIT_SECONDS = 300  # a serial test that never ends (a worker lost) holds no one longer
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[SERIAL_TESTS] = sum(
+        1 for item in session.items if item.get_closest_marker("serial") is not None
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -236,24 +253,44 @@ def _unit_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """With xdist, a test marked ``serial`` (a burst that needs the cores,
     a bound only one machine's load can meet) runs alone: it holds the
-    run's machine lock exclusively, every other test holds it shared. The
-    turnstile keeps new tests out while a serial one waits for the running
-    ones to end, so that it cannot starve. Held around the whole test, its
-    fixtures' setup included: a worker's first test starts that worker's
-    servers and makes its build, and that must not run beside a burst."""
+    run's machine lock exclusively, every other test holds it shared. Held
+    around the whole test, its fixtures' setup included: a worker's first
+    test starts that worker's servers and makes its build, and that must
+    not run beside a burst. The serial tests come first (their order is
+    every worker's), and no other test starts until each of them has ended
+    (a line each in <run>/serial.done): a test started between two of them
+    held up the next one, a long one for seconds. The turnstile keeps new
+    tests out while a serial one waits for the running ones to end."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         yield
         return
     run = run_dir(item.config._tmp_path_factory)  # type: ignore[attr-defined]  # the tmp_path_factory fixture's
+    serial = item.get_closest_marker("serial") is not None
+    if not serial:
+        _after_the_serial_tests(run / "serial.done", item.config.stash.get(SERIAL_TESTS, 0))
     with open(run / "turnstile.lock", "w") as turnstile, open(run / "machine.lock", "w") as machine:
         fcntl.flock(turnstile, fcntl.LOCK_EX)
-        if item.get_closest_marker("serial") is not None:
+        if serial:
             fcntl.flock(machine, fcntl.LOCK_EX)
-            yield
+            try:
+                yield
+            finally:
+                with open(run / "serial.done", "a") as done:
+                    done.write(f"{item.nodeid}\n")
             return  # closing the files lets both go
         fcntl.flock(turnstile, fcntl.LOCK_UN)
         fcntl.flock(machine, fcntl.LOCK_SH)
         yield
+
+
+def _after_the_serial_tests(done: Path, count: int) -> None:
+    """Wait until ``count`` serial tests have ended (``done`` has a line each)."""
+    give_up = time.monotonic() + SERIAL_WAIT_SECONDS
+    while count and time.monotonic() < give_up:
+        with contextlib.suppress(FileNotFoundError):
+            if done.read_text().count("\n") >= count:
+                return
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

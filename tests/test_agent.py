@@ -509,6 +509,7 @@ def test_a_second_agent_does_not_take_the_socket(agent: AgentProcess, nomad: Nom
     assert agent.proc.poll() is None
 
 
+@pytest.mark.long
 def test_an_upgraded_agent_steps_aside_for_the_new_build(
     tmp_path: Path, decoder: Any, moto_endpoint: str, secretsmanager: Any, socket_dir: Path
 ) -> None:
@@ -688,6 +689,7 @@ def test_the_agent_counts_from_the_plugins_start(
     assert int(line.split(" ms=", 1)[1].split()[0]) >= 1000, line
 
 
+@pytest.mark.long
 def test_an_agent_hung_after_it_took_the_request_is_replaced(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
 ) -> None:
@@ -724,6 +726,7 @@ def test_an_agent_hung_after_it_took_the_request_is_replaced(
         assert wait_gone(new)
 
 
+@pytest.mark.long
 def test_check_against_a_hung_and_a_foreign_agent(
     tmp_path: Path, nomad: NomadClient, moto_endpoint: str, socket_dir: Path
 ) -> None:

@@ -298,6 +298,7 @@ def test_the_cache_is_bounded_and_evicts_the_least_recently_used(store: Store, s
     assert sum(r["store_reads"]["aws-sm"]["evictions"] for r in store.records()) == 2
 
 
+@pytest.mark.long
 def test_stale_if_error_answers_a_kept_value_while_the_store_is_down(
     nomad: NomadClient, tmp_path: Path
 ) -> None:

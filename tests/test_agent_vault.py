@@ -284,6 +284,7 @@ def short_lease(vault: Vault, agent: Agent, path: str, role: str, max_ttl: str) 
     return accessor, before
 
 
+@pytest.mark.long
 def test_renewal_near_the_end_of_the_lease(vault: Vault, agent: Agent) -> None:
     """Near the end of its lease the next fetch renews the token (the same
     token); where the role's max TTL allows no more, it logs in again."""

@@ -90,6 +90,7 @@ def nomad_plugin_dir_with_policy(nomad: NomadClient, moto_endpoint: str) -> tupl
     return nomad, write_config(nomad.plugin_dir, aws_config(moto_endpoint, policy))
 
 
+@pytest.mark.long
 def test_an_empty_config_is_an_error_not_no_policy(
     nomad_plugin_dir_with_policy: tuple[NomadClient, Path],
 ) -> None:

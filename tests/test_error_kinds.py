@@ -76,6 +76,7 @@ def test_aws_failures_by_kind(
     assert kind in KINDS
 
 
+@pytest.mark.long
 def test_aws_throttling_after_retries(nomad: NomadClient, moto_endpoint: str, tmp_path: Path) -> None:
     sections, audit, prom = observed(tmp_path)
     with RecordingProxy(moto_endpoint, throttle=100) as proxy:

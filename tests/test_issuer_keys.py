@@ -171,6 +171,7 @@ def in_background(pool: ThreadPoolExecutor, call: Any, *args: Any) -> Future[tup
     return future
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("mode", ["drip", "hang", "garbage"])
 def test_a_cached_key_is_not_held_up_by_a_refresh_that_is(
     tmp_path: Path, moto_endpoint: str, secretsmanager: Any, keys: KeyServerDouble, mode: str
@@ -211,6 +212,7 @@ def test_a_cached_key_is_not_held_up_by_a_refresh_that_is(
         assert expected in said[0]
 
 
+@pytest.mark.long
 def test_made_up_key_ids_start_one_refresh_per_address_and_hold_few_threads(
     tmp_path: Path, moto_endpoint: str, secretsmanager: Any, keys: KeyServerDouble
 ) -> None:

@@ -92,6 +92,7 @@ def test_the_minimal_job_shows_the_answer_nomad_gets(nomad: NomadClient, secrets
     )
 
 
+@pytest.mark.long
 @pytest.mark.process
 def test_the_inner_loop_runs_as_written(tmp_path: Path) -> None:
     """`scripts/lint`, one test, one file and the unit tier, from the

@@ -66,6 +66,7 @@ def test_sigterm_while_waiting_for_the_unpacker_gets_an_answer(node: Node) -> No
     assert node.leftovers() == []
 
 
+@pytest.mark.long
 def test_a_fetch_waits_for_the_unpacker_until_nomad_can_still_read_its_answer(node: Node) -> None:
     """The unpacking run never finishes (stuck on a dead disk): a fetch
     waiting for it answers before Nomad's 10 s, which the user then sees,
@@ -264,6 +265,7 @@ def test_a_damaged_cache_heals_within_the_fetch_and_check_names_it(node: Node, d
     assert re.search(said, check.stdout.decode()), check.stdout.decode()
 
 
+@pytest.mark.long
 def test_damage_found_late_is_named(node: Node) -> None:
     """A run too late to unpack again (started 4.5 s before, as on a node
     starting many tasks at once) answers with what it found and where, and

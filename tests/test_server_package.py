@@ -106,6 +106,7 @@ def lend(requirements: list[Requirement], site: Path) -> set[str]:
     return lent
 
 
+@pytest.mark.long
 def test_the_wheel_installs_with_the_server_extra_and_serves(tmp_path: Path, moto_endpoint: str) -> None:
     sdist, wheel = build(checkout_copy(tmp_path / "checkout"), tmp_path / "dist")
     version = importlib.metadata.version("nomad-secrets")
@@ -121,7 +122,8 @@ def test_the_wheel_installs_with_the_server_extra_and_serves(tmp_path: Path, mot
     assert server_only == SERVER_EXTRA and "server" in (metadata.get_all("Provides-Extra") or [])
 
     fresh = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(fresh)], check=True, timeout=120)
+    # No pip of its own (seeding one is seconds): this venv's pip installs into it.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True, timeout=120)
     site = tmp_path / "lent"
     site.mkdir()
     lent = lend(wanted(requires, {"server"}), site)
@@ -130,7 +132,7 @@ def test_the_wheel_installs_with_the_server_extra_and_serves(tmp_path: Path, mot
     (Path(purelib) / "lent-from-the-checkout.pth").write_text(f"{site}\n")
 
     python = fresh / "bin" / "python"
-    pip = (str(python), "-m", "pip", "--disable-pip-version-check")
+    pip = (sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check")
     installed = subprocess.run(
         [*pip, "install", "--no-index", f"{wheel}[server]"],
         capture_output=True,
@@ -167,6 +169,7 @@ def test_the_wheel_installs_with_the_server_extra_and_serves(tmp_path: Path, mot
     assert json.loads(running.stdout[0])["path"] == "/healthz"
 
 
+@pytest.mark.long
 @pytest.mark.process
 def test_a_checkout_installs_as_docs_ci_says_today(tmp_path: Path) -> None:
     """docs/ci.md's route while there is no release: its lines as written, in

@@ -187,6 +187,7 @@ def test_throttling_is_retried_with_backoff(
     assert len(proxy.requests) == 3  # two throttled, the third answered
 
 
+@pytest.mark.long
 def test_throttling_that_lasts_is_a_throttled_error(nomad: NomadClient, moto_endpoint: str) -> None:
     with RecordingProxy(moto_endpoint, throttle=100) as proxy:
         write_config(nomad.plugin_dir, aws_config(proxy.url))

@@ -422,6 +422,7 @@ def test_an_endpoint_token_that_cannot_serve_does_not_start(
         Server(config, port).start()
 
 
+@pytest.mark.long
 def test_a_stuck_store_is_answered_before_woodpecker_gives_up(tmp_path: Path, secretsmanager: Any) -> None:
     """Woodpecker's client gives up at 10 s and tries again: with the
     server's default request_seconds (10) its 504 came after that, never
