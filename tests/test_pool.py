@@ -92,30 +92,3 @@ def test_a_job_cycling_regions_evicts_no_warm_client(
         warm(pool, moto_endpoint, region)
     assert warm(pool, moto_endpoint, "sa-east-1") is again
     assert [warm(pool, moto_endpoint, region) for region in ("us-east-2", "us-west-2")] == ours
-
-
-def test_every_client_reads_botocore_data_through_one_loader(
-    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A client per region: the endpoint data and the service model are
-    parsed once per process, not once per client (each botocore session
-    parsed both again: the agent, for a job cycling regions)."""
-    from botocore import loaders
-
-    from nomad_secrets.stores.aws import store as aws_store
-
-    aws_store.data_loader.cache_clear()
-    read: list[str] = []
-    real = loaders.JSONFileLoader.load_file
-
-    def counted(self: loaders.JSONFileLoader, file_path: str) -> Any:
-        read.append(file_path.rsplit("/", 1)[-1])
-        return real(self, file_path)
-
-    monkeypatch.setattr(loaders.JSONFileLoader, "load_file", counted)
-    pool = StorePool()
-    clients = [
-        warm(pool, moto_endpoint, region) for region in ("eu-west-1", "eu-west-2", "ap-south-1", "us-west-2")
-    ]
-    assert len({id(client) for client in clients}) == 4
-    assert read.count("endpoints") == 1 and read.count("service-2") == 1, read

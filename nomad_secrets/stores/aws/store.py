@@ -6,7 +6,6 @@ resource layer only adds import time.
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,7 +109,6 @@ def make_client(
         user_agent_extra=f"nomad-secrets/{__version__}",
     )
     session = botocore.session.Session()
-    session.register_component("data_loader", data_loader())
     credentials: dict[str, str] = {}
     if settings.web_identity_role_arn:
         credentials = _web_identity(session, config, settings, options, identity, deadline, provider)
@@ -267,21 +265,11 @@ def aws_errors() -> tuple[type[Exception], ...]:
     )
 
 
-@functools.cache
-def data_loader() -> Any:
-    """botocore's data loader, one per process: each session would parse the
-    endpoint data and the service model again (a web identity fetch makes
-    two clients; the agent makes one per store, settings and region, and a
-    job cycling regions churns them). Its search path is botocore's own
-    data, never AWS_DATA_PATH or a config file's data_path."""
-    import botocore.loaders
-
-    return botocore.loaders.create_loader()
-
-
 def known_regions() -> set[str]:
     """Every region of every partition in botocore's endpoint data."""
-    data = data_loader().load_data("endpoints")
+    import botocore.loaders
+
+    data = botocore.loaders.create_loader().load_data("endpoints")
     return {region for partition in data["partitions"] for region in partition["regions"]}
 
 
