@@ -267,7 +267,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     run = run_dir(item.config._tmp_path_factory)  # type: ignore[attr-defined]  # the tmp_path_factory fixture's
     serial = item.get_closest_marker("serial") is not None
     if not serial:
-        _after_the_serial_tests(run / "serial.done", item.config.stash.get(SERIAL_TESTS, 0))
+        after_the_serial_tests(run / "serial.done", item.config.stash.get(SERIAL_TESTS, 0))
     with open(run / "turnstile.lock", "w") as turnstile, open(run / "machine.lock", "w") as machine:
         fcntl.flock(turnstile, fcntl.LOCK_EX)
         if serial:
@@ -283,10 +283,17 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         yield
 
 
-def _after_the_serial_tests(done: Path, count: int) -> None:
+# When this worker stops waiting for the serial tests: set at its first wait,
+# once for the run (a serial test lost with its worker never writes its line,
+# and each test waiting its own 300 s would hold the run for hours).
+SERIAL_WAIT_ENDS: list[float] = []
+
+
+def after_the_serial_tests(done: Path, count: int) -> None:
     """Wait until ``count`` serial tests have ended (``done`` has a line each)."""
-    give_up = time.monotonic() + SERIAL_WAIT_SECONDS
-    while count and time.monotonic() < give_up:
+    if not SERIAL_WAIT_ENDS:
+        SERIAL_WAIT_ENDS.append(time.monotonic() + SERIAL_WAIT_SECONDS)
+    while count and time.monotonic() < SERIAL_WAIT_ENDS[0]:
         with contextlib.suppress(FileNotFoundError):
             if done.read_text().count("\n") >= count:
                 return
