@@ -85,7 +85,7 @@ def test_forwarded_fetch_gives_the_same_answers(
     agent.wait_for("outcome='error' error=\"'agent/missing' (AWS Secrets Manager): not found")
     refused = nomad.fetch("aws", "agent/db", {**REGION_ENV, "HTTPS_PROXY": "http://x"}, job_id="web")
     assert "the secret block's env sets 'HTTPS_PROXY'" in (refused.plugin_error or "")
-    assert len([line for line in agent.lines if line.startswith("answered")]) == 3
+    agent.wait_answered(3)
     log = (tmp_path / "debug.log").read_text() if (tmp_path / "debug.log").exists() else ""
     assert "agent-not-used" not in log
     assert canary not in "\n".join(agent.lines)
@@ -99,7 +99,7 @@ def test_the_agent_keeps_its_clients_warm(
     for _ in range(3):
         assert nomad.fetch("aws", "agent/warm", REGION_ENV).result == {"value": "v"}
     nomad.fetch("aws", "agent/warm", {"AWS_REGION": "eu-west-1"})
-    pools = [line.rsplit("clients=", 1)[1] for line in agent.lines if line.startswith("answered")]
+    pools = [line.rsplit("clients=", 1)[1] for line in agent.wait_answered(4)]
     assert pools == ["1", "1", "1", "2"]
 
 

@@ -59,11 +59,7 @@ class Agent:
         return message
 
     def wait_answered(self, count: int) -> None:
-        # The agent logs after sending: the plugin may have exited first.
-        end = time.monotonic() + 10
-        while len(self.process.answered()) < count and time.monotonic() < end:
-            time.sleep(0.01)
-        assert len(self.process.answered()) == count, self.process.lines
+        self.process.wait_answered(count)
 
     def in_process(
         self, path: str, env: dict[str, str] | None = None, *, vault: dict[str, Any], **kwargs: Any

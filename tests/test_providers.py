@@ -238,7 +238,7 @@ def test_the_node_agent_keeps_each_accounts_client_apart(
         for _ in range(2):  # the second round is served by warm clients
             assert nomad.fetch("team-a", "team/db").result == {"password": "account-a"}
             assert nomad.fetch("team-b", "team/db").result == {"password": "account-b"}
-        assert len([line for line in agent.lines if line.startswith("answered")]) == 4
+        agent.wait_answered(4)
     finally:
         assert agent.stop() == 0
         for child in top.iterdir():

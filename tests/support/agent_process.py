@@ -55,6 +55,16 @@ class AgentProcess:
         """Its one line per answered request, in order."""
         return [line for line in self.lines if line.startswith("answered")]
 
+    def wait_answered(self, count: int, seconds: float = 10.0) -> list[str]:
+        """Its ``count`` answered lines, once it has logged them: the agent
+        logs after sending, so a fetch may return before its line is read."""
+        end = time.monotonic() + seconds
+        while len(self.answered()) < count and time.monotonic() < end:
+            time.sleep(0.01)
+        answered = self.answered()
+        assert len(answered) == count, self.lines
+        return answered
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
