@@ -76,6 +76,16 @@ def test_a_region_aws_does_not_have(nomad: NomadClient) -> None:
     assert "check the reference and its options" not in error
 
 
+@pytest.mark.parametrize("region", ["", "EU-WEST-1", "useast2"])
+def test_a_region_not_shaped_like_one_says_what_to_set(nomad: NomadClient, region: str) -> None:
+    """Before any reference is read: the block's env is wrong, whatever the path."""
+    error = error_of(nomad, "prod/api", {"AWS_REGION": region})
+    assert error == (
+        f"the secret block's env sets AWS_REGION={region!r}, which is not an AWS region name:"
+        " set it to one, such as us-east-2, or remove it to read in the operator's region"
+    )
+
+
 def test_a_region_aws_does_not_have_in_the_config(nomad: NomadClient) -> None:
     """What AWS's own endpoint gives for an unknown region: no host to
     connect to (a dead port here)."""

@@ -70,7 +70,10 @@ def parse_environment(environ: Mapping[str, str]) -> tuple[Identity, JobOptions]
         )
     region = environ.get("AWS_REGION")
     if region is not None and not _REGION.match(region):
-        raise RequestError(f"env AWS_REGION={region[:64]!r} is not an AWS region name (such as us-east-2)")
+        raise RequestError(
+            f"the secret block's env sets AWS_REGION={region[:64]!r}, which is not an AWS region name:"
+            " set it to one, such as us-east-2, or remove it to read in the operator's region"
+        )
     identity = Identity(
         namespace=environ.get("NOMAD_NAMESPACE") or None,
         job_id=environ.get("NOMAD_JOB_ID") or None,
