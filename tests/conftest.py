@@ -146,20 +146,28 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def run_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
-    """``<run>/<name>``, held by one worker at a time: what one makes there,
-    the others find made."""
-    shared = run_dir(tmp_path_factory) / name
-    with open(f"{shared}.lock", "w") as lock:
+def go_builds(config: pytest.Config) -> Iterator[Path]:
+    """Where the Go test programs are built (pytest's cache directory, kept
+    between runs), held by one process at a time. A program is compiled
+    again only when its source or the toolchain changes (gocheck.build's
+    key): compiling the Woodpecker signer from nothing costs 9 s of CPU.
+    Under ``-p no:cacheprovider``, the run's own directory."""
+    cache: pytest.Cache | None = getattr(config, "cache", None)
+    if cache is not None:
+        shared = cache.mkdir("go")
+    else:
+        shared = run_dir(config._tmp_path_factory) / "go"  # type: ignore[attr-defined]  # as below
+        shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield shared
 
 
 @pytest.fixture(scope="session")
-def decoder(tmp_path_factory: pytest.TempPathFactory) -> GoDecoder:
+def decoder(pytestconfig: pytest.Config) -> GoDecoder:
     """Go's encoding/json and go-version, as the Nomad client decodes:
-    compiled once for the run, not once a worker."""
-    with run_lock(tmp_path_factory, "gocheck") as shared:
+    compiled once, not once a worker or a run."""
+    with go_builds(pytestconfig) as shared:
         try:
             return gocheck.decoder(shared)
         except gocheck.GoMissing as missing:

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import aws_config, put_secret, run_lock
+from conftest import aws_config, go_builds, put_secret
 from support import gocheck
 from support.serverutil import Server, server_config, write_secret
 from support.woodpecker import PyWoodpecker, Woodpecker, go_woodpecker
@@ -106,10 +106,10 @@ def pipeline_body(
 
 
 @pytest.fixture(scope="module", params=["go", "python"])
-def woodpecker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Woodpecker:
+def woodpecker(request: pytest.FixtureRequest) -> Woodpecker:
     if request.param == "python":
         return PyWoodpecker(SEED)
-    with run_lock(tmp_path_factory, "woodpecker-go") as shared:  # compiled once for the run
+    with go_builds(request.config) as shared:
         try:
             return go_woodpecker(shared, SEED)
         except gocheck.GoMissing as missing:
