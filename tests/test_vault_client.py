@@ -162,7 +162,7 @@ def test_a_hang_ends_at_the_deadline(bao: Session) -> None:
             client(proxy.url, seconds=1.0).call(REF, "GET", "secret/data/app", token=server.root)
         assert proxy.paths() == ["GET secret/data/app"]
     assert refused(server.root, call.value) == (
-        "'vault:secret/app' (Vault): no answer from Vault within the plugin's 1 s deadline; check that"
+        "'vault:secret/app' (Vault): no answer within the plugin's 1 s deadline; check that"
         " vault.address is reachable from the node; the operator sets plugin.deadline_seconds"
     )
 

@@ -346,7 +346,7 @@ class Client:
         return TimedOut(
             ref.text,
             LABEL,
-            f"no answer from Vault within the plugin's {self.deadline.seconds:g} s deadline",
+            f"no answer within the plugin's {self.deadline.seconds:g} s deadline",  # as resolve.py's
             "check that vault.address is reachable from the node; the operator sets plugin.deadline_seconds",
         )
 
