@@ -111,3 +111,27 @@ def test_the_readme_error_example_is_what_a_job_sees(nomad: NomadClient, secrets
     # moto's words for ResourceNotFoundException differ from AWS's: compare ours around them
     ours = re.sub(r"\(AWS said [^)]*\)", "(AWS said ...)", error)
     assert ours == re.sub(r"\(AWS said [^)]*\)", "(AWS said ...)", shown.group(1))
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            b"[aws\nregion = 'us-east-1'\n",
+            "is not valid TOML: Expected ']' at the end of a table declaration"
+            " (at line 1, column 5): correct it there",
+        ),
+        (b"[aws]\nregion = 'us-east-1'\n# caf\xe9\n", "is not UTF-8 (line 3): save it as UTF-8"),
+    ],
+)
+def test_a_config_that_cannot_be_read_says_where_and_what_next(
+    nomad: NomadClient, text: bytes, said: str
+) -> None:
+    """The operator review: a config that is not TOML named the parser's
+    complaint but no next step."""
+    path = write_config(nomad.plugin_dir, "")
+    path.write_bytes(text)
+    error = error_of(nomad, "prod/db")
+    assert error == (
+        f"the config file {path} {said}, then run `nomad-secrets check`, which reads it as every fetch does"
+    ), error

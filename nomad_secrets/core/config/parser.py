@@ -37,6 +37,10 @@ from nomad_secrets.core.policy import Rule, rule
 from nomad_secrets.core.schemes import SCHEMES, section_of
 from nomad_secrets.process.errors import ConfigError
 
+# Until the operator mends the file, every fetch of the node fails: the way
+# to know it is mended before the next task starts.
+CHECK_AFTER = ", then run `nomad-secrets check`, which reads it as every fetch does"
+
 
 def parse(text: bytes, path: str) -> Config:
     if sys.version_info >= (3, 11):
@@ -45,10 +49,15 @@ def parse(text: bytes, path: str) -> Config:
         import tomli as tomllib
     try:
         data = tomllib.loads(text.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"the config file {path} is not UTF-8") from None
+    except UnicodeDecodeError as exc:
+        line = text[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"the config file {path} is not UTF-8 (line {line}): save it as UTF-8{CHECK_AFTER}"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(
+            f"the config file {path} is not valid TOML: {exc}: correct it there{CHECK_AFTER}"
+        ) from None
     known = {"plugin", *SECTIONS, "providers", "policy", "agent", "audit", "metrics", *SERVER_SECTIONS}
     reject_unknown(data, known, "", path)
     sections: dict[str, Settings] = {}  # the stores' top-level sections: [aws], [vault]
