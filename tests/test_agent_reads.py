@@ -26,6 +26,7 @@ from test_agent import REGION_ENV, agent_config, operator_agent, socket_of
 from test_security import WEB_IDENTITY, token
 
 from nomad_secrets.agent import client
+from nomad_secrets.agent.flight import Flights
 
 DELAY = 0.2  # every call the proxy passes on is held this long first
 BURST = 100
@@ -500,3 +501,28 @@ def test_without_leave_to_batch_each_secret_is_read_alone(nomad: NomadClient, tm
             fetched = nomad.fetch("aws", "one = reads/one\ntwo = reads/two\n", REGION_ENV)
             assert fetched.result == {"one": "1", "two": "2"}, fetched.error
             assert batch_calls(proxy) == (1, 2)
+
+
+def test_a_call_that_outlived_its_starters_deadline_is_joined_by_no_one() -> None:
+    """The operator review: right after a hung store came back, a fetch
+    joined the call left over from the outage (botocore's retries ran on in
+    its thread) and failed at its own deadline while the store answered.
+    A call is shared while the read that started it waits; after that, a
+    read starts its own, and the old call's end takes out only itself."""
+    flights: Flights[str] = Flights()
+    hung, slow = threading.Event(), threading.Event()
+    later = time.monotonic() + 60
+
+    first, led = flights.join("k", lambda: "old" if hung.wait(30) else "", later)
+    same, joined_led = flights.join("k", lambda: "unused", later)
+    assert led and not joined_led and same is first  # while its starter waits: shared
+
+    left, left_led = flights.join("j", lambda: "old" if hung.wait(30) else "", time.monotonic() - 1)
+    fresh, fresh_led = flights.join("j", lambda: "new" if slow.wait(30) else "", later)
+    assert left_led and fresh_led and fresh is not left  # its starter was answered: a call of its own
+    hung.set()
+    assert left.done.wait(10) and left.value == "old" and first.done.wait(10)
+    behind, behind_led = flights.join("j", lambda: "unused", later)
+    assert behind is fresh and not behind_led  # the old call's end left the fresh one joinable
+    slow.set()
+    assert fresh.done.wait(10) and fresh.value == "new"

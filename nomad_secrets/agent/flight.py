@@ -8,12 +8,19 @@ calling again. No caller gets a value older than a call that started while
 it waited, so this needs no setting. Each caller waits within its own
 deadline, and was checked against the policy before it asked (fetch.py):
 what the key holds is decided by reads.py, never here.
+
+A call that has outlived the deadline of the read that started it is no
+longer joined: that read has been answered, and the call is one a store
+held that long (hung, then back, while botocore's retries run on). A read
+that waited on it would spend its whole deadline there, as the operator
+review saw right after an outage; it starts a call of its own instead.
 """
 
 from __future__ import annotations
 
 import _thread
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -23,7 +30,8 @@ T = TypeVar("T")
 class Call(Generic[T]):
     """One store call and its outcome, for everyone who waits for it."""
 
-    def __init__(self) -> None:
+    def __init__(self, ends: float) -> None:
+        self.ends = ends  # time.monotonic() at which the read that started it was answered
         self.done = threading.Event()
         self.value: T | None = None
         self.error: BaseException | None = None
@@ -42,14 +50,17 @@ class Flights(Generic[T]):
         self._lock = threading.Lock()
         self._calls: dict[Hashable, Call[T]] = {}
 
-    def join(self, key: Hashable, call: Callable[[], T], about: str = "") -> tuple[Call[T], bool]:
+    def join(
+        self, key: Hashable, call: Callable[[], T], ends: float, about: str = ""
+    ) -> tuple[Call[T], bool]:
         """The call in flight for ``key``, and whether this caller started it
-        (then ``call`` runs, in a thread of its own)."""
+        (then ``call`` runs, in a thread of its own); ``ends``: the caller's
+        deadline, as time.monotonic() will read it."""
         with self._lock:
             running = self._calls.get(key)
-            if running is not None:
+            if running is not None and time.monotonic() < running.ends:
                 return running, False
-            running = self._calls[key] = Call()
+            running = self._calls[key] = Call(ends)  # an outlived call runs on, joined by no one
             running.about = about
 
         def run() -> None:
@@ -57,7 +68,8 @@ class Flights(Generic[T]):
                 running.run(call)
             finally:
                 with self._lock:
-                    self._calls.pop(key, None)
+                    if self._calls.get(key) is running:
+                        del self._calls[key]
 
         try:
             # Not threading.Thread.start: it waits for the thread (the agent's rule).

@@ -154,7 +154,9 @@ class SharedBackend:
             self.tally.add(self.store, "hits")
             return kept[0]
         stale = kept[0] if kept is not None and settings.stale_if_error_seconds > 0 else None
-        call, led = self.shared.flights.join((self.part, key), lambda: self._call(ref, key), ref.text)
+        call, led = self.shared.flights.join(
+            (self.part, key), lambda: self._call(ref, key), self.deadline.at, ref.text
+        )
         if not led:
             self.tally.add(self.store, "shared")
         wait = self.deadline.remaining() - (STALE_MARGIN if stale is not None else 0.0)
