@@ -135,3 +135,16 @@ def test_a_config_that_cannot_be_read_says_where_and_what_next(
     assert error == (
         f"the config file {path} {said}, then run `nomad-secrets check`, which reads it as every fetch does"
     ), error
+
+
+@pytest.mark.parametrize("path", ["db = ", "db ="])
+def test_a_named_line_without_its_reference_says_it_is_missing(nomad: NomadClient, path: str) -> None:
+    """The hostile review: "db = " was told to write path = "" instead, and
+    the same line in a heredoc was called an empty path."""
+    error = error_of(nomad, path)
+    assert error == (
+        f"the secret path {path!r} names the key 'db' but no reference after its =: write the"
+        " reference there, in a heredoc of NAME = reference lines"
+    ), error
+    error = error_of(nomad, f"api = aws-sm:prod/api\n{path}\n")
+    assert error == "line 2 of the secret path names the key 'db' but no reference after its =", error

@@ -89,6 +89,10 @@ def parse_path(path: str) -> list[Reference]:
         if name in seen:
             raise RequestError(f"line {number} of the secret path: the NAME {name!r} is used twice")
         seen.add(name)
+        if not text:
+            raise RequestError(
+                f"line {number} of the secret path names the key {name!r} but no reference after its ="
+            )
         refs.append(parse_reference(text, name=name))
     if not refs:
         raise RequestError("the secret path has no reference; write NAME = reference lines")
@@ -106,6 +110,11 @@ def _refuse_lone_named_line(path: str) -> None:
         return
     text = match.group(2)
     spaced = re.search(r"\s=|=\s", path) is not None
+    if spaced and not text:  # "db = ": no reference to move into the path ("db=" may be a name)
+        raise RequestError(
+            f"the secret path {_show(path)} names the key {match.group(1)!r} but no reference after"
+            " its =: write the reference there, in a heredoc of NAME = reference lines"
+        )
     if spaced or text.partition(":")[0] in SCHEMES:
         raise RequestError(
             f"the secret path {_show(path)} is one NAME = reference line, which names keys only in a"
