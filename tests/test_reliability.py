@@ -429,14 +429,31 @@ def test_install_short_of_memory_says_so_in_one_line(node: Node, tmp_path: Path)
 def test_check_and_install_fail_when_the_cache_cannot_be_unpacked(node: Node) -> None:
     """A cache directory others may write to is refused (trust rules): fetch
     answers with an error object; check and install, for people and their
-    tools, exit 1 and say why on stderr (today's main exited 0)."""
+    tools, exit 1 (today's main exited 0). install says why on stderr;
+    check in its own form, the last line or the JSON object its monitoring
+    parses (the operator review: one line on stderr, and no JSON)."""
     node.cache.mkdir(exist_ok=True)
     os.chmod(node.cache, 0o777)
-    assert "cache directory" in str(node.fetch().plugin_error)
-    for argv in (["check"], ["install", "--common-plugin-dir", str(node.plugins), "--force"]):
-        proc = subprocess.run([str(node.exe), *argv], capture_output=True, text=True, env={}, timeout=60)
-        assert proc.returncode == 1, (argv, proc)
-        assert proc.stdout == "" and "cache directory" in proc.stderr, (argv, proc)
+    why = str(node.fetch().plugin_error)
+    assert "cache directory" in why
+    install = ["install", "--common-plugin-dir", str(node.plugins), "--force"]
+    proc = subprocess.run([str(node.exe), *install], capture_output=True, text=True, env={}, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr == why + "\n", proc
+    proc = subprocess.run([str(node.exe), "check"], capture_output=True, text=True, env={}, timeout=60)
+    assert (proc.returncode, proc.stderr) == (1, ""), proc
+    assert proc.stdout.splitlines() == [
+        "start:",
+        f"  PROBLEM  {why}",
+        "result: NOT OK: 1 problem, 0 warnings (a fetch that meets a PROBLEM above fails until it is fixed)",
+    ]
+    for asked in (["--format", "json"], ["--format=json"]):
+        proc = subprocess.run(
+            [str(node.exe), "check", *asked], capture_output=True, text=True, env={}, timeout=60
+        )
+        assert (proc.returncode, proc.stderr) == (1, ""), proc
+        report = json.loads(proc.stdout)
+        assert (report["result"], report["problems"], report["warnings"]) == ("NOT OK", 1, 0), report
+        assert report["items"] == [{"section": "start", "level": "problem", "message": why}], report
 
 
 def test_install_rewrites_a_build_file_that_cp_wrote_over(node: Node, tmp_path: Path) -> None:

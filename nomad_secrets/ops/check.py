@@ -25,6 +25,7 @@ from typing import Any
 from nomad_secrets.core import config as config_module
 from nomad_secrets.core.config import Config, Provider, Settings, VaultSettings, require_policy
 from nomad_secrets.core.policy import everyone_reads_everything
+from nomad_secrets.process import endings
 from nomad_secrets.process.errors import ConfigError, PluginError
 from nomad_secrets.process.trust import untrusted, untrusted_ancestors, untrusted_log
 from nomad_secrets.stores import registry
@@ -82,14 +83,7 @@ class Report:
     def summary(self) -> str:
         """The last line, one form for every run: a config that cannot be
         loaded ends as a check that found problems further on does."""
-        counted = f"{_count(self.problems, 'problem')}, {_count(self.warnings, 'warning')}"
-        if self.problems:
-            counted += " (a fetch that meets a PROBLEM above fails until it is fixed)"
-        return f"result: {self.result}: {counted}"
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+        return endings.check_summary(self.problems, self.warnings)
 
 
 def main(argv: list[str], executable: str) -> int:

@@ -365,10 +365,46 @@ def operation() -> str:
 
 
 def end(message: str) -> NoReturn:
-    """Nomad's answer (an error object, exit 0) for fetch; a line on stderr
-    and exit 1 for the commands people and their tools run (check,
-    install), which must not look like success."""
+    """Nomad's answer (an error object, exit 0) for fetch; for the commands
+    people and their tools run, exit 1, which must not look like success:
+    check's own report of one problem (its monitoring parses the last line,
+    or the JSON object), and a line on stderr for the others (install)."""
     if operation() in ("fetch", ""):
         answer_error(message)
+    if operation() == "check":
+        os.write(1, check_report(message, json_asked=_asks_json(sys.argv[2:])).encode())
+        os._exit(1)
     os.write(2, message.encode() + b"\n")
     os._exit(1)
+
+
+def check_summary(problems: int, warnings: int) -> str:
+    """check's last line (ops/check.py), one form for every run, one that
+    could not start included."""
+
+    def count(number: int, noun: str) -> str:
+        return f"{number} {noun}{'' if number == 1 else 's'}"
+
+    said = f"{count(problems, 'problem')}, {count(warnings, 'warning')}"
+    if problems:
+        said += " (a fetch that meets a PROBLEM above fails until it is fixed)"
+    return f"result: {'NOT OK' if problems else 'OK'}: {said}"
+
+
+def check_report(message: str, json_asked: bool) -> str:
+    """check's report of a run that could not start (before its code was
+    unpacked): the one problem, in the form of any other check."""
+    if json_asked:
+        import json
+
+        item = {"section": "start", "level": "problem", "message": message}
+        report = {"result": "NOT OK", "problems": 1, "warnings": 0, "providers": {}, "items": [item]}
+        return json.dumps(report, indent=1) + "\n"
+    return f"start:\n  PROBLEM  {message}\n{check_summary(1, 0)}\n"
+
+
+def _asks_json(argv: list[str]) -> bool:
+    """check's ``--format json`` (or ``--format=json``), as argparse reads it."""
+    from itertools import pairwise
+
+    return "--format=json" in argv or ("--format", "json") in pairwise(argv)
