@@ -153,6 +153,7 @@ def _unpack(
     ``cache``: the cache module (its marks, its manifest). Whatever ends
     it (an error, a full disk, Nomad's SIGTERM), the temporary directory
     goes; a SIGKILL's is locked by no one, and ``cache.prune`` takes it."""
+    import _signal  # type: ignore[import-not-found,unused-ignore]  # built in: not signal's enums
     import errno
     import fcntl
     import io
@@ -168,9 +169,19 @@ def _unpack(
         if problem:
             raise CacheError(problem)
         _phase[0] = "unpacked a new build into"
-        tmp = tempfile.mkdtemp(prefix=".unpack-", dir=cache_root)
-        held = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Nomad's SIGTERM is held back until the temporary directory has a
+        # name here to be removed by: raised inside mkdtemp, after its mkdir,
+        # it left the directory behind (a fresh clone's CI saw one).
+        mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGTERM})
         try:
+            tmp = tempfile.mkdtemp(prefix=".unpack-", dir=cache_root)
+        except BaseException:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
+            raise
+        held = -1
+        try:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)  # one held back is raised here, in this try
+            held = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             fcntl.flock(held, fcntl.LOCK_SH)  # ours while we live (cache.prune)
             with zipfile.ZipFile(archive) as outer:
                 lib = io.BytesIO(outer.read("lib.zip"))  # a zip in the zip: see scripts/build
@@ -197,7 +208,8 @@ def _unpack(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         finally:
-            os.close(held)
+            if held >= 0:
+                os.close(held)
     except OSError as exc:
         limit = endings.limit_in(exc)
         if limit:
