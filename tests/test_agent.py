@@ -131,6 +131,25 @@ def test_the_forwarded_fetch_imports_nothing_of_the_plugin(
     agent.wait_for("answered provider='aws' namespace='default' job='web' outcome='ok'")
 
 
+def test_a_config_open_for_writing_starts_no_agent(
+    nomad: NomadClient, moto_endpoint: str, socket_dir: Path
+) -> None:
+    """A deploy that rewrites the config in place (truncate, write, close)
+    and holds it open: the fetch waits for the writer once, in process, and
+    names it. Before, it started an agent on what might be half a file; the
+    agent waited out the writer too, and again when it was replaced, so a
+    fetch took three times the wait its message names (6 s, not 2)."""
+    path = write_config(nomad.plugin_dir, agent_config(moto_endpoint, agent="idle_exit_seconds = 60\n"))
+    sock = socket_of(nomad, socket_dir)
+    with open(path, "r+b"):  # a writer that has it open
+        fetched = nomad.fetch("aws", "agent/writing", REGION_ENV)
+    assert fetched.plugin_error == (
+        f"the config file {path} stayed open for writing for 2 s (`fuser -v {path}` shows the process):"
+        " write the new config to a temporary file in the same directory and rename it into place"
+    )
+    assert not sock.exists()  # no agent was started: its socket would be there
+
+
 def test_a_fetch_starts_the_agent_by_default(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: Any, socket_dir: Path, tmp_path: Path
 ) -> None:

@@ -38,6 +38,7 @@ import sys
 TYPE_CHECKING = False  # not typing's: importing it costs a forwarded fetch ~7 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 SOCKET_DIR = "/run/nomad-secrets"  # scripts/build --socket-dir may name another
 MAGIC = b"NSA2"
@@ -285,10 +286,10 @@ class Agent:
         config = config_file(self.plugin_dir)
         if config is None:
             raise NoAgent("no config file: an agent serves only a plugin directory with one")
-        with open(config, "rb") as f:
-            if auto_off(f.read(1 << 20).decode("utf-8", "replace")):
-                raise NoAgent(f"{config} says [agent] auto = false")
         import fcntl
+
+        if auto_off(_settled_text(config, fcntl)):
+            raise NoAgent(f"{config} says [agent] auto = false")
 
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         lock = os.open(self.path[: -len(".sock")] + ".lock", flags, 0o600)
@@ -319,6 +320,48 @@ class Agent:
                 listener.close()  # the agent has its own copy
         finally:
             os.close(lock)
+
+
+def _settled_text(path: str, fcntl: Any) -> str:
+    """The config's text, for ``auto_off``; NoAgent while a process has it
+    open for writing (a deploy in place: truncate, write, close). Its bytes
+    may be half a file then, and an agent started on them waits out the
+    writer (config.WRITER_WAIT_SECONDS) before it can answer, and again when
+    it is replaced, before the fetch waits once more in process: a fetch
+    during a deploy took three times the wait its message names. So the
+    fetch goes in process at once, where the config reader waits for the
+    writer. A read lease is refused while a writer has the file open, as
+    in the config reader (which this module cannot import: see the top);
+    where there are no leases (not our file, NFS) the file is read as it is."""
+    import _signal  # type: ignore[import-not-found,unused-ignore]  # built in: not signal's enums
+    import errno
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NoAgent(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        # A writer opening the file while the lease is held sends SIGIO, whose
+        # default ends the process; the fetch in process ignores it too.
+        _signal.signal(_signal.SIGIO, _signal.SIG_IGN)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            leased = True
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                raise NoAgent(
+                    f"{path} is open for writing (a deploy?): the fetch waits for it in process"
+                ) from None
+            leased = False
+        try:
+            return os.read(fd, 1 << 20).decode("utf-8", "replace")
+        except OSError as exc:
+            raise NoAgent(f"cannot read {path}: {exc.strerror}") from None
+        finally:
+            if leased:
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    finally:
+        os.close(fd)
 
 
 class _Replace(Exception):
