@@ -225,19 +225,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     # The tests that run alone go first, one after another: a serial test
     # met later waits for every running test to end while the other workers
-    # stand idle (pytest_runtest_protocol). Then the tests marked long, then
-    # the others, and the unit tier last: tests of a few milliseconds fill
-    # the end of the run, where a worker that drew a long wait last would
-    # hold it up alone. Stable, so every worker collects the same order, as
-    # xdist requires.
-    def phase(item: pytest.Item) -> int:
-        if item.get_closest_marker("serial") is not None:
-            return 0
-        if item.get_closest_marker("unit") is not None:
-            return 3
-        return 1 if item.get_closest_marker("long") is not None else 2
+    # stand idle (pytest_runtest_protocol). Then the other process tests,
+    # with the tests marked long spread over the first half of them: run
+    # together, they left the cores a third idle while they waited; last,
+    # one would hold up the end of the run alone. The unit tier fills the
+    # end: tests of a few milliseconds. Stable, so every worker collects the
+    # same order, as xdist requires.
+    def phase(item: pytest.Item) -> str:
+        for mark in ("serial", "unit", "long"):
+            if item.get_closest_marker(mark) is not None:
+                return mark
+        return "other"
 
-    items.sort(key=phase)
+    by: dict[str, list[pytest.Item]] = {"serial": [], "unit": [], "long": [], "other": []}
+    for item in items:
+        by[phase(item)].append(item)
+    step = len(by["other"]) / 2 / max(len(by["long"]), 1)  # one long test every `step` others
+    before: dict[int, list[pytest.Item]] = {}
+    for j, item in enumerate(by["long"]):
+        before.setdefault(int(j * step), []).append(item)
+    spread: list[pytest.Item] = []
+    for i, item in enumerate(by["other"]):
+        spread += before.pop(i, [])
+        spread.append(item)
+    spread += [item for rest in before.values() for item in rest]  # no others to go between
+    items[:] = by["serial"] + spread + by["unit"]
 
 
 # How many serial tests this run holds, once collected and selected.

@@ -324,10 +324,16 @@ DENIED_TO_WEB = '[[policy]]\njob = "billing"\nallow = ["aws-sm:**"]\n'
 
 
 def _fetches_while(
-    nomad: NomadClient, endpoint: str, name: str, write: Callable[[Path, bytes], None], count: int
+    nomad: NomadClient,
+    endpoint: str,
+    name: str,
+    write: Callable[[Path, bytes], None],
+    count: int,
+    seconds: float | None = None,
 ) -> tuple[Path, list[Any]]:
     """``count`` fetches by job web of a secret the whole config denies it,
-    while ``write`` deploys that same config again and again."""
+    while ``write`` deploys that same config again and again (for the first
+    ``seconds`` of them, if given)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -336,7 +342,8 @@ def _fetches_while(
     stop = threading.Event()
 
     def deploy() -> None:
-        while not stop.is_set():
+        until = time.monotonic() + (seconds or float("inf"))
+        while not stop.is_set() and time.monotonic() < until:
             write(path, text)
 
     writer = threading.Thread(target=deploy)
@@ -356,9 +363,12 @@ def test_a_config_rewritten_in_place_never_grants_more(
     nomad: NomadClient, moto_endpoint: str, secretsmanager: object
 ) -> None:
     """The reviewer's race: the file rewritten in place, over and over (as cp
-    does: truncate, write part, write the rest), while 20 fetches run. The
-    whole file denies job web; no fetch may read the secret. On today's main
-    8 of 20 did."""
+    does: truncate, write part, write the rest), while 20 fetches start at
+    once. The whole file denies job web; no fetch may read the secret. On
+    today's main 8 of 20 did. The writer stops after 3 s: by then a plugin
+    that did not wait for it would have read half files in most fetches,
+    and one that does has waited, and told the rest (2 slots: 20 fetches
+    each waiting 2 s took 10 s)."""
 
     def rewrite(path: Path, text: bytes) -> None:
         with open(path, "r+b") as f:
@@ -369,7 +379,7 @@ def test_a_config_rewritten_in_place_never_grants_more(
             f.write(text[len(text) // 2 :])
 
     put_secret(secretsmanager, "midwrite/db", "granted")
-    _, fetched = _fetches_while(nomad, moto_endpoint, "midwrite/db", rewrite, 20)
+    _, fetched = _fetches_while(nomad, moto_endpoint, "midwrite/db", rewrite, 20, seconds=3.0)
     for f in fetched:
         message = f.plugin_error or ""
         assert "policy matches namespace 'default', job 'web'" in message or "open for writing" in message, f
