@@ -354,6 +354,24 @@ def test_a_childs_token_assumes_its_parents_role(
     assert "nomad_job_id claim" in error_of(nomad.fetch("aws", "backup-secret", imitator, job_id="backup/x"))
 
 
+def test_a_job_id_with_a_slash_cannot_name_another_jobs_role(nomad: NomadClient, moto_endpoint: str) -> None:
+    """IAM names a role by the last part of its ARN: job "x/ns2@db" would
+    fill the docs' template to role "ns2@db", job db of namespace ns2's.
+    Nomad allows '/' in a job ID; the plugin asks STS for no such role."""
+    template = 'web_identity_role_arn = "arn:aws:iam::123456789012:role/nomad/{namespace}@{job}"\n'
+    job = "x/ns2@db"
+    with RecordingProxy(moto_endpoint) as proxy:
+        write_config(nomad.plugin_dir, aws_config(proxy.url) + template)
+        env = {**REGION_ENV, "NOMAD_WORKLOAD_TOKEN": token(job=job)}
+        message = error_of(nomad.fetch("aws", "db-secret", env, job_id=job))
+    assert proxy.requests == []
+    assert message.endswith(
+        "the job 'x/ns2@db' cannot fill {job} in aws.web_identity_role_arn: an IAM role's name holds only"
+        " letters, digits and _+=,.@- (no '/'); rename the job, or read this secret through a provider"
+        " without web_identity_role_arn (docs/policy.md)"
+    ), message
+
+
 @pytest.mark.parametrize(("expired", "needle"), [(False, "NOMAD_WORKLOAD_TOKEN"), (True, "expired")])
 def test_web_identity_needs_a_live_token(
     nomad: NomadClient, moto_endpoint: str, expired: bool, needle: str

@@ -17,6 +17,7 @@ from nomad_secrets.process import errors
 from nomad_secrets.process.deadline import Deadline
 from nomad_secrets.process.errors import ConfigError, PluginError, RequestError, StoreError
 
+_ROLE_NAME = re.compile(r"[A-Za-z0-9_+=,.@-]+")  # what IAM allows in a role's name
 CONNECT_TIMEOUT = 3.0  # a dead endpoint should not eat the whole deadline
 _THROTTLED = {"ThrottlingException", "TooManyRequestsException", "Throttling", "RequestLimitExceeded"}
 _DENIED = {
@@ -204,6 +205,17 @@ def _web_identity(
             ' (env = true) and NOMAD_WORKLOAD_TOKEN = "${NOMAD_TOKEN_<identity name>}" to'
             " the secret block's env"
         )
+    for placeholder, value in (("namespace", identity.namespace), ("job", identity.job_id)):
+        if not _ROLE_NAME.fullmatch(value):
+            # A '/' would end the role's name there: job "x/ns2@db" would
+            # ask for role "ns2@db", another namespace's, which only the
+            # role's trust policy would still refuse.
+            raise RequestError(
+                f"the {placeholder} {value!r} cannot fill {{{placeholder}}} in aws.web_identity_role_arn:"
+                " an IAM role's name holds only letters, digits and _+=,.@- (no '/');"
+                f" rename the {placeholder}, or read this secret through a provider without"
+                " web_identity_role_arn (docs/policy.md)"
+            )
     role_arn = (settings.web_identity_role_arn or "").replace("{namespace}", identity.namespace)
     role_arn = role_arn.replace("{job}", identity.job_id)
     session_name = re.sub(r"[^\w+=,.@-]", "-", f"nomad-{identity.namespace}-{identity.job_id}")[:64]
