@@ -27,7 +27,8 @@ from conftest import aws_config, interpreter, put_secret, write_config
 from support.agent_process import AgentProcess, agent_pid, listening_on, wait_gone
 from support.nomad import NomadClient, limited, nomad_env, run_plugin
 
-from nomad_secrets.agent import client
+from nomad_secrets.agent import client, server
+from nomad_secrets.core.config import reader
 
 REGION_ENV = {"AWS_REGION": "us-east-2"}
 MiB = 1 << 20
@@ -148,6 +149,32 @@ def test_a_config_open_for_writing_starts_no_agent(
         " write the new config to a temporary file in the same directory and rename it into place"
     )
     assert not sock.exists()  # no agent was started: its socket would be there
+
+
+@pytest.mark.long
+def test_a_deploy_holding_the_config_open_holds_up_no_agent(
+    nomad: NomadClient, agent: AgentProcess, secretsmanager: Any
+) -> None:
+    """A deploy that rewrites the config in place and holds it open (a slow
+    tool, an editor) through the agent's periodic look at its config: the
+    look does not wait for the writer, so the agent keeps accepting and
+    keeps running, and a fetch meanwhile is its to answer (it waits for the
+    writer, as a fetch in process does). Before, the look waited up to 2 s
+    in the accept loop, so fetches took the agent for hung, and then the
+    agent stopped: "its config can no longer be used"."""
+    put_secret(secretsmanager, "agent/deployed", "v")
+    path = nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
+    # long enough that one whole look, and its wait before, fall inside it
+    hold = server.CHECK_SECONDS + 0.5 + reader.WRITER_WAIT_SECONDS + 0.5
+    with open(path, "r+b"):
+        held_until = time.monotonic() + hold
+        fetched = nomad.fetch("aws", "agent/deployed", REGION_ENV)
+        assert "stayed open for writing for 2 s" in str(fetched.plugin_error), fetched
+        assert "outcome='error'" in agent.wait_answered(1)[0]  # the agent's answer, not one in process
+        time.sleep(max(0.0, held_until - time.monotonic()))
+    assert nomad.fetch("aws", "agent/deployed", REGION_ENV).result == {"value": "v"}
+    assert "outcome='ok'" in agent.wait_answered(2)[1]
+    assert agent.proc.poll() is None and not [line for line in agent.lines if line.startswith("stopping")]
 
 
 def test_a_fetch_starts_the_agent_by_default(

@@ -407,6 +407,27 @@ def test_a_config_deployed_by_remove_and_create_never_grants_more(
         assert "policy matches namespace 'default', job 'web'" in str(f.plugin_error), f
 
 
+def test_a_look_that_does_not_wait_names_a_deploy_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node agent's periodic look (wait=False): a config open for
+    writing, or missing while its directory just changed, is BeingDeployed
+    at once, not waited for (2 s, 1 s) and not an error of the config."""
+    monkeypatch.setattr(config.reader, "SYSTEM_CONFIG", str(tmp_path / "none.toml"))
+    plugin = tmp_path / "secrets"
+    plugin.mkdir(mode=0o755)
+    beside = plugin / config.CONFIG_FILE_NAME
+    beside.write_text('[[policy]]\nallow = ["*:**"]\n')
+    beside.chmod(0o600)
+    executable = str(plugin / "aws")
+    assert config.load(executable, wait=False).path == str(beside)
+    with open(beside, "r+b"), pytest.raises(config.BeingDeployed, match="is open for writing"):
+        config.load(executable, wait=False)
+    beside.unlink()  # the directory changes now
+    with pytest.raises(config.BeingDeployed, match=r"while .* changes"):
+        config.load(executable, wait=False)
+
+
 def test_a_config_being_redeployed_is_waited_for_not_passed_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -148,8 +148,8 @@ class Agent:
         payload = self._answer(executable, path, environ, start)
         return None if self.stepped_aside or self._request.short else payload
 
-    def load(self, executable: str) -> Config:
-        config = config_module.load(executable, cache=self._parsed)
+    def load(self, executable: str, *, wait: bool = True) -> Config:
+        config = config_module.load(executable, cache=self._parsed, wait=wait)
         if config.path is None:
             raise _NotServed("no config file: an agent serves only a plugin directory with one")
         self.shared.config_seen(config)  # a changed config empties the cache at once
@@ -501,7 +501,12 @@ class Server:
         if agent.upgraded():
             agent.step_aside("the executable is another build now")
         try:
-            config = agent.load(os.path.join(agent.plugin_dir, "nomad-secrets"))
+            # A look, not a wait: waiting out a deploy here held up every
+            # accept for up to 2 s (fetches took the agent for hung), and one
+            # that held the file longer stopped the agent.
+            config = agent.load(os.path.join(agent.plugin_dir, "nomad-secrets"), wait=False)
+        except config_module.BeingDeployed:
+            return  # the next look, CHECK_SECONDS on, finds it deployed
         except (PluginError, _NotServed, OSError) as exc:
             if limit_of(exc, "reading its config"):  # out of descriptors for now: not a reason to stop
                 return

@@ -50,6 +50,7 @@ from nomad_secrets.core.config.model import (
 )
 from nomad_secrets.core.config.parser import AFTER_RULES, allow_last, build_settings, parse, reject_unknown
 from nomad_secrets.core.config.reader import (
+    BeingDeployed,
     check_files,
     find_config,
     load,
@@ -73,6 +74,7 @@ __all__ = [
     "VAULT_CREDENTIAL_KEYS",
     "AuditSettings",
     "AwsSettings",
+    "BeingDeployed",
     "CacheSettings",
     "Config",
     "Provider",

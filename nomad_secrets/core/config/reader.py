@@ -28,7 +28,13 @@ from nomad_secrets.process.trust import Untrusted, untrusted
 from nomad_secrets.process.trust import check as check_trust
 
 
-def find_config(executable: str) -> str | None:
+class BeingDeployed(ConfigError):
+    """The config is being deployed at this moment (open for writing, or
+    missing while its directory changes): raised at once by a look that
+    does not wait (``wait=False``), whose caller looks again later."""
+
+
+def find_config(executable: str, *, wait: bool = True) -> str | None:
     """The config file for the executable at ``executable``, if any.
 
     ``executable`` is the path Nomad ran (argv[0]), not a resolved symlink:
@@ -52,6 +58,8 @@ def find_config(executable: str) -> str | None:
                 break
         else:
             return None
+        if not wait:
+            raise BeingDeployed(f"no config file at {candidate} while {os.path.dirname(candidate)} changes")
         if time.monotonic() > give_up:
             raise ConfigError(
                 f"no config file at {candidate}, and entries of {os.path.dirname(candidate)} kept being"
@@ -87,7 +95,9 @@ def provider_name(executable: str) -> str:
     return "nomad-secrets" if name == "__main__.py" else name
 
 
-def load(executable: str, *, cache: dict[tuple[str, bytes], Config] | None = None) -> Config:
+def load(
+    executable: str, *, cache: dict[tuple[str, bytes], Config] | None = None, wait: bool = True
+) -> Config:
     """The config for ``executable``, once every file it trusts is checked:
     the plugin directory (a file dropped there would be our config) and the
     config file, here; the secret files it names are checked here too, but
@@ -95,21 +105,22 @@ def load(executable: str, *, cache: dict[tuple[str, bytes], Config] | None = Non
     fetch that uses that file (``check_files``): one provider's missing
     token file must not stop every other provider on the node. ``cache`` (a
     long-lived process's) keeps parsed configs by path and content: the
-    checks and the read happen every time."""
+    checks and the read happen every time. ``wait=False``: a config being
+    deployed raises BeingDeployed at once instead of being waited for."""
     plugin_dir = os.path.dirname(os.path.abspath(executable))
     require_trusted(plugin_dir, "plugin directory")
-    path = find_config(executable)
+    path = find_config(executable, wait=wait)
     if path is None:
         return Config()
     try:
-        return load_file(path, cache=cache, strict=False)
+        return load_file(path, cache=cache, strict=False, wait=wait)
     except ConfigError:
         if os.path.lexists(path):
             raise
     # Gone between the look and the read (a deploy that removes, then
     # writes): look once more, waiting for it as find_config does.
-    path = find_config(executable)
-    return Config() if path is None else load_file(path, cache=cache, strict=False)
+    path = find_config(executable, wait=wait)
+    return Config() if path is None else load_file(path, cache=cache, strict=False, wait=wait)
 
 
 def check_files(config: Config, provider: Provider, stores: Iterable[str]) -> None:
@@ -129,13 +140,14 @@ def load_file(
     cache: dict[tuple[str, bytes], Config] | None = None,
     ancestors: bool = True,
     strict: bool = True,
+    wait: bool = True,
 ) -> Config:
     """The config in ``path``, once it and the secret files it names are
     trusted. ``ancestors=False`` checks the files but not the directories
     above them: for ``serve --nomad-task``, whose files are in a Nomad task's
     directories (0777 by Nomad's design, the task's isolation guards them)."""
     require_trusted(path, "config file", ancestors=ancestors)
-    text = _settled_read(path)
+    text = _settled_read(path, wait)
     if not text.strip():
         # Emptied in place and left so (a writer that died, `: > file`):
         # it must not read as "no config", every job reading everything.
@@ -180,7 +192,7 @@ WRITER_WAIT_SECONDS = 2.0  # a config still open for writing after this: refused
 WRITER_POLL_SECONDS = 0.02
 
 
-def _settled_read(path: str) -> bytes:
+def _settled_read(path: str, wait: bool = True) -> bytes:
     """The file's bytes, read while no process has it open for writing.
 
     ``cp``, ``cat >`` and most tools rewrite a file in place: truncate, then
@@ -227,6 +239,8 @@ def _settled_read(path: str) -> bytes:
         # by the next (`: > f; cat new > f`); load_file refuses it if it stays.
         if text is not None and (text.strip() or late):
             return text
+        if not wait:
+            raise BeingDeployed(f"the config file {path} is open for writing, or empty")
         if late:
             raise ConfigError(
                 f"the config file {path} stayed open for writing for {WRITER_WAIT_SECONDS:g} s"
