@@ -16,6 +16,7 @@ from dataclasses import fields, replace
 from typing import Any, TypeVar
 
 from nomad_secrets.core.config.model import (
+    CONFIG_FILE_NAME,
     MAX_CACHE_SECONDS,
     MAX_OUTPUT_BYTES,
     RESERVED_NAMES,
@@ -37,9 +38,17 @@ from nomad_secrets.core.policy import Rule, rule
 from nomad_secrets.core.schemes import SCHEMES, section_of
 from nomad_secrets.process.errors import ConfigError
 
-# Until the operator mends the file, every fetch of the node fails: the way
-# to know it is mended before the next task starts.
-CHECK_AFTER = ", then run `nomad-secrets check`, which reads it as every fetch does"
+
+def _check_after(path: str) -> str:
+    """Until the operator mends the file, every fetch of the node fails: the
+    way to know it is mended before the next task starts. check reads the
+    config of the directory its executable is in, so it is run by a name
+    there, as Nomad runs it (a `nomad-secrets check` elsewhere reads none)."""
+    directory, name = os.path.split(path)
+    plugin = (
+        f"{directory}/<provider>" if name == CONFIG_FILE_NAME else "<common_plugin_dir>/secrets/<provider>"
+    )
+    return f", then run `{plugin} check` (a name Nomad runs), which reads it as every fetch does"
 
 
 def parse(text: bytes, path: str) -> Config:
@@ -52,11 +61,11 @@ def parse(text: bytes, path: str) -> Config:
     except UnicodeDecodeError as exc:
         line = text[: exc.start].count(b"\n") + 1
         raise ConfigError(
-            f"the config file {path} is not UTF-8 (line {line}): save it as UTF-8{CHECK_AFTER}"
+            f"the config file {path} is not UTF-8 (line {line}): save it as UTF-8{_check_after(path)}"
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
-            f"the config file {path} is not valid TOML: {exc}: correct it there{CHECK_AFTER}"
+            f"the config file {path} is not valid TOML: {exc}: correct it there{_check_after(path)}"
         ) from None
     known = {"plugin", *SECTIONS, "providers", "policy", "agent", "audit", "metrics", *SERVER_SECTIONS}
     reject_unknown(data, known, "", path)
