@@ -171,6 +171,24 @@ def in_background(pool: ThreadPoolExecutor, call: Any, *args: Any) -> Future[tup
     return future
 
 
+@pytest.mark.process  # a listening socket of its own
+def test_a_read_that_hangs_to_the_cutoff_is_named_as_the_cutoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read blocked for the whole time times out at the same instant as
+    the cut-off's timer, and either may be first. The run above once got
+    "no answer from ... (TimeoutError)" where the timer's words were due:
+    here the timer always loses, and the words are still the cut-off's."""
+    import socket
+
+    from nomad_secrets.serve import fetchjson
+
+    monkeypatch.setattr(fetchjson._Cutoff, "_fire", lambda self: None)  # the read's timeout comes first
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (the backlog), never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/keys"
+        with pytest.raises(fetchjson.NoAnswer) as raised:
+            fetchjson.Fetcher().get(url, {}, Deadline(0.3), 1024)
+    assert str(raised.value) == f"no complete answer from {url} within 0.3 s"
+
+
 @pytest.mark.long
 @pytest.mark.parametrize("mode", ["drip", "hang", "garbage"])
 def test_a_cached_key_is_not_held_up_by_a_refresh_that_is(

@@ -21,6 +21,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -68,7 +69,7 @@ class Fetcher:
             body = answer.read(max_bytes + 1)
             cutoff.check()
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            if cutoff.fired.is_set():
+            if cutoff.passed():
                 raise NoAnswer(f"no complete answer from {url} within {deadline.seconds:g} s") from None
             raise NoAnswer(f"no answer from {url} ({type(exc).__name__})") from None
         finally:
@@ -88,6 +89,7 @@ class _Cutoff:
 
     def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
         self.conn = conn
+        self.ends = time.monotonic() + seconds
         self.fired = threading.Event()
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
@@ -107,6 +109,12 @@ class _Cutoff:
         have ended on its own timeout just as the timer fired)."""
         if self.fired.is_set():
             raise TimeoutError
+
+    def passed(self) -> bool:
+        """Whether the time ran out: the timer fired, or is about to. A read
+        blocked for the whole time times out at the same instant as the
+        timer, and either may be first: both are the one cut-off."""
+        return self.fired.is_set() or time.monotonic() >= self.ends
 
     def cancel(self) -> None:
         self._timer.cancel()
