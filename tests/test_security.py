@@ -370,6 +370,13 @@ def test_a_job_id_with_a_slash_cannot_name_another_jobs_role(nomad: NomadClient,
         " letters, digits and _+=,.@- (no '/'); rename the job, or read this secret through a provider"
         " without web_identity_role_arn (docs/policy.md)"
     ), message
+    # A role that names no job: such a job ID fills nothing, and STS is asked.
+    with RecordingProxy(moto_endpoint) as proxy:
+        fixed = 'web_identity_role_arn = "arn:aws:iam::123456789012:role/nomad-fixed"\n'
+        write_config(nomad.plugin_dir, aws_config(proxy.url) + fixed)
+        nomad.fetch("aws", "db-secret", env, job_id=job)
+    form = parse_qs(proxy.requests[0].body.decode())
+    assert form["RoleArn"] == ["arn:aws:iam::123456789012:role/nomad-fixed"]
 
 
 @pytest.mark.parametrize(("expired", "needle"), [(False, "NOMAD_WORKLOAD_TOKEN"), (True, "expired")])

@@ -205,8 +205,9 @@ def _web_identity(
             ' (env = true) and NOMAD_WORKLOAD_TOKEN = "${NOMAD_TOKEN_<identity name>}" to'
             " the secret block's env"
         )
+    template = settings.web_identity_role_arn or ""
     for placeholder, value in (("namespace", identity.namespace), ("job", identity.job_id)):
-        if not _ROLE_NAME.fullmatch(value):
+        if "{" + placeholder + "}" in template and not _ROLE_NAME.fullmatch(value):
             # A '/' would end the role's name there: job "x/ns2@db" would
             # ask for role "ns2@db", another namespace's, which only the
             # role's trust policy would still refuse.
@@ -216,8 +217,7 @@ def _web_identity(
                 f" rename the {placeholder}, or read this secret through a provider without"
                 " web_identity_role_arn (docs/policy.md)"
             )
-    role_arn = (settings.web_identity_role_arn or "").replace("{namespace}", identity.namespace)
-    role_arn = role_arn.replace("{job}", identity.job_id)
+    role_arn = template.replace("{namespace}", identity.namespace).replace("{job}", identity.job_id)
     session_name = re.sub(r"[^\w+=,.@-]", "-", f"nomad-{identity.namespace}-{identity.job_id}")[:64]
     # AssumeRoleWithWebIdentity is unsigned: the token is the credential.
     left = deadline.call_timeout()
