@@ -451,6 +451,37 @@ def test_a_config_being_redeployed_is_waited_for_not_passed_over(
         later.join()
 
 
+def test_a_file_removed_a_moment_ago_is_waited_for_not_read_as_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deploy that removes the file and writes the new one a moment later
+    (the re-review's `rm; sleep 0.3; cp`, and slower): the gap is waited
+    out while the directory is quiet, past the second that a directory
+    changing all along gets. With 0.25 s, it read as no config: built-in
+    defaults, every job reading everything."""
+    etc, plugin = tmp_path / "etc", tmp_path / "secrets"
+    for folder in (etc, plugin):
+        folder.mkdir()
+    monkeypatch.setattr(config.reader, "SYSTEM_CONFIG", str(etc / "absent.toml"))
+    removed = time.time() - 0.5  # half a second ago
+    os.utime(plugin, (removed, removed))
+    os.utime(etc, (removed - 60, removed - 60))
+    clock = [time.monotonic()]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    beside = plugin / config.CONFIG_FILE_NAME
+
+    def sleep(seconds: float) -> None:  # the new file comes 1.6 s on: 2.1 s after the removal
+        clock[0] += 0.4
+        slept.append(seconds)
+        if len(slept) == 4:
+            beside.write_text('[[policy]]\nallow = ["*:**"]\n')
+
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleep)
+    assert config.find_config(str(plugin / "aws")) == str(beside)
+    assert len(slept) == 4
+
+
 def test_a_quiet_or_future_dated_directory_is_not_waited_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -53,14 +53,17 @@ def find_config(executable: str, *, wait: bool = True) -> str | None:
             # one (`install -m`, `rm; cp`) shows a moment without it, which
             # must read neither as "no config" (every job reads everything)
             # nor as the next place's config: while its directory is
-            # changing, wait here.
-            if _being_redeployed(os.path.dirname(candidate), first_seen):
+            # changing, or changed a moment ago, wait here.
+            state = _being_redeployed(os.path.dirname(candidate), first_seen)
+            if state:
                 break
         else:
             return None
         if not wait:
             raise BeingDeployed(f"no config file at {candidate} while {os.path.dirname(candidate)} changes")
-        if time.monotonic() > give_up:
+        # Changed a moment ago, and quiet since: waited for until it has been
+        # quiet ABSENT_QUIET_SECONDS; changing while we look: refused.
+        if state == CHANGING and time.monotonic() > give_up:
             raise ConfigError(
                 f"no config file at {candidate}, and entries of {os.path.dirname(candidate)} kept being"
                 f" created or removed for {ABSENT_WAIT_SECONDS:g} s: deploy the config by renaming a new"
@@ -70,23 +73,29 @@ def find_config(executable: str, *, wait: bool = True) -> str | None:
         time.sleep(ABSENT_POLL_SECONDS)
 
 
-# A config directory whose entries changed less than ABSENT_QUIET_SECONDS
-# ago, or change while a fetch looks, with no config in it: being
-# redeployed; looked at again for up to ABSENT_WAIT_SECONDS.
-ABSENT_QUIET_SECONDS, ABSENT_WAIT_SECONDS, ABSENT_POLL_SECONDS = 0.25, 1.0, 0.02
+# A config directory with no config in it whose entries changed less than
+# ABSENT_QUIET_SECONDS ago (RECENT), or change while a fetch looks
+# (CHANGING): being redeployed. RECENT is looked at again until the
+# directory has been quiet that long (a deploy that removes the file and
+# writes the new one a moment later: a reviewer's `rm; sleep 0.3; cp` was
+# read as no config with 0.25 s); CHANGING for up to ABSENT_WAIT_SECONDS.
+ABSENT_QUIET_SECONDS, ABSENT_WAIT_SECONDS, ABSENT_POLL_SECONDS = 2.0, 1.0, 0.02
+CHANGING, RECENT = "changing", "recent"
 
 
-def _being_redeployed(directory: str, first_seen: dict[str, int]) -> bool:
+def _being_redeployed(directory: str, first_seen: dict[str, int]) -> str:
+    """CHANGING, RECENT or ""."""
     import time
 
     try:
         st = os.stat(directory)
     except OSError:
-        return False
+        return ""
     if first_seen.setdefault(directory, st.st_mtime_ns) != st.st_mtime_ns:
-        return True  # changed while we look
+        return CHANGING  # changed while we look
     age = time.time() - st.st_mtime
-    return 0 <= age < ABSENT_QUIET_SECONDS  # a time in the future (a clock stepped back) is no sign
+    # a time in the future (a clock stepped back) is no sign
+    return RECENT if 0 <= age < ABSENT_QUIET_SECONDS else ""
 
 
 def provider_name(executable: str) -> str:
