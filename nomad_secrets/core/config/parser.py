@@ -39,19 +39,20 @@ from nomad_secrets.core.schemes import SCHEMES, section_of
 from nomad_secrets.process.errors import ConfigError
 
 
-def _check_after(path: str) -> str:
+def _check_after(path: str, executable: str | None) -> str:
     """Until the operator mends the file, every fetch of the node fails: the
     way to know it is mended before the next task starts. check reads the
     config of the directory its executable is in, so it is run by a name
-    there, as Nomad runs it (a `nomad-secrets check` elsewhere reads none)."""
-    directory, name = os.path.split(path)
-    plugin = (
-        f"{directory}/<provider>" if name == CONFIG_FILE_NAME else "<common_plugin_dir>/secrets/<provider>"
-    )
-    return f", then run `{plugin} check` (a name Nomad runs), which reads it as every fetch does"
+    there, as Nomad runs it (a `nomad-secrets check` elsewhere reads none):
+    ``executable``, the plugin that read the file, when there is one."""
+    if executable is None:
+        directory, name = os.path.split(path)
+        where = directory if name == CONFIG_FILE_NAME else "<common_plugin_dir>/secrets"
+        executable = f"{where}/<provider name>"
+    return f", then run `{executable} check`, which reads it as every fetch does"
 
 
-def parse(text: bytes, path: str) -> Config:
+def parse(text: bytes, path: str, executable: str | None = None) -> Config:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on Python 3.10 only
@@ -61,11 +62,13 @@ def parse(text: bytes, path: str) -> Config:
     except UnicodeDecodeError as exc:
         line = text[: exc.start].count(b"\n") + 1
         raise ConfigError(
-            f"the config file {path} is not UTF-8 (line {line}): save it as UTF-8{_check_after(path)}"
+            f"the config file {path} is not UTF-8 (line {line}): save it as UTF-8"
+            + _check_after(path, executable)
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
-            f"the config file {path} is not valid TOML: {exc}: correct it there{_check_after(path)}"
+            f"the config file {path} is not valid TOML: {exc}: correct it there"
+            + _check_after(path, executable)
         ) from None
     known = {"plugin", *SECTIONS, "providers", "policy", "agent", "audit", "metrics", *SERVER_SECTIONS}
     reject_unknown(data, known, "", path)

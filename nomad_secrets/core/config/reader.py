@@ -121,15 +121,18 @@ def load(
     path = find_config(executable, wait=wait)
     if path is None:
         return Config()
+    plugin = os.path.abspath(executable)  # for a message's `<plugin> check`
     try:
-        return load_file(path, cache=cache, strict=False, wait=wait)
+        return load_file(path, cache=cache, strict=False, wait=wait, executable=plugin)
     except ConfigError:
         if os.path.lexists(path):
             raise
     # Gone between the look and the read (a deploy that removes, then
     # writes): look once more, waiting for it as find_config does.
     path = find_config(executable, wait=wait)
-    return Config() if path is None else load_file(path, cache=cache, strict=False, wait=wait)
+    return (
+        Config() if path is None else load_file(path, cache=cache, strict=False, wait=wait, executable=plugin)
+    )
 
 
 def check_files(config: Config, provider: Provider, stores: Iterable[str]) -> None:
@@ -150,6 +153,7 @@ def load_file(
     ancestors: bool = True,
     strict: bool = True,
     wait: bool = True,
+    executable: str | None = None,
 ) -> Config:
     """The config in ``path``, once it and the secret files it names are
     trusted. ``ancestors=False`` checks the files but not the directories
@@ -166,7 +170,7 @@ def load_file(
         )
     config = cache.get((path, text)) if cache is not None else None
     if config is None:
-        config = parse(text, path)
+        config = parse(text, path, executable)
         if cache is not None:
             if len(cache) >= 8:  # rewritten files leave old entries behind
                 cache.clear()
