@@ -134,7 +134,7 @@ def test_a_config_that_cannot_be_read_says_where_and_what_next(
     path.write_bytes(text)
     error = error_of(nomad, "prod/db")
     command = f"{nomad.executable('aws')} check"  # the executable that read it
-    assert error == f"the config file {path} {said}, then run `{command}`, which reads it as every fetch does"
+    assert error == f"the config file {path} {said}, then run `{command}`, which reads it the same way"
     argv = command.split()  # the command as written: it reads that file
     check = subprocess.run(argv, env={}, capture_output=True, text=True, timeout=60, check=False)
     assert check.returncode == 1 and f"the config file {path} {said}" in check.stdout, check

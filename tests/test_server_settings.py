@@ -4,6 +4,7 @@ and every server config the docs and examples show is valid as written."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import hcl2
 import pytest
@@ -240,3 +241,22 @@ def test_the_nomad_job_runs_several_checked_instances_with_tls_from_variables() 
     for template in destinations.values():
         assert hcl_string(template["perms"]) == "0400" and template["uid"] == 65534
     assert "shutdown_seconds = 30" in hcl_string(destinations["local/config.toml"]["data"])
+
+
+@pytest.mark.parametrize(("nomad_task", "flags"), [(False, ""), (True, " --nomad-task")])
+def test_a_server_config_that_cannot_be_parsed_names_serves_own_check(
+    tmp_path: Path, nomad_task: bool, flags: str
+) -> None:
+    """The plugin's message names the plugin's check, which reads no server
+    config: the server's names `serve --check` with the same file."""
+    from nomad_secrets.serve import settings as server_settings
+
+    path = tmp_path / "serve.toml"
+    path.write_bytes(b"[server\n")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError) as raised:
+        server_settings.load(str(path), nomad_task=nomad_task)
+    assert str(raised.value.message).endswith(
+        f"correct it there, then run `nomad-secrets serve --config {path}{flags} --check`,"
+        " which reads it the same way"
+    ), raised.value.message

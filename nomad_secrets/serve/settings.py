@@ -180,7 +180,8 @@ def load(path: str, *, nomad_task: bool = False) -> tuple[Settings, Keys]:
     """The settings in ``path`` and the secrets they name, every file held
     to the trust rules (with ``nomad_task``, the files but not the
     directories above them: see ``config.load_file``)."""
-    config = config_module.load_file(path, ancestors=not nomad_task)
+    check = f"nomad-secrets serve --config {path}{' --nomad-task' if nomad_task else ''} --check"
+    config = config_module.load_file(path, ancestors=not nomad_task, check=check)
     settings = parse_settings(config)
     ancestors = not nomad_task
     server = settings.server

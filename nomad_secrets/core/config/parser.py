@@ -16,7 +16,6 @@ from dataclasses import fields, replace
 from typing import Any, TypeVar
 
 from nomad_secrets.core.config.model import (
-    CONFIG_FILE_NAME,
     MAX_CACHE_SECONDS,
     MAX_OUTPUT_BYTES,
     RESERVED_NAMES,
@@ -39,20 +38,11 @@ from nomad_secrets.core.schemes import SCHEMES, section_of
 from nomad_secrets.process.errors import ConfigError
 
 
-def _check_after(path: str, executable: str | None) -> str:
-    """Until the operator mends the file, every fetch of the node fails: the
-    way to know it is mended before the next task starts. check reads the
-    config of the directory its executable is in, so it is run by a name
-    there, as Nomad runs it (a `nomad-secrets check` elsewhere reads none):
-    ``executable``, the plugin that read the file, when there is one."""
-    if executable is None:
-        directory, name = os.path.split(path)
-        where = directory if name == CONFIG_FILE_NAME else "<common_plugin_dir>/secrets"
-        executable = f"{where}/<provider name>"
-    return f", then run `{executable} check`, which reads it as every fetch does"
-
-
-def parse(text: bytes, path: str, executable: str | None = None) -> Config:
+def parse(text: bytes, path: str, check: str = "") -> Config:
+    """``check``: the command that reads ``path`` as its reader does, the
+    operator's next step after mending a file that cannot be parsed (until
+    then every fetch, or the server, fails)."""
+    next_step = f", then run `{check}`, which reads it the same way" if check else ""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on Python 3.10 only
@@ -62,13 +52,11 @@ def parse(text: bytes, path: str, executable: str | None = None) -> Config:
     except UnicodeDecodeError as exc:
         line = text[: exc.start].count(b"\n") + 1
         raise ConfigError(
-            f"the config file {path} is not UTF-8 (line {line}): save it as UTF-8"
-            + _check_after(path, executable)
+            f"the config file {path} is not UTF-8 (line {line}): save it as UTF-8{next_step}"
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
-            f"the config file {path} is not valid TOML: {exc}: correct it there"
-            + _check_after(path, executable)
+            f"the config file {path} is not valid TOML: {exc}: correct it there{next_step}"
         ) from None
     known = {"plugin", *SECTIONS, "providers", "policy", "agent", "audit", "metrics", *SERVER_SECTIONS}
     reject_unknown(data, known, "", path)

@@ -121,18 +121,17 @@ def load(
     path = find_config(executable, wait=wait)
     if path is None:
         return Config()
-    plugin = os.path.abspath(executable)  # for a message's `<plugin> check`
+    # check, run by the name Nomad ran, reads this same file (one run elsewhere reads none)
+    check = f"{os.path.abspath(executable)} check"
     try:
-        return load_file(path, cache=cache, strict=False, wait=wait, executable=plugin)
+        return load_file(path, cache=cache, strict=False, wait=wait, check=check)
     except ConfigError:
         if os.path.lexists(path):
             raise
     # Gone between the look and the read (a deploy that removes, then
     # writes): look once more, waiting for it as find_config does.
     path = find_config(executable, wait=wait)
-    return (
-        Config() if path is None else load_file(path, cache=cache, strict=False, wait=wait, executable=plugin)
-    )
+    return Config() if path is None else load_file(path, cache=cache, strict=False, wait=wait, check=check)
 
 
 def check_files(config: Config, provider: Provider, stores: Iterable[str]) -> None:
@@ -153,12 +152,14 @@ def load_file(
     ancestors: bool = True,
     strict: bool = True,
     wait: bool = True,
-    executable: str | None = None,
+    check: str = "",
 ) -> Config:
     """The config in ``path``, once it and the secret files it names are
     trusted. ``ancestors=False`` checks the files but not the directories
     above them: for ``serve --nomad-task``, whose files are in a Nomad task's
-    directories (0777 by Nomad's design, the task's isolation guards them)."""
+    directories (0777 by Nomad's design, the task's isolation guards them).
+    ``check``: the command a message about a file that cannot be parsed
+    names as the next step (parser.parse)."""
     require_trusted(path, "config file", ancestors=ancestors)
     text = _settled_read(path, wait)
     if not text.strip():
@@ -170,7 +171,7 @@ def load_file(
         )
     config = cache.get((path, text)) if cache is not None else None
     if config is None:
-        config = parse(text, path, executable)
+        config = parse(text, path, check)
         if cache is not None:
             if len(cache) >= 8:  # rewritten files leave old entries behind
                 cache.clear()
