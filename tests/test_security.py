@@ -375,8 +375,14 @@ def test_a_job_id_with_a_slash_cannot_name_another_jobs_role(nomad: NomadClient,
         fixed = 'web_identity_role_arn = "arn:aws:iam::123456789012:role/nomad-fixed"\n'
         write_config(nomad.plugin_dir, aws_config(proxy.url) + fixed)
         nomad.fetch("aws", "db-secret", env, job_id=job)
+        other = {**REGION_ENV, "NOMAD_WORKLOAD_TOKEN": token(job="café")}
+        nomad.fetch("aws", "db-secret", other, job_id="café")
     form = parse_qs(proxy.requests[0].body.decode())
     assert form["RoleArn"] == ["arn:aws:iam::123456789012:role/nomad-fixed"]
+    # the session's name keeps only what IAM allows (ASCII), the rest as -
+    assert form["RoleSessionName"] == ["nomad-default-x-ns2@db"]
+    sessions = [parse_qs(r.body.decode()).get("RoleSessionName") for r in proxy.requests]
+    assert ["nomad-default-caf-"] in sessions, sessions
 
 
 @pytest.mark.parametrize(("expired", "needle"), [(False, "NOMAD_WORKLOAD_TOKEN"), (True, "expired")])

@@ -17,7 +17,10 @@ from nomad_secrets.process import errors
 from nomad_secrets.process.deadline import Deadline
 from nomad_secrets.process.errors import ConfigError, PluginError, RequestError, StoreError
 
-_ROLE_NAME = re.compile(r"[A-Za-z0-9_+=,.@-]+")  # what IAM allows in a role's name
+# What IAM allows in a role's name and a session's (ASCII: \w would let
+# other scripts' letters through).
+_IAM_NAME_CHARS = "A-Za-z0-9_+=,.@-"
+_ROLE_NAME = re.compile(f"[{_IAM_NAME_CHARS}]+")
 CONNECT_TIMEOUT = 3.0  # a dead endpoint should not eat the whole deadline
 _THROTTLED = {"ThrottlingException", "TooManyRequestsException", "Throttling", "RequestLimitExceeded"}
 _DENIED = {
@@ -218,7 +221,7 @@ def _web_identity(
                 " web_identity_role_arn (docs/policy.md)"
             )
     role_arn = template.replace("{namespace}", identity.namespace).replace("{job}", identity.job_id)
-    session_name = re.sub(r"[^\w+=,.@-]", "-", f"nomad-{identity.namespace}-{identity.job_id}")[:64]
+    session_name = re.sub(f"[^{_IAM_NAME_CHARS}]", "-", f"nomad-{identity.namespace}-{identity.job_id}")[:64]
     # AssumeRoleWithWebIdentity is unsigned: the token is the credential.
     left = deadline.call_timeout()
     unsigned = config.merge(
