@@ -132,6 +132,26 @@ def test_the_forwarded_fetch_imports_nothing_of_the_plugin(
     agent.wait_for("answered provider='aws' namespace='default' job='web' outcome='ok'")
 
 
+@pytest.mark.long
+def test_a_config_left_empty_stops_the_agent_after_its_patience(
+    nomad: NomadClient, agent: AgentProcess, tmp_path: Path
+) -> None:
+    """A config emptied in place and left so (`: > file`, a writer that
+    died) looks like a deploy at each of the agent's looks, which do not
+    wait; found so at every look for DEPLOY_PATIENCE_SECONDS, it is a
+    config no longer usable, and the agent stops as it does for one gone.
+    Without the patience it kept serving errors and never idled out."""
+    path = nomad.plugin_dir / "secrets" / "nomad-secrets.toml"
+    path.write_bytes(b"")
+    ends = time.monotonic() + server.DEPLOY_PATIENCE_SECONDS + 3 * server.CHECK_SECONDS
+    while agent.proc.poll() is None and time.monotonic() < ends:
+        time.sleep(0.05)
+    stopping = [line for line in agent.lines if line.startswith("stopping")]
+    assert stopping and "its config can no longer be used" in stopping[0], agent.lines
+    assert f"the config file {path} is open for writing, or empty at every look for 6 s" in stopping[0]
+    path.write_text(agent_config("http://127.0.0.1:1", tmp_path / "debug.log"))  # for the fixture's stop
+
+
 def test_a_config_open_for_writing_starts_no_agent(
     nomad: NomadClient, moto_endpoint: str, socket_dir: Path
 ) -> None:

@@ -78,6 +78,10 @@ ANSWER_SECONDS = 0.25
 BUSY_SECONDS = 0.5
 REFUSAL_LOG_SECONDS = 10.0
 CHECK_SECONDS = 2.0  # how often it looks at its config and its executable
+# A config found being deployed (open for writing, empty, or missing while
+# its directory changes) at every look for this long is not a deploy but a
+# config no longer usable: a fetch refuses it after 2 s already.
+DEPLOY_PATIENCE_SECONDS = 3 * CHECK_SECONDS
 
 # After a stop is asked for, the requests in flight get this long to
 # finish (each within its own deadline) before the process ends anyway
@@ -338,6 +342,7 @@ class Server:
         self.refusals_logged = 0.0
         self.per_user: dict[int, int] = {}  # connections in flight of each agent.users caller
         self.checked = time.monotonic()
+        self.deploy_seen: float | None = None  # since when each look found the config being deployed
         self.idle_held = False  # logged once: idling out waits for kept values (stale_if_error)
 
     def serve(self) -> None:
@@ -505,13 +510,20 @@ class Server:
             # accept for up to 2 s (fetches took the agent for hung), and one
             # that held the file longer stopped the agent.
             config = agent.load(os.path.join(agent.plugin_dir, "nomad-secrets"), wait=False)
-        except config_module.BeingDeployed:
-            return  # the next look, CHECK_SECONDS on, finds it deployed
+        except config_module.BeingDeployed as exc:
+            self.deploy_seen = self.deploy_seen or now
+            if now - self.deploy_seen >= DEPLOY_PATIENCE_SECONDS:
+                agent.step_aside(
+                    f"its config can no longer be used: {exc.message} at every look for"
+                    f" {DEPLOY_PATIENCE_SECONDS:g} s"
+                )
+            return  # else the next look, CHECK_SECONDS on, finds it deployed
         except (PluginError, _NotServed, OSError) as exc:
             if limit_of(exc, "reading its config"):  # out of descriptors for now: not a reason to stop
                 return
             agent.step_aside(f"its config can no longer be used: {getattr(exc, 'message', exc)}")
             return
+        self.deploy_seen = None
         if agent.self_started and not config.agent.auto:
             agent.step_aside("the config says [agent] auto = false")
         idle = config.agent.idle_exit_seconds if agent.self_started else 0
